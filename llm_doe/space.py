@@ -1,0 +1,235 @@
+"""The search space: ``study.space`` -> Optuna distributions, and sampled values -> a config.
+
+Two spellings give the same distributions:
+
+* an explicit spec: ``{type: float|int|categorical, low, high, log, step, choices}``;
+* the hydra-optuna-sweeper grammar (``interval(a, b)``, ``int(interval(a, b))``,
+  ``range(a, b, step)``, ``choice(...)``, ``tag(log, interval(a, b))``), parsed by Hydra's own
+  override parser, so spaces written for that plugin port over unchanged.
+
+The space is data, built once per study; the objective turns it into ``trial.suggest_*``
+calls in one place (convention 3).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import optuna
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from llm_doe.schema import Config, ConfigError, validate
+
+Distribution = optuna.distributions.BaseDistribution
+SearchSpace = dict[str, Distribution]
+
+_SPEC_KEYS = {"type", "low", "high", "log", "step", "choices"}
+
+
+def _flatten(space: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Accept both ``{train.lr: spec}`` and nested ``{train: {lr: spec}}`` (CLI overrides)."""
+    flat: dict[str, Any] = {}
+    for key, value in space.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, Mapping) and "type" not in value and value and not set(value) & _SPEC_KEYS:
+            flat.update(_flatten(value, prefix=f"{path}."))
+        else:
+            flat[path] = value
+    return flat
+
+
+def _num(key: str, field: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"study.space.{key}", f"{field} must be a number, got {value!r}")
+    return value
+
+
+def _from_spec(key: str, spec: Mapping[str, Any]) -> Distribution:
+    name = f"study.space.{key}"
+    unknown = set(spec) - _SPEC_KEYS
+    if unknown:
+        raise ConfigError(name, f"unknown field(s) {sorted(unknown)}; allowed: {sorted(_SPEC_KEYS)}")
+    kind = spec.get("type")
+    if kind == "categorical":
+        choices = spec.get("choices")
+        if not isinstance(choices, (list, tuple)) or len(choices) == 0:
+            raise ConfigError(name, "categorical needs a non-empty list of choices")
+        return _categorical(key, list(choices))
+    if kind not in ("float", "int"):
+        raise ConfigError(name, f"type must be float, int or categorical, got {kind!r}")
+    if "low" not in spec or "high" not in spec:
+        raise ConfigError(name, f"{kind} needs low and high")
+    low, high = _num(key, "low", spec["low"]), _num(key, "high", spec["high"])
+    log = spec.get("log", False)
+    if not isinstance(log, bool):
+        raise ConfigError(name, f"log must be true or false, got {log!r}")
+    step = spec.get("step")
+    if step is not None:
+        step = _num(key, "step", step)
+    return _numeric(key, kind, low, high, log, step)
+
+
+def _numeric(key: str, kind: str, low: float, high: float, log: bool, step: float | None) -> Distribution:
+    name = f"study.space.{key}"
+    if not low < high:
+        raise ConfigError(name, f"low must be < high, got low={low} high={high}")
+    if log and low <= 0:
+        raise ConfigError(name, f"a log scale needs low > 0, got low={low}")
+    if step is not None and step <= 0:
+        raise ConfigError(name, f"step must be > 0, got {step}")
+    if log and step is not None and step != 1:
+        raise ConfigError(name, "log scale and step cannot be combined")
+    if kind == "int":
+        for field, value in (("low", low), ("high", high), ("step", step)):
+            if value is not None and float(value) != int(value):
+                raise ConfigError(name, f"int needs whole numbers, {field}={value}")
+        return optuna.distributions.IntDistribution(int(low), int(high), log=log, step=int(step or 1))
+    return optuna.distributions.FloatDistribution(float(low), float(high), log=log,
+                                                  step=None if step is None else float(step))
+
+
+def _categorical(key: str, choices: list[Any]) -> Distribution:
+    for choice in choices:
+        if not isinstance(choice, (str, int, float, bool)) and choice is not None:
+            raise ConfigError(f"study.space.{key}", f"choices must be str, int, float, bool or null, got {choice!r}")
+    if len(set(map(repr, choices))) != len(choices):
+        raise ConfigError(f"study.space.{key}", f"choices repeat a value: {choices}")
+    return optuna.distributions.CategoricalDistribution(choices)
+
+
+_PARSER: OverridesParser | None = None
+
+
+def _from_grammar(key: str, text: str) -> Distribution:
+    """Parse hydra-optuna-sweeper's grammar with Hydra's parser (as that plugin does)."""
+    global _PARSER
+    name = f"study.space.{key}"
+    if _PARSER is None:
+        _PARSER = OverridesParser.create()
+    try:
+        override = _PARSER.parse_override(f"{key}={text}")
+    except HydraException as err:
+        raise ConfigError(name, f"cannot parse {text!r}: {str(err).splitlines()[0]}") from None
+    if not override.is_sweep_override():
+        raise ConfigError(name, f"{text!r} is a single value, not a range: use interval(), range(), choice() or a spec")
+    value = override.value()
+    log = "log" in getattr(value, "tags", set())
+    if isinstance(value, ChoiceSweep):
+        if log:
+            raise ConfigError(name, "tag(log, ...) applies to interval(), not choice()")
+        if len(value.list) == 0:
+            raise ConfigError(name, "choice() needs at least one value")
+        return _categorical(key, list(value.list))
+    if isinstance(value, RangeSweep):
+        if value.start is None or value.stop is None:
+            raise ConfigError(name, "range() needs start and stop")
+        step = 1 if value.step is None else value.step
+        is_int = all(isinstance(v, int) for v in (value.start, value.stop, step))
+        if step <= 0:
+            raise ConfigError(name, f"range() step must be > 0, got {step}")
+        # Hydra's range() excludes stop (as Python's does); Optuna's high is inclusive.
+        n = math.ceil((value.stop - value.start) / step)
+        if n < 2:
+            raise ConfigError(name, f"{text!r} holds fewer than two values")
+        high = value.start + (n - 1) * step
+        return _numeric(key, "int" if is_int else "float", value.start, high, log, step)
+    if isinstance(value, IntervalSweep):
+        is_int = isinstance(value.start, int) and isinstance(value.end, int)
+        return _numeric(key, "int" if is_int else "float", value.start, value.end, log, None)
+    raise ConfigError(name, f"unsupported sweep {text!r}")
+
+
+def build_space(space: Mapping[str, Any]) -> SearchSpace:
+    """Turn ``study.space`` into Optuna distributions keyed by dotted config path."""
+    if isinstance(space, DictConfig):
+        space = OmegaConf.to_container(space, resolve=True)  # type: ignore[assignment]
+    result: SearchSpace = {}
+    for key, value in _flatten(space).items():
+        if isinstance(value, str):
+            result[key] = _from_grammar(key, value)
+        elif isinstance(value, Mapping):
+            result[key] = _from_spec(key, value)
+        else:
+            raise ConfigError(f"study.space.{key}", f"expected a spec mapping or a sweep string, got {value!r}")
+    return result
+
+
+def apply_params(base: DictConfig, params: Mapping[str, Any]) -> DictConfig:
+    """Overlay sampled values on a copy of the composed (structured) config.
+
+    The copy keeps the schema, so a value that does not fit the field's type is refused here.
+    """
+    cfg = base.copy()
+    for key, value in params.items():
+        if key.startswith("study."):
+            raise ConfigError(f"study.space.{key}", "the study section cannot be searched")
+        if OmegaConf.select(cfg, key, default=_MISSING) is _MISSING:
+            raise ConfigError(f"study.space.{key}", "is not a config path (no such key)")
+        try:
+            OmegaConf.update(cfg, key, value, merge=False)
+        except OmegaConfBaseException as err:
+            msg = str(err).splitlines()[0]
+            raise ConfigError(f"study.space.{key}", f"value {value!r} does not fit the config field: {msg}") from None
+    return cfg
+
+
+_MISSING = object()
+
+
+def check_space(base: DictConfig, space: SearchSpace) -> None:
+    """Refuse a space that cannot produce valid trial configs: unknown paths, wrong types,
+    out-of-range ends. Applies both ends of every range (and every choice) to the config."""
+    for key, dist in space.items():
+        if isinstance(dist, optuna.distributions.CategoricalDistribution):
+            candidates = list(dist.choices)
+        else:
+            candidates = [dist.low, dist.high]  # type: ignore[attr-defined]
+        for value in candidates:
+            cfg = apply_params(base, {key: value})
+            try:
+                validate(OmegaConf.to_object(cfg))  # type: ignore[arg-type]
+            except ConfigError as err:
+                raise ConfigError(f"study.space.{key}", f"value {value!r} is out of range: {err.message}") from None
+
+
+def suggest(trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:
+    """Sample every parameter of the space on an Optuna trial."""
+    params: dict[str, Any] = {}
+    for key, dist in space.items():
+        if isinstance(dist, optuna.distributions.FloatDistribution):
+            params[key] = trial.suggest_float(key, dist.low, dist.high, log=dist.log, step=dist.step)
+        elif isinstance(dist, optuna.distributions.IntDistribution):
+            params[key] = trial.suggest_int(key, dist.low, dist.high, log=dist.log, step=dist.step)
+        elif isinstance(dist, optuna.distributions.CategoricalDistribution):
+            params[key] = trial.suggest_categorical(key, dist.choices)
+        else:  # pragma: no cover - build_space makes only the three above
+            raise TypeError(f"unsupported distribution {dist!r}")
+    return params
+
+
+def grid_values(space: SearchSpace) -> dict[str, list[Any]]:
+    """The full factorial for sampler=grid; a continuous range has no grid."""
+    grid: dict[str, list[Any]] = {}
+    for key, dist in space.items():
+        if isinstance(dist, optuna.distributions.CategoricalDistribution):
+            grid[key] = list(dist.choices)
+        elif isinstance(dist, optuna.distributions.IntDistribution) and not dist.log:
+            grid[key] = list(range(dist.low, dist.high + 1, dist.step))
+        elif isinstance(dist, optuna.distributions.FloatDistribution) and dist.step is not None:
+            n = int(round((dist.high - dist.low) / dist.step))
+            grid[key] = [round(dist.low + i * dist.step, 12) for i in range(n + 1)]
+        else:
+            raise ConfigError(f"study.space.{key}",
+                              "sampler=grid needs a discrete space: give choices or a step (e.g. range(a, b, step))")
+    return grid
+
+
+def space_to_json(space: SearchSpace) -> dict[str, Any]:
+    """A JSON-able form, stored on the study so a resumed run can check it searches the same space."""
+    return {k: optuna.distributions.distribution_to_json(d) for k, d in sorted(space.items())}

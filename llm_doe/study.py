@@ -1,0 +1,210 @@
+"""Storage, sampler and pruner factories; opening (or resuming) a study; provenance.
+
+Optuna's RDB storage is the engine: SQLite by default, any SQLAlchemy URL Optuna supports
+when many machines share a study. Everything here checks first and creates later, so a bad
+URL or an unwritable folder stops the run before a file exists.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib.metadata
+import os
+import platform
+import shlex
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import optuna
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from llm_doe.schema import Config, ConfigError, PrunerConfig, SamplerConfig, StorageConfig, resolved_direction
+from llm_doe.space import SearchSpace, grid_values, space_to_json
+
+SUPPORTED_DIALECTS = ("sqlite", "postgresql", "mysql")
+FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+
+
+def _first_existing(path: Path) -> Path:
+    path = path.absolute()
+    while not path.exists():
+        path = path.parent
+    return path
+
+
+def check_writable(path: str | Path, key: str) -> None:
+    """Refuse a path we could not create or write, without creating anything."""
+    target = Path(path)
+    anchor = _first_existing(target)
+    if anchor == target.absolute() and not target.is_dir() and key.endswith("artifacts_dir"):
+        raise ConfigError(key, f"{target} exists and is not a folder")
+    if not anchor.is_dir() and anchor != target.absolute():
+        raise ConfigError(key, f"{anchor} is a file, so {target} cannot be created")
+    check = anchor if anchor.is_dir() else anchor.parent
+    if not os.access(check, os.W_OK | os.X_OK):
+        raise ConfigError(key, f"{target} is not writable ({check} is read-only)")
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The database file of a sqlite URL (None for other back ends)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return None
+    return Path(parsed.database or "")
+
+
+def check_storage(cfg: StorageConfig) -> str:
+    """Validate the storage URL (and that a SQLite file could be created). Returns the URL."""
+    try:
+        parsed = make_url(cfg.url)
+    except ArgumentError:
+        raise ConfigError("storage.url", f"{cfg.url!r} is not a database URL (e.g. sqlite:///studies/NAME.db)") from None
+    backend = parsed.get_backend_name()
+    if backend not in SUPPORTED_DIALECTS:
+        raise ConfigError("storage.url", f"unsupported database {backend!r}; use one of {', '.join(SUPPORTED_DIALECTS)}")
+    if backend == "sqlite":
+        if not parsed.database or parsed.database == ":memory:":
+            raise ConfigError("storage.url", "a SQLite URL needs a file path (sqlite:///path/to/study.db); in-memory studies are lost")
+        db = Path(parsed.database)
+        if db.is_dir():
+            raise ConfigError("storage.url", f"{db} is a folder, not a database file")
+        if db.exists():
+            if not os.access(db, os.R_OK | os.W_OK):
+                raise ConfigError("storage.url", f"{db} is not readable and writable")
+        else:
+            check_writable(db, "storage.url")
+    return cfg.url
+
+
+def make_storage(cfg: StorageConfig) -> optuna.storages.RDBStorage:
+    """Create the storage (and a SQLite file's folder). Call after every check has passed."""
+    db = sqlite_path(cfg.url)
+    engine_kwargs: dict[str, Any] = {}
+    if db is not None:
+        db.absolute().parent.mkdir(parents=True, exist_ok=True)
+        # Wait on a locked database instead of failing ("database is locked").
+        engine_kwargs["connect_args"] = {"timeout": cfg.sqlite_timeout}
+    else:
+        engine_kwargs["pool_pre_ping"] = True
+    return optuna.storages.RDBStorage(cfg.url, engine_kwargs=engine_kwargs)
+
+
+def make_sampler(cfg: SamplerConfig, space: SearchSpace) -> optuna.samplers.BaseSampler:
+    """The configured, seeded sampler."""
+    seed = cfg.seed
+    samplers = optuna.samplers
+    if cfg.name == "tpe":
+        return samplers.TPESampler(seed=seed, n_startup_trials=cfg.n_startup_trials)
+    if cfg.name == "random":
+        return samplers.RandomSampler(seed=seed)
+    if cfg.name == "qmc":
+        return samplers.QMCSampler(qmc_type="sobol", scramble=True, seed=seed)
+    if cfg.name == "grid":
+        return samplers.GridSampler(grid_values(space), seed=seed)
+    if cfg.name == "gp":
+        return samplers.GPSampler(seed=seed, n_startup_trials=cfg.n_startup_trials)
+    if cfg.name == "cmaes":
+        return samplers.CmaEsSampler(seed=seed, n_startup_trials=cfg.n_startup_trials)
+    raise ConfigError("sampler.name", f"unknown sampler {cfg.name!r}")
+
+
+def make_pruner(cfg: PrunerConfig) -> optuna.pruners.BasePruner:
+    """The configured pruner; steps are evaluation indices (1, 2, ...)."""
+    pruners = optuna.pruners
+    if cfg.name == "median":
+        return pruners.MedianPruner(n_startup_trials=cfg.n_startup_trials, n_warmup_steps=cfg.n_warmup_steps,
+                                    interval_steps=cfg.interval_steps)
+    if cfg.name == "percentile":
+        return pruners.PercentilePruner(cfg.percentile, n_startup_trials=cfg.n_startup_trials,
+                                        n_warmup_steps=cfg.n_warmup_steps, interval_steps=cfg.interval_steps)
+    if cfg.name == "successive_halving":
+        return pruners.SuccessiveHalvingPruner(min_resource=cfg.min_resource, reduction_factor=cfg.reduction_factor,
+                                               min_early_stopping_rate=cfg.min_early_stopping_rate)
+    if cfg.name == "hyperband":
+        return pruners.HyperbandPruner(min_resource=cfg.min_resource, max_resource=cfg.max_resource,
+                                       reduction_factor=cfg.reduction_factor)
+    if cfg.name == "wilcoxon":
+        return pruners.WilcoxonPruner(p_threshold=cfg.p_threshold, n_startup_steps=cfg.n_startup_steps)
+    if cfg.name == "none":
+        return pruners.NopPruner()
+    raise ConfigError("pruner.name", f"unknown pruner {cfg.name!r}")
+
+
+def _git_commit() -> str | None:
+    for where in (Path.cwd(), Path(__file__).resolve().parent):
+        try:
+            out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=5)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        if out.returncode == 0:
+            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=where,
+                                   capture_output=True, text=True, timeout=5).stdout.strip()
+            return out.stdout.strip() + ("-dirty" if dirty else "")
+    return None
+
+
+def _version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def provenance(argv: list[str]) -> dict[str, Any]:
+    """Where this run came from: command, commit, versions, host."""
+    return {
+        "command": shlex.join([Path(sys.executable).name, "-m", "llm_doe.search", *argv]),
+        "git_commit": _git_commit(),
+        "versions": {name: _version(name) for name in
+                     ("llm_doe", "torch", "transformers", "optuna", "datasets", "hydra-core", "scikit-learn")},
+        "python": platform.python_version(),
+        "host": platform.node(),
+        "started_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def existing_space(cfg: Config) -> dict[str, Any] | None:
+    """The search space an existing study was created with, read without creating anything."""
+    db = sqlite_path(cfg.storage.url)
+    if db is not None and not db.exists():
+        return None
+    try:
+        summaries = optuna.get_all_study_summaries(storage=cfg.storage.url, include_best_trial=False)
+    except Exception as err:  # unreachable server, foreign file: say so before running anything
+        raise ConfigError("storage.url", f"cannot open the study store: {str(err).splitlines()[0]}") from None
+    for summary in summaries:
+        if summary.study_name == cfg.study.name:
+            return summary.user_attrs.get("space", {})
+    return None
+
+
+def check_resume(cfg: Config, space: SearchSpace) -> None:
+    """Resuming is only honest on the same search space (else the trials answer another question)."""
+    before = existing_space(cfg)
+    if before is not None and before != space_to_json(space):
+        raise ConfigError("study.space", f"differs from the space study {cfg.study.name!r} in {cfg.storage.url} was "
+                                         "created with; use another study.name to search a new space")
+
+
+def open_study(cfg: Config, storage: optuna.storages.BaseStorage, sampler: optuna.samplers.BaseSampler,
+               pruner: optuna.pruners.BasePruner, space: SearchSpace, resolved: Mapping[str, Any],
+               argv: list[str]) -> optuna.Study:
+    """Create the study or load it to resume; record provenance on first creation and each run."""
+    study = optuna.create_study(storage=storage, sampler=sampler, pruner=pruner, study_name=cfg.study.name,
+                                direction=resolved_direction(cfg), load_if_exists=True)
+    if "space" not in study.user_attrs:
+        study.set_user_attr("space", space_to_json(space))
+        study.set_user_attr("metric", cfg.study.metric)
+        study.set_user_attr("config", dict(resolved))
+        study.set_user_attr("provenance", provenance(argv))
+    study.set_user_attr("last_run", provenance(argv))
+    return study
+
+
+def count_finished(study: optuna.Study) -> int:
+    """Trials that count towards ``study.n_trials``: COMPLETE and PRUNED."""
+    return len(study.get_trials(deepcopy=False, states=FINISHED))
