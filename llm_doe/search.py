@@ -51,19 +51,17 @@ class Composed:
     overrides: list[str]
 
 
-def _hydra_message(err: Exception) -> str:
+def _hydra_error(err: Exception) -> ConfigError:
     """Hydra's multi-line errors, as one line that names the key or group."""
     if isinstance(err, MissingConfigException) and err.options is not None and err.missing_cfg_file:
         group, _, name = err.missing_cfg_file.rpartition("/")
-        return f"{group or 'config'}: unknown choice {name!r}; available: {', '.join(sorted(err.options))}"
+        return ConfigError(group or "config", f"unknown choice {name!r}; available: {', '.join(sorted(err.options))}")
     cause: BaseException = err
     while cause.__cause__ is not None:
         cause = cause.__cause__
-    if isinstance(cause, OmegaConfBaseException):
-        key = getattr(cause, "full_key", None)
-        text = str(cause).splitlines()[0]
-        return f"{key}: {text}" if key else text
-    return " ".join(str(err).split())
+    if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):
+        return ConfigError(str(cause.full_key), str(cause).splitlines()[0])
+    return ConfigError("overrides", " ".join(str(err).split()))
 
 
 def compose_config(overrides: list[str]) -> Composed:
@@ -73,7 +71,7 @@ def compose_config(overrides: list[str]) -> Composed:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="llm_doe"):
             cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
     except (HydraException, OmegaConfBaseException) as err:
-        raise ConfigError("overrides", _hydra_message(err)) from None
+        raise _hydra_error(err) from None
     choices = cfg.hydra.runtime.choices
     if cfg.study.name is None:
         cfg.study.name = choices.get("study") or None

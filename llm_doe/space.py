@@ -138,6 +138,8 @@ def _from_grammar(key: str, text: str) -> Distribution:
         if n < 2:
             raise ConfigError(name, f"{text!r} holds fewer than two values")
         high = value.start + (n - 1) * step
+        if not is_int:
+            high = round(high, 12)  # 0.1 * 3 is 0.30000000000000004
         return _numeric(key, "int" if is_int else "float", value.start, high, log, step)
     if isinstance(value, IntervalSweep):
         is_int = isinstance(value.start, int) and isinstance(value.end, int)

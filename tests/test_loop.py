@@ -1,0 +1,119 @@
+"""The training loop on its own: no Optuna anywhere in these tests."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from llm_doe.finetune.data import encoded_splits
+from llm_doe.finetune.loop import Diverged, _param_groups, batch_order, resolve_runtime, train
+from llm_doe.finetune.model import load_tokenizer, model_factory
+from llm_doe.schema import DataConfig, ModelConfig, TrainConfig
+
+TINY_MODEL = ModelConfig(kind="tiny", name_or_path="tiny-bert", tokenizer="sentence-transformers/all-MiniLM-L6-v2")
+DATA = DataConfig(source="tweets", text_column="text", label_column="sentiment", labels=["negative", "positive"],
+                  encoding="latin-1", train_size=160, val_size=64, test_size=200, max_length=64)
+CPU = resolve_runtime("cpu", "auto")
+
+
+@pytest.fixture(scope="module")
+def setup():
+    tokenizer, key = load_tokenizer(TINY_MODEL)
+    train_data, val_data, splits = encoded_splits(DATA, tokenizer, key)
+    return tokenizer, train_data, val_data, model_factory(TINY_MODEL, splits.num_labels)
+
+
+def _run(setup, report=None, **overrides):
+    tokenizer, train_data, val_data, factory = setup
+    cfg = TrainConfig(**{"learning_rate": 3e-3, "num_epochs": 1, "evals_per_epoch": 4, **overrides})
+    model = factory.build(cfg.seed, 0.1)
+    return train(model, train_data, val_data, cfg, CPU, pad_id=tokenizer.pad_token_id, report=report)
+
+
+def test_reports_every_eval_with_increasing_steps(setup):
+    seen = []
+    result = _run(setup, report=lambda step, m: seen.append((step, m["val_loss"])) or False)
+    assert [s for s, _ in seen] == [1, 2, 3, 4]
+    assert [r["val_loss"] for r in result.history] == [v for _, v in seen]
+    assert result.stop_reason == "completed"
+    assert result.cost["optimizer_steps"] == 10 and result.cost["examples_seen"] == 160
+    assert result.best["val_loss"] == min(v for _, v in seen)
+    assert result.best_probs.shape == (64, 2)
+
+
+def test_report_returning_true_stops_training(setup):
+    result = _run(setup, report=lambda step, m: step == 2)
+    assert len(result.history) == 2 and result.stop_reason == "stopped_by_report"
+    assert result.cost["optimizer_steps"] < 10
+
+
+def test_early_stopping_inside_the_trial(setup):
+    # A learning rate of ~0 never improves on the first eval: patience 1 stops at eval 2.
+    result = _run(setup, learning_rate=1e-12, early_stopping_patience=1, num_epochs=3)
+    assert result.stop_reason == "early_stopping"
+    assert len(result.history) == 2
+
+
+def test_same_seed_same_run_other_seed_other_run(setup):
+    a = [r["val_loss"] for r in _run(setup).history]
+    b = [r["val_loss"] for r in _run(setup).history]
+    c = [r["val_loss"] for r in _run(setup, seed=7).history]
+    assert a == b
+    assert a != c
+
+
+def test_divergence_raises(setup):
+    with pytest.raises(Diverged, match="non-finite"):
+        _run(setup, learning_rate=1e7)
+
+
+@pytest.mark.parametrize("scheduler", ["linear", "cosine", "constant_with_warmup"])
+def test_schedules_and_label_smoothing_run(setup, scheduler):
+    result = _run(setup, lr_scheduler=scheduler, label_smoothing=0.1, warmup_ratio=0.3)
+    assert all(np.isfinite(r["val_loss"]) for r in result.history)
+    if scheduler == "constant_with_warmup":
+        assert result.history[-1]["learning_rate"] == pytest.approx(3e-3)
+    else:
+        assert result.history[-1]["learning_rate"] < 3e-3
+
+
+def test_bf16_autocast_runs_on_cpu(setup):
+    tokenizer, train_data, val_data, factory = setup
+    cfg = TrainConfig(learning_rate=3e-3, num_epochs=1, evals_per_epoch=1, precision="bf16")
+    rt = resolve_runtime("cpu", "bf16")
+    assert rt.dtype == torch.bfloat16
+    result = train(factory.build(0, 0.1), train_data, val_data, cfg, rt, pad_id=tokenizer.pad_token_id)
+    assert np.isfinite(result.history[0]["val_loss"])
+
+
+def test_no_weight_decay_on_bias_and_layernorm(setup):
+    model = setup[3].build(0, 0.1)
+    decay, no_decay = _param_groups(model, 0.1)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert all(not names[id(p)].endswith("bias") and "LayerNorm" not in names[id(p)] for p in decay["params"])
+    assert any("LayerNorm" in names[id(p)] for p in no_decay["params"])
+
+
+def test_length_grouped_batches_cover_everything_once_and_pad_less():
+    lengths = np.random.default_rng(0).integers(5, 60, size=1000)
+    grouped = batch_order(lengths, 16, np.random.default_rng(1), True)
+    plain = batch_order(lengths, 16, np.random.default_rng(1), False)
+    for batches in (grouped, plain):
+        assert sorted(np.concatenate(batches).tolist()) == list(range(1000))
+
+    def padding(batches):
+        return sum(int(lengths[b].max() * len(b) - lengths[b].sum()) for b in batches)
+
+    assert padding(grouped) < padding(plain) / 3
+    again = batch_order(lengths, 16, np.random.default_rng(1), True)
+    assert all(np.array_equal(x, y) for x, y in zip(grouped, again))  # seeded
+
+
+def test_dropout_and_seeded_head(setup):
+    factory = setup[3]
+    a, b = factory.build(3, 0.25), factory.build(3, 0.25)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert {m.p for m in a.modules() if isinstance(m, torch.nn.Dropout)} == {0.25}
+    assert a.config.hidden_dropout_prob == 0.25

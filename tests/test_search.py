@@ -1,0 +1,151 @@
+"""End to end: real tiny fine-tuning trials in a real SQLite study."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.artifacts import get_all_artifact_meta
+from optuna.trial import TrialState
+
+from llm_doe.finetune.data import load_splits
+from llm_doe.search import compose_config
+from tests.conftest import REPO, TINY, load, run_cli, store_args
+
+DIVERGE_STUDY = """# @package _global_
+defaults:
+  - override /model: tiny
+study:
+  name: diverge
+  n_trials: 3
+  space:
+    train.learning_rate: {type: categorical, choices: [3.0e-3, 1.0e+6]}
+"""
+
+
+def _states(study: optuna.Study) -> list[TrialState]:
+    return [t.state for t in study.trials]
+
+
+def test_tiny_study_completes_with_values_params_and_artifacts(search, tmp_path):
+    assert search("study.n_trials=4", "pruner=none") == 0
+    study = load(tmp_path)
+    assert _states(study) == [TrialState.COMPLETE] * 4
+    assert len({t.params["train.learning_rate"] for t in study.trials}) == 4
+    for trial in study.trials:
+        assert sorted(trial.intermediate_values) == [1, 2]  # one report per evaluation
+        assert trial.value == pytest.approx(min(trial.intermediate_values.values()))  # best val loss
+        for name in ("val_loss", "accuracy", "f1", "roc_auc", "train_samples_per_second", "time_to_first_step_s",
+                     "train_time_s", "eval_time_s", "optimizer_steps", "examples_seen", "peak_memory_mb"):
+            assert name in trial.user_attrs, name
+        assert trial.user_attrs["examples_seen"] == 160
+        assert trial.user_attrs["config.train.learning_rate"] == trial.params["train.learning_rate"]
+        assert trial.user_attrs["config.model.kind"] == "tiny"
+        names = {meta.filename for meta in get_all_artifact_meta(trial, storage=study._storage)}
+        assert names == {"config.yaml", "metrics.json", "roc.csv", "roc.png"}
+    # the files are really in the artifact store
+    assert len(list((tmp_path / "art").iterdir())) == 16
+    prov = study.user_attrs["provenance"]
+    assert "llm_doe.search" in prov["command"] and prov["versions"]["optuna"] == optuna.__version__
+    assert study.user_attrs["config"]["study"]["name"] == "t"
+    assert "train.learning_rate" in study.user_attrs["space"]
+
+
+def test_search_never_reads_the_test_split(search):
+    assert search("study.n_trials=1") == 0
+    cfg = compose_config(["+study=smoke", *TINY]).config
+    assert load_splits(cfg.data).test_reads == 0
+
+
+def test_aggressive_pruner_prunes(search, tmp_path):
+    assert search("study.n_trials=6", "train.evals_per_epoch=4", "pruner=percentile", "pruner.percentile=1",
+                  "pruner.n_startup_trials=1", "pruner.n_warmup_steps=0") == 0
+    study = load(tmp_path)
+    states = _states(study)
+    assert states.count(TrialState.PRUNED) >= 2, states
+    assert states.count(TrialState.PRUNED) + states.count(TrialState.COMPLETE) == 6
+    for trial in study.get_trials(states=(TrialState.PRUNED,)):
+        assert len(trial.intermediate_values) < 4
+        assert trial.user_attrs["stop_reason"] == "stopped_by_report"
+        assert get_all_artifact_meta(trial, storage=study._storage)  # pruned trials keep their files
+
+
+def test_rerun_resumes_to_the_total_and_a_finished_study_runs_nothing(search, tmp_path, capsys):
+    assert search("study.n_trials=2") == 0
+    assert search("study.n_trials=3") == 0
+    assert len(load(tmp_path).trials) == 3
+    capsys.readouterr()
+    assert search("study.n_trials=3") == 0
+    assert "nothing to run" in capsys.readouterr().out
+    assert len(load(tmp_path).trials) == 3
+
+
+def test_resume_with_another_space_is_refused(search, tmp_path, capsys):
+    assert search("study.n_trials=1") == 0
+    assert search("++study.space={train.weight_decay:{type:float,low:0.0,high:0.1}}") == 2
+    assert "study.space: differs from the space" in capsys.readouterr().err
+
+
+def test_diverging_trials_fail_with_a_reason_and_the_study_goes_on(tmp_path):
+    conf = tmp_path / "conf" / "study"
+    conf.mkdir(parents=True)
+    (conf / "diverge.yaml").write_text(DIVERGE_STUDY)
+    args = ["+study=diverge", f"hydra.searchpath=[file://{tmp_path / 'conf'}]", *TINY, *store_args(tmp_path, "d"),
+            "sampler=grid", "study.max_failures=3"]
+    proc = run_cli(args, cwd=tmp_path)
+    study = load(tmp_path, "d")
+    failed = study.get_trials(states=(TrialState.FAIL,))
+    complete = study.get_trials(states=(TrialState.COMPLETE,))
+    assert failed and complete, proc.stdout + proc.stderr
+    for trial in failed:
+        assert trial.params["train.learning_rate"] == 1e6
+        assert trial.user_attrs["fail_reason"].startswith("diverged: non-finite")
+        assert get_all_artifact_meta(trial, storage=study._storage)  # the config of a failure is kept
+    assert all(t.params["train.learning_rate"] == 3e-3 for t in complete)
+
+
+def test_too_many_failures_stop_the_study_with_a_message(tmp_path):
+    conf = tmp_path / "conf" / "study"
+    conf.mkdir(parents=True)
+    (conf / "diverge.yaml").write_text(DIVERGE_STUDY.replace("3.0e-3, 1.0e+6", "1.0e+6, 1.0e+7"))
+    proc = run_cli(["+study=diverge", f"hydra.searchpath=[file://{tmp_path / 'conf'}]", *TINY,
+                    *store_args(tmp_path, "d"), "study.max_failures=2", "study.n_trials=5"], cwd=tmp_path)
+    assert proc.returncode == 1
+    assert "stopped: 2 trials failed" in proc.stdout
+    assert _states(load(tmp_path, "d")) == [TrialState.FAIL, TrialState.FAIL]
+
+
+def test_interrupted_study_resumes_to_exactly_n_trials(tmp_path):
+    """SIGINT (Ctrl-C) mid-study; the same command again ends with exactly n_trials finished."""
+    args = ["+study=smoke", *TINY, *store_args(tmp_path), "study.n_trials=5", "pruner=none",
+            "data.train_size=400", "train.evals_per_epoch=4"]
+    proc = subprocess.Popen([sys.executable, "-m", "llm_doe.search", *args], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 240
+    finished = 0
+    while time.time() < deadline and proc.poll() is None:
+        time.sleep(0.3)
+        try:
+            finished = len(load(tmp_path).get_trials(states=(TrialState.COMPLETE,)))
+        except Exception:  # the store may not exist yet
+            continue
+        if finished >= 2:
+            break
+    assert proc.poll() is None, "the study ended before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out
+    assert "interrupted" in out
+    study = load(tmp_path)
+    done_before = len(study.get_trials(states=(TrialState.COMPLETE,)))
+    assert 2 <= done_before < 5
+    assert all(t.state != TrialState.RUNNING for t in study.trials)  # the interrupted trial is not left RUNNING
+
+    again = run_cli(args, cwd=tmp_path)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert len(load(tmp_path).get_trials(states=(TrialState.COMPLETE,))) == 5

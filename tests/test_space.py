@@ -1,0 +1,82 @@
+"""Search-space grammars: explicit specs and hydra-optuna-sweeper strings."""
+
+from __future__ import annotations
+
+import pytest
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+from llm_doe.schema import ConfigError
+from llm_doe.space import build_space, grid_values
+from llm_doe.search import compose_config
+from llm_doe.space import apply_params, check_space
+
+SAME = [
+    ({"type": "float", "low": 1e-5, "high": 1e-3, "log": True}, "tag(log, interval(1e-5, 1e-3))",
+     FloatDistribution(1e-5, 1e-3, log=True)),
+    ({"type": "float", "low": 0.0, "high": 0.1}, "interval(0.0, 0.1)", FloatDistribution(0.0, 0.1)),
+    ({"type": "int", "low": 1, "high": 8}, "int(interval(1, 8))", IntDistribution(1, 8)),
+    ({"type": "int", "low": 1, "high": 100, "log": True}, "tag(log, int(interval(1, 100)))", IntDistribution(1, 100, log=True)),
+    ({"type": "int", "low": 16, "high": 64, "step": 16}, "range(16, 80, 16)", IntDistribution(16, 64, step=16)),
+    ({"type": "float", "low": 0.0, "high": 0.3, "step": 0.1}, "range(0.0, 0.35, 0.1)", FloatDistribution(0.0, 0.3, step=0.1)),
+    ({"type": "categorical", "choices": [16, 32, 64]}, "choice(16, 32, 64)", CategoricalDistribution([16, 32, 64])),
+    ({"type": "categorical", "choices": ["linear", "cosine"]}, "choice(linear, cosine)", CategoricalDistribution(["linear", "cosine"])),
+]
+
+
+@pytest.mark.parametrize(("spec", "grammar", "expected"), SAME)
+def test_both_grammars_give_the_same_distribution(spec, grammar, expected):
+    a = build_space({"x": spec})["x"]
+    b = build_space({"x": grammar})["x"]
+    assert a == expected
+    assert b == expected
+
+
+def test_range_excludes_stop_like_hydra():
+    # Hydra's range(1, 10, 2) sweeps 1,3,5,7,9: the Optuna distribution must hold exactly those.
+    dist = build_space({"x": "range(1, 10, 2)"})["x"]
+    assert grid_values({"x": dist})["x"] == [1, 3, 5, 7, 9]
+
+
+def test_nested_keys_are_dotted_paths():
+    space = build_space({"train": {"learning_rate": "interval(0.1, 0.2)"}, "model.dropout": "interval(0, 0.2)"})
+    assert set(space) == {"train.learning_rate", "model.dropout"}
+
+
+@pytest.mark.parametrize(("value", "needle"), [
+    ({"type": "float", "low": 0.1, "high": 0.01}, "low must be < high"),
+    ({"type": "float", "low": 0.0, "high": 0.1, "log": True}, "log scale needs low > 0"),
+    ({"type": "categorical", "choices": []}, "non-empty list of choices"),
+    ({"type": "floaty", "low": 0, "high": 1}, "type must be"),
+    ({"type": "float", "low": "a", "high": 1}, "low must be a number"),
+    ({"type": "float", "low": 0, "high": 1, "bogus": 1}, "unknown field"),
+    ("interval(0.5, 0.1)", "low must be < high"),
+    ("tag(log, interval(0, 1))", "log scale needs low > 0"),
+    ("choice()", "choice"),
+    ("0.5", "single value"),
+    ("interval(0.1", "cannot parse"),
+    (3, "expected a spec"),
+])
+def test_bad_specs_name_the_key(value, needle):
+    with pytest.raises(ConfigError) as err:
+        build_space({"train.learning_rate": value})
+    assert err.value.key == "study.space.train.learning_rate"
+    assert needle in err.value.message
+
+
+def test_grid_refuses_continuous_ranges():
+    with pytest.raises(ConfigError, match="sampler=grid needs a discrete space"):
+        grid_values(build_space({"train.learning_rate": "interval(0.1, 0.2)"}))
+
+
+def test_space_is_checked_against_the_config():
+    composed = compose_config(["+study=smoke", "model=tiny"])
+    base = composed.dict_config
+    with pytest.raises(ConfigError, match="not a config path"):
+        check_space(base, build_space({"train.learnig_rate": "interval(0.1, 0.2)"}))
+    with pytest.raises(ConfigError, match="does not fit"):
+        check_space(base, build_space({"train.batch_size": "interval(0.5, 8.5)"}))
+    with pytest.raises(ConfigError, match="out of range"):
+        check_space(base, build_space({"model.dropout": "interval(0.1, 1.5)"}))
+    applied = apply_params(base, {"train.batch_size": 8, "model.dropout": 0.25})
+    assert applied.train.batch_size == 8 and applied.model.dropout == 0.25
+    assert base.train.batch_size != 8  # the composed config is never mutated
