@@ -12,9 +12,15 @@ from __future__ import annotations
 import gc
 import logging
 import math
+import os
+import platform
+import shutil
 import time
 import traceback
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -23,10 +29,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from llm_doe.artifacts import upload_trial_artifacts
 from llm_doe.finetune.data import encoded_splits
-from llm_doe.finetune.loop import Diverged, resolve_runtime, train
+from llm_doe.finetune.loop import Diverged, Interrupted, resolve_runtime, train
 from llm_doe.finetune.model import load_tokenizer, model_factory
 from llm_doe.schema import Config, resolved_direction
 from llm_doe.space import SearchSpace, apply_params, suggest
+from llm_doe.study import retry_callback
 
 log = logging.getLogger("llm_doe")
 
@@ -35,6 +42,27 @@ FINAL_METRICS = ("val_loss", "accuracy", "f1", "roc_auc")
 
 class TrialFailed(RuntimeError):
     """A trial that failed for a recorded reason; the study catches it and goes on."""
+
+
+class TrialInterrupted(RuntimeError):
+    """A signal stopped the trial; it was checkpointed and re-queued. Ends the worker's loop."""
+
+
+ACTIVE = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.RUNNING,
+          optuna.trial.TrialState.WAITING)
+
+
+def _frozen(trial: optuna.Trial) -> optuna.trial.FrozenTrial:
+    running = trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    return next(t for t in running if t.number == trial.number)
+
+
+def origin_number(frozen: optuna.trial.FrozenTrial) -> int:
+    """The number of the first trial in a retry chain: re-queued trials share its checkpoint."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        origin = optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen)
+    return frozen.number if origin is None else origin
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -59,6 +87,9 @@ class Objective:
     space: SearchSpace
     artifact_store: Any
     progress: bool = False
+    checkpoints_dir: Path | None = None  # None: no checkpoints
+    should_stop: Callable[[], bool] | None = None  # polled every optimizer step (signals)
+    n_trials: int | None = None  # the study's total, for the surplus check
 
     def trial_config(self, params: dict[str, Any]) -> tuple[DictConfig, Config]:
         cfg_dc = apply_params(self.base, params)
@@ -66,6 +97,16 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> float:
         started = time.perf_counter()
+        frozen = _frozen(trial)
+        if self.n_trials is not None:
+            ahead = [t for t in trial.study.get_trials(deepcopy=False, states=ACTIVE) if t.number < trial.number]
+            if len(ahead) >= self.n_trials:
+                # Another worker started the last trial at the same moment: the study total
+                # is already covered, so this one does not run (and does not count).
+                trial.set_user_attr("surplus", True)
+                trial.set_user_attr("fail_reason", f"surplus: {self.n_trials} trials were already running or done")
+                raise TrialFailed("surplus")
+        trial.set_user_attr("worker", f"{platform.node()}:{os.getpid()}")
         params = suggest(trial, self.space)
         cfg_dc, cfg = self.trial_config(params)
         resolved = OmegaConf.to_container(cfg_dc, resolve=True)
@@ -83,6 +124,9 @@ class Objective:
             trial.report(metrics[metric], step)
             return trial.should_prune()
 
+        checkpoint = None
+        if self.checkpoints_dir is not None:
+            checkpoint = self.checkpoints_dir / str(origin_number(frozen))
         model = result = None
         failure: BaseException | None = None
         try:
@@ -92,18 +136,21 @@ class Objective:
             runtime = resolve_runtime(cfg.runtime.device, cfg.train.precision, cfg.runtime.log_every_steps, self.progress)
             result = train(model, train_data, val_data, cfg.train, runtime, pad_id=tokenizer.pad_token_id or 0,
                            metric=metric, maximize=maximize, report=report, started_at=started,
-                           desc=f"trial {trial.number}")
-        except optuna.TrialPruned:
-            raise
+                           desc=f"trial {trial.number}", checkpoint_dir=checkpoint, should_stop=self.should_stop)
+        except Interrupted as err:
+            # Re-queue with the same params and intermediate values (Optuna's own mechanism, as
+            # for a dead worker); the new trial resumes from the checkpoint left in place.
+            retry_callback()(trial.study, _frozen(trial))
+            trial.set_user_attr("fail_reason", f"interrupted at optimizer step {err.step}; re-queued"
+                                + (" to resume from its checkpoint" if err.checkpointed else ""))
+            raise TrialInterrupted(str(err)) from None
         except Exception as err:  # every failure is data: recorded, then the study goes on
             failure = err
         finally:
             del model
-            if failure is not None and isinstance(failure, torch.OutOfMemoryError):
-                gc.collect()
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
 
+        if checkpoint is not None:
+            shutil.rmtree(checkpoint, ignore_errors=True)  # the trial is over: its checkpoint is not needed
         config_yaml = OmegaConf.to_yaml(cfg_dc, resolve=True)
         if failure is not None:
             reason = self._fail_reason(failure)
@@ -111,6 +158,10 @@ class Objective:
             trial.set_user_attr("duration_s", time.perf_counter() - started)
             log.debug("trial %d failed:\n%s", trial.number, "".join(traceback.format_exception(failure)))
             failure.__traceback__ = None  # frames hold the model's tensors: let them go now
+            if isinstance(failure, torch.OutOfMemoryError):
+                gc.collect()
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
             upload_trial_artifacts(self.artifact_store, trial, config_yaml, history)
             raise TrialFailed(reason) from failure
 
@@ -120,6 +171,8 @@ class Objective:
         for name, value in result.cost.items():
             trial.set_user_attr(name, _finite_or_none(float(value)) if isinstance(value, float) else value)
         trial.set_user_attr("best_step", result.best_step)
+        if result.resumed_from_step:
+            trial.set_user_attr("resumed_from_step", result.resumed_from_step)
         trial.set_user_attr("stop_reason", result.stop_reason)
         trial.set_user_attr("duration_s", time.perf_counter() - started)
         upload_trial_artifacts(self.artifact_store, trial, config_yaml, result.history,

@@ -112,10 +112,21 @@ class PrunerConfig:
 
 @dataclass
 class StorageConfig:
+    # rdb: any SQLAlchemy URL Optuna supports (sqlite, postgresql, mysql); journal: a log file.
+    kind: str = "rdb"
     url: str = "sqlite:///studies/${study.name}.db"
+    # For kind=journal: the journal file (on a shared filesystem for many machines).
+    journal_path: str = "studies/${study.name}.journal"
     artifacts_dir: str = "studies/${study.name}/artifacts"
+    checkpoints_dir: str = "studies/${study.name}/checkpoints"
+    # Environment variable holding the database password when the URL has none.
+    password_env: str = "LLM_DOE_DB_PASSWORD"
     # Seconds SQLite waits on a locked database before giving up.
     sqlite_timeout: float = 60.0
+    # RDB heartbeats: a trial silent for grace_period seconds is failed and re-queued.
+    heartbeat_interval: Optional[int] = 10
+    grace_period: Optional[int] = 30
+    max_retry: int = 3
 
 
 @dataclass
@@ -139,6 +150,8 @@ class RuntimeConfig:
     num_threads: Optional[int] = None
     log_every_steps: int = 20
     progress: bool = True
+    # Checkpoint each trial at every evaluation (and on SIGINT/SIGTERM) so it can resume.
+    checkpoint: bool = True
 
 
 @dataclass
@@ -236,3 +249,10 @@ def validate(cfg: Config) -> None:
     if cfg.runtime.num_threads is not None:
         _check(cfg.runtime.num_threads >= 1, "runtime.num_threads", "must be >= 1 or null")
     _check(cfg.workers >= 1, "workers", f"must be >= 1, got {cfg.workers}")
+    st = cfg.storage
+    _check(st.kind in ("rdb", "journal"), "storage.kind", f"must be rdb or journal, got {st.kind!r}")
+    if st.heartbeat_interval is not None:
+        _check(st.heartbeat_interval >= 1, "storage.heartbeat_interval", "must be >= 1 second or null")
+        _check(st.grace_period is not None and st.grace_period > st.heartbeat_interval, "storage.grace_period",
+               "must be larger than storage.heartbeat_interval")
+    _check(st.max_retry >= 0, "storage.max_retry", "must be >= 0")

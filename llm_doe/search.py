@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.trial import TrialState
 from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException, MissingConfigException
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -39,6 +42,8 @@ Examples:
 """
 
 log = logging.getLogger("llm_doe")
+WORKER_ENV = "LLM_DOE_WORKER"  # set in worker processes started by workers=N
+POLL_SECONDS = 2.0  # how often a worker with nothing to start looks at the study again
 
 
 @dataclass
@@ -139,6 +144,9 @@ class ProgressCallback:
         from llm_doe.study import count_finished
 
         state = trial.state.name
+        if trial.user_attrs.get("surplus"):
+            log.debug("trial %d not run: the study total was already running or done", trial.number)
+            return
         if trial.state == optuna.trial.TrialState.FAIL:
             self.failures += 1
             value = f"reason={trial.user_attrs.get('fail_reason', '?')}"
@@ -171,7 +179,7 @@ class FailureLimit:
         self.tripped = False
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        if trial.state == optuna.trial.TrialState.FAIL:
+        if trial.state == optuna.trial.TrialState.FAIL and not trial.user_attrs.get("surplus"):
             self.failures += 1
             if self.failures >= self.max_failures:
                 self.tripped = True
@@ -207,55 +215,144 @@ def prepare(composed: Composed) -> tuple[Any, Any, Any]:
     return space, sampler, pruner
 
 
+class StopRequest:
+    """SIGINT/SIGTERM handling: the first signal asks the running trial to checkpoint and stop
+    at the next optimizer step; a second Ctrl-C interrupts at once."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __call__(self) -> bool:
+        return self.signum is not None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+        log.warning("%s: checkpointing the running trial and stopping (Ctrl-C again to stop at once)",
+                    signal.Signals(signum).name)
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + (self.signum or signal.SIGINT)
+
+
+def _write_run_dir(composed: Composed) -> None:
+    from llm_doe.study import mask_overrides
+
+    hydra_dir = composed.run_dir / ".hydra"
+    hydra_dir.mkdir(parents=True, exist_ok=True)
+    (hydra_dir / "config.yaml").write_text(OmegaConf.to_yaml(_masked_config(composed)))
+    (hydra_dir / "overrides.yaml").write_text(OmegaConf.to_yaml(mask_overrides(composed.overrides)))
+
+
+def _masked_config(composed: Composed) -> dict[str, Any]:
+    """The resolved config with the database password masked: what may be written anywhere."""
+    from llm_doe.study import mask_url
+
+    resolved = OmegaConf.to_container(composed.dict_config, resolve=True)
+    resolved["storage"]["url"] = mask_url(resolved["storage"]["url"])  # type: ignore[index]
+    return resolved  # type: ignore[return-value]
+
+
 def run(composed: Composed) -> int:
     """Open (or resume) the study and optimise it to ``study.n_trials``. Returns the exit code."""
-    import torch
-
-    from llm_doe.artifacts import artifact_store
-    from llm_doe.objective import Objective, TrialFailed
-    from llm_doe.study import count_finished, make_storage, open_study
+    from llm_doe.study import make_storage, open_study
 
     cfg = composed.config
     space, sampler, pruner = prepare(composed)
-
-    composed.run_dir.mkdir(parents=True, exist_ok=True)
-    (composed.run_dir / ".hydra").mkdir(exist_ok=True)
-    (composed.run_dir / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(composed.dict_config, resolve=True))
-    (composed.run_dir / ".hydra" / "overrides.yaml").write_text(OmegaConf.to_yaml(composed.overrides))
+    _write_run_dir(composed)
     _setup_logging(composed.run_dir)
+    study = open_study(cfg, make_storage(cfg.storage), sampler, pruner, space, _masked_config(composed),
+                       composed.overrides)
+    if cfg.workers > 1 and os.environ.get(WORKER_ENV) is None:
+        code = run_workers(composed, study)
+    else:
+        code = optimize(composed, study, space)
+    return code
+
+
+def optimize(composed: Composed, study: optuna.Study, space: Any) -> int:
+    """This process's share of the study: trials until the study total is reached.
+
+    Each iteration runs one trial through ``study.optimize`` (so Optuna's heartbeat thread
+    covers it and stale trials of dead workers are failed and re-queued first). When every
+    remaining trial is already running elsewhere, the worker waits for those to finish or go
+    stale instead of starting surplus trials, so ``study.n_trials`` is exact across workers.
+    """
+    import torch
+
+    from llm_doe.artifacts import artifact_store
+    from llm_doe.objective import Objective, TrialFailed, TrialInterrupted
+    from llm_doe.study import storage_label, trial_counts
+
+    cfg = composed.config
     if cfg.runtime.num_threads is not None:
         torch.set_num_threads(cfg.runtime.num_threads)
-
-    resolved = OmegaConf.to_container(composed.dict_config, resolve=True)
-    study = open_study(cfg, make_storage(cfg.storage), sampler, pruner, space, resolved, composed.overrides)
-    done = count_finished(study)
-    if done >= cfg.study.n_trials:
+    n_total = cfg.study.n_trials
+    counts = trial_counts(study)
+    done = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
+    if done >= n_total:
         log.info("study %s already has %d/%d finished trials in %s: nothing to run (raise study.n_trials to "
-                 "run more)", cfg.study.name, done, cfg.study.n_trials, cfg.storage.url)
+                 "run more)", cfg.study.name, done, n_total, storage_label(cfg.storage))
         return 0
     log.info("study %s: %d/%d trials finished, %s %s, sampler=%s pruner=%s, store %s, logs %s",
-             cfg.study.name, done, cfg.study.n_trials, resolved_direction(cfg), cfg.study.metric, cfg.sampler.name,
-             cfg.pruner.name, cfg.storage.url, composed.run_dir)
+             cfg.study.name, done, n_total, resolved_direction(cfg), cfg.study.metric, cfg.sampler.name,
+             cfg.pruner.name, storage_label(cfg.storage), composed.run_dir)
 
+    stop = StopRequest()
     objective = Objective(composed.dict_config, space, artifact_store(cfg.storage.artifacts_dir),
-                          progress=cfg.runtime.progress)
-    progress = ProgressCallback(study, cfg.study.n_trials, cfg.study.metric, cfg.runtime.progress)
+                          progress=cfg.runtime.progress,
+                          checkpoints_dir=Path(cfg.storage.checkpoints_dir) if cfg.runtime.checkpoint else None,
+                          should_stop=stop, n_trials=n_total)
+    progress = ProgressCallback(study, n_total, cfg.study.metric, cfg.runtime.progress)
     failures = FailureLimit(cfg.study.max_failures)
-    total = optuna.study.MaxTrialsCallback(cfg.study.n_trials, states=(optuna.trial.TrialState.COMPLETE,
-                                                                       optuna.trial.TrialState.PRUNED))
     started = time.perf_counter()
-    try:
-        study.optimize(objective, callbacks=[progress, failures, total], catch=(TrialFailed,),
-                       timeout=cfg.study.timeout, gc_after_trial=False)
-    except KeyboardInterrupt:
-        progress.close()
-        log.error("interrupted: the running trial is marked FAIL; run the same command to resume to %d trials",
-                  cfg.study.n_trials)
-        return 130
-    progress.close()
-    done = count_finished(study)
-    log.info("study %s: %d/%d trials finished in %.1fs", cfg.study.name, done, cfg.study.n_trials,
-             time.perf_counter() - started)
+    deadline = None if cfg.study.timeout is None else started + cfg.study.timeout
+    waited = interrupted = False
+    with stop:
+        try:
+            while not stop() and not failures.tripped:
+                if deadline is not None and time.perf_counter() >= deadline:
+                    log.info("study.timeout of %ss reached", cfg.study.timeout)
+                    break
+                optuna.storages.fail_stale_trials(study)
+                counts = trial_counts(study)
+                done = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
+                if done >= n_total:
+                    break
+                if counts[TrialState.WAITING] == 0 and done + counts[TrialState.RUNNING] >= n_total:
+                    if not waited:
+                        log.info("waiting for %d trial(s) running elsewhere to finish (or to go stale and be "
+                                 "re-queued)", counts[TrialState.RUNNING])
+                        waited = True
+                    time.sleep(POLL_SECONDS)
+                    continue
+                waited = False
+                study.optimize(objective, n_trials=1, callbacks=[progress, failures], catch=(TrialFailed,),
+                               gc_after_trial=False)
+        except (TrialInterrupted, KeyboardInterrupt):
+            interrupted = True
+        finally:
+            progress.close()
+    if interrupted or stop():
+        log.error("interrupted (%s): the running trial was checkpointed and re-queued; run the same command to "
+                  "resume to %d trials", signal.Signals(stop.signum or signal.SIGINT).name, n_total)
+        return stop.exit_code
+    done = trial_counts(study)
+    log.info("study %s: %d/%d trials finished; this run took %.1fs", cfg.study.name,
+             done[TrialState.COMPLETE] + done[TrialState.PRUNED], n_total, time.perf_counter() - started)
     try:
         best = study.best_trial
         log.info("best trial #%d: %s=%s with %s", best.number, cfg.study.metric, _fmt(best.value),
@@ -267,6 +364,73 @@ def run(composed: Composed) -> int:
                   "and %s", failures.failures, cfg.study.max_failures, composed.run_dir / "search.log")
         return 1
     return 0
+
+
+def _worker_command(composed: Composed, index: int, threads: int) -> list[str]:
+    keep = [o for o in composed.overrides if not o.lstrip("+~").startswith(("workers=", "hydra.run.dir=",
+                                                                               "runtime.num_threads=",
+                                                                               "runtime.progress="))]
+    return [sys.executable, "-m", "llm_doe.search", *keep, "workers=1", f"runtime.num_threads={threads}",
+            f"hydra.run.dir={composed.run_dir / f'worker-{index}'}", "runtime.progress=false"]
+
+
+def run_workers(composed: Composed, study: optuna.Study) -> int:
+    """``workers=N``: N worker processes on this study, each asking for its next trial the
+    moment it finishes one (no batches). Each gets its own GPU where there are GPUs, else an
+    equal share of the CPU threads; their lines are printed prefixed with ``[wI]`` and each
+    keeps its own log under ``<run dir>/worker-I/``."""
+    import subprocess
+
+    import torch
+
+    from llm_doe.study import trial_counts
+
+    cfg = composed.config
+    n = cfg.workers
+    gpus = torch.cuda.device_count() if cfg.runtime.device != "cpu" else 0
+    threads = cfg.runtime.num_threads or max(1, (os.cpu_count() or 1) // n)
+    log.info("starting %d workers on study %s (%s)", n, cfg.study.name,
+             f"{gpus} GPU(s)" if gpus else f"{threads} CPU thread(s) each")
+    procs: list[subprocess.Popen[str]] = []
+    for index in range(n):
+        env = {**os.environ, WORKER_ENV: str(index), "PYTHONUNBUFFERED": "1"}
+        if gpus:
+            env["CUDA_VISIBLE_DEVICES"] = str(index % gpus)
+        procs.append(subprocess.Popen(_worker_command(composed, index, threads), env=env, text=True,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+
+    def pump(index: int, proc: subprocess.Popen[str]) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            log.info("[w%d] %s", index, line.rstrip())
+
+    readers = [threading.Thread(target=pump, args=(i, p), daemon=True) for i, p in enumerate(procs)]
+    for reader in readers:
+        reader.start()
+
+    def forward(signum: int, frame: Any) -> None:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signum)
+
+    previous = signal.signal(signal.SIGTERM, forward)
+    try:
+        codes = []
+        for proc in procs:
+            while True:
+                try:
+                    codes.append(proc.wait())
+                    break
+                except KeyboardInterrupt:  # Ctrl-C reached the workers too (same process group)
+                    continue
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        for reader in readers:
+            reader.join(timeout=5)
+    counts = trial_counts(study)
+    log.info("workers done: %d/%d trials finished (%d pruned), %d failed; exit codes %s", counts[TrialState.COMPLETE]
+             + counts[TrialState.PRUNED], cfg.study.n_trials, counts[TrialState.PRUNED], counts[TrialState.FAIL], codes)
+    return max(codes, key=lambda c: (c != 0, c))
 
 
 def main(argv: list[str] | None = None) -> int:

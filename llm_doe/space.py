@@ -24,7 +24,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from llm_doe.schema import Config, ConfigError, validate
+from llm_doe.schema import ConfigError, validate
 
 Distribution = optuna.distributions.BaseDistribution
 SearchSpace = dict[str, Distribution]

@@ -49,6 +49,28 @@ def check_writable(path: str | Path, key: str) -> None:
         raise ConfigError(key, f"{target} is not writable ({check} is read-only)")
 
 
+def mask_url(url: str) -> str:
+    """The URL with its password replaced by ***, for logs and attributes."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url
+
+
+def storage_label(cfg: StorageConfig) -> str:
+    """What to show users: the masked URL, or the journal file."""
+    return f"journal:{cfg.journal_path}" if cfg.kind == "journal" else mask_url(cfg.url)
+
+
+def full_url(cfg: StorageConfig) -> str:
+    """The URL with the password from ``storage.password_env`` when the URL carries none."""
+    parsed = make_url(cfg.url)
+    password = os.environ.get(cfg.password_env)
+    if parsed.get_backend_name() != "sqlite" and parsed.password is None and password:
+        parsed = parsed.set(password=password)
+    return parsed.render_as_string(hide_password=False)
+
+
 def sqlite_path(url: str) -> Path | None:
     """The database file of a sqlite URL (None for other back ends)."""
     parsed = make_url(url)
@@ -57,15 +79,30 @@ def sqlite_path(url: str) -> Path | None:
     return Path(parsed.database or "")
 
 
-def check_storage(cfg: StorageConfig) -> str:
-    """Validate the storage URL (and that a SQLite file could be created). Returns the URL."""
+def check_storage(cfg: StorageConfig) -> None:
+    """Validate the storage (and that a SQLite or journal file could be created)."""
+    if cfg.kind == "journal":
+        journal = Path(cfg.journal_path)
+        if journal.is_dir():
+            raise ConfigError("storage.journal_path", f"{journal} is a folder, not a journal file")
+        if not journal.exists():
+            check_writable(journal, "storage.journal_path")
+        elif not os.access(journal, os.R_OK | os.W_OK):
+            raise ConfigError("storage.journal_path", f"{journal} is not readable and writable")
+        return
     try:
         parsed = make_url(cfg.url)
     except ArgumentError:
-        raise ConfigError("storage.url", f"{cfg.url!r} is not a database URL (e.g. sqlite:///studies/NAME.db)") from None
+        raise ConfigError("storage.url", f"{mask_url(cfg.url)!r} is not a database URL (e.g. sqlite:///studies/NAME.db)") from None
     backend = parsed.get_backend_name()
     if backend not in SUPPORTED_DIALECTS:
         raise ConfigError("storage.url", f"unsupported database {backend!r}; use one of {', '.join(SUPPORTED_DIALECTS)}")
+    if backend != "sqlite":
+        try:
+            parsed.get_dialect().import_dbapi()
+        except ImportError as err:
+            raise ConfigError("storage.url", f"the driver for {parsed.drivername!r} is not installed ({err}); "
+                                             "for PostgreSQL: pip install psycopg2-binary") from None
     if backend == "sqlite":
         if not parsed.database or parsed.database == ":memory:":
             raise ConfigError("storage.url", "a SQLite URL needs a file path (sqlite:///path/to/study.db); in-memory studies are lost")
@@ -77,11 +114,20 @@ def check_storage(cfg: StorageConfig) -> str:
                 raise ConfigError("storage.url", f"{db} is not readable and writable")
         else:
             check_writable(db, "storage.url")
-    return cfg.url
 
 
-def make_storage(cfg: StorageConfig) -> optuna.storages.RDBStorage:
-    """Create the storage (and a SQLite file's folder). Call after every check has passed."""
+def make_storage(cfg: StorageConfig) -> optuna.storages.BaseStorage:
+    """Create the storage (and a SQLite or journal file's folder). Call after every check passed.
+
+    RDB storages get heartbeats: a trial whose worker died (SIGKILL, node lost) is failed after
+    ``grace_period`` and re-queued with the same parameters and its intermediate values by
+    Optuna's own ``RetryHeartbeatStaleTrialCallback``; the objective resumes it from its checkpoint.
+    """
+    if cfg.kind == "journal":
+        from optuna.storages.journal import JournalFileBackend
+
+        Path(cfg.journal_path).absolute().parent.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.JournalStorage(JournalFileBackend(cfg.journal_path))
     db = sqlite_path(cfg.url)
     engine_kwargs: dict[str, Any] = {}
     if db is not None:
@@ -89,8 +135,20 @@ def make_storage(cfg: StorageConfig) -> optuna.storages.RDBStorage:
         # Wait on a locked database instead of failing ("database is locked").
         engine_kwargs["connect_args"] = {"timeout": cfg.sqlite_timeout}
     else:
-        engine_kwargs["pool_pre_ping"] = True
-    return optuna.storages.RDBStorage(cfg.url, engine_kwargs=engine_kwargs)
+        engine_kwargs["pool_pre_ping"] = True  # survive a server that dropped idle connections
+    heartbeat: dict[str, Any] = {}
+    if cfg.heartbeat_interval is not None:
+        heartbeat = {
+            "heartbeat_interval": cfg.heartbeat_interval,
+            "grace_period": cfg.grace_period,
+            "heartbeat_stale_trial_callback": retry_callback(cfg.max_retry),
+        }
+    return optuna.storages.RDBStorage(full_url(cfg), engine_kwargs=engine_kwargs, **heartbeat)
+
+
+def retry_callback(max_retry: int | None = None) -> optuna.storages.RetryHeartbeatStaleTrialCallback:
+    """Optuna's re-queue of a dead trial: same params, same intermediate values."""
+    return optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry, inherit_intermediate_values=True)
 
 
 def make_sampler(cfg: SamplerConfig, space: SearchSpace) -> optuna.samplers.BaseSampler:
@@ -154,10 +212,15 @@ def _version(name: str) -> str | None:
         return None
 
 
+def mask_overrides(argv: list[str]) -> list[str]:
+    """Command-line overrides with any database password masked."""
+    return [f"{a.split('=', 1)[0]}={mask_url(a.split('=', 1)[1])}" if "://" in a and "=" in a else a for a in argv]
+
+
 def provenance(argv: list[str]) -> dict[str, Any]:
-    """Where this run came from: command, commit, versions, host."""
+    """Where this run came from: command, commit, versions, host (passwords masked)."""
     return {
-        "command": shlex.join([Path(sys.executable).name, "-m", "llm_doe.search", *argv]),
+        "command": shlex.join([Path(sys.executable).name, "-m", "llm_doe.search", *mask_overrides(argv)]),
         "git_commit": _git_commit(),
         "versions": {name: _version(name) for name in
                      ("llm_doe", "torch", "transformers", "optuna", "datasets", "hydra-core", "scikit-learn")},
@@ -169,13 +232,21 @@ def provenance(argv: list[str]) -> dict[str, Any]:
 
 def existing_space(cfg: Config) -> dict[str, Any] | None:
     """The search space an existing study was created with, read without creating anything."""
-    db = sqlite_path(cfg.storage.url)
-    if db is not None and not db.exists():
-        return None
+    if cfg.storage.kind == "journal":
+        if not Path(cfg.storage.journal_path).exists():
+            return None
+        key = "storage.journal_path"
+    else:
+        db = sqlite_path(cfg.storage.url)
+        if db is not None and not db.exists():
+            return None
+        key = "storage.url"
     try:
-        summaries = optuna.get_all_study_summaries(storage=cfg.storage.url, include_best_trial=False)
+        storage = make_storage(cfg.storage)
+        summaries = optuna.get_all_study_summaries(storage=storage, include_best_trial=False)
     except Exception as err:  # unreachable server, foreign file: say so before running anything
-        raise ConfigError("storage.url", f"cannot open the study store: {str(err).splitlines()[0]}") from None
+        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ConfigError(key, f"cannot open the study store {storage_label(cfg.storage)}: {mask_url(message)}") from None
     for summary in summaries:
         if summary.study_name == cfg.study.name:
             return summary.user_attrs.get("space", {})
@@ -186,7 +257,7 @@ def check_resume(cfg: Config, space: SearchSpace) -> None:
     """Resuming is only honest on the same search space (else the trials answer another question)."""
     before = existing_space(cfg)
     if before is not None and before != space_to_json(space):
-        raise ConfigError("study.space", f"differs from the space study {cfg.study.name!r} in {cfg.storage.url} was "
+        raise ConfigError("study.space", f"differs from the space study {cfg.study.name!r} in {storage_label(cfg.storage)} was "
                                          "created with; use another study.name to search a new space")
 
 
@@ -208,3 +279,11 @@ def open_study(cfg: Config, storage: optuna.storages.BaseStorage, sampler: optun
 def count_finished(study: optuna.Study) -> int:
     """Trials that count towards ``study.n_trials``: COMPLETE and PRUNED."""
     return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
+def trial_counts(study: optuna.Study) -> dict[optuna.trial.TrialState, int]:
+    """How many trials are in each state."""
+    counts = dict.fromkeys(optuna.trial.TrialState, 0)
+    for trial in study.get_trials(deepcopy=False):
+        counts[trial.state] += 1
+    return counts

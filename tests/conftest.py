@@ -23,7 +23,7 @@ TINY = ["model=tiny", "data.train_size=160", "data.val_size=64", "data.test_size
 def store_args(tmp: Path, name: str = "t") -> list[str]:
     """Everything a run writes goes under tmp."""
     return [f"study.name={name}", f"storage.url=sqlite:///{tmp}/{name}.db", f"storage.artifacts_dir={tmp}/art",
-            f"hydra.run.dir={tmp}/run"]
+            f"storage.checkpoints_dir={tmp}/ck", f"hydra.run.dir={tmp}/run"]
 
 
 @pytest.fixture

@@ -7,7 +7,15 @@ import pytest
 import torch
 
 from llm_doe.finetune.data import encoded_splits
-from llm_doe.finetune.loop import Diverged, _param_groups, batch_order, resolve_runtime, train
+from llm_doe.finetune.loop import (
+    CheckpointError,
+    Diverged,
+    Interrupted,
+    _param_groups,
+    batch_order,
+    resolve_runtime,
+    train,
+)
 from llm_doe.finetune.model import load_tokenizer, model_factory
 from llm_doe.schema import DataConfig, ModelConfig, TrainConfig
 
@@ -117,3 +125,46 @@ def test_dropout_and_seeded_head(setup):
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
     assert {m.p for m in a.modules() if isinstance(m, torch.nn.Dropout)} == {0.25}
     assert a.config.hidden_dropout_prob == 0.25
+
+
+def test_interrupt_checkpoints_and_resume_continues_the_same_run(setup, tmp_path):
+    tokenizer, train_data, val_data, factory = setup
+    cfg = TrainConfig(learning_rate=3e-3, num_epochs=2, evals_per_epoch=2, seed=5)
+    straight = train(factory.build(cfg.seed, 0.1), train_data, val_data, cfg, CPU, pad_id=tokenizer.pad_token_id)
+
+    calls = {"n": 0}
+
+    def stop_after_13_steps() -> bool:  # mid-epoch 2 (10 steps an epoch), after 2 evals
+        calls["n"] += 1
+        return calls["n"] == 13
+
+    with pytest.raises(Interrupted) as err:
+        train(factory.build(cfg.seed, 0.1), train_data, val_data, cfg, CPU, pad_id=tokenizer.pad_token_id,
+              checkpoint_dir=tmp_path, should_stop=stop_after_13_steps)
+    assert err.value.step == 13 and err.value.checkpointed
+    assert (tmp_path / "checkpoint.pt").is_file()
+
+    seen = []
+    resumed = train(factory.build(cfg.seed, 0.1), train_data, val_data, cfg, CPU, pad_id=tokenizer.pad_token_id,
+                    checkpoint_dir=tmp_path, report=lambda step, m: seen.append(step) or False)
+    assert resumed.resumed_from_step == 2
+    assert seen == [3, 4]  # only evaluations after the checkpoint are reported again
+    assert resumed.cost["optimizer_steps"] == straight.cost["optimizer_steps"] == 20
+    for a, b in zip(straight.history, resumed.history):
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-5, abs=1e-6)
+        assert a["optimizer_step"] == b["optimizer_step"]
+
+
+def test_failed_checkpoint_write_keeps_the_previous_one(setup, tmp_path):
+    tokenizer, train_data, val_data, factory = setup
+    cfg = TrainConfig(learning_rate=3e-3, num_epochs=1, evals_per_epoch=2)
+    model = factory.build(0, 0.1)
+    with pytest.raises(Interrupted):
+        train(model, train_data, val_data, cfg, CPU, pad_id=tokenizer.pad_token_id, checkpoint_dir=tmp_path,
+              should_stop=lambda: True)
+    before = (tmp_path / "checkpoint.pt").read_bytes()
+    (tmp_path / "checkpoint.pt.tmp").mkdir()  # the temp file cannot be written: as on a full disk
+    with pytest.raises(CheckpointError, match="cannot write a checkpoint"):
+        train(factory.build(0, 0.1), train_data, val_data, cfg, CPU, pad_id=tokenizer.pad_token_id,
+              checkpoint_dir=tmp_path, should_stop=lambda: True)
+    assert (tmp_path / "checkpoint.pt").read_bytes() == before

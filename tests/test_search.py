@@ -6,7 +6,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import optuna
 import pytest
@@ -15,7 +14,7 @@ from optuna.trial import TrialState
 
 from llm_doe.finetune.data import load_splits
 from llm_doe.search import compose_config
-from tests.conftest import REPO, TINY, load, run_cli, store_args
+from tests.conftest import TINY, load, run_cli, store_args
 
 DIVERGE_STUDY = """# @package _global_
 defaults:

@@ -8,12 +8,15 @@ so trials with different batch sizes report comparable steps to the pruner.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import resource
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,6 +33,22 @@ Report = Callable[[int, dict[str, float]], bool]
 
 class Diverged(RuntimeError):
     """The training or validation loss became NaN or infinite."""
+
+
+class Interrupted(Exception):
+    """``should_stop`` asked to stop (a signal): the run was checkpointed first."""
+
+    def __init__(self, step: int, checkpointed: bool) -> None:
+        super().__init__(f"interrupted at optimizer step {step}" + (" (checkpointed)" if checkpointed else ""))
+        self.step = step
+        self.checkpointed = checkpointed
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be written (disk full, read-only); the previous one is intact."""
+
+
+CHECKPOINT_FILE = "checkpoint.pt"
 
 
 @dataclass
@@ -68,6 +87,7 @@ class TrainResult:
     best_labels: np.ndarray
     best_probs: np.ndarray
     cost: dict[str, float] = field(default_factory=dict)
+    resumed_from_step: int = 0  # evaluations restored from a checkpoint (0 = fresh start)
 
 
 def batch_order(lengths: np.ndarray, batch_size: int, rng: np.random.Generator, group_by_length: bool) -> list[np.ndarray]:
@@ -171,6 +191,61 @@ def _progress(total: int, enabled: bool, desc: str) -> Any:
     return tqdm(total=total, desc=desc, leave=False, unit="step", disable=None, dynamic_ncols=True)
 
 
+@dataclass
+class _State:
+    """Everything a resumed run needs besides the model/optimizer/scheduler/scaler states."""
+
+    epoch: int = 0
+    batches_done: int = 0  # batches of ``epoch`` already trained
+    epoch_rng: dict[str, Any] | None = None  # batch-order RNG at the start of ``epoch``
+    step: int = 0
+    examples: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+    best: dict[str, float] = field(default_factory=dict)
+    best_step: int = 0
+    best_probs: np.ndarray = field(default_factory=lambda: np.empty((0, 0)))
+    since_best: int = 0
+    running_sum: float = 0.0
+    running_n: int = 0
+    train_time: float = 0.0
+    eval_time: float = 0.0
+
+
+def save_checkpoint(folder: Path, model: nn.Module, optimizer: Any, scheduler: Any, scaler: Any, state: _State) -> None:
+    """Write the latest checkpoint atomically (temp file + rename): a failed write leaves the
+    previous checkpoint intact."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / (CHECKPOINT_FILE + ".tmp")
+    payload = {
+        "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict(), "state": state.__dict__, "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, folder / CHECKPOINT_FILE)
+    except (OSError, RuntimeError) as err:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise CheckpointError(f"cannot write a checkpoint in {folder}: {err}") from err
+
+
+def _load_checkpoint(folder: Path, model: nn.Module, optimizer: Any, scheduler: Any, scaler: Any,
+                     device: torch.device) -> _State | None:
+    path = folder / CHECKPOINT_FILE
+    if not path.is_file():
+        return None
+    payload = torch.load(path, map_location=device, weights_only=False)
+    model.load_state_dict(payload["model"])
+    optimizer.load_state_dict(payload["optimizer"])
+    scheduler.load_state_dict(payload["scheduler"])
+    scaler.load_state_dict(payload["scaler"])
+    torch.set_rng_state(payload["torch_rng"].cpu())
+    if payload["cuda_rng"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in payload["cuda_rng"]])
+    return _State(**payload["state"])
+
+
 def train(
     model: nn.Module,
     train_data: Encoded,
@@ -184,6 +259,8 @@ def train(
     report: Report | None = None,
     started_at: float | None = None,
     desc: str = "train",
+    checkpoint_dir: Path | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> TrainResult:
     """Fine-tune ``model`` and evaluate it on the validation split as configured.
 
@@ -195,10 +272,17 @@ def train(
             training (``stop_reason='stopped_by_report'``).
         started_at: ``time.perf_counter()`` when the caller's trial began, for
             ``time_to_first_step_s``.
+        checkpoint_dir: where the latest checkpoint lives. If it holds one, training resumes
+            from it (same batches, same RNG, earlier evaluations kept); a new one is written
+            after every evaluation and when ``should_stop`` fires. The caller removes it.
+        should_stop: polled after every optimizer step; True checkpoints and raises
+            :class:`Interrupted` (how SIGINT/SIGTERM stop a trial without losing it).
 
     Raises:
         Diverged: the training loss (checked every ``log_every_steps``) or the validation
             loss is not finite.
+        Interrupted: ``should_stop`` returned True.
+        CheckpointError: a checkpoint could not be written.
     """
     started_at = time.perf_counter() if started_at is None else started_at
     if rt.device.type == "cuda":
@@ -215,23 +299,37 @@ def train(
                               num_training_steps=total_steps)
     scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.dtype == torch.float16)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    rng = np.random.default_rng(cfg.seed)
     eval_points = set(_eval_points(steps_per_epoch, cfg.evals_per_epoch))
 
-    history: list[dict[str, float]] = []
-    best: dict[str, float] = {}
-    best_step, best_probs, since_best = 0, np.empty((0, 0)), 0
+    st = None
+    if checkpoint_dir is not None:
+        st = _load_checkpoint(checkpoint_dir, model, optimizer, scheduler, scaler, rt.device)
+    resumed_from = len(st.history) if st is not None else 0
+    st = st or _State()
+    rng = np.random.default_rng(cfg.seed)
+    if st.epoch_rng is not None:
+        rng.bit_generator.state = st.epoch_rng
+
+    def checkpoint() -> None:
+        if checkpoint_dir is not None:
+            save_checkpoint(checkpoint_dir, model, optimizer, scheduler, scaler, st)
+
     stop_reason = "completed"
-    step = examples = 0
     first_step_at: float | None = None
-    train_time = eval_time = 0.0
-    running = torch.zeros((), device=rt.device)
-    running_n = 0
+    running = torch.tensor(st.running_sum, device=rt.device)
     bar = _progress(total_steps, rt.progress, desc)
+    if bar is not None:
+        bar.update(st.step)
     t_train = time.perf_counter()
     try:
-        for epoch in range(cfg.num_epochs):
-            for in_epoch, index in enumerate(batch_order(train_data.lengths, cfg.batch_size, rng, cfg.group_by_length), 1):
+        for epoch in range(st.epoch, cfg.num_epochs):
+            if epoch != st.epoch or st.epoch_rng is None:
+                st.epoch, st.batches_done = epoch, 0
+            st.epoch_rng = rng.bit_generator.state
+            batches = batch_order(train_data.lengths, cfg.batch_size, rng, cfg.group_by_length)
+            for in_epoch, index in enumerate(batches, 1):
+                if in_epoch <= st.batches_done:
+                    continue  # trained before the checkpoint
                 batch = collate(train_data, index, pad_id, rt.device)
                 with torch.autocast(rt.device.type, dtype=rt.dtype or torch.float32, enabled=rt.dtype is not None):
                     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
@@ -243,59 +341,76 @@ def train(
                 scaler.update()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
-                step += 1
-                examples += len(index)
+                st.step += 1
+                st.batches_done = in_epoch
+                st.examples += len(index)
                 running += loss.detach()
-                running_n += 1
+                st.running_n += 1
                 if first_step_at is None:
                     first_step_at = time.perf_counter()
                 if bar is not None:
                     bar.update(1)
-                if step % rt.log_every_steps == 0 and not torch.isfinite(running).item():
-                    raise Diverged(f"non-finite training loss at optimizer step {step}")
-                if in_epoch not in eval_points:
-                    continue
-                train_time += time.perf_counter() - t_train
-                t_eval = time.perf_counter()
-                train_loss = float(running.item()) / max(1, running_n)
-                if not math.isfinite(train_loss):
-                    raise Diverged(f"non-finite training loss at optimizer step {step}")
-                metrics, probs = evaluate(model, val_data, cfg.eval_batch_size, pad_id, rt)
-                if not math.isfinite(metrics["val_loss"]):
-                    raise Diverged(f"non-finite validation loss at optimizer step {step}")
-                running.zero_()
-                running_n = 0
-                eval_index = len(history) + 1
-                record = {"step": eval_index, "epoch": epoch + in_epoch / steps_per_epoch, "optimizer_step": step,
-                          "examples_seen": examples, "train_loss": train_loss,
-                          "learning_rate": scheduler.get_last_lr()[0], **metrics}
-                history.append(record)
-                eval_time += time.perf_counter() - t_eval
-                if not best or _better(metrics[metric], best[metric], maximize):
-                    best, best_step, best_probs, since_best = dict(record), eval_index, probs, 0
-                else:
-                    since_best += 1
-                if bar is not None:
-                    bar.set_postfix(val_loss=f"{metrics['val_loss']:.4f}")
-                if report is not None and report(eval_index, metrics):
-                    stop_reason = "stopped_by_report"
-                elif cfg.early_stopping_patience is not None and since_best >= cfg.early_stopping_patience:
-                    stop_reason = "early_stopping"
-                t_train = time.perf_counter()
-                if stop_reason != "completed":
-                    break
+                if st.step % rt.log_every_steps == 0 and not torch.isfinite(running).item():
+                    raise Diverged(f"non-finite training loss at optimizer step {st.step}")
+                if in_epoch in eval_points:
+                    st.train_time += time.perf_counter() - t_train
+                    stop_reason = _evaluate_and_report(model, val_data, cfg, rt, st, running, pad_id, metric, maximize,
+                                                       report, epoch + in_epoch / steps_per_epoch,
+                                                       scheduler.get_last_lr()[0])
+                    if bar is not None:
+                        bar.set_postfix(val_loss=f"{st.history[-1]['val_loss']:.4f}")
+                    if stop_reason == "completed":
+                        checkpoint()
+                    t_train = time.perf_counter()
+                    if stop_reason != "completed":
+                        break
+                if should_stop is not None and should_stop():
+                    st.train_time += time.perf_counter() - t_train
+                    st.running_sum = float(running.item())
+                    checkpoint()
+                    raise Interrupted(st.step, checkpoint_dir is not None)
             if stop_reason != "completed":
                 break
     finally:
         if bar is not None:
             bar.close()
     cost = {
-        "train_samples_per_second": examples / train_time if train_time > 0 else 0.0,
+        "train_samples_per_second": st.examples / st.train_time if st.train_time > 0 else 0.0,
         "time_to_first_step_s": (first_step_at - started_at) if first_step_at else float("nan"),
-        "train_time_s": train_time,
-        "eval_time_s": eval_time,
-        "optimizer_steps": step,
-        "examples_seen": examples,
+        "train_time_s": st.train_time,
+        "eval_time_s": st.eval_time,
+        "optimizer_steps": st.step,
+        "examples_seen": st.examples,
         "peak_memory_mb": _peak_memory_mb(rt.device),
     }
-    return TrainResult(history, best_step, best, stop_reason, val_data.labels, best_probs, cost)
+    return TrainResult(st.history, st.best_step, st.best, stop_reason, val_data.labels, st.best_probs, cost,
+                       resumed_from)
+
+
+def _evaluate_and_report(model: nn.Module, val_data: Encoded, cfg: TrainConfig, rt: Runtime, st: _State,
+                         running: torch.Tensor, pad_id: int, metric: str, maximize: bool, report: Report | None,
+                         epoch: float, learning_rate: float) -> str:
+    """One evaluation: metrics, history, best, early stopping, report. Returns the stop reason."""
+    t_eval = time.perf_counter()
+    train_loss = float(running.item()) / max(1, st.running_n)
+    if not math.isfinite(train_loss):
+        raise Diverged(f"non-finite training loss at optimizer step {st.step}")
+    metrics, probs = evaluate(model, val_data, cfg.eval_batch_size, pad_id, rt)
+    if not math.isfinite(metrics["val_loss"]):
+        raise Diverged(f"non-finite validation loss at optimizer step {st.step}")
+    running.zero_()
+    st.running_sum, st.running_n = 0.0, 0
+    eval_index = len(st.history) + 1
+    record = {"step": eval_index, "epoch": epoch, "optimizer_step": st.step, "examples_seen": st.examples,
+              "train_loss": train_loss, "learning_rate": learning_rate, **metrics}
+    st.history.append(record)
+    st.eval_time += time.perf_counter() - t_eval
+    if not st.best or _better(metrics[metric], st.best[metric], maximize):
+        st.best, st.best_step, st.best_probs, st.since_best = dict(record), eval_index, probs, 0
+    else:
+        st.since_best += 1
+    if report is not None and report(eval_index, metrics):
+        return "stopped_by_report"
+    if cfg.early_stopping_patience is not None and st.since_best >= cfg.early_stopping_patience:
+        return "early_stopping"
+    return "completed"

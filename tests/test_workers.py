@@ -1,0 +1,139 @@
+"""Many workers on one study: SQLite and a real PostgreSQL server, SIGKILL, exact totals."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from tests.conftest import TINY, load, run_cli, store_args
+from tests.pg import postgres_server
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+FAST_HEARTBEAT = ["storage.heartbeat_interval=1", "storage.grace_period=3"]
+
+
+def _check_exact(study: optuna.Study, n: int) -> None:
+    finished = study.get_trials(states=FINISHED)
+    assert len(finished) == n, [(t.number, t.state.name, t.user_attrs.get("fail_reason")) for t in study.trials]
+    assert len({t.number for t in finished}) == n
+    assert not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
+    for trial in finished:
+        steps = sorted(trial.intermediate_values)
+        assert steps == list(range(1, len(steps) + 1)) and steps, (trial.number, steps)  # every value present
+    for trial in study.get_trials(states=(TrialState.FAIL,)):
+        assert "locked" not in trial.user_attrs.get("fail_reason", ""), trial.user_attrs
+
+
+def test_four_workers_on_sqlite_reach_the_exact_total_without_lock_failures(tmp_path):
+    proc = run_cli(["+study=smoke", *TINY, *store_args(tmp_path), "workers=4", "study.n_trials=12",
+                    "pruner=median", "pruner.n_startup_trials=2"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    study = load(tmp_path)
+    _check_exact(study, 12)
+    workers = {t.user_attrs["worker"] for t in study.get_trials(states=FINISHED)}
+    assert len(workers) >= 2, workers  # trials really ran in several processes
+    assert "[w0]" in proc.stdout and "[w3]" in proc.stdout
+    for index in range(4):
+        assert (tmp_path / "run" / f"worker-{index}" / "search.log").is_file()
+
+
+@pytest.mark.parametrize("backend", ["postgres"])
+def test_three_workers_on_postgres(tmp_path, backend):
+    with postgres_server() as url:
+        bare = url.replace(":s3cret-pw@", "@")  # the password comes from the environment
+        env = {"LLM_DOE_DB_PASSWORD": "s3cret-pw"}
+        args = ["+study=smoke", *TINY, "storage=postgres", f"storage.url={bare}", f"storage.artifacts_dir={tmp_path}/art",
+                f"storage.checkpoints_dir={tmp_path}/ck", f"hydra.run.dir={tmp_path}/run", "study.name=pg",
+                "workers=3", "study.n_trials=12"]
+        proc = subprocess.run([sys.executable, "-m", "llm_doe.search", *args], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=600, env={**os.environ, **env})
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        study = optuna.load_study(study_name="pg", storage=url)
+        _check_exact(study, 12)
+        # the password is never printed, logged or stored
+        assert "s3cret-pw" not in proc.stdout + proc.stderr
+        logs = "".join(p.read_text() for p in (tmp_path / "run").rglob("*") if p.is_file())
+        assert "s3cret-pw" not in logs
+        assert "s3cret-pw" not in repr(study.user_attrs)
+        assert all("s3cret-pw" not in repr(t.user_attrs) for t in study.trials)
+
+
+def _wait_for(predicate, timeout: float, what: str):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _running_with_checkpoint(tmp_path: Path):
+    try:
+        study = load(tmp_path)
+    except Exception:
+        return None
+    for trial in study.get_trials(states=(TrialState.RUNNING,)):
+        checkpointed = (tmp_path / "ck" / str(trial.number) / "checkpoint.pt").is_file()
+        if len(trial.intermediate_values) >= 1 and "worker" in trial.user_attrs and checkpointed:
+            return trial
+    return None
+
+
+def test_sigkilled_worker_trial_resumes_from_its_checkpoint(tmp_path):
+    args = ["+study=smoke", *TINY, *store_args(tmp_path), *FAST_HEARTBEAT, "workers=2", "study.n_trials=6",
+            "pruner=none", "data.train_size=400", "train.evals_per_epoch=4"]
+    parent = subprocess.Popen([sys.executable, "-m", "llm_doe.search", *args], cwd=tmp_path, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    victim = _wait_for(lambda: _running_with_checkpoint(tmp_path), 240, "a running trial with a checkpoint")
+    pid = int(victim.user_attrs["worker"].rsplit(":", 1)[1])
+    os.kill(pid, signal.SIGKILL)
+    parent.communicate(timeout=600)
+
+    again = run_cli(args, cwd=tmp_path)  # the same command: nothing lost, totals exact
+    assert again.returncode == 0, again.stdout[-3000:]
+    study = load(tmp_path)
+    _check_exact(study, 6)
+    dead = study.trials[victim.number]
+    assert dead.state == TrialState.FAIL
+    retries = [t for t in study.get_trials(states=FINISHED) if t.system_attrs.get("failed_trial") == victim.number]
+    assert len(retries) == 1
+    retry = retries[0]
+    assert retry.params == victim.params
+    # it resumed from the checkpoint: its first reported step is after the checkpointed ones
+    assert retry.user_attrs["resumed_from_step"] >= len(victim.intermediate_values) >= 1
+    assert sorted(retry.intermediate_values) == [1, 2, 3, 4]
+    assert not any((tmp_path / "ck").glob("*/checkpoint.pt")) if (tmp_path / "ck").exists() else True
+
+
+def test_sigterm_checkpoints_requeues_and_resumes(tmp_path):
+    args = ["+study=smoke", *TINY, *store_args(tmp_path), "study.n_trials=3", "pruner=none", "data.train_size=400",
+            "train.evals_per_epoch=4", "runtime.log_every_steps=1"]
+    proc = subprocess.Popen([sys.executable, "-m", "llm_doe.search", *args], cwd=tmp_path, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    victim = _wait_for(lambda: _running_with_checkpoint(tmp_path), 240, "a running trial with a checkpoint")
+    proc.send_signal(signal.SIGTERM)  # what SLURM sends before preemption
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, out
+    assert "interrupted (SIGTERM)" in out
+    study = load(tmp_path)
+    assert study.trials[victim.number].state == TrialState.FAIL
+    assert "re-queued to resume from its checkpoint" in study.trials[victim.number].user_attrs["fail_reason"]
+    waiting = study.get_trials(states=(TrialState.WAITING,))
+    assert len(waiting) == 1 and waiting[0].params == victim.params
+
+    again = run_cli(args, cwd=tmp_path)
+    assert again.returncode == 0, again.stdout[-3000:]
+    study = load(tmp_path)
+    _check_exact(study, 3)
+    retry = next(t for t in study.trials if t.system_attrs.get("failed_trial") == victim.number)
+    assert retry.state == TrialState.COMPLETE
+    assert retry.user_attrs["resumed_from_step"] >= 1
