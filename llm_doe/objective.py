@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import sqlalchemy.exc
 import torch
 from omegaconf import DictConfig, OmegaConf
 
@@ -46,6 +47,44 @@ class TrialFailed(RuntimeError):
 
 class TrialInterrupted(RuntimeError):
     """A signal stopped the trial; it was checkpointed and re-queued. Ends the worker's loop."""
+
+
+class StorageUnavailable(RuntimeError):
+    """The study store stayed unreachable: the worker stops; nothing stored is lost."""
+
+
+# Connection-level failures worth waiting out (a restarting server, a locked SQLite file).
+STORAGE_ERRORS = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError,
+                  optuna.exceptions.StorageInternalError)
+
+
+def storage_failure(err: BaseException) -> BaseException | None:
+    """The storage error behind ``err``, if any (Optuna may raise another error while
+    recording a trial on a store that went away)."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        if isinstance(current, (StorageUnavailable, *STORAGE_ERRORS)):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def with_storage_retry(call: Callable[[], Any], what: str, patience_s: float) -> Any:
+    """Run a storage call, retrying with backoff while the store is briefly unreachable."""
+    deadline = time.monotonic() + patience_s
+    delay = 0.5
+    while True:
+        try:
+            return call()
+        except STORAGE_ERRORS as err:
+            if time.monotonic() + delay > deadline:
+                raise StorageUnavailable(f"the study store was unreachable for {patience_s:.0f}s while {what}: "
+                                         f"{str(err).splitlines()[0]}") from err
+            log.warning("study store unreachable while %s; retrying in %.1fs", what, delay)
+            time.sleep(delay)
+            delay = min(2 * delay, 5.0)
 
 
 ACTIVE = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.RUNNING,
@@ -90,6 +129,7 @@ class Objective:
     checkpoints_dir: Path | None = None  # None: no checkpoints
     should_stop: Callable[[], bool] | None = None  # polled every optimizer step (signals)
     n_trials: int | None = None  # the study's total, for the surplus check
+    storage_retry_s: float = 60.0  # how long a report waits out an unreachable study store
 
     def trial_config(self, params: dict[str, Any]) -> tuple[DictConfig, Config]:
         cfg_dc = apply_params(self.base, params)
@@ -121,8 +161,9 @@ class Objective:
 
         def report(step: int, metrics: dict[str, float]) -> bool:
             history.append({"step": step, **metrics})
-            trial.report(metrics[metric], step)
-            return trial.should_prune()
+            with_storage_retry(lambda: trial.report(metrics[metric], step), f"reporting step {step}",
+                               self.storage_retry_s)
+            return with_storage_retry(trial.should_prune, f"asking the pruner at step {step}", self.storage_retry_s)
 
         checkpoint = None
         if self.checkpoints_dir is not None:
@@ -144,6 +185,8 @@ class Objective:
             trial.set_user_attr("fail_reason", f"interrupted at optimizer step {err.step}; re-queued"
                                 + (" to resume from its checkpoint" if err.checkpointed else ""))
             raise TrialInterrupted(str(err)) from None
+        except StorageUnavailable:
+            raise  # keep the checkpoint: the heartbeat re-queues the trial and it resumes
         except Exception as err:  # every failure is data: recorded, then the study goes on
             failure = err
         finally:

@@ -127,6 +127,8 @@ class StorageConfig:
     heartbeat_interval: Optional[int] = 10
     grace_period: Optional[int] = 30
     max_retry: int = 3
+    # Seconds a running trial waits out an unreachable store before its worker stops.
+    retry_seconds: float = 60.0
 
 
 @dataclass

@@ -294,8 +294,8 @@ def optimize(composed: Composed, study: optuna.Study, space: Any) -> int:
     import torch
 
     from llm_doe.artifacts import artifact_store
-    from llm_doe.objective import Objective, TrialFailed, TrialInterrupted
-    from llm_doe.study import storage_label, trial_counts
+    from llm_doe.objective import Objective, TrialFailed, TrialInterrupted, storage_failure
+    from llm_doe.study import mask_url, storage_label, trial_counts
 
     cfg = composed.config
     if cfg.runtime.num_threads is not None:
@@ -315,7 +315,7 @@ def optimize(composed: Composed, study: optuna.Study, space: Any) -> int:
     objective = Objective(composed.dict_config, space, artifact_store(cfg.storage.artifacts_dir),
                           progress=cfg.runtime.progress,
                           checkpoints_dir=Path(cfg.storage.checkpoints_dir) if cfg.runtime.checkpoint else None,
-                          should_stop=stop, n_trials=n_total)
+                          should_stop=stop, n_trials=n_total, storage_retry_s=cfg.storage.retry_seconds)
     progress = ProgressCallback(study, n_total, cfg.study.metric, cfg.runtime.progress)
     failures = FailureLimit(cfg.study.max_failures)
     started = time.perf_counter()
@@ -344,6 +344,15 @@ def optimize(composed: Composed, study: optuna.Study, space: Any) -> int:
                                gc_after_trial=False)
         except (TrialInterrupted, KeyboardInterrupt):
             interrupted = True
+        except Exception as err:
+            cause = storage_failure(err)
+            if cause is None:
+                raise
+            progress.close()
+            log.error("stopped: %s. Nothing already stored is lost; the running trial keeps its checkpoint and is "
+                      "re-queued by its heartbeat: run the same command again when the store is back",
+                      mask_url(str(cause).splitlines()[0]))
+            return 1
         finally:
             progress.close()
     if interrupted or stop():

@@ -33,9 +33,24 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+class PgServer:
+    """A running throwaway server; ``stop``/``start`` simulate an outage."""
+
+    def __init__(self, pg_ctl: str, data: Path, opts: str, log: Path, as_user: list[str], url: str) -> None:
+        self.pg_ctl, self.data, self.opts, self.log, self.as_user, self.url = pg_ctl, data, opts, log, as_user, url
+
+    def start(self) -> None:
+        subprocess.run([*self.as_user, self.pg_ctl, "-D", str(self.data), "-o", self.opts, "-l", str(self.log),
+                        "-w", "start"], check=True, capture_output=True)
+
+    def stop(self, mode: str = "fast") -> None:
+        subprocess.run([*self.as_user, self.pg_ctl, "-D", str(self.data), "-m", mode, "-w", "stop"],
+                       capture_output=True)
+
+
 @contextmanager
-def postgres_server() -> Iterator[str]:
-    """Start a server; yields a SQLAlchemy URL (user ``llm``, password ``s3cret-pw``)."""
+def postgres_server() -> Iterator[PgServer]:
+    """Start a server; yields it, ``.url`` a SQLAlchemy URL (user ``llm``, password ``s3cret-pw``)."""
     initdb, pg_ctl = _bin("initdb"), _bin("pg_ctl")
     if not (initdb and pg_ctl):
         if os.environ.get("CI"):
@@ -54,8 +69,9 @@ def postgres_server() -> Iterator[str]:
     subprocess.run([*as_user, initdb, "-D", str(data), "-U", "llm", "--pwfile", str(pwfile), "-A", "scram-sha-256",
                     "--no-sync", "-E", "UTF8"], check=True, capture_output=True)
     opts = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=100"
-    subprocess.run([*as_user, pg_ctl, "-D", str(data), "-o", opts, "-l", str(root / "log"), "-w", "start"],
-                   check=True, capture_output=True)
+    server = PgServer(pg_ctl, data, opts, root / "log", as_user,
+                      f"postgresql+psycopg2://llm:s3cret-pw@127.0.0.1:{port}/studies")
+    server.start()
     try:
         import sqlalchemy
 
@@ -64,7 +80,7 @@ def postgres_server() -> Iterator[str]:
         with engine.connect() as conn:
             conn.execute(sqlalchemy.text("CREATE DATABASE studies"))
         engine.dispose()
-        yield f"postgresql+psycopg2://llm:s3cret-pw@127.0.0.1:{port}/studies"
+        yield server
     finally:
-        subprocess.run([*as_user, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
+        server.stop("immediate")
         shutil.rmtree(root, ignore_errors=True)

@@ -47,7 +47,8 @@ def test_four_workers_on_sqlite_reach_the_exact_total_without_lock_failures(tmp_
 
 @pytest.mark.parametrize("backend", ["postgres"])
 def test_three_workers_on_postgres(tmp_path, backend):
-    with postgres_server() as url:
+    with postgres_server() as server:
+        url = server.url
         bare = url.replace(":s3cret-pw@", "@")  # the password comes from the environment
         env = {"LLM_DOE_DB_PASSWORD": "s3cret-pw"}
         args = ["+study=smoke", *TINY, "storage=postgres", f"storage.url={bare}", f"storage.artifacts_dir={tmp_path}/art",
@@ -137,3 +138,46 @@ def test_sigterm_checkpoints_requeues_and_resumes(tmp_path):
     retry = next(t for t in study.trials if t.system_attrs.get("failed_trial") == victim.number)
     assert retry.state == TrialState.COMPLETE
     assert retry.user_attrs["resumed_from_step"] >= 1
+
+
+def test_two_workers_on_a_journal_file(tmp_path):
+    journal = tmp_path / "shared" / "j.journal"
+    proc = run_cli(["+study=smoke", *TINY, *store_args(tmp_path), "storage=journal", f"storage.journal_path={journal}",
+                    "workers=2", "study.n_trials=4"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    study = optuna.load_study(study_name="t", storage=JournalStorage(JournalFileBackend(str(journal))))
+    _check_exact(study, 4)
+    assert not (tmp_path / "t.db").exists()  # the journal, not SQLite, holds the study
+
+
+def test_a_brief_server_outage_loses_nothing(tmp_path):
+    """The PostgreSQL server restarts mid-trial: the trial waits it out and the study completes."""
+    with postgres_server() as server:
+        args = ["+study=smoke", *TINY, "storage=postgres", f"storage.url={server.url}",
+                f"storage.artifacts_dir={tmp_path}/art", f"storage.checkpoints_dir={tmp_path}/ck",
+                f"hydra.run.dir={tmp_path}/run", "study.name=outage", "study.n_trials=3", "pruner=none",
+                "data.train_size=400", "train.evals_per_epoch=8", "storage.retry_seconds=60"]
+        proc = subprocess.Popen([sys.executable, "-m", "llm_doe.search", *args], cwd=tmp_path, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+        def running_trial():
+            try:
+                study = optuna.load_study(study_name="outage", storage=server.url)
+            except Exception:
+                return None
+            return next((t for t in study.get_trials(states=(TrialState.RUNNING,)) if t.intermediate_values), None)
+
+        _wait_for(running_trial, 240, "a running trial")
+        server.stop()
+        time.sleep(4)
+        server.start()
+        out, _ = proc.communicate(timeout=600)
+        assert proc.returncode == 0, out[-3000:]
+        assert "study store unreachable" in out  # it noticed, waited, and went on
+        assert "s3cret-pw" not in out
+        study = optuna.load_study(study_name="outage", storage=server.url)
+        _check_exact(study, 3)
+        assert not study.get_trials(states=(TrialState.FAIL,))
