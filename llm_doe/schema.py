@@ -85,6 +85,11 @@ class TrainConfig:
     adam_beta2: float = 0.999
     adam_epsilon: float = 1.0e-8
     group_by_length: bool = True
+    # Examples per forward/backward; gradients accumulate up to batch_size. null = batch_size;
+    # auto = batch_size, halved on CUDA out-of-memory (the step is retried and recorded).
+    micro_batch_size: Any = None
+    # torch.compile the model (slow to start: pays off on long trials, mostly on GPU).
+    compile: bool = False
 
 
 @dataclass
@@ -232,6 +237,9 @@ def validate(cfg: Config) -> None:
     if t.early_stopping_patience is not None:
         _check(t.early_stopping_patience >= 1, "train.early_stopping_patience", "must be >= 1 or null")
     _check(0 <= t.adam_beta1 < 1 and 0 <= t.adam_beta2 < 1, "train.adam_beta1", "betas must be in [0, 1)")
+    mb = t.micro_batch_size
+    _check(mb is None or mb == "auto" or (isinstance(mb, int) and not isinstance(mb, bool) and 1 <= mb <= t.batch_size),
+           "train.micro_batch_size", f"must be null, auto or an integer in [1, train.batch_size], got {mb!r}")
 
     _check(cfg.sampler.name in SAMPLERS, "sampler.name", f"must be one of {'|'.join(SAMPLERS)}, got {cfg.sampler.name!r}")
     _check(cfg.pruner.name in PRUNERS, "pruner.name", f"must be one of {'|'.join(PRUNERS)}, got {cfg.pruner.name!r}")

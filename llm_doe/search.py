@@ -295,7 +295,7 @@ def optimize(composed: Composed, study: optuna.Study, space: Any) -> int:
 
     from llm_doe.artifacts import artifact_store
     from llm_doe.objective import Objective, TrialFailed, TrialInterrupted, storage_failure
-    from llm_doe.study import mask_url, storage_label, trial_counts
+    from llm_doe.study import mask_url, record_totals, storage_label, trial_counts
 
     cfg = composed.config
     if cfg.runtime.num_threads is not None:
@@ -360,8 +360,11 @@ def optimize(composed: Composed, study: optuna.Study, space: Any) -> int:
                   "resume to %d trials", signal.Signals(stop.signum or signal.SIGINT).name, n_total)
         return stop.exit_code
     done = trial_counts(study)
-    log.info("study %s: %d/%d trials finished; this run took %.1fs", cfg.study.name,
-             done[TrialState.COMPLETE] + done[TrialState.PRUNED], n_total, time.perf_counter() - started)
+    totals = record_totals(study)
+    log.info("study %s: %d/%d trials finished; this run took %.1fs; the study so far: %d optimizer steps, %d "
+             "examples, %.0fs training, %.0fs evaluating", cfg.study.name,
+             done[TrialState.COMPLETE] + done[TrialState.PRUNED], n_total, time.perf_counter() - started,
+             totals["optimizer_steps"], totals["examples_seen"], totals["train_time_s"], totals["eval_time_s"])
     try:
         best = study.best_trial
         log.info("best trial #%d: %s=%s with %s", best.number, cfg.study.metric, _fmt(best.value),

@@ -306,3 +306,20 @@ def trial_counts(study: optuna.Study) -> dict[optuna.trial.TrialState, int]:
     for trial in study.get_trials(deepcopy=False):
         counts[trial.state] += 1
     return counts
+
+
+COST_ATTRS = ("optimizer_steps", "examples_seen", "train_time_s", "eval_time_s", "duration_s")
+
+
+def record_totals(study: optuna.Study) -> dict[str, float]:
+    """The study's compute so far (every trial, failed ones included), as the ``totals`` attr."""
+    totals: dict[str, float] = dict.fromkeys(COST_ATTRS, 0)
+    trials = study.get_trials(deepcopy=False)
+    for trial in trials:
+        for key in COST_ATTRS:
+            value = trial.user_attrs.get(key)
+            if isinstance(value, (int, float)):
+                totals[key] += value
+    totals["trials"] = len(trials)
+    study.set_user_attr("totals", totals)
+    return totals

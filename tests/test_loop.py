@@ -168,3 +168,43 @@ def test_failed_checkpoint_write_keeps_the_previous_one(setup, tmp_path):
         train(factory.build(0, 0.1), train_data, val_data, cfg, CPU, pad_id=tokenizer.pad_token_id,
               checkpoint_dir=tmp_path, should_stop=lambda: True)
     assert (tmp_path / "checkpoint.pt").read_bytes() == before
+
+
+def test_micro_batches_accumulate_to_the_same_step(setup):
+    tokenizer, train_data, val_data, factory = setup
+    cfg = TrainConfig(learning_rate=3e-3, num_epochs=1, evals_per_epoch=2, batch_size=16)
+    whole = train(factory.build(0, 0.0), train_data, val_data, cfg, CPU, pad_id=tokenizer.pad_token_id)
+    cfg_micro = TrainConfig(learning_rate=3e-3, num_epochs=1, evals_per_epoch=2, batch_size=16, micro_batch_size=4)
+    micro = train(factory.build(0, 0.0), train_data, val_data, cfg_micro, CPU, pad_id=tokenizer.pad_token_id)
+    assert micro.cost["optimizer_steps"] == whole.cost["optimizer_steps"] == 10  # batch_size is the effective batch
+    assert micro.cost["micro_batch_size"] == 4
+    for a, b in zip(whole.history, micro.history):
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-4)
+
+
+class _MemoryCap(torch.nn.Module):
+    """Fault injection: the wrapped model raises CUDA's out-of-memory error above a batch size,
+    as a GPU with too little memory would."""
+
+    def __init__(self, model, cap):
+        super().__init__()
+        self.model, self.cap, self.config = model, cap, model.config
+
+    def forward(self, input_ids, attention_mask):
+        if input_ids.shape[0] > self.cap:
+            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+        return self.model(input_ids=input_ids, attention_mask=attention_mask)
+
+
+def test_auto_micro_batch_halves_on_out_of_memory(setup):
+    tokenizer, train_data, val_data, factory = setup
+    capped = _MemoryCap(factory.build(0, 0.0), cap=5)
+    cfg = TrainConfig(learning_rate=3e-3, num_epochs=1, evals_per_epoch=1, batch_size=16, eval_batch_size=4,
+                      micro_batch_size="auto")
+    result = train(capped, train_data, val_data, cfg, CPU, pad_id=tokenizer.pad_token_id)
+    assert result.cost["micro_batch_size"] == 4 and result.cost["oom_retries"] == 2  # 16 -> 8 -> 4
+    assert result.cost["optimizer_steps"] == 10 and np.isfinite(result.history[0]["val_loss"])
+    with pytest.raises(torch.OutOfMemoryError):  # without auto the error is the trial's failure reason
+        train(_MemoryCap(factory.build(0, 0.0), cap=5), train_data, val_data,
+              TrainConfig(learning_rate=3e-3, num_epochs=1, evals_per_epoch=1, eval_batch_size=4), CPU,
+              pad_id=tokenizer.pad_token_id)

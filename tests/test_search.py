@@ -53,6 +53,9 @@ def test_tiny_study_completes_with_values_params_and_artifacts(search, tmp_path)
     assert "llm_doe.search" in prov["command"] and prov["versions"]["optuna"] == optuna.__version__
     assert study.user_attrs["config"]["study"]["name"] == "t"
     assert "train.learning_rate" in study.user_attrs["space"]
+    totals = study.user_attrs["totals"]
+    assert totals["examples_seen"] == 4 * 160 and totals["trials"] == 4
+    assert totals["optimizer_steps"] == sum(t.user_attrs["optimizer_steps"] for t in study.trials)
 
 
 def test_search_never_reads_the_test_split(search):

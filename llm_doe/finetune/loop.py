@@ -209,6 +209,8 @@ class _State:
     running_n: int = 0
     train_time: float = 0.0
     eval_time: float = 0.0
+    micro_batch_size: int = 0  # 0 = not chosen yet
+    oom_retries: int = 0
 
 
 def save_checkpoint(folder: Path, model: nn.Module, optimizer: Any, scheduler: Any, scaler: Any, state: _State) -> None:
@@ -301,11 +303,15 @@ def train(
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     eval_points = set(_eval_points(steps_per_epoch, cfg.evals_per_epoch))
 
+    forward = torch.compile(model) if cfg.compile else model
+    auto_micro = cfg.micro_batch_size == "auto"
     st = None
     if checkpoint_dir is not None:
         st = _load_checkpoint(checkpoint_dir, model, optimizer, scheduler, scaler, rt.device)
     resumed_from = len(st.history) if st is not None else 0
     st = st or _State()
+    if st.micro_batch_size == 0:
+        st.micro_batch_size = cfg.batch_size if cfg.micro_batch_size in (None, "auto") else int(cfg.micro_batch_size)
     rng = np.random.default_rng(cfg.seed)
     if st.epoch_rng is not None:
         rng.bit_generator.state = st.epoch_rng
@@ -330,11 +336,7 @@ def train(
             for in_epoch, index in enumerate(batches, 1):
                 if in_epoch <= st.batches_done:
                     continue  # trained before the checkpoint
-                batch = collate(train_data, index, pad_id, rt.device)
-                with torch.autocast(rt.device.type, dtype=rt.dtype or torch.float32, enabled=rt.dtype is not None):
-                    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-                loss = loss_fn(logits.float(), batch["labels"])
-                scaler.scale(loss).backward()
+                loss = _accumulate(forward, train_data, index, pad_id, rt, loss_fn, scaler, optimizer, st, auto_micro)
                 scaler.unscale_(optimizer)
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
                 scaler.step(optimizer)
@@ -382,9 +384,44 @@ def train(
         "optimizer_steps": st.step,
         "examples_seen": st.examples,
         "peak_memory_mb": _peak_memory_mb(rt.device),
+        "micro_batch_size": st.micro_batch_size,
+        "oom_retries": st.oom_retries,
     }
     return TrainResult(st.history, st.best_step, st.best, stop_reason, val_data.labels, st.best_probs, cost,
                        resumed_from)
+
+
+def _accumulate(forward: Callable[..., Any], data: Encoded, index: np.ndarray, pad_id: int, rt: Runtime,
+                loss_fn: nn.Module, scaler: Any, optimizer: Any, st: _State, auto: bool) -> torch.Tensor:
+    """Forward and backward one batch as micro-batches of ``st.micro_batch_size``, so
+    ``train.batch_size`` stays the effective batch while memory follows the micro-batch.
+
+    With ``train.micro_batch_size=auto`` a CUDA out-of-memory error halves the micro-batch
+    and retries the same batch (recorded in ``st.oom_retries``); on CPU, or at a
+    micro-batch of 1, the error propagates and the trial fails with its reason.
+    """
+    while True:
+        try:
+            total = torch.zeros((), device=rt.device)
+            for start in range(0, len(index), st.micro_batch_size):
+                chunk = index[start:start + st.micro_batch_size]
+                batch = collate(data, chunk, pad_id, rt.device)
+                with torch.autocast(rt.device.type, dtype=rt.dtype or torch.float32, enabled=rt.dtype is not None):
+                    logits = forward(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                # mean over the micro-batch, weighted by its share: the sum is the batch mean
+                loss = loss_fn(logits.float(), batch["labels"]) * (len(chunk) / len(index))
+                scaler.scale(loss).backward()
+                total += loss.detach()
+            return total
+        except torch.OutOfMemoryError:
+            if not auto or st.micro_batch_size == 1:
+                raise
+            optimizer.zero_grad(set_to_none=True)
+            batch = logits = loss = None  # drop the activations before retrying
+            if rt.device.type == "cuda":
+                torch.cuda.empty_cache()
+            st.micro_batch_size = max(1, st.micro_batch_size // 2)
+            st.oom_retries += 1
 
 
 def _evaluate_and_report(model: nn.Module, val_data: Encoded, cfg: TrainConfig, rt: Runtime, st: _State,
