@@ -280,6 +280,9 @@ def run(composed: Composed) -> int:
         code = run_workers(composed, study)
     else:
         code = optimize(composed, study, space)
+    from llm_doe.notes import write_study_note
+
+    write_study_note(study)  # optuna-dashboard's study note: goal, space, best trial (never fails the run)
     return code
 
 

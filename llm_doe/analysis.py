@@ -1,0 +1,1193 @@
+"""Studies -> tidy pandas tables, the tuning playbook's checks, and matplotlib figures.
+
+Reviewing a study means comparing trials in Jupyter, in a shared report or next to
+optuna-dashboard. Optuna's own ``load_study(...).trials_dataframe()`` builds every
+``FrozenTrial`` through the ORM first (seconds on 10,000 trials, minutes on bigger stores:
+optuna issues #763 and #4890) and knows nothing of this project's metrics. Here an RDB store
+(SQLite, PostgreSQL, MySQL) is read with one SQL query per table and the rows are assembled
+into exactly what Optuna's API returns for the same trials (the tests check that); other
+storages (journal files) and ``optuna.Study`` objects go through Optuna's public API.
+
+Two kinds of functions, so notebooks hold no logic and plots do no I/O:
+
+* loaders take a study reference (``storage, study_name``) and return DataFrames:
+  :func:`load_trials`, :func:`load_curves`, :func:`load_roc`, :func:`load_artifacts`,
+  :func:`compare`;
+* checks and plots take those DataFrames: :func:`boundary_report`, :func:`failure_report`,
+  :func:`isolation`, :func:`param_importances`, :func:`plot_learning_curves`,
+  :func:`plot_roc_curves`, :func:`plot_objective_vs_params`, :func:`plot_importance`.
+  The study's search space, direction and metric travel with a table in ``DataFrame.attrs``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shlex
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Union
+
+import numpy as np
+import optuna
+import pandas as pd
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+    distribution_to_json,
+    json_to_distribution,
+)
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+    from sqlalchemy.engine import Connection, Engine
+
+#: What a loader accepts: a storage URL, a path to a SQLite ``.db`` (or journal) file, an
+#: ``optuna.Study``, or an Optuna storage object.
+StudyRef = Union[str, "os.PathLike[str]", optuna.Study, optuna.storages.BaseStorage]
+
+#: The final metrics every trial records (at its best evaluation).
+METRICS = ("val_loss", "accuracy", "f1", "roc_auc")
+_TEXT_ATTRS = ("stop_reason", "fail_reason")
+_BASE_ATTRS = (*METRICS, "best_step", "duration_s", "pruned_at_step", *_TEXT_ATTRS)
+_ARTIFACT_PREFIX = "artifacts:"
+_STATE_STYLE = {"COMPLETE": "-", "PRUNED": "--", "FAIL": ":", "RUNNING": "-.", "WAITING": "-."}
+_PREFERRED_PARAM = "train.learning_rate"
+
+
+# --------------------------------------------------------------------------------------------
+# Resolving a study reference
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Raw:
+    """One study's rows, keyed by a per-trial key (trial_id in SQL, number via the API)."""
+
+    study_name: str
+    directions: list[str]
+    study_attrs: dict[str, Any]
+    source: str
+    trials: pd.DataFrame  # key, number, state, datetime_start, datetime_complete
+    study_id: int | None = None
+    values: dict[int, dict[Any, float]] = field(default_factory=dict)  # objective -> key -> value
+    params: dict[str, dict[Any, Any]] = field(default_factory=dict)
+    distributions: dict[str, str] = field(default_factory=dict)  # param -> distribution JSON
+    attrs: dict[str, dict[Any, Any]] = field(default_factory=dict)
+    last_step: dict[Any, int] = field(default_factory=dict)
+
+
+@dataclass
+class _Source:
+    """Where a study lives: an SQL engine (fast path) or an Optuna study (API path)."""
+
+    label: str
+    engine: Engine | None = None
+    owns_engine: bool = False
+    study: optuna.Study | None = None
+    storage: optuna.storages.BaseStorage | None = None
+
+    def close(self) -> None:
+        if self.engine is not None and self.owns_engine:
+            self.engine.dispose()
+
+
+def _is_sqlite_file(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        return handle.read(16) == b"SQLite format 3\x00"
+
+
+def _rdb_backend(storage: optuna.storages.BaseStorage) -> optuna.storages.RDBStorage | None:
+    if isinstance(storage, optuna.storages.RDBStorage):
+        return storage
+    backend = getattr(storage, "_backend", None)  # optuna wraps RDB storages in a cache
+    return backend if isinstance(backend, optuna.storages.RDBStorage) else None
+
+
+def _open(ref: StudyRef) -> _Source:
+    """Pick the fast SQL path where the store is an RDB, else Optuna's API."""
+    import sqlalchemy
+    from sqlalchemy.engine import make_url
+
+    if isinstance(ref, optuna.Study):
+        return _Source(label=ref.study_name, study=ref, storage=ref._storage)
+    if isinstance(ref, optuna.storages.BaseStorage):
+        rdb = _rdb_backend(ref)
+        if rdb is not None:
+            return _Source(label=rdb.engine.url.render_as_string(hide_password=True), engine=rdb.engine)
+        return _Source(label=type(ref).__name__, storage=ref)
+    text = os.fspath(ref)
+    if "://" in text:
+        url = make_url(text)
+        label = url.render_as_string(hide_password=True)  # labels land in errors and attrs
+        if url.get_backend_name() == "sqlite":
+            if not url.database or url.database == ":memory:":
+                raise ValueError(f"{label}: an in-memory SQLite store holds no study to read")
+            if not Path(url.database).is_file():
+                raise FileNotFoundError(f"no study store at {url.database} (from {label})")
+        return _Source(label=label, engine=sqlalchemy.create_engine(url), owns_engine=True)
+    path = Path(text)
+    if not path.is_file():
+        raise FileNotFoundError(f"no study store at {path}")
+    if _is_sqlite_file(path):
+        url = f"sqlite:///{path.absolute()}"
+        return _Source(label=url, engine=sqlalchemy.create_engine(url), owns_engine=True)
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    return _Source(label=str(path), storage=JournalStorage(JournalFileBackend(str(path))))
+
+
+def _api_study(source: _Source, study_name: str | None) -> optuna.Study:
+    if source.study is not None:
+        if study_name is not None and study_name != source.study.study_name:
+            raise ValueError(f"study_name={study_name!r} but the study given is {source.study.study_name!r}")
+        return source.study
+    assert source.storage is not None
+    names = optuna.get_all_study_names(storage=source.storage)
+    return optuna.load_study(study_name=_pick_name(names, study_name, source.label), storage=source.storage)
+
+
+def _pick_name(names: Sequence[str], wanted: str | None, label: str) -> str:
+    if wanted is None:
+        if len(names) == 1:
+            return names[0]
+        raise ValueError(f"{label} holds {len(names)} studies ({', '.join(sorted(names)) or 'none'}): "
+                         "pass study_name")
+    if wanted not in names:
+        raise ValueError(f"no study {wanted!r} in {label}; it holds: {', '.join(sorted(names)) or 'no study'}")
+    return wanted
+
+
+# --------------------------------------------------------------------------------------------
+# The SQL fast path: Optuna's RDB schema, one query per table
+# --------------------------------------------------------------------------------------------
+
+
+def _tables() -> dict[str, Any]:
+    """Lightweight table handles: no types, so rows come back as the driver returns them."""
+    from sqlalchemy import column, table
+
+    return {
+        "studies": table("studies", column("study_id"), column("study_name")),
+        "directions": table("study_directions", column("study_id"), column("direction"), column("objective")),
+        "study_attrs": table("study_user_attributes", column("study_id"), column("key"), column("value_json")),
+        "trials": table("trials", column("trial_id"), column("number"), column("study_id"), column("state"),
+                        column("datetime_start"), column("datetime_complete")),
+        "values": table("trial_values", column("trial_id"), column("objective"), column("value"),
+                        column("value_type")),
+        "params": table("trial_params", column("trial_id"), column("param_name"), column("param_value"),
+                        column("distribution_json")),
+        "attrs": table("trial_user_attributes", column("trial_id"), column("key"), column("value_json")),
+        "system": table("trial_system_attributes", column("trial_id"), column("key"), column("value_json")),
+        "steps": table("trial_intermediate_values", column("trial_id"), column("step"),
+                       column("intermediate_value"), column("intermediate_value_type")),
+    }
+
+
+_STORED_FLOAT = {"INF_POS": math.inf, "INF_NEG": -math.inf, "NAN": math.nan}
+
+
+def _stored_float(value: float | None, kind: str) -> float:
+    """Optuna stores inf/nan as NULL plus a type column."""
+    if kind == "FINITE":
+        return float(value)  # type: ignore[arg-type]
+    return _STORED_FLOAT[kind]
+
+
+def _fetch(conn: Connection, statement: Any) -> list[tuple[Any, ...]]:
+    """All rows as the driver's plain tuples.
+
+    SQLAlchemy's Row objects cost ~1 us each to build and pandas probes them attribute by
+    attribute; on 200,000 intermediate values that alone is most of a second.
+    """
+    result = conn.execute(statement)
+    try:
+        cursor = getattr(result, "cursor", None)
+        if cursor is None:  # pragma: no cover - every DBAPI result has one
+            return [tuple(row) for row in result]
+        return cursor.fetchall() if cursor.description else []
+    finally:
+        result.close()
+
+
+def _frame(rows: list[tuple[Any, ...]], columns: list[str]) -> pd.DataFrame:
+    if not rows:
+        return pd.DataFrame({name: [] for name in columns})
+    return pd.DataFrame.from_records(rows, columns=columns)
+
+
+def _sql_study(conn: Connection, label: str, study_name: str | None) -> tuple[int, str, list[str], dict[str, Any]]:
+    from sqlalchemy import select
+    from sqlalchemy.exc import DBAPIError
+
+    t = _tables()
+    try:
+        rows = _fetch(conn, select(t["studies"].c.study_id, t["studies"].c.study_name))
+    except DBAPIError as err:
+        raise ValueError(f"{label} is not an Optuna study store: {str(err.orig).splitlines()[0]}") from None
+    ids = {name: sid for sid, name in rows}
+    name = _pick_name(list(ids), study_name, label)
+    sid = ids[name]
+    d = t["directions"]
+    directions = [str(r[0]).lower() for r in
+                  _fetch(conn, select(d.c.direction).where(d.c.study_id == sid).order_by(d.c.objective))]
+    a = t["study_attrs"]
+    attrs = {k: json.loads(v) for k, v in _fetch(conn, select(a.c.key, a.c.value_json).where(a.c.study_id == sid))}
+    return sid, name, directions, attrs
+
+
+def _sql_raw(source: _Source, study_name: str | None, attr_keys: Sequence[str] | None) -> _Raw:
+    """Read one study's trials, values, params and (selected) user attributes with SQL."""
+    from sqlalchemy import select
+
+    t = _tables()
+    tr = t["trials"]
+    assert source.engine is not None
+    with source.engine.connect() as conn:
+        sid, name, directions, study_attrs = _sql_study(conn, source.label, study_name)
+        of_study = tr.c.study_id == sid
+        trials = _frame(
+            _fetch(conn, select(tr.c.trial_id, tr.c.number, tr.c.state, tr.c.datetime_start, tr.c.datetime_complete)
+                   .where(of_study)),
+            ["key", "number", "state", "datetime_start", "datetime_complete"])
+        raw = _Raw(name, directions, study_attrs, source.label, trials, study_id=sid)
+
+        v = t["values"]
+        for key, objective, value, kind in _fetch(conn, 
+                select(v.c.trial_id, v.c.objective, v.c.value, v.c.value_type)
+                .join_from(v, tr, v.c.trial_id == tr.c.trial_id).where(of_study)):
+            raw.values.setdefault(objective, {})[key] = _stored_float(value, kind)
+
+        p = t["params"]
+        dists: dict[str, BaseDistribution] = {}
+        for key, pname, value, dist_json in _fetch(conn, 
+                select(p.c.trial_id, p.c.param_name, p.c.param_value, p.c.distribution_json)
+                .join_from(p, tr, p.c.trial_id == tr.c.trial_id).where(of_study)):
+            dist = dists.get(dist_json)
+            if dist is None:
+                dist = dists[dist_json] = json_to_distribution(dist_json)
+            raw.params.setdefault(pname, {})[key] = dist.to_external_repr(value)
+            raw.distributions[pname] = dist_json
+
+        a = t["attrs"]
+        query = select(a.c.trial_id, a.c.key, a.c.value_json).join_from(a, tr, a.c.trial_id == tr.c.trial_id) \
+            .where(of_study)
+        if attr_keys is not None:
+            query = query.where(a.c.key.in_(list(attr_keys)))
+        loads = json.loads
+        for key, akey, value_json in _fetch(conn, query):
+            raw.attrs.setdefault(akey, {})[key] = loads(value_json)
+
+        s = t["steps"]
+        from sqlalchemy import func
+
+        raw.last_step = dict(_fetch(conn,
+            select(s.c.trial_id, func.max(s.c.step)).join_from(s, tr, s.c.trial_id == tr.c.trial_id)
+            .where(of_study, tr.c.state == "PRUNED").group_by(s.c.trial_id)))
+    return raw
+
+
+def _api_raw(study: optuna.Study, attr_keys: Sequence[str] | None, label: str) -> _Raw:
+    """The same rows through Optuna's public API (journal files, Study objects)."""
+    frozen = study.get_trials(deepcopy=False)
+    trials = pd.DataFrame(
+        [(t.number, t.number, t.state.name, t.datetime_start, t.datetime_complete) for t in frozen],
+        columns=["key", "number", "state", "datetime_start", "datetime_complete"])
+    raw = _Raw(study.study_name, [d.name.lower() for d in study.directions], dict(study.user_attrs), label, trials)
+    for t in frozen:
+        for i, value in enumerate(t.values or ()):
+            raw.values.setdefault(i, {})[t.number] = value
+        for pname, value in t.params.items():
+            raw.params.setdefault(pname, {})[t.number] = value
+            raw.distributions[pname] = distribution_to_json(t.distributions[pname])
+        for akey, value in t.user_attrs.items():
+            if attr_keys is None or akey in attr_keys:
+                raw.attrs.setdefault(akey, {})[t.number] = value
+        if t.state == optuna.trial.TrialState.PRUNED and t.last_step is not None:
+            raw.last_step[t.number] = t.last_step
+    return raw
+
+
+def _raw(storage: StudyRef, study_name: str | None, attr_keys: Sequence[str] | None) -> _Raw:
+    source = _open(storage)
+    try:
+        if source.engine is not None:
+            return _sql_raw(source, study_name, attr_keys)
+        return _api_raw(_api_study(source, study_name), attr_keys, source.label)
+    finally:
+        source.close()
+
+
+def study_names(storage: StudyRef) -> list[str]:
+    """The names of the studies in a store (to check one exists before reading it)."""
+    from sqlalchemy import select
+
+    source = _open(storage)
+    try:
+        if source.study is not None:
+            return [source.study.study_name]
+        if source.engine is None:
+            return optuna.get_all_study_names(storage=source.storage)  # type: ignore[arg-type]
+        studies = _tables()["studies"]
+        from sqlalchemy.exc import DBAPIError
+
+        try:
+            with source.engine.connect() as conn:
+                return [row[0] for row in _fetch(conn, select(studies.c.study_name))]
+        except DBAPIError as err:
+            raise ValueError(f"{source.label} is not an Optuna study store: {str(err.orig).splitlines()[0]}") from None
+    finally:
+        source.close()
+
+
+# --------------------------------------------------------------------------------------------
+# Tables
+# --------------------------------------------------------------------------------------------
+
+
+def _datetimes(values: pd.Series) -> pd.Series:
+    """SQLite returns text, other drivers datetimes: one dtype either way."""
+    return pd.to_datetime(values, format="ISO8601").astype("datetime64[us]")
+
+
+def _is_number(value: Any) -> bool:
+    return value is None or (isinstance(value, (int, float, np.number)) and not isinstance(value, bool))
+
+
+def _column(keys: pd.Series, mapping: Mapping[Any, Any]) -> pd.Series:
+    """One value per trial key; NaN where a trial has none.
+
+    Numbers take pandas' vectorised path (a ``None`` number reads as NaN). Anything else keeps
+    its Python objects, so a categorical choice ``None`` stays ``None``, distinct from "not
+    sampled" (NaN), and dict/list attributes stay what Optuna returns.
+    """
+    if not mapping:
+        return pd.Series(np.nan, index=keys.index, dtype=float)
+    if all(_is_number(v) for v in mapping.values()):
+        return keys.map(mapping)
+    get = mapping.get
+    return pd.Series([get(k, np.nan) for k in keys], index=keys.index, dtype=object)
+
+
+def _steps(values: pd.Series) -> pd.Series:
+    """Evaluation indices as nullable integers (most trials have none of some)."""
+    return pd.to_numeric(values, errors="coerce").astype("Int64")
+
+
+def _space_json(raw: _Raw) -> dict[str, str]:
+    """The searched space: as llm_doe recorded it on the study, else as the trials' distributions say
+    (a study written by other code may have no ``space`` attribute, or one in another format)."""
+    space = raw.study_attrs.get("space")
+    if isinstance(space, Mapping) and space:
+        try:
+            for text in space.values():
+                json_to_distribution(text)
+        except (TypeError, ValueError, KeyError):
+            pass
+        else:
+            return {str(k): str(v) for k, v in space.items()}
+    return dict(sorted(raw.distributions.items()))
+
+
+def _attrs(raw: _Raw) -> dict[str, Any]:
+    direction = raw.directions[0] if len(raw.directions) == 1 else None
+    return {"study_name": raw.study_name, "storage": raw.source, "directions": list(raw.directions),
+            "direction": direction, "metric": raw.study_attrs.get("metric", "value"), "space": _space_json(raw),
+            "study_user_attrs": raw.study_attrs}
+
+
+def _param_names(raw: _Raw) -> list[str]:
+    names = list(_space_json(raw))
+    return names + sorted(set(raw.params) - set(names))
+
+
+def _trials_frame(raw: _Raw, extra_attrs: Sequence[str]) -> pd.DataFrame:
+    base = raw.trials.sort_values("number", kind="stable").reset_index(drop=True)
+    keys = base["key"]
+    out: dict[str, Any] = {"number": base["number"].astype("int64"), "state": base["state"].astype(str)}
+    if len(raw.directions) <= 1:
+        out["value"] = _column(keys, raw.values.get(0, {})).astype(float)
+    else:
+        for i in range(len(raw.directions)):
+            out[f"values_{i}"] = _column(keys, raw.values.get(i, {})).astype(float)
+    space = _space_json(raw)
+    for name in _param_names(raw):
+        out[name] = _column(keys, raw.params.get(name, {}))
+        dist_json = space.get(name) or raw.distributions.get(name)
+        if dist_json and isinstance(json_to_distribution(dist_json), IntDistribution):
+            out[name] = out[name].astype("Int64")  # whole numbers stay whole where some trials lack them
+    for name in METRICS:
+        out[name] = pd.to_numeric(_column(keys, raw.attrs.get(name, {})), errors="coerce").astype(float)
+    out["best_step"] = _steps(_column(keys, raw.attrs.get("best_step", {})))
+    start, complete = _datetimes(base["datetime_start"]), _datetimes(base["datetime_complete"])
+    measured = _column(keys, raw.attrs.get("duration_s", {}))
+    out["duration_s"] = pd.to_numeric(measured, errors="coerce").fillna((complete - start).dt.total_seconds())
+    pruned_at = _column(keys, raw.attrs.get("pruned_at_step", {}))
+    out["pruned_at_step"] = _steps(pd.to_numeric(pruned_at, errors="coerce").fillna(_column(keys, raw.last_step)))
+    for name in _TEXT_ATTRS:
+        out[name] = _column(keys, raw.attrs.get(name, {})).astype(object)
+    for name in extra_attrs:
+        if name not in out:
+            out[name] = _column(keys, raw.attrs.get(name, {}))
+    out["datetime_start"], out["datetime_complete"] = start, complete
+    frame = pd.DataFrame(out)
+    frame.attrs.update(_attrs(raw))
+    return frame
+
+
+def load_trials(storage: StudyRef, study_name: str | None = None, *,
+                user_attrs: bool | Sequence[str] = False) -> pd.DataFrame:
+    """One row per trial: what a review of a study compares.
+
+    Columns: ``number``, ``state`` (``COMPLETE``, ``PRUNED``, ``FAIL``, ...), ``value`` (the
+    objective as Optuna stores it; ``values_0``, ``values_1``, ... for several objectives),
+    every searched parameter under its config path (``train.learning_rate``), the final metrics
+    ``val_loss``, ``accuracy``, ``f1``, ``roc_auc`` and ``best_step``, ``duration_s`` (the
+    objective's own timing, else the trial's start-to-finish time), ``pruned_at_step`` (the
+    evaluation a pruned trial stopped at), ``stop_reason``, ``fail_reason``, ``datetime_start``,
+    ``datetime_complete``. The study's name, direction(s), metric, search space (parameter ->
+    Optuna distribution JSON) and user attributes ride along in ``DataFrame.attrs`` for the
+    checks and plots below.
+
+    An RDB store is read with plain SQL (under a second for 10,000 trials, where
+    ``optuna.load_study(...).trials_dataframe()`` takes several); the result equals what
+    Optuna's API returns for the same trials.
+
+    Args:
+        storage: A storage URL (``sqlite:///studies/lr_sweep.db``), a path to a SQLite ``.db``
+            or a journal file, an ``optuna.Study`` or an Optuna storage object.
+        study_name: The study to read; may be omitted when the store holds only one.
+        user_attrs: Also add user attributes as columns under their own names: ``True`` for
+            all (the ``config.*`` keys, the cost figures, ...), or a list of names. Off by
+            default: a trial carries ~60 of them and only the reads you ask for are paid.
+
+    Returns:
+        The trials, ordered by number.
+    """
+    extra: list[str] = []
+    if user_attrs is True:
+        keys: list[str] | None = None
+    else:
+        extra = [] if user_attrs is False else [str(k) for k in user_attrs]  # type: ignore[union-attr]
+        keys = [*_BASE_ATTRS, *extra]
+    raw = _raw(storage, study_name, keys)
+    if user_attrs is True:
+        extra = sorted(raw.attrs)
+    return _trials_frame(raw, extra)
+
+
+def _curves_rows(source: _Source, study_name: str | None) -> tuple[pd.DataFrame, _Raw]:
+    from sqlalchemy import select
+
+    t = _tables()
+    tr, s = t["trials"], t["steps"]
+    if source.engine is None:
+        study = _api_study(source, study_name)
+        raw = _api_raw(study, [], source.label)
+        rows = [(tr_.number, step, value) for tr_ in study.get_trials(deepcopy=False)
+                for step, value in sorted(tr_.intermediate_values.items())]
+        return pd.DataFrame(rows, columns=["trial", "step", "value"]), raw
+    raw = _sql_raw(source, study_name, [])
+    assert source.engine is not None
+    joined = tr.c.trial_id == s.c.trial_id
+    with source.engine.connect() as conn:
+        # Values only: the type column (inf/nan are stored as NULL + a type) is fetched for the
+        # rare non-finite rows alone, which spares a string per row.
+        frame = _frame(_fetch(conn, select(tr.c.number, s.c.step, s.c.intermediate_value).join_from(s, tr, joined)
+                              .where(tr.c.study_id == raw.study_id)), ["trial", "step", "value"])
+        special = _fetch(conn, select(tr.c.number, s.c.step, s.c.intermediate_value_type).join_from(s, tr, joined)
+                         .where(tr.c.study_id == raw.study_id, s.c.intermediate_value_type != "FINITE"))
+    frame["value"] = frame["value"].astype(float)
+    if special:
+        fix = pd.Series([_STORED_FLOAT[str(kind)] for _, _, kind in special],
+                        index=pd.MultiIndex.from_tuples([(n, st) for n, st, _ in special]))
+        index = pd.MultiIndex.from_arrays([frame["trial"], frame["step"]])
+        frame["value"] = frame["value"].where(~index.isin(fix.index), fix.reindex(index).to_numpy())
+    return frame, raw
+
+
+def load_curves(storage: StudyRef, study_name: str | None = None, *, params: bool = True) -> pd.DataFrame:
+    """Every trial's intermediate values in long form, for seaborn or matplotlib.
+
+    A step is an evaluation index (1, 2, ...), so trials with different batch sizes line up at
+    the same point of training; the value is the study's metric at that evaluation.
+
+    Args:
+        storage: As for :func:`load_trials`.
+        study_name: As for :func:`load_trials`.
+        params: Join each trial's state and parameters onto its rows (``hue=`` ready).
+
+    Returns:
+        Columns ``trial`` (the trial number), ``step``, ``value``, then ``state`` and one
+        column per parameter; ordered by trial and step. ``attrs`` as for :func:`load_trials`.
+    """
+    source = _open(storage)
+    try:
+        curves, raw = _curves_rows(source, study_name)
+    finally:
+        source.close()
+    curves = curves.astype({"trial": "int64", "step": "int64", "value": float})
+    curves = curves.sort_values(["trial", "step"], kind="stable").reset_index(drop=True)
+    if params:
+        trials = _trials_frame(raw, [])
+        by_number = trials.set_index("number")
+        curves["state"] = curves["trial"].map(by_number["state"]).astype(str)
+        for name in _param_names(raw):
+            curves[name] = curves["trial"].map(by_number[name])
+    curves.attrs.update(_attrs(raw))
+    return curves
+
+
+def load_artifacts(storage: StudyRef, study_name: str | None = None) -> pd.DataFrame:
+    """The artifacts uploaded to each trial (``config.yaml``, ``metrics.json``, ``roc.csv``, ``roc.png``).
+
+    Returns:
+        Columns ``trial`` (number), ``trial_id`` (Optuna's id, as in dashboard URLs),
+        ``filename``, ``artifact_id``, ``mimetype``, ``encoding``: what
+        ``optuna.artifacts.get_all_artifact_meta`` lists, for every trial at once.
+    """
+    from sqlalchemy import select
+
+    source = _open(storage)
+    rows: list[tuple[Any, ...]] = []
+    try:
+        if source.engine is not None:
+            t = _tables()
+            tr, sy = t["trials"], t["system"]
+            with source.engine.connect() as conn:
+                sid, _, _, _ = _sql_study(conn, source.label, study_name)
+                for number, trial_id, value_json in _fetch(conn, 
+                        select(tr.c.number, tr.c.trial_id, sy.c.value_json)
+                        .join_from(sy, tr, sy.c.trial_id == tr.c.trial_id)
+                        .where(tr.c.study_id == sid, sy.c.key.like(_ARTIFACT_PREFIX + "%"))):
+                    meta = json.loads(json.loads(value_json))
+                    rows.append((number, trial_id, meta["filename"], meta["artifact_id"], meta["mimetype"],
+                                 meta["encoding"]))
+        else:
+            study = _api_study(source, study_name)
+            for trial in study.get_trials(deepcopy=False):
+                for meta in optuna.artifacts.get_all_artifact_meta(trial, storage=study._storage):
+                    rows.append((trial.number, trial._trial_id, meta.filename, meta.artifact_id, meta.mimetype,
+                                 meta.encoding))
+    finally:
+        source.close()
+    frame = pd.DataFrame(rows, columns=["trial", "trial_id", "filename", "artifact_id", "mimetype", "encoding"])
+    return frame.sort_values(["trial", "filename"], kind="stable").reset_index(drop=True)
+
+
+#: What an artifact store raises for a missing file (FileSystemArtifactStore: ArtifactNotFound).
+_MISSING_ARTIFACT = (FileNotFoundError, optuna.artifacts.exceptions.ArtifactNotFound)
+
+
+def _recorded_artifacts_dir(attrs: Mapping[str, Any]) -> str | None:
+    """The ``storage.artifacts_dir`` the search recorded on the study (relative to where it ran)."""
+    config = attrs.get("study_user_attrs", {}).get("config") or {}
+    value = (config.get("storage") or {}).get("artifacts_dir") if isinstance(config, Mapping) else None
+    return str(value) if value else None
+
+
+def _artifact_store(artifacts_dir: str | os.PathLike[str] | Any, attrs: Mapping[str, Any], probe: str | None) -> Any:
+    """The artifact store holding this study's files: the folder given, else the one the study recorded.
+
+    A notebook's default folder is relative to the notebook, the recorded one to where the search
+    ran; the first that really holds the study's files wins (``probe``: one of its artifact ids).
+    """
+    from optuna.artifacts import FileSystemArtifactStore
+
+    if artifacts_dir is not None and not isinstance(artifacts_dir, (str, os.PathLike)):
+        return artifacts_dir  # an Optuna artifact store
+    recorded = _recorded_artifacts_dir(attrs)
+    candidates = [str(c) for c in (artifacts_dir, recorded) if c is not None]
+    for candidate in dict.fromkeys(candidates):
+        if not Path(candidate).is_dir():
+            continue
+        store = FileSystemArtifactStore(candidate)
+        if probe is not None:
+            try:
+                store.open_reader(probe).close()
+            except _MISSING_ARTIFACT:
+                continue
+        if artifacts_dir is not None and candidate != str(artifacts_dir):
+            import warnings
+
+            warnings.warn(f"artifacts_dir {artifacts_dir} does not hold this study's artifacts; using the "
+                          f"storage.artifacts_dir the study recorded: {candidate}", stacklevel=3)
+        return store
+    raise FileNotFoundError(f"no folder among {candidates or ['(none given)']} holds the study's artifacts: pass "
+                            "artifacts_dir= (the study's storage.artifacts_dir)")
+
+
+def load_roc(storage: StudyRef, study_name: str | None = None, *,
+             artifacts_dir: str | os.PathLike[str] | Any | None = None,
+             numbers: Iterable[int] | None = None) -> pd.DataFrame:
+    """The ROC curve of each trial's best evaluation (its ``roc.csv`` artifact), in long form.
+
+    The files live in the study's artifact store, which the database does not point to:
+    pass ``artifacts_dir`` (the study's ``storage.artifacts_dir``). Without it, or when it does
+    not hold the study's files, the folder the search recorded on the study is used (with a
+    warning in the second case); a relative recorded path only resolves from where the search ran.
+
+    Args:
+        storage: As for :func:`load_trials`.
+        study_name: As for :func:`load_trials`.
+        artifacts_dir: The study's ``storage.artifacts_dir`` (or an Optuna artifact store).
+        numbers: Only these trials (default: every trial that has a ROC curve).
+
+    Returns:
+        Columns ``trial``, ``fpr``, ``tpr``, ``threshold``, ``auc`` (area under that curve),
+        ``state``, ``value`` and one column per parameter; ``attrs`` as for :func:`load_trials`.
+    """
+    metas = load_artifacts(storage, study_name)
+    metas = metas[metas["filename"] == "roc.csv"].drop_duplicates("trial", keep="last")
+    if numbers is not None:
+        metas = metas[metas["trial"].isin(list(numbers))]
+    trials = load_trials(storage, study_name)
+    store = _artifact_store(artifacts_dir, trials.attrs, metas["artifact_id"].iloc[0] if len(metas) else None)
+    by_number = trials.set_index("number")
+    params = list(trials.attrs["space"]) + [c for c in _param_columns(trials) if c not in trials.attrs["space"]]
+    parts = []
+    for number, artifact_id in zip(metas["trial"], metas["artifact_id"]):
+        try:
+            with store.open_reader(artifact_id) as handle:
+                points = pd.read_csv(handle)
+        except _MISSING_ARTIFACT:
+            raise FileNotFoundError(f"trial {number}'s roc.csv (artifact {artifact_id}) is missing from the "
+                                    "study's artifact store") from None
+        points.insert(0, "trial", int(number))
+        fpr, tpr = points["fpr"].to_numpy(float), points["tpr"].to_numpy(float)
+        points["auc"] = float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2)) if len(fpr) > 1 else np.nan
+        parts.append(points)
+    columns = ["trial", "fpr", "tpr", "threshold", "auc"]
+    roc = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame({c: [] for c in columns})
+    roc = roc.astype({"trial": "int64"})
+    roc["state"] = roc["trial"].map(by_number["state"]).astype(str)
+    roc["value"] = roc["trial"].map(by_number["value"]) if "value" in by_number else np.nan
+    for name in params:
+        roc[name] = roc["trial"].map(by_number[name])
+    roc.attrs.update(trials.attrs)
+    return roc
+
+
+def compare(studies: Iterable[StudyRef | tuple[StudyRef, str] | str], *, storage: StudyRef | None = None,
+            user_attrs: bool | Sequence[str] = False) -> pd.DataFrame:
+    """:func:`load_trials` of several studies in one table, with a leading ``study`` column.
+
+    Args:
+        studies: Each an ``optuna.Study``, a ``(storage, study_name)`` pair, or a study name
+            in ``storage``.
+        storage: The store for entries given by name only.
+        user_attrs: As for :func:`load_trials`.
+
+    Returns:
+        The trials of every study; a parameter one study did not search is NaN in its rows.
+    """
+    frames = []
+    for entry in studies:
+        if isinstance(entry, tuple):
+            ref, name = entry
+        elif isinstance(entry, optuna.Study):
+            ref, name = entry, entry.study_name
+        elif isinstance(entry, str) and "://" not in entry and storage is not None:
+            ref, name = storage, entry
+        else:
+            raise TypeError(f"cannot read {entry!r}: give a Study, a (storage, study_name) pair, "
+                            "or a name with storage=")
+        frame = load_trials(ref, name, user_attrs=user_attrs)
+        frame.insert(0, "study", frame.attrs["study_name"])
+        frames.append(frame)
+    if not frames:
+        raise ValueError("compare() needs at least one study")
+    return pd.concat(frames, ignore_index=True, sort=False)
+
+
+# --------------------------------------------------------------------------------------------
+# The tuning playbook's checks
+# --------------------------------------------------------------------------------------------
+
+
+def space_of(table: pd.DataFrame) -> dict[str, BaseDistribution]:
+    """The searched space of a table from :func:`load_trials` (parameter -> Optuna distribution)."""
+    space = table.attrs.get("space")
+    if space is None:
+        raise ValueError("this table carries no search space in .attrs: pass one from load_trials() or space=")
+    return {name: json_to_distribution(text) for name, text in space.items()}
+
+
+def _param_columns(table: pd.DataFrame) -> list[str]:
+    space = table.attrs.get("space") or {}
+    return [c for c in space if c in table.columns]
+
+
+def _maximize(table: pd.DataFrame) -> bool:
+    direction = table.attrs.get("direction")
+    if direction not in ("minimize", "maximize"):
+        raise ValueError("the checks need a single-objective table from load_trials() (direction in .attrs)")
+    return direction == "maximize"
+
+
+def _complete(table: pd.DataFrame) -> pd.DataFrame:
+    done = table[(table["state"] == "COMPLETE") & np.isfinite(table["value"].astype(float))]
+    return done
+
+
+def best_trial(table: pd.DataFrame) -> pd.Series:
+    """The best COMPLETE trial's row (pruned trials stop early, so their values do not compete)."""
+    done = _complete(table)
+    if done.empty:
+        raise ValueError("no COMPLETE trial with a finite value")
+    index = done["value"].idxmax() if _maximize(table) else done["value"].idxmin()
+    return done.loc[index]
+
+
+def _default_param(table: pd.DataFrame) -> str:
+    params = _param_columns(table)
+    if not params:
+        raise ValueError("the table has no searched parameter")
+    return _PREFERRED_PARAM if _PREFERRED_PARAM in params else params[0]
+
+
+def _position(value: float, dist: FloatDistribution | IntDistribution) -> float:
+    low, high = float(dist.low), float(dist.high)
+    if dist.log:
+        return (math.log(value) - math.log(low)) / (math.log(high) - math.log(low))
+    return (value - low) / (high - low)
+
+
+def boundary_report(table: pd.DataFrame, *, margin: float = 0.1, top_k: int = 5) -> pd.DataFrame:
+    """Is the best trial near the edge of a searched range? (Google's tuning playbook.)
+
+    A best value in the outer ``margin`` of a range (measured on the log scale where the space
+    is logarithmic) means the optimum may lie outside it: widen the range and search again
+    before drawing conclusions. Categorical parameters have no edge and are left out.
+
+    Args:
+        table: From :func:`load_trials`.
+        margin: The fraction of a range, at each end, that counts as "near the edge".
+        top_k: Also report how many of the ``top_k`` best trials sit near an edge.
+
+    Returns:
+        One row per numeric parameter: ``param``, ``low``, ``high``, ``log``, ``best`` (the best
+        trial's value), ``position`` (0 = low end, 1 = high end), ``edge`` (``low``, ``high`` or
+        empty), ``near_edge``, ``top_k_near_edge`` (fraction), ``advice``.
+    """
+    columns = ["param", "low", "high", "log", "best", "position", "edge", "near_edge", "top_k_near_edge", "advice"]
+    done = _complete(table)
+    if done.empty:
+        return pd.DataFrame(columns=columns)
+    best = best_trial(table)
+    ranked = done.sort_values("value", ascending=not _maximize(table)).head(top_k)
+    rows = []
+    for name, dist in space_of(table).items():
+        if not isinstance(dist, (FloatDistribution, IntDistribution)) or name not in table.columns:
+            continue
+        if pd.isna(best[name]):
+            continue
+        position = _position(float(best[name]), dist)
+        edge = "low" if position <= margin else "high" if position >= 1 - margin else ""
+        top_positions = [_position(float(v), dist) for v in ranked[name].dropna()]
+        near = [p <= margin or p >= 1 - margin for p in top_positions]
+        scale = " (log scale)" if dist.log else ""
+        if edge:
+            advice = (f"the best {name} ({_fmt(best[name])}) lies in the {'lowest' if edge == 'low' else 'highest'} "
+                      f"{margin:.0%} of [{_fmt(dist.low)}, {_fmt(dist.high)}]{scale}: the optimum may lie beyond; "
+                      f"widen the range {'downward' if edge == 'low' else 'upward'} and search again")
+        else:
+            advice = f"the best {name} ({_fmt(best[name])}) is inside [{_fmt(dist.low)}, {_fmt(dist.high)}]{scale}"
+        rows.append({"param": name, "low": dist.low, "high": dist.high, "log": dist.log, "best": best[name],
+                     "position": position, "edge": edge, "near_edge": bool(edge),
+                     "top_k_near_edge": float(np.mean(near)) if near else np.nan, "advice": advice})
+    return pd.DataFrame(rows, columns=columns)
+
+
+def failure_report(table: pd.DataFrame) -> pd.Series:
+    """How many trials failed, diverged or were pruned, and what fraction of the study that is.
+
+    The playbook counts infeasible trials: a large failed or diverged fraction says the space
+    reaches into settings that cannot train (too high a learning rate, too big a batch) and
+    should shrink before its results are read.
+
+    Returns:
+        ``trials``, ``complete``, ``pruned``, ``failed``, ``diverged`` (failed with a
+        ``diverged: ...`` reason), ``running`` (running or waiting), and ``failed_fraction``,
+        ``diverged_fraction``, ``pruned_fraction``.
+    """
+    n = len(table)
+    states = table["state"].value_counts()
+    reasons = table["fail_reason"] if "fail_reason" in table else pd.Series([], dtype=object)
+    diverged = int(reasons.dropna().astype(str).str.startswith("diverged").sum())
+    counts = {
+        "trials": n,
+        "complete": int(states.get("COMPLETE", 0)),
+        "pruned": int(states.get("PRUNED", 0)),
+        "failed": int(states.get("FAIL", 0)),
+        "diverged": diverged,
+        "running": int(states.get("RUNNING", 0) + states.get("WAITING", 0)),
+    }
+    for name in ("failed", "diverged", "pruned"):
+        counts[f"{name}_fraction"] = counts[name] / n if n else 0.0
+    return pd.Series(counts, name="trials", dtype=object)
+
+
+def isolation(table: pd.DataFrame, param: str | None = None, *, bins: int | None = None) -> pd.DataFrame:
+    """The best trial for each value (or range) of one parameter: the playbook's isolation plot as a table.
+
+    Comparing the best trial per value, rather than all trials, separates the parameter's own
+    effect from the luck of the other parameters' draws.
+
+    Args:
+        table: From :func:`load_trials`.
+        param: The parameter to isolate (default: ``train.learning_rate`` if searched, else the
+            first parameter).
+        bins: Group a numeric parameter into this many ranges (log-spaced on a log scale).
+            Default: categorical and integer parameters by value, floats into 5 ranges once
+            they take more than 10 values.
+
+    Returns:
+        Indexed by value (or range): ``trials`` (COMPLETE trials there), ``best_value``,
+        ``best_trial``, and the best trial's other parameters.
+    """
+    param = param or _default_param(table)
+    done = _complete(table)
+    dist = space_of(table).get(param) if table.attrs.get("space") else None
+    key: pd.Series = done[param]
+    numeric = isinstance(dist, (FloatDistribution, IntDistribution))
+    if bins is None and isinstance(dist, FloatDistribution) and done[param].nunique() > 10:
+        bins = 5
+    if bins is not None and numeric and not done.empty:
+        low, high = float(dist.low), float(dist.high)  # type: ignore[union-attr]
+        edges = np.geomspace(low, high, bins + 1) if dist.log else np.linspace(low, high, bins + 1)  # type: ignore[union-attr]
+        key = pd.cut(done[param].astype(float), edges, include_lowest=True)
+    maximize = _maximize(table)
+    others = [c for c in _param_columns(table) if c != param]
+    rows = {}
+    for value, group in done.groupby(key, observed=True, sort=True):
+        best = group.loc[group["value"].idxmax() if maximize else group["value"].idxmin()]
+        rows[value] = {"trials": len(group), "best_value": best["value"], "best_trial": int(best["number"]),
+                       **{name: best[name] for name in others}}
+    frame = pd.DataFrame.from_dict(rows, orient="index", columns=["trials", "best_value", "best_trial", *others])
+    frame.index.name = param
+    return frame
+
+
+def _to_python(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def param_importances(table: pd.DataFrame, *, evaluator: optuna.importance.BaseImportanceEvaluator | None = None
+                      ) -> pd.Series:
+    """Which parameters matter, by one of Optuna's importance evaluators over the COMPLETE trials.
+
+    The table's trials are handed to Optuna in memory (no second read of the store), so the
+    numbers are Optuna's own: PED-ANOVA by default, or ``FanovaImportanceEvaluator()`` /
+    ``MeanDecreaseImpurityImportanceEvaluator()``.
+
+    Returns:
+        Importance per parameter, largest first (empty with fewer than two COMPLETE trials).
+    """
+    space = space_of(table)
+    done = _complete(table).dropna(subset=[p for p in space if p in table.columns])
+    if len(done) < 2 or not space:
+        return pd.Series(dtype=float, name="importance")
+    names = [p for p in space if p in done.columns]
+    distributions = {n: space[n] for n in names}
+    trials = []
+    for values, value in zip(done[names].astype(object).to_numpy().tolist(), done["value"].astype(float).tolist()):
+        params = {n: int(v) if isinstance(space[n], IntDistribution) else _to_python(v) for n, v in zip(names, values)}
+        trials.append(optuna.trial.create_trial(params=params, distributions=distributions, value=value))
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "study created in memory" line
+    try:
+        study = optuna.create_study(direction="maximize" if _maximize(table) else "minimize")
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+    study.add_trials(trials)
+    importances = optuna.importance.get_param_importances(study, evaluator=evaluator)
+    return pd.Series(importances, name="importance", dtype=float).sort_values(ascending=False)
+
+
+def study_warnings(table: pd.DataFrame, *, margin: float = 0.1) -> list[str]:
+    """The review's warnings in words: best trials on a range edge, failed or diverged trials."""
+    notes = []
+    failures = failure_report(table)
+    if failures["failed"]:
+        notes.append(f"{failures['failed']} of {failures['trials']} trials failed ({failures['failed_fraction']:.0%})"
+                     + (f", {failures['diverged']} of them diverged" if failures["diverged"] else "")
+                     + ": see fail_reason; a space that cannot train should shrink")
+    if table.attrs.get("direction") and not _complete(table).empty:
+        for advice in boundary_report(table, margin=margin).query("near_edge")["advice"]:
+            notes.append(advice)
+    if _complete(table).empty:
+        notes.append("no trial completed: nothing to compare yet")
+    return notes
+
+
+def _set_path(tree: dict[str, Any], path: str, value: Any) -> None:
+    parts = path.split(".")
+    for part in parts[:-1]:
+        node = tree.get(part)
+        if not isinstance(node, dict):
+            node = tree[part] = {}
+        tree = node
+    tree[parts[-1]] = value
+
+
+def best_config(table: pd.DataFrame, number: int | None = None, *, as_yaml: bool = False) -> dict[str, Any] | str:
+    """The full resolved config of the best trial (or trial ``number``): the study's config with
+    that trial's parameters applied, as the trial ran it (YAML text with ``as_yaml``)."""
+    import copy
+
+    row = best_trial(table) if number is None else table.set_index("number").loc[number].rename(number)
+    config = copy.deepcopy(table.attrs.get("study_user_attrs", {}).get("config") or {})
+    for name in _param_columns(table):
+        if not pd.isna(row[name]):
+            _set_path(config, name, _to_python(row[name]))
+    if as_yaml:
+        import yaml
+
+        return yaml.safe_dump(config, sort_keys=False, default_flow_style=False)
+    return config
+
+
+def _choice_literal(value: Any) -> str:
+    """A value in Hydra's override grammar, exact (floats by repr, so they round-trip)."""
+    value = _to_python(value)
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    text = str(value).replace("\\", "\\\\").replace("'", "\\'")
+    return f"'{text}'"
+
+
+def rerun_command(table: pd.DataFrame, number: int | None = None) -> str:
+    """The exact command that reruns the best trial (or trial ``number``) as a one-trial study.
+
+    It repeats the study's own command (from its provenance) with the search space narrowed to
+    that trial's values, a new ``study.name`` and ``study.n_trials=1``: same data, seeds and
+    settings, so the rerun reproduces the trial (on the same hardware and versions).
+    """
+    row = best_trial(table) if number is None else table.set_index("number").loc[number].rename(number)
+    trial_number = int(row["number"]) if "number" in row.index else int(row.name)  # type: ignore[arg-type]
+    name = table.attrs.get("study_name", "study")
+    command = (table.attrs.get("study_user_attrs", {}).get("provenance") or {}).get("command")
+    if command:
+        args = shlex.split(command)
+        head_end = args.index("llm_doe.search") + 1 if "llm_doe.search" in args else 0
+        head, overrides = args[:head_end], args[head_end:]
+    else:
+        head, overrides = ["python", "-m", "llm_doe.search"], [f"+study={name}"]
+    keep = [a for a in overrides if not re.match(r"^\+{0,2}study\.(name|n_trials)=", a) and a != "--cfg"]
+    space = ",".join(f'{p}:"choice({_choice_literal(row[p])})"' for p in _param_columns(table)
+                     if not pd.isna(row[p]))
+    return shlex.join([*head, *keep, f"study.name={name}_trial{trial_number}", "study.n_trials=1",
+                       f"study.space={{{space}}}"])
+
+
+# --------------------------------------------------------------------------------------------
+# Plots: matplotlib Figures, no I/O
+# --------------------------------------------------------------------------------------------
+
+
+def _fmt(value: Any) -> str:
+    value = _to_python(value)
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)
+
+
+def _axes(ax: Axes | None, figsize: tuple[float, float]) -> tuple[Figure, Axes]:
+    """A fresh Figure (not pyplot's: no global state, no double display in notebooks) or the given axes."""
+    if ax is not None:
+        return ax.figure, ax  # type: ignore[return-value]
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize, layout="constrained")
+    return fig, fig.add_subplot()
+
+
+def _colouring(frame: pd.DataFrame, by: str) -> tuple[Any, Any, bool]:
+    """(values -> colours, a ScalarMappable for a colour bar or None, is numeric).
+
+    The colour function takes an array, so 10,000 curves are coloured in one call."""
+    import matplotlib
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import LogNorm, Normalize
+
+    values = frame[by].dropna()
+    space = frame.attrs.get("space") or {}
+    dist = json_to_distribution(space[by]) if by in space else None
+    if isinstance(dist, CategoricalDistribution) or not pd.api.types.is_numeric_dtype(values) or values.empty:
+        cmap = matplotlib.colormaps["tab10"]
+        levels = {v: cmap(i % 10) for i, v in enumerate(pd.unique(values))}
+        return (lambda vs: [levels.get(v, "grey") for v in vs]), None, False
+    low, high = float(values.min()), float(values.max())
+    log = bool(getattr(dist, "log", False)) and low > 0
+    if high <= low:
+        high = low * 1.0001 + 1e-12
+    norm = LogNorm(low, high) if log else Normalize(low, high)
+    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="grey")  # a trial without the parameter
+    mappable = ScalarMappable(norm=norm, cmap=cmap)
+    return (lambda vs: cmap(norm(pd.to_numeric(pd.Series(vs), errors="coerce").to_numpy(float)))), mappable, True
+
+
+def _metric_label(frame: pd.DataFrame) -> str:
+    return str(frame.attrs.get("metric", "value"))
+
+
+def plot_learning_curves(curves: pd.DataFrame, *, color_by: str | None = None, ax: Axes | None = None) -> Figure:
+    """Each trial's validation metric per evaluation, coloured by a parameter (the learning rate).
+
+    Line style tells the state (solid complete, dashed pruned, dotted failed), so a pruned
+    trial reads as "stopped here" rather than "ended badly".
+
+    Args:
+        curves: From :func:`load_curves`.
+        color_by: The parameter that colours the lines (default: ``train.learning_rate`` if
+            searched, else the first parameter); on a log colour scale where the space is log.
+        ax: Draw into these axes instead of a new figure.
+    """
+    from matplotlib.collections import LineCollection
+    from matplotlib.lines import Line2D
+
+    fig, ax = _axes(ax, (7.5, 4.5))
+    color_by = color_by or _default_param(curves)
+    colour, mappable, numeric = _colouring(curves, color_by)
+    for state, frame in curves.groupby("state", sort=True):
+        frame = frame.sort_values(["trial", "step"], kind="stable")
+        # One LineCollection per state, cut at trial boundaries: no per-trial Python loop.
+        starts = np.flatnonzero(np.diff(frame["trial"].to_numpy())) + 1
+        points = np.column_stack([frame["step"].to_numpy(float), frame["value"].to_numpy(float)])
+        segments = np.split(points, starts)
+        colours = colour(frame[color_by].to_numpy()[np.r_[0, starts]])
+        ax.add_collection(LineCollection(segments, colors=colours, linestyles=_STATE_STYLE.get(str(state), "-"),
+                                         linewidths=1.5 if len(segments) <= 200 else 0.6, alpha=0.9))
+        if len(segments) <= 200:  # where each trial ended (x: pruned); noise on thousands of curves
+            ends = points[np.r_[starts - 1, len(points) - 1]]
+            ax.plot(ends[:, 0], ends[:, 1], ls="none", marker="x" if state == "PRUNED" else "o", ms=4,
+                    color="black", alpha=0.5)
+    ax.autoscale_view()
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("evaluation step")
+    ax.set_ylabel(_metric_label(curves))
+    ax.set_title(f"{curves.attrs.get('study_name', '')}: learning curves by {color_by}".lstrip(": "))
+    states = sorted(curves["state"].unique()) if len(curves) else []
+    handles = [Line2D([], [], color="black", ls=_STATE_STYLE.get(s, "-"), label=s.lower()) for s in states]
+    if numeric and mappable is not None:
+        fig.colorbar(mappable, ax=ax, label=color_by)
+    elif not numeric:
+        handles += [Line2D([], [], color=colour([v])[0], label=f"{color_by}={v}") for v in pd.unique(curves[color_by])]
+    if handles:
+        ax.legend(handles=handles, fontsize="small", loc="best")
+    return fig
+
+
+def plot_roc_curves(roc: pd.DataFrame, *, label_by: str | None = None, ax: Axes | None = None) -> Figure:
+    """The trials' ROC curves overlaid, labelled and coloured by a parameter (the learning rate).
+
+    The seed document's figure: binary classifiers fine-tuned with different learning rates,
+    each at its best evaluation; a curve hugging the top-left corner separates the classes
+    best, the diagonal is chance.
+
+    Args:
+        roc: From :func:`load_roc`.
+        label_by: The parameter in each label and colour (default as :func:`plot_learning_curves`).
+        ax: Draw into these axes instead of a new figure.
+    """
+    fig, ax = _axes(ax, (6.0, 5.5))
+    label_by = label_by or _default_param(roc)
+    colour, _, _ = _colouring(roc, label_by)
+    order = roc.groupby("trial", sort=True)[label_by].first().sort_values(kind="stable")
+    for number, value in order.items():
+        trial = roc[roc["trial"] == number]
+        auc = trial["auc"].iloc[0]
+        ax.plot(trial["fpr"], trial["tpr"], color=colour([value])[0], lw=1.8,
+                label=f"{label_by.rsplit('.', 1)[-1]}={_fmt(value)}  AUC {auc:.3f}  (#{number})")
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="chance")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_title(f"ROC at each trial's best evaluation, by {label_by}")
+    ax.legend(fontsize="x-small", loc="lower right")
+    return fig
+
+
+def plot_objective_vs_params(table: pd.DataFrame, *, params: Sequence[str] | None = None) -> Figure:
+    """The objective of every COMPLETE trial against each parameter, on a log axis where the space is log.
+
+    Pruned trials are drawn hollow at their last reported value (they stopped early, so they
+    are shown, not ranked); the best trial is starred.
+    """
+    from matplotlib.figure import Figure
+
+    params = list(params or _param_columns(table))
+    space = space_of(table)
+    ncols = min(3, max(1, len(params)))
+    nrows = max(1, math.ceil(len(params) / ncols))
+    fig = Figure(figsize=(4.6 * ncols, 3.8 * nrows), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    done = _complete(table)
+    pruned = table[(table["state"] == "PRUNED") & np.isfinite(table["value"].astype(float))]
+    best = best_trial(table) if not done.empty else None
+    for ax, name in zip(axes, params):
+        dist = space.get(name)
+        if isinstance(dist, CategoricalDistribution):
+            positions = {c: i for i, c in enumerate(dist.choices)}
+            x = done[name].map(positions)
+            xp = pruned[name].map(positions)
+            ax.set_xticks(range(len(dist.choices)), [str(c) for c in dist.choices])
+        else:
+            x, xp = done[name].astype(float), pruned[name].astype(float)
+            if getattr(dist, "log", False):
+                ax.set_xscale("log")
+        ax.scatter(x, done["value"], s=30, color="tab:blue", label="complete", zorder=2)
+        if not pruned.empty:
+            ax.scatter(xp, pruned["value"], s=30, facecolors="none", edgecolors="tab:grey", label="pruned", zorder=2)
+        if best is not None and not pd.isna(best[name]):
+            bx = positions[best[name]] if isinstance(dist, CategoricalDistribution) else float(best[name])
+            ax.scatter([bx], [best["value"]], marker="*", s=220, color="tab:red",
+                       label=f"best (#{int(best['number'])})", zorder=3)
+        if isinstance(dist, (FloatDistribution, IntDistribution)):
+            # The searched range's ends, so a best trial on an edge shows as one.
+            for end in (dist.low, dist.high):
+                ax.axvline(end, color="tab:grey", ls=":", lw=1)
+        ax.set_xlabel(name)
+        ax.set_ylabel(_metric_label(table))
+        ax.legend(fontsize="x-small")
+    for ax in axes[len(params):]:
+        ax.set_visible(False)
+    fig.suptitle(f"{table.attrs.get('study_name', '')}: objective vs parameters".lstrip(": "))
+    return fig
+
+
+def plot_importance(importances: pd.Series, *, ax: Axes | None = None) -> Figure:
+    """Parameter importances (from :func:`param_importances`) as horizontal bars, largest on top."""
+    fig, ax = _axes(ax, (6.0, 0.5 + 0.45 * max(1, len(importances))))
+    ordered = importances.sort_values()
+    ax.barh([str(i) for i in ordered.index], ordered.to_numpy(float), color="tab:blue")
+    for y, value in enumerate(ordered.to_numpy(float)):
+        ax.text(value, y, f" {value:.2f}", va="center", fontsize="small")
+    ax.set_xlim(0, max(1.0, float(ordered.max()) * 1.15) if len(ordered) else 1.0)
+    ax.set_xlabel("importance")
+    ax.set_title("parameter importance" if len(ordered) else "parameter importance (needs 2+ complete trials)")
+    return fig
+
+
+def figure_png(fig: Figure, dpi: int = 100) -> bytes:
+    """A Figure as PNG bytes (for reports and notes)."""
+    import io
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    return buffer.getvalue()

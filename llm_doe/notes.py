@@ -1,0 +1,89 @@
+"""The study note optuna-dashboard shows on a study's page: its goal, search space and best trial.
+
+Written (and refreshed) by the search at the end of every run through optuna-dashboard's own
+note API, so whoever opens the dashboard reads what the study asks and what it found without
+opening a notebook.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import optuna
+import pandas as pd
+
+from llm_doe import analysis
+
+log = logging.getLogger("llm_doe")
+
+
+def _cell(value: Any) -> str:
+    text = analysis._fmt(value) if value is not None and not (isinstance(value, float) and pd.isna(value)) else "-"
+    return text.replace("|", "\\|")
+
+
+def _distribution(dist: optuna.distributions.BaseDistribution) -> tuple[str, str]:
+    if isinstance(dist, optuna.distributions.CategoricalDistribution):
+        return "categorical", ", ".join(_cell(c) for c in dist.choices)
+    kind = "int" if isinstance(dist, optuna.distributions.IntDistribution) else "float"
+    if getattr(dist, "log", False):
+        scale = "log"
+    else:
+        scale = f"step {_cell(dist.step)}" if getattr(dist, "step", None) else "linear"
+    return kind, f"{_cell(dist.low)} .. {_cell(dist.high)} ({scale})"  # type: ignore[attr-defined]
+
+
+def study_note(table: pd.DataFrame) -> str:
+    """The note's Markdown for a table from :func:`llm_doe.analysis.load_trials`."""
+    attrs = table.attrs
+    name, metric = attrs.get("study_name", "study"), attrs.get("metric", "value")
+    config = attrs.get("study_user_attrs", {}).get("config") or {}
+    space = analysis.space_of(table)
+    lines = [f"## {name}", ""]
+    goal = f"**Goal:** {attrs.get('direction') or 'optimise'} `{metric}`"
+    if metric != "value":
+        goal += " (its best value over each trial's evaluations)"
+    lines.append(goal + f" by searching {', '.join(f'`{p}`' for p in space) or 'nothing'}.")
+    model, data, train = config.get("model", {}), config.get("data", {}), config.get("train", {})
+    if config:
+        lines.append(f"Model `{model.get('name_or_path')}`, data `{data.get('source')}` "
+                     f"({data.get('train_size')} train / {data.get('val_size')} val), {train.get('num_epochs')} "
+                     f"epoch(s); sampler `{config.get('sampler', {}).get('name')}`, pruner "
+                     f"`{config.get('pruner', {}).get('name')}`.")
+    lines += ["", "### Search space", "", "| parameter | type | range |", "|---|---|---|"]
+    for param, dist in space.items():
+        kind, extent = _distribution(dist)
+        lines.append(f"| `{param}` | {kind} | {extent} |")
+    failures = analysis.failure_report(table)
+    lines += ["", "### Trials", "",
+              f"{failures['trials']} trials: {failures['complete']} complete, {failures['pruned']} pruned, "
+              f"{failures['failed']} failed ({failures['diverged']} diverged), {failures['running']} running."]
+    lines += ["", "### Best trial", ""]
+    try:
+        best = analysis.best_trial(table)
+    except ValueError:
+        lines.append("No trial has completed yet.")
+    else:
+        metrics = ", ".join(f"{m} {_cell(best[m])}" for m in analysis.METRICS if m in best.index and m != metric)
+        lines.append(f"Trial **#{int(best['number'])}**: `{metric}` = **{_cell(best['value'])}** ({metrics}).")
+        lines += ["", "| parameter | value |", "|---|---|"]
+        lines += [f"| `{p}` | {_cell(best[p])} |" for p in space if p in best.index]
+        lines += ["", "Rerun it:", "", "```", analysis.rerun_command(table), "```"]
+    warnings = analysis.study_warnings(table)
+    if warnings:
+        lines += ["", "### Warnings", ""] + [f"- {w}" for w in warnings]
+    lines += ["", "_Written by llm_doe at the end of each run; edits here are replaced by the next run._"]
+    return "\n".join(lines) + "\n"
+
+
+def write_study_note(study: optuna.Study) -> None:
+    """Write (or refresh) the study's dashboard note. Never fails the run: a note is a nicety."""
+    try:
+        from optuna_dashboard import save_note
+
+        # The store's SQL when it is an RDB (fast on big studies), else Optuna's API.
+        ref = study._storage if analysis._rdb_backend(study._storage) is not None else study
+        save_note(study, study_note(analysis.load_trials(ref, study.study_name)))
+    except Exception as err:  # noqa: BLE001 - the study's results matter more than its note
+        log.warning("could not write the study note for optuna-dashboard: %s", err)

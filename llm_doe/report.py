@@ -1,0 +1,259 @@
+"""``python -m llm_doe.report +study=NAME [overrides...] [--out PATH]``: a study report to share.
+
+Writes ``studies/<name>/report.html``: one self-contained file (figures embedded as PNG, no
+scripts, no links to fetch) with the trials table, learning curves, ROC curves by learning
+rate, objective against each parameter, parameter importance, the boundary and failure checks,
+and the best trial's config with the command that reruns it. It resolves the study exactly as
+``python -m llm_doe.search`` does (same composition, same overrides, same storage), so the
+command that ran a study, with ``search`` replaced by ``report``, reports on it.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from llm_doe import analysis
+from llm_doe.schema import ConfigError, StorageConfig
+
+USAGE = """usage: python -m llm_doe.report +study=NAME [key=value ...] [--out PATH]
+
+Writes studies/NAME/report.html (self-contained HTML) for the study that
+`python -m llm_doe.search +study=NAME [key=value ...]` runs; same config and storage.
+  --out PATH  write the report here instead
+  -h, --help  this help
+"""
+
+#: ROC curves drawn at most (the best trials): a figure of hundreds of curves shows nothing.
+MAX_ROC_CURVES = 12
+#: Rows of the trials table at most (the first trials by number); the rest are counted.
+MAX_TABLE_ROWS = 1000
+
+_STYLE = """
+body { font-family: system-ui, -apple-system, Segoe UI, Roboto, sans-serif; margin: 2rem auto; max-width: 1100px;
+       color: #222; line-height: 1.45; padding: 0 1rem; }
+h1 { margin-bottom: 0.2rem; } h2 { border-bottom: 1px solid #ddd; padding-bottom: 0.2rem; margin-top: 2rem; }
+.meta { color: #666; font-size: 0.9rem; }
+.warn { background: #fff4e5; border-left: 4px solid #f0a020; padding: 0.5rem 1rem; }
+.ok { background: #eef8ee; border-left: 4px solid #3a3; padding: 0.5rem 1rem; }
+table { border-collapse: collapse; font-size: 0.82rem; margin: 0.5rem 0; }
+th, td { border: 1px solid #ddd; padding: 0.2rem 0.45rem; text-align: right; }
+th { background: #f4f4f4; } td.text, th.text { text-align: left; }
+pre { background: #f6f6f6; padding: 0.7rem; overflow-x: auto; font-size: 0.82rem; white-space: pre-wrap; }
+img { max-width: 100%; } figure { margin: 1rem 0; } figcaption { color: #555; font-size: 0.88rem; }
+.scroll { max-height: 32rem; overflow: auto; }
+"""
+
+
+def _img(fig: Any, caption: str) -> str:
+    data = base64.b64encode(analysis.figure_png(fig)).decode("ascii")
+    return (f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}">'
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+
+
+def _table(frame: pd.DataFrame, index: bool = False) -> str:
+    def fmt(value: Any) -> str:
+        if isinstance(value, float):
+            return "" if pd.isna(value) else f"{value:.4g}"
+        if value is None or value is pd.NA or (not isinstance(value, str) and pd.isna(value)):
+            return ""
+        return str(value)
+
+    frame = frame.reset_index() if index else frame
+    head = "".join(f'<th class="text">{html.escape(str(c))}</th>' for c in frame.columns)
+    rows = []
+    for values in frame.itertuples(index=False):
+        cells = "".join(f'<td{" class=text" if isinstance(v, str) else ""}>{html.escape(fmt(v))}</td>'
+                        for v in values)
+        rows.append(f"<tr>{cells}</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+def _section(title: str, body: str) -> str:
+    return f"<h2>{html.escape(title)}</h2>\n{body}\n"
+
+
+def _unavailable(what: str, err: Exception) -> str:
+    return f'<p class="warn">{html.escape(what)} unavailable: {html.escape(str(err))}</p>'
+
+
+def render_report(storage: analysis.StudyRef, study_name: str | None = None, *,
+                  artifacts_dir: str | os.PathLike[str] | None = None) -> str:
+    """The report's HTML for a study (see the module docstring for what it holds).
+
+    Args:
+        storage: As for :func:`llm_doe.analysis.load_trials`.
+        study_name: The study.
+        artifacts_dir: The study's ``storage.artifacts_dir`` (for the ROC curves); without it
+            the report says they are unavailable.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    trials = analysis.load_trials(storage, study_name)
+    attrs = trials.attrs
+    name, metric = attrs["study_name"], attrs.get("metric", "value")
+    params = list(attrs["space"])
+    parts: list[str] = []
+
+    failures = analysis.failure_report(trials)
+    parts.append(
+        f"<p><b>Goal:</b> {html.escape(str(attrs.get('direction') or 'optimise'))} <code>{html.escape(metric)}</code> "
+        f"by searching {', '.join(f'<code>{html.escape(p)}</code>' for p in params) or 'nothing'}.<br>"
+        f"{failures['trials']} trials: {failures['complete']} complete, {failures['pruned']} pruned, "
+        f"{failures['failed']} failed ({failures['diverged']} diverged), {failures['running']} running.</p>")
+
+    warnings = analysis.study_warnings(trials)
+    if warnings:
+        items = "".join(f"<li>{html.escape(w)}</li>" for w in warnings)
+        parts.append(_section("Warnings", f'<div class="warn"><ul>{items}</ul></div>'))
+    else:
+        parts.append(_section("Warnings", '<p class="ok">No failed trials; no best value on the edge of a searched '
+                                          "range.</p>"))
+
+    try:
+        best = analysis.best_trial(trials)
+    except ValueError as err:
+        parts.append(_section("Best trial", _unavailable("The best trial", err)))
+    else:
+        metrics = ", ".join(f"{m} {best[m]:.4g}" for m in analysis.METRICS
+                            if m != metric and m in best.index and pd.notna(best[m]))
+        summary = (f"<p>Trial <b>#{int(best['number'])}</b>: <code>{html.escape(metric)}</code> = "
+                   f"<b>{best['value']:.4g}</b> ({html.escape(metrics)}); "
+                   + ", ".join(f"<code>{html.escape(p)}</code> = {html.escape(analysis._fmt(best[p]))}"
+                               for p in params if p in best.index) + ".</p>")
+        command = f"<p>Rerun it (a one-trial study with the same config and seeds):</p><pre>" \
+                  f"{html.escape(analysis.rerun_command(trials))}</pre>"
+        config = f"<details open><summary>Its config</summary><pre>" \
+                 f"{html.escape(str(analysis.best_config(trials, as_yaml=True)))}</pre></details>"
+        parts.append(_section("Best trial", summary + command + config))
+
+    curves = analysis.load_curves(storage, name)
+    if curves.empty:
+        parts.append(_section("Learning curves", "<p>No trial reported an intermediate value.</p>"))
+    else:
+        parts.append(_section("Learning curves", _img(
+            analysis.plot_learning_curves(curves),
+            f"{metric} at each evaluation; colour: {analysis._default_param(trials)}; dashed: pruned.")))
+
+    if artifacts_dir is None:
+        parts.append(_section("ROC curves", "<p>No artifacts folder given.</p>"))
+    else:
+        try:
+            done = trials[trials["state"] == "COMPLETE"]
+            done = done.sort_values("value", ascending=attrs["direction"] != "maximize")
+            numbers = None if len(trials) <= MAX_ROC_CURVES else done["number"].head(MAX_ROC_CURVES).tolist()
+            roc = analysis.load_roc(storage, name, artifacts_dir=artifacts_dir, numbers=numbers)
+        except (FileNotFoundError, OSError) as err:
+            parts.append(_section("ROC curves", _unavailable("ROC curves", err)))
+        else:
+            scope = "every trial" if numbers is None else f"the {len(numbers)} best complete trials"
+            parts.append(_section("ROC curves", _img(
+                analysis.plot_roc_curves(roc),
+                f"ROC of {scope} at its best evaluation, labelled by {analysis._default_param(trials)}.")
+                if not roc.empty else "<p>No trial has a ROC curve.</p>"))
+
+    if not analysis._complete(trials).empty:
+        parts.append(_section("Objective against each parameter", _img(
+            analysis.plot_objective_vs_params(trials),
+            f"{metric} of complete trials (hollow: pruned, at their last value); dotted lines: the searched range.")))
+        isolated = analysis.isolation(trials)
+        parts.append(_section(f"Best trial per value of {isolated.index.name}", _table(isolated, index=True)))
+
+    importances = analysis.param_importances(trials)
+    parts.append(_section("Parameter importance", _img(analysis.plot_importance(importances),
+                                                       "Optuna's default importance evaluator (PED-ANOVA).")
+                          if len(importances) else "<p>Needs at least two complete trials.</p>"))
+
+    boundary = analysis.boundary_report(trials)
+    parts.append(_section("Boundary check", _table(boundary) if len(boundary) else
+                          "<p>No numeric parameter with a complete trial to check.</p>"))
+    parts.append(_section("Failures", _table(failures.to_frame("count"), index=True)))
+
+    shown = trials.head(MAX_TABLE_ROWS).drop(columns=["datetime_start", "datetime_complete"])
+    more = f"<p>First {MAX_TABLE_ROWS} of {len(trials)} trials.</p>" if len(trials) > MAX_TABLE_ROWS else ""
+    parts.append(_section("Trials", more + f'<div class="scroll">{_table(shown)}</div>'))
+
+    created = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
+    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>{html.escape(name)}: study report</title><style>{_STYLE}</style></head><body>\n"
+            f"<h1>Study <code>{html.escape(name)}</code></h1>\n"
+            f"<p class=\"meta\">store {html.escape(str(attrs['storage']))} · written {created} by llm_doe.report</p>\n"
+            + "\n".join(parts) + "</body></html>\n")
+
+
+def build_report(storage: analysis.StudyRef, study_name: str | None, out: str | os.PathLike[str], *,
+                 artifacts_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Render the report and write it to ``out`` (folders created). Returns the path."""
+    path = Path(out)
+    text = render_report(storage, study_name, artifacts_dir=artifacts_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def store_of(cfg: StorageConfig) -> str:
+    """The study store a search with this storage config writes, refusing one that does not exist
+    (a report must never create an empty store)."""
+    from llm_doe.study import full_url, sqlite_path
+
+    if getattr(cfg, "kind", "rdb") == "journal":
+        journal = Path(cfg.journal_path)
+        if not journal.is_file():
+            raise ConfigError("storage.journal_path", f"no study store at {journal}: run the search first")
+        return str(journal)
+    db = sqlite_path(cfg.url)
+    if db is not None and not db.is_file():
+        raise ConfigError("storage.url", f"no study store at {db}: run the search first")
+    return full_url(cfg)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit status (2 = bad input or no such study, nothing written)."""
+    from llm_doe.search import compose_config
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in argv or "--help" in argv:
+        print(USAGE)
+        return 0
+    out: str | None = None
+    overrides: list[str] = []
+    args = iter(argv)
+    for arg in args:
+        if arg == "--out":
+            out = next(args, None)
+            if out is None:
+                print("llm_doe: error: --out: needs a path", file=sys.stderr)
+                return 2
+        elif arg.startswith("--out="):
+            out = arg.split("=", 1)[1]
+        else:
+            overrides.append(arg)
+    try:
+        cfg = compose_config(overrides).config
+        store = store_of(cfg.storage)
+        try:
+            names = analysis.study_names(store)
+        except ValueError as err:  # not an Optuna store
+            raise ConfigError("storage", str(err)) from None
+        if cfg.study.name not in names:
+            raise ConfigError("study.name", f"no study {cfg.study.name!r} in the store; it holds: "
+                                            f"{', '.join(sorted(names)) or 'no study'}")
+        path = Path(out) if out else Path("studies") / str(cfg.study.name) / "report.html"
+        build_report(store, cfg.study.name, path, artifacts_dir=cfg.storage.artifacts_dir)
+    except ConfigError as err:
+        print(f"llm_doe: error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""Every notebook in notebooks/ runs, cell by cell, against a study made by a tiny run (papermill,
+as users run them: parameters injected after the cell tagged ``parameters``)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import nbformat
+import pytest
+
+from llm_doe.search import main
+from tests.conftest import REPO, TINY, store_args
+
+NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
+KERNEL = "llm-doe-tests"
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory) -> dict[str, Any]:
+    tmp = tmp_path_factory.mktemp("nb")
+    assert main(["+study=lr_sweep", *TINY, *store_args(tmp, "lr"), "study.n_trials=3"]) == 0
+    return {"storage": f"sqlite:///{tmp}/lr.db", "study_name": "lr", "artifacts_dir": str(tmp / "art"), "tmp": tmp}
+
+
+@pytest.fixture
+def kernel(tmp_path, monkeypatch) -> str:
+    """A kernelspec that runs this interpreter, whatever other 'python3' kernels the machine has."""
+    spec = tmp_path / "jupyter" / "kernels" / KERNEL
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "llm_doe tests", "language": "python"}))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    return KERNEL
+
+
+def test_there_are_notebooks():
+    assert "compare_trials.ipynb" in [p.name for p in NOTEBOOKS]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_notebook_is_committed_clean_with_a_parameters_cell(path: Path):
+    nb = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(not c.outputs and c.execution_count is None for c in code), "outputs must not be committed"
+    first = code[0]
+    assert "parameters" in first.metadata.get("tags", [])
+    namespace: dict[str, Any] = {}
+    exec(first.source, namespace)  # noqa: S102 - our own notebook's parameter cell
+    assert namespace["storage"] == "sqlite:///../studies/lr_sweep.db" and namespace["study_name"] == "lr_sweep"
+    assert namespace["artifacts_dir"] == "../studies/lr_sweep/artifacts"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_notebook_runs_against_a_tiny_study(path: Path, study, kernel, tmp_path):
+    import papermill
+
+    out = tmp_path / path.name
+    # Raises PapermillExecutionError on the first cell error.
+    papermill.execute_notebook(str(path), str(out), kernel_name=kernel, cwd=str(path.parent), progress_bar=False,
+                               parameters={k: study[k] for k in ("storage", "study_name", "artifacts_dir")},
+                               execution_timeout=300)
+    nb = nbformat.read(out, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(c.execution_count is not None for c in code)
+    errors = [o for c in code for o in c.outputs if o.output_type == "error"]
+    assert not errors
+    if path.name == "compare_trials.ipynb":
+        images = [c for c in code if any("image/png" in o.get("data", {}) for o in c.outputs)]
+        assert len(images) == 4  # learning curves, ROC by learning rate, objective vs params, importance
+        text = "\n".join(str(o.get("text", "")) + str(o.get("data", {}).get("text/plain", "")) for c in code
+                         for o in c.outputs)
+        assert "train.learning_rate" in text and "python -m llm_doe.search" in text
+        assert f"study.name={study['study_name']}_trial" in text  # the rerun command

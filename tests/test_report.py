@@ -1,0 +1,131 @@
+"""``python -m llm_doe.report``: a self-contained HTML report of a tiny study, resolved like the search."""
+
+from __future__ import annotations
+
+import base64
+import html
+import re
+import subprocess
+import sys
+from html.parser import HTMLParser
+from typing import Any
+
+import optuna
+import pytest
+
+from llm_doe.report import main as report
+from llm_doe.search import main as search
+from tests.conftest import TINY, store_args
+
+
+class _Page(HTMLParser):
+    """Collects headings, image sources and every URL-bearing attribute."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.headings: list[str] = []
+        self.images: list[str] = []
+        self.urls: list[str] = []
+        self._in_heading = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        values = dict(attrs)
+        if tag == "img":
+            self.images.append(values.get("src") or "")
+        self.urls += [v or "" for k, v in attrs if k in ("src", "href")]
+        self._in_heading = tag == "h2"
+
+    def handle_data(self, data: str) -> None:
+        if self._in_heading:
+            self.headings.append(data.strip())
+            self._in_heading = False
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory) -> dict[str, Any]:
+    tmp = tmp_path_factory.mktemp("report")
+    args = ["+study=lr_sweep", *TINY, *store_args(tmp, "lr"), "study.n_trials=4"]
+    assert search(args) == 0
+    return {"tmp": tmp, "args": args, "url": f"sqlite:///{tmp}/lr.db"}
+
+
+def test_report_is_self_contained_with_every_section(study, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert report(study["args"]) == 0  # the search's own overrides, unchanged
+    path = tmp_path / "studies" / "lr" / "report.html"  # studies/<name>/report.html
+    assert f"wrote {path.relative_to(tmp_path)}" in capsys.readouterr().out
+    text = path.read_text(encoding="utf-8")
+    page = _Page()
+    page.feed(text)
+    assert page.headings == ["Warnings", "Best trial", "Learning curves", "ROC curves",
+                             "Objective against each parameter", "Best trial per value of train.learning_rate",
+                             "Parameter importance", "Boundary check", "Failures", "Trials"]
+    # Self-contained: four figures embedded as PNG, nothing to fetch.
+    assert len(page.images) == 4
+    for src in page.images:
+        assert src.startswith("data:image/png;base64,")
+        assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+    assert all(u.startswith("data:") for u in page.urls)
+    assert "<script" not in text and "<link" not in text
+
+    study_ = optuna.load_study(study_name="lr", storage=study["url"])
+    best = study_.best_trial
+    plain = html.unescape(text)
+    assert f"Trial #{best.number}: val_loss = {best.value:.4g}" in re.sub(r"<[^>]+>", "", plain)
+    assert f"learning_rate: {best.params['train.learning_rate']!r}" in plain  # the best config (YAML)
+    assert f"study.name=lr_trial{best.number}" in plain and repr(best.params["train.learning_rate"]) in plain
+    trials_table = plain.split("<h2>Trials</h2>", 1)[1]
+    rows = re.findall(r"<tr><td>(\d+)</td><td class=text>(\w+)</td>", trials_table)
+    assert rows == [(str(t.number), t.state.name) for t in study_.trials]
+    boundary = plain.split("<h2>Boundary check</h2>", 1)[1].split("<h2>", 1)[0]
+    assert "train.learning_rate" in boundary and "log scale" in boundary
+
+
+def test_report_warns_about_an_edge_and_failures(tmp_path, monkeypatch):
+    """A study whose best trial sits on the top of its range, with a diverged trial."""
+    from tests.test_analysis import _build_synthetic
+
+    monkeypatch.chdir(tmp_path)
+    _build_synthetic(f"sqlite:///{tmp_path}/syn.db")
+    out = tmp_path / "r.html"
+    assert report(["+study=smoke", "study.name=syn", f"storage.url=sqlite:///{tmp_path}/syn.db",
+                   f"storage.artifacts_dir={tmp_path}/none", "--out", str(out)]) == 0
+    text = html.unescape(out.read_text(encoding="utf-8"))
+    warnings = text.split("<h2>Warnings</h2>", 1)[1].split("<h2>", 1)[0]
+    assert "2 of 9 trials failed (22%), 1 of them diverged" in warnings
+    assert "widen the range upward" in warnings and "train.learning_rate" in warnings
+    assert "ROC curves unavailable" in text  # no artifacts folder: said, not crashed
+
+
+def test_missing_store_or_study_is_a_one_line_error(study, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert report(["+study=lr_sweep", f"storage.url=sqlite:///{tmp_path}/none.db"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("llm_doe: error: storage.url: no study store at") and "\n" not in err
+    assert not (tmp_path / "none.db").exists() and not (tmp_path / "studies").exists()
+    assert report(["+study=smoke", f"storage.url={study['url']}"]) == 2
+    assert "study.name: no study 'smoke'" in capsys.readouterr().err
+
+
+def test_command_line_entry_point(study, tmp_path):
+    out = tmp_path / "cli.html"
+    proc = subprocess.run([sys.executable, "-m", "llm_doe.report", *study["args"], "--out", str(out)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"wrote {out}"
+    assert out.read_text(encoding="utf-8").count("data:image/png;base64,") == 4
+
+
+def test_report_reads_a_journal_store(tmp_path, monkeypatch):
+    """storage=journal (a log file, no database) resolves and reports like an RDB store."""
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    from tests.test_analysis import _build_synthetic
+
+    monkeypatch.chdir(tmp_path)
+    journal = tmp_path / "syn.journal"
+    _build_synthetic(JournalStorage(JournalFileBackend(str(journal))))
+    assert report(["+study=smoke", "study.name=syn", "storage=journal", f"storage.journal_path={journal}"]) == 0
+    text = (tmp_path / "studies" / "syn" / "report.html").read_text(encoding="utf-8")
+    assert "2 of 9 trials failed" in html.unescape(text)
