@@ -208,3 +208,18 @@ def test_auto_micro_batch_halves_on_out_of_memory(setup):
         train(_MemoryCap(factory.build(0, 0.0), cap=5), train_data, val_data,
               TrainConfig(learning_rate=3e-3, num_epochs=1, evals_per_epoch=1, eval_batch_size=4), CPU,
               pad_id=tokenizer.pad_token_id)
+
+
+def test_max_steps_reproduces_the_start_of_the_full_run_and_val_can_be_absent(setup):
+    tokenizer, train_data, val_data, factory = setup
+    cfg = TrainConfig(learning_rate=3e-3, num_epochs=2, evals_per_epoch=2, seed=3)
+    full = train(factory.build(3, 0.1), train_data, val_data, cfg, CPU, pad_id=tokenizer.pad_token_id)
+    at_best = full.best["optimizer_step"]
+    short = factory.build(3, 0.1)
+    result = train(short, train_data, None, cfg, CPU, pad_id=tokenizer.pad_token_id, max_steps=at_best)
+    assert result.stop_reason == "max_steps" and result.history == []
+    assert result.cost["optimizer_steps"] == at_best
+    again = factory.build(3, 0.1)
+    rerun = train(again, train_data, val_data, cfg, CPU, pad_id=tokenizer.pad_token_id, max_steps=at_best)
+    assert rerun.history[-1]["val_loss"] == pytest.approx(full.best["val_loss"], rel=1e-5)
+    assert all(torch.equal(a, b) for a, b in zip(short.state_dict().values(), again.state_dict().values()))

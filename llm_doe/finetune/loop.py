@@ -83,7 +83,7 @@ class TrainResult:
     history: list[dict[str, float]]
     best_step: int
     best: dict[str, float]
-    stop_reason: str  # completed | early_stopping | stopped_by_report
+    stop_reason: str  # completed | early_stopping | stopped_by_report | max_steps
     best_labels: np.ndarray
     best_probs: np.ndarray
     cost: dict[str, float] = field(default_factory=dict)
@@ -251,7 +251,7 @@ def _load_checkpoint(folder: Path, model: nn.Module, optimizer: Any, scheduler: 
 def train(
     model: nn.Module,
     train_data: Encoded,
-    val_data: Encoded,
+    val_data: Encoded | None,
     cfg: TrainConfig,
     rt: Runtime,
     *,
@@ -263,6 +263,7 @@ def train(
     desc: str = "train",
     checkpoint_dir: Path | None = None,
     should_stop: Callable[[], bool] | None = None,
+    max_steps: int | None = None,
 ) -> TrainResult:
     """Fine-tune ``model`` and evaluate it on the validation split as configured.
 
@@ -279,6 +280,12 @@ def train(
             after every evaluation and when ``should_stop`` fires. The caller removes it.
         should_stop: polled after every optimizer step; True checkpoints and raises
             :class:`Interrupted` (how SIGINT/SIGTERM stop a trial without losing it).
+        max_steps: stop after this many optimizer steps (``stop_reason='max_steps'``); the
+            learning-rate schedule still spans the configured epochs, so the first
+            ``max_steps`` steps are exactly those of the full run (how the final model
+            reproduces a trial's best step).
+
+    With ``val_data=None`` nothing is evaluated (training on train+val for the final model).
 
     Raises:
         Diverged: the training loss (checked every ``log_every_steps``) or the validation
@@ -354,7 +361,7 @@ def train(
                     bar.update(1)
                 if st.step % rt.log_every_steps == 0 and not torch.isfinite(running).item():
                     raise Diverged(f"non-finite training loss at optimizer step {st.step}")
-                if in_epoch in eval_points:
+                if in_epoch in eval_points and val_data is not None:
                     st.train_time += time.perf_counter() - t_train
                     stop_reason = _evaluate_and_report(model, val_data, cfg, rt, st, running, pad_id, metric, maximize,
                                                        report, epoch + in_epoch / steps_per_epoch,
@@ -371,8 +378,13 @@ def train(
                     st.running_sum = float(running.item())
                     checkpoint()
                     raise Interrupted(st.step, checkpoint_dir is not None)
+                if max_steps is not None and st.step >= max_steps:
+                    stop_reason = "max_steps"
+                    break
             if stop_reason != "completed":
                 break
+        if val_data is None or stop_reason == "max_steps":
+            st.train_time += time.perf_counter() - t_train
     finally:
         if bar is not None:
             bar.close()
@@ -387,8 +399,8 @@ def train(
         "micro_batch_size": st.micro_batch_size,
         "oom_retries": st.oom_retries,
     }
-    return TrainResult(st.history, st.best_step, st.best, stop_reason, val_data.labels, st.best_probs, cost,
-                       resumed_from)
+    labels = val_data.labels if val_data is not None else np.empty(0, dtype=np.int64)
+    return TrainResult(st.history, st.best_step, st.best, stop_reason, labels, st.best_probs, cost, resumed_from)
 
 
 def _accumulate(forward: Callable[..., Any], data: Encoded, index: np.ndarray, pad_id: int, rt: Runtime,
