@@ -147,6 +147,10 @@ class StudyConfig:
     # Stop the study after this many failed trials in one run.
     max_failures: int = 5
     timeout: Optional[float] = None
+    # Compute budget: stop starting trials once the study spent this many optimizer steps.
+    max_train_steps: Optional[int] = None
+    # Quasi-random points taken from a continuous scientific range.
+    scientific_points: int = 3
 
 
 @dataclass
@@ -253,6 +257,9 @@ def validate(cfg: Config) -> None:
     _check(s.max_failures >= 1, "study.max_failures", "must be >= 1")
     if s.timeout is not None:
         _check(s.timeout > 0, "study.timeout", "must be > 0 seconds or null")
+    if s.max_train_steps is not None:
+        _check(s.max_train_steps >= 1, "study.max_train_steps", "must be >= 1 or null")
+    _check(s.scientific_points >= 2, "study.scientific_points", "must be >= 2")
 
     _check(cfg.runtime.device in ("auto", "cpu", "cuda") or cfg.runtime.device.startswith("cuda:"),
            "runtime.device", f"must be auto, cpu or cuda[:N], got {cfg.runtime.device!r}")

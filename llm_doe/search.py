@@ -186,33 +186,38 @@ class FailureLimit:
                 study.stop()
 
 
-def prepare(composed: Composed) -> tuple[Any, Any, Any]:
+def prepare(composed: Composed) -> tuple[Any, Any]:
     """Every check and every load that can fail on user input, before anything is written.
 
-    Returns the search space, the sampler and the pruner.
+    Returns the design (the arms to run: the study, or one sub-study per scientific value)
+    and the pruner.
     """
+    from llm_doe.design import plan
     from llm_doe.finetune.data import encoded_splits
     from llm_doe.finetune.model import load_tokenizer, model_factory
-    from llm_doe.space import build_space, check_space
+    from llm_doe.space import check_space
     from llm_doe.study import check_resume, check_storage, check_writable, make_pruner, make_sampler
 
     cfg = composed.config
-    space = build_space(cfg.study.space)
-    if not space:
+    design = plan(cfg.study.name, composed.dict_config, cfg.study.space, cfg.study.n_trials,
+                  cfg.study.scientific_points, cfg.sampler.seed)
+    if not design.arms[0].space:
         raise ConfigError("study.space", "is empty: nothing to search (pick a study with +study=NAME)")
-    check_space(composed.dict_config, space)
+    for arm in design.arms:
+        check_space(arm.config, arm.space)
+        make_sampler(cfg.sampler, arm.space)  # refuses, e.g., a continuous space for sampler=grid
     check_storage(cfg.storage)
     check_writable(cfg.storage.artifacts_dir, "storage.artifacts_dir")
     check_writable(composed.run_dir, "hydra.run.dir")
-    sampler = make_sampler(cfg.sampler, space)
     pruner = make_pruner(cfg.pruner)
     # Data and weights load now: a missing file or model stops the run here, and the first
     # trial finds them cached.
     tokenizer, tok_key = load_tokenizer(cfg.model)
     _, _, splits = encoded_splits(cfg.data, tokenizer, tok_key)
     model_factory(cfg.model, splits.num_labels)
-    check_resume(cfg, space)
-    return space, sampler, pruner
+    for arm in design.arms:
+        check_resume(cfg, arm.space, arm.name)
+    return design, pruner
 
 
 class StopRequest:
@@ -267,32 +272,55 @@ def _masked_config(composed: Composed) -> dict[str, Any]:
 
 
 def run(composed: Composed) -> int:
-    """Open (or resume) the study and optimise it to ``study.n_trials``. Returns the exit code."""
-    from llm_doe.study import make_storage, open_study
+    """Open (or resume) the study (or its scientific sub-studies) and optimise it to
+    ``study.n_trials``. Returns the exit code."""
+    from llm_doe.notes import write_study_note
+    from llm_doe.study import make_pruner, make_sampler, make_storage, open_study
 
     cfg = composed.config
-    space, sampler, pruner = prepare(composed)
+    design, _ = prepare(composed)
     _write_run_dir(composed)
     _setup_logging(composed.run_dir)
-    study = open_study(cfg, make_storage(cfg.storage), sampler, pruner, space, _masked_config(composed),
-                       composed.overrides)
+    storage = make_storage(cfg.storage)
+    arms = []
+    for arm in design.arms:
+        attrs = {"design": design.attrs(arm)} if design.scientific or design.caveats else {}
+        study = open_study(cfg, storage, make_sampler(cfg.sampler, arm.space), make_pruner(cfg.pruner), arm.space,
+                           _masked_config(composed), composed.overrides, name=arm.name, attrs=attrs)
+        arms.append((arm, study))
+    for caveat in design.caveats:
+        log.info("caveat: %s", caveat)
     if cfg.workers > 1 and os.environ.get(WORKER_ENV) is None:
-        code = run_workers(composed, study)
+        code = run_workers(composed, [study for _, study in arms])
     else:
-        code = optimize(composed, study, space)
-    from llm_doe.notes import write_study_note
-
-    write_study_note(study)  # optuna-dashboard's study note: goal, space, best trial (never fails the run)
+        code = optimize_arms(composed, arms)
+    for _, study in arms:
+        write_study_note(study)  # optuna-dashboard's study note: goal, space, best trial (never fails the run)
     return code
 
 
 def optimize(composed: Composed, study: optuna.Study, space: Any) -> int:
-    """This process's share of the study: trials until the study total is reached.
+    """Run one study to ``composed.config.study.n_trials`` (see :func:`optimize_arms`)."""
+    from llm_doe.design import Arm
 
-    Each iteration runs one trial through ``study.optimize`` (so Optuna's heartbeat thread
-    covers it and stale trials of dead workers are failed and re-queued first). When every
-    remaining trial is already running elsewhere, the worker waits for those to finish or go
-    stale instead of starting surplus trials, so ``study.n_trials`` is exact across workers.
+    cfg = composed.config
+    return optimize_arms(composed, [(Arm(study.study_name, composed.dict_config, space, cfg.study.n_trials), study)])
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_.=," else "_" for c in name)
+
+
+def optimize_arms(composed: Composed, arms: list[tuple[Any, optuna.Study]]) -> int:
+    """This process's share of the study: trials until every arm reaches its total.
+
+    Each iteration runs one trial of the arm with the fewest trials finished or under way
+    (scientific sub-studies advance together, so an interrupted study stays balanced),
+    through ``study.optimize`` so Optuna's heartbeat thread covers it and stale trials of dead
+    workers are failed and re-queued first. When every remaining trial is already running
+    elsewhere, the worker waits for those to finish or go stale instead of starting surplus
+    trials, so each total is exact across workers. ``study.timeout`` and
+    ``study.max_train_steps`` stop it cleanly between trials.
     """
     import torch
 
@@ -303,23 +331,33 @@ def optimize(composed: Composed, study: optuna.Study, space: Any) -> int:
     cfg = composed.config
     if cfg.runtime.num_threads is not None:
         torch.set_num_threads(cfg.runtime.num_threads)
-    n_total = cfg.study.n_trials
-    counts = trial_counts(study)
-    done = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
+    n_total = sum(arm.n_trials for arm, _ in arms)
+
+    def finished(counts: dict[TrialState, int]) -> int:
+        return counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
+
+    done = sum(finished(trial_counts(study)) for _, study in arms)
     if done >= n_total:
         log.info("study %s already has %d/%d finished trials in %s: nothing to run (raise study.n_trials to "
                  "run more)", cfg.study.name, done, n_total, storage_label(cfg.storage))
         return 0
-    log.info("study %s: %d/%d trials finished, %s %s, sampler=%s pruner=%s, store %s, logs %s",
-             cfg.study.name, done, n_total, resolved_direction(cfg), cfg.study.metric, cfg.sampler.name,
-             cfg.pruner.name, storage_label(cfg.storage), composed.run_dir)
+    log.info("study %s: %d/%d trials finished, %s %s, sampler=%s pruner=%s, store %s, logs %s", cfg.study.name, done,
+             n_total, resolved_direction(cfg), cfg.study.metric, cfg.sampler.name, cfg.pruner.name,
+             storage_label(cfg.storage), composed.run_dir)
+    if len(arms) > 1:
+        log.info("%d scientific values, %d trials each: %s", len(arms), arms[0][0].n_trials,
+                 "; ".join(arm.name for arm, _ in arms))
 
     stop = StopRequest()
-    objective = Objective(composed.dict_config, space, artifact_store(cfg.storage.artifacts_dir),
-                          progress=cfg.runtime.progress,
-                          checkpoints_dir=Path(cfg.storage.checkpoints_dir) if cfg.runtime.checkpoint else None,
-                          should_stop=stop, n_trials=n_total, storage_retry_s=cfg.storage.retry_seconds)
-    progress = ProgressCallback(study, n_total, cfg.study.metric, cfg.runtime.progress)
+    store = artifact_store(cfg.storage.artifacts_dir)
+    checkpoints = Path(cfg.storage.checkpoints_dir) if cfg.runtime.checkpoint else None
+    runners = []
+    for arm, study in arms:
+        folder = None if checkpoints is None else checkpoints if len(arms) == 1 else checkpoints / _slug(arm.name)
+        objective = Objective(arm.config, arm.space, store, progress=cfg.runtime.progress, checkpoints_dir=folder,
+                              should_stop=stop, n_trials=arm.n_trials, storage_retry_s=cfg.storage.retry_seconds)
+        runners.append((arm, study, objective, ProgressCallback(study, arm.n_trials, cfg.study.metric,
+                                                                cfg.runtime.progress and len(arms) == 1)))
     failures = FailureLimit(cfg.study.max_failures)
     started = time.perf_counter()
     deadline = None if cfg.study.timeout is None else started + cfg.study.timeout
@@ -328,21 +366,38 @@ def optimize(composed: Composed, study: optuna.Study, space: Any) -> int:
         try:
             while not stop() and not failures.tripped:
                 if deadline is not None and time.perf_counter() >= deadline:
-                    log.info("study.timeout of %ss reached", cfg.study.timeout)
+                    log.info("study.timeout of %ss reached: stopping cleanly", cfg.study.timeout)
                     break
-                optuna.storages.fail_stale_trials(study)
-                counts = trial_counts(study)
-                done = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
-                if done >= n_total:
+                if cfg.study.max_train_steps is not None:
+                    spent = sum(record_totals(study)["optimizer_steps"] for _, study in arms)
+                    if spent >= cfg.study.max_train_steps:
+                        log.info("compute budget reached: %d optimizer steps spent (study.max_train_steps=%d): "
+                                 "stopping cleanly", spent, cfg.study.max_train_steps)
+                        break
+                open_arms = []
+                for runner in runners:
+                    arm, study = runner[0], runner[1]
+                    optuna.storages.fail_stale_trials(study)
+                    counts = trial_counts(study)
+                    if finished(counts) >= arm.n_trials:
+                        continue
+                    under_way = finished(counts) + counts[TrialState.RUNNING]
+                    if counts[TrialState.WAITING] or under_way < arm.n_trials:
+                        open_arms.append((under_way, len(open_arms), runner))
+                    else:
+                        open_arms.append((None, len(open_arms), runner))  # all its work runs elsewhere
+                if not open_arms:
                     break
-                if counts[TrialState.WAITING] == 0 and done + counts[TrialState.RUNNING] >= n_total:
+                startable = [item for item in open_arms if item[0] is not None]
+                if not startable:
                     if not waited:
-                        log.info("waiting for %d trial(s) running elsewhere to finish (or to go stale and be "
-                                 "re-queued)", counts[TrialState.RUNNING])
+                        log.info("waiting for the trials running elsewhere to finish (or to go stale and be "
+                                 "re-queued)")
                         waited = True
                     time.sleep(POLL_SECONDS)
                     continue
                 waited = False
+                _, _, (arm, study, objective, progress) = min(startable, key=lambda item: (item[0], item[1]))
                 study.optimize(objective, n_trials=1, callbacks=[progress, failures], catch=(TrialFailed,),
                                gc_after_trial=False)
         except (TrialInterrupted, KeyboardInterrupt):
@@ -351,34 +406,54 @@ def optimize(composed: Composed, study: optuna.Study, space: Any) -> int:
             cause = storage_failure(err)
             if cause is None:
                 raise
-            progress.close()
             log.error("stopped: %s. Nothing already stored is lost; the running trial keeps its checkpoint and is "
                       "re-queued by its heartbeat: run the same command again when the store is back",
                       mask_url(str(cause).splitlines()[0]))
             return 1
         finally:
-            progress.close()
+            for runner in runners:
+                runner[3].close()
     if interrupted or stop():
         log.error("interrupted (%s): the running trial was checkpointed and re-queued; run the same command to "
                   "resume to %d trials", signal.Signals(stop.signum or signal.SIGINT).name, n_total)
         return stop.exit_code
-    done = trial_counts(study)
-    totals = record_totals(study)
-    log.info("study %s: %d/%d trials finished; this run took %.1fs; the study so far: %d optimizer steps, %d "
-             "examples, %.0fs training, %.0fs evaluating", cfg.study.name,
-             done[TrialState.COMPLETE] + done[TrialState.PRUNED], n_total, time.perf_counter() - started,
-             totals["optimizer_steps"], totals["examples_seen"], totals["train_time_s"], totals["eval_time_s"])
-    try:
-        best = study.best_trial
-        log.info("best trial #%d: %s=%s with %s", best.number, cfg.study.metric, _fmt(best.value),
-                 " ".join(f"{k}={_fmt(v)}" for k, v in best.params.items()))
-    except ValueError:
-        log.info("no trial completed")
+    for arm, study in arms:
+        _summarise(arm, study, cfg, started)
     if failures.tripped:
         log.error("stopped: %d trials failed in this run (study.max_failures=%d); see fail_reason on the trials "
                   "and %s", failures.failures, cfg.study.max_failures, composed.run_dir / "search.log")
         return 1
     return 0
+
+
+def _summarise(arm: Any, study: optuna.Study, cfg: Config, started: float) -> None:
+    """The end-of-run lines: totals, best trial, and the playbook's boundary check (stored too)."""
+    from llm_doe import analysis
+    from llm_doe.study import record_totals, trial_counts
+
+    counts = trial_counts(study)
+    totals = record_totals(study)
+    log.info("study %s: %d/%d trials finished; this run took %.1fs; the study so far: %d optimizer steps, %d "
+             "examples, %.0fs training, %.0fs evaluating", study.study_name,
+             counts[TrialState.COMPLETE] + counts[TrialState.PRUNED], arm.n_trials, time.perf_counter() - started,
+             totals["optimizer_steps"], totals["examples_seen"], totals["train_time_s"], totals["eval_time_s"])
+    try:
+        best = study.best_trial
+    except ValueError:
+        log.info("no trial completed")
+        return
+    log.info("best trial #%d: %s=%s with %s", best.number, cfg.study.metric, _fmt(best.value),
+             " ".join(f"{k}={_fmt(v)}" for k, v in best.params.items()))
+    try:
+        report = analysis.boundary_report(analysis.load_trials(study))
+    except Exception as err:  # a review aid must never fail the run
+        log.debug("boundary check skipped: %s", err)
+        return
+    near = report[report["near_edge"]]
+    study.set_user_attr("boundary", [{"param": r.param, "edge": r.edge, "best": float(r.best), "advice": r.advice}
+                                     for r in near.itertuples()])
+    for advice in near["advice"]:
+        log.warning("boundary check: %s", advice)
 
 
 def _worker_command(composed: Composed, index: int, threads: int) -> list[str]:
@@ -389,7 +464,7 @@ def _worker_command(composed: Composed, index: int, threads: int) -> list[str]:
             f"hydra.run.dir={composed.run_dir / f'worker-{index}'}", "runtime.progress=false"]
 
 
-def run_workers(composed: Composed, study: optuna.Study) -> int:
+def run_workers(composed: Composed, studies: list[optuna.Study]) -> int:
     """``workers=N``: N worker processes on this study, each asking for its next trial the
     moment it finishes one (no batches). Each gets its own GPU where there are GPUs, else an
     equal share of the CPU threads; their lines are printed prefixed with ``[wI]`` and each
@@ -442,7 +517,10 @@ def run_workers(composed: Composed, study: optuna.Study) -> int:
         signal.signal(signal.SIGTERM, previous)
         for reader in readers:
             reader.join(timeout=5)
-    counts = trial_counts(study)
+    counts = dict.fromkeys(TrialState, 0)
+    for study in studies:
+        for state, count in trial_counts(study).items():
+            counts[state] += count
     log.info("workers done: %d/%d trials finished (%d pruned), %d failed; exit codes %s", counts[TrialState.COMPLETE]
              + counts[TrialState.PRUNED], cfg.study.n_trials, counts[TrialState.PRUNED], counts[TrialState.FAIL], codes)
     return max(codes, key=lambda c: (c != 0, c))

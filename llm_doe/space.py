@@ -29,7 +29,8 @@ from llm_doe.schema import ConfigError, validate
 Distribution = optuna.distributions.BaseDistribution
 SearchSpace = dict[str, Distribution]
 
-_SPEC_KEYS = {"type", "low", "high", "log", "step", "choices"}
+_SPEC_KEYS = {"type", "low", "high", "log", "step", "choices", "role", "sweep"}
+ROLES = ("scientific", "nuisance", "fixed")
 
 
 def _flatten(space: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -55,6 +56,13 @@ def _from_spec(key: str, spec: Mapping[str, Any]) -> Distribution:
     unknown = set(spec) - _SPEC_KEYS
     if unknown:
         raise ConfigError(name, f"unknown field(s) {sorted(unknown)}; allowed: {sorted(_SPEC_KEYS)}")
+    if "sweep" in spec:
+        extra = set(spec) - {"sweep", "role"}
+        if extra:
+            raise ConfigError(name, f"'sweep' takes the whole range; drop {sorted(extra)}")
+        if not isinstance(spec["sweep"], str):
+            raise ConfigError(name, f"sweep must be a sweep string such as interval(0, 1), got {spec['sweep']!r}")
+        return _from_grammar(key, spec["sweep"])
     kind = spec.get("type")
     if kind == "categorical":
         choices = spec.get("choices")
@@ -156,10 +164,26 @@ def build_space(space: Mapping[str, Any]) -> SearchSpace:
         if isinstance(value, str):
             result[key] = _from_grammar(key, value)
         elif isinstance(value, Mapping):
+            if value.get("role") == "fixed":
+                continue  # held at its config value; listed as a caveat, not searched
             result[key] = _from_spec(key, value)
         else:
             raise ConfigError(f"study.space.{key}", f"expected a spec mapping or a sweep string, got {value!r}")
     return result
+
+
+def space_roles(space: Mapping[str, Any]) -> dict[str, str]:
+    """The role of every entry: scientific (what the study measures), nuisance (tuned anew for
+    each scientific value; the default) or fixed (held, and reported as a caveat)."""
+    if isinstance(space, DictConfig):
+        space = OmegaConf.to_container(space, resolve=True)  # type: ignore[assignment]
+    roles = {}
+    for key, value in _flatten(space).items():
+        role = value.get("role", "nuisance") if isinstance(value, Mapping) else "nuisance"
+        if role not in ROLES:
+            raise ConfigError(f"study.space.{key}.role", f"must be one of {', '.join(ROLES)}, got {role!r}")
+        roles[key] = role
+    return roles
 
 
 def apply_params(base: DictConfig, params: Mapping[str, Any]) -> DictConfig:

@@ -249,7 +249,7 @@ def provenance(argv: list[str]) -> dict[str, Any]:
     }
 
 
-def existing_space(cfg: Config) -> dict[str, Any] | None:
+def existing_space(cfg: Config, name: str) -> dict[str, Any] | None:
     """The search space an existing study was created with, read without creating anything."""
     if cfg.storage.kind == "journal":
         if not Path(cfg.storage.journal_path).exists():
@@ -267,26 +267,30 @@ def existing_space(cfg: Config) -> dict[str, Any] | None:
         message = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise ConfigError(key, f"cannot open the study store {storage_label(cfg.storage)}: {mask_url(message)}") from None
     for summary in summaries:
-        if summary.study_name == cfg.study.name:
+        if summary.study_name == name:
             return summary.user_attrs.get("space", {})
     return None
 
 
-def check_resume(cfg: Config, space: SearchSpace) -> None:
+def check_resume(cfg: Config, space: SearchSpace, name: str | None = None) -> None:
     """Resuming is only honest on the same search space (else the trials answer another question)."""
-    before = existing_space(cfg)
+    name = name or cfg.study.name
+    before = existing_space(cfg, name)
     if before is not None and before != space_to_json(space):
-        raise ConfigError("study.space", f"differs from the space study {cfg.study.name!r} in {storage_label(cfg.storage)} was "
-                                         "created with; use another study.name to search a new space")
+        raise ConfigError("study.space", f"differs from the space study {name!r} in {storage_label(cfg.storage)} "
+                                         "was created with; use another study.name to search a new space")
 
 
 def open_study(cfg: Config, storage: optuna.storages.BaseStorage, sampler: optuna.samplers.BaseSampler,
                pruner: optuna.pruners.BasePruner, space: SearchSpace, resolved: Mapping[str, Any],
-               argv: list[str]) -> optuna.Study:
-    """Create the study or load it to resume; record provenance on first creation and each run."""
-    study = optuna.create_study(storage=storage, sampler=sampler, pruner=pruner, study_name=cfg.study.name,
+               argv: list[str], name: str | None = None, attrs: Mapping[str, Any] | None = None) -> optuna.Study:
+    """Create the study (``name``, default ``study.name``) or load it to resume; record
+    provenance (and ``attrs``) on first creation, and each run's command."""
+    study = optuna.create_study(storage=storage, sampler=sampler, pruner=pruner, study_name=name or cfg.study.name,
                                 direction=resolved_direction(cfg), load_if_exists=True)
     if "space" not in study.user_attrs:
+        for key, value in (attrs or {}).items():
+            study.set_user_attr(key, value)
         study.set_user_attr("space", space_to_json(space))
         study.set_user_attr("metric", cfg.study.metric)
         study.set_user_attr("config", dict(resolved))

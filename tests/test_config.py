@@ -20,8 +20,8 @@ def test_studies_are_shipped():
 def test_every_study_composes_and_validates(study, tmp_path):
     composed = compose_config([f"+study={study}", *store_args(tmp_path, study)])
     assert composed.config.study.name == study
-    space, sampler, pruner = prepare(composed)  # loads data and weights, checks the space
-    assert space
+    design, pruner = prepare(composed)  # loads data and weights, checks the space
+    assert all(arm.space for arm in design.arms)
     assert not any(tmp_path.iterdir()), "composing and checking must not write anything"
 
 
