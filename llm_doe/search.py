@@ -537,7 +537,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         composed = compose_config(overrides)
         if show_cfg:
-            print(OmegaConf.to_yaml(composed.dict_config, resolve=True))
+            print(OmegaConf.to_yaml(_masked_config(composed)))
             return 0
         return run(composed)
     except ConfigError as err:

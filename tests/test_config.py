@@ -49,9 +49,10 @@ def test_public_names_from_the_design_compose():
     assert (cfg.study.n_trials, cfg.study.direction, cfg.study.metric) == (5, "maximize", "roc_auc")
 
 
-def test_cfg_flag_prints_config(capsys):
-    assert main(["+study=smoke", "--cfg"]) == 0
-    assert "learning_rate" in capsys.readouterr().out
+def test_cfg_flag_prints_config_with_the_password_masked(capsys):
+    assert main(["+study=smoke", "--cfg", "storage=postgres", "storage.url=postgresql://u:hunter2@db:5432/s"]) == 0
+    out = capsys.readouterr().out
+    assert "learning_rate" in out and "postgresql://u:***@db:5432/s" in out and "hunter2" not in out
 
 
 def _bad_csv(tmp: Path) -> str:
