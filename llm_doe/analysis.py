@@ -59,6 +59,8 @@ _BASE_ATTRS = (*METRICS, "best_step", "duration_s", "pruned_at_step", *_TEXT_ATT
 _ARTIFACT_PREFIX = "artifacts:"
 _STATE_STYLE = {"COMPLETE": "-", "PRUNED": "--", "FAIL": ":", "RUNNING": "-.", "WAITING": "-."}
 _PREFERRED_PARAM = "train.learning_rate"
+#: Seeds: searched as nuisance parameters or set by the confirmation; labels, not quantities.
+SEED_PARAMS = ("train.seed", "data.seed")
 
 
 # --------------------------------------------------------------------------------------------
@@ -760,6 +762,15 @@ def _position(value: float, dist: FloatDistribution | IntDistribution) -> float:
     return (value - low) / (high - low)
 
 
+def _boundary_frame(rows: list[dict[str, Any]], columns: list[str]) -> pd.DataFrame:
+    """The boundary table with a boolean ``near_edge`` even when empty: pandas 3 reads an empty
+    object column used as a mask as a column selection, and ``report[report["near_edge"]]``
+    then loses every column."""
+    frame = pd.DataFrame(rows, columns=columns)
+    frame["near_edge"] = frame["near_edge"].astype(bool)
+    return frame
+
+
 def boundary_report(table: pd.DataFrame, *, margin: float = 0.1, top_k: int = 5) -> pd.DataFrame:
     """Is the best trial near the edge of a searched range? (Google's tuning playbook.)
 
@@ -780,13 +791,15 @@ def boundary_report(table: pd.DataFrame, *, margin: float = 0.1, top_k: int = 5)
     columns = ["param", "low", "high", "log", "best", "position", "edge", "near_edge", "top_k_near_edge", "advice"]
     done = _complete(table)
     if done.empty:
-        return pd.DataFrame(columns=columns)
+        return _boundary_frame([], columns)
     best = best_trial(table)
     ranked = done.sort_values("value", ascending=not _maximize(table)).head(top_k)
     rows = []
     for name, dist in space_of(table).items():
         if not isinstance(dist, (FloatDistribution, IntDistribution)) or name not in table.columns:
             continue
+        if name in SEED_PARAMS:
+            continue  # a seed's number is a label, not a scale: it has no edge to be near
         if pd.isna(best[name]):
             continue
         position = _position(float(best[name]), dist)
@@ -803,7 +816,7 @@ def boundary_report(table: pd.DataFrame, *, margin: float = 0.1, top_k: int = 5)
         rows.append({"param": name, "low": dist.low, "high": dist.high, "log": dist.log, "best": best[name],
                      "position": position, "edge": edge, "near_edge": bool(edge),
                      "top_k_near_edge": float(np.mean(near)) if near else np.nan, "advice": advice})
-    return pd.DataFrame(rows, columns=columns)
+    return _boundary_frame(rows, columns)
 
 
 def failure_report(table: pd.DataFrame) -> pd.Series:
@@ -1191,3 +1204,364 @@ def figure_png(fig: Figure, dpi: int = 100) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi)
     return buffer.getvalue()
+
+
+# --------------------------------------------------------------------------------------------
+# Confirmation: the best configurations re-run with several seeds (python -m llm_doe.confirm)
+# --------------------------------------------------------------------------------------------
+
+#: ``python -m llm_doe.confirm`` writes its runs to this linked study, in the same store.
+CONFIRM_SUFFIX = "-confirm"
+#: What a confirmation summarises per configuration: the objective, then the final metrics.
+CONFIRM_QUANTITIES = ("value", *METRICS)
+
+
+def confirmation_name(study_name: str) -> str:
+    """The linked confirmation study of ``study_name`` (``lr_sweep`` -> ``lr_sweep-confirm``)."""
+    return study_name if study_name.endswith(CONFIRM_SUFFIX) else study_name + CONFIRM_SUFFIX
+
+
+def load_confirmation(storage: StudyRef, study_name: str) -> pd.DataFrame:
+    """One row per confirmation run, as :func:`load_trials`, with ``source_trial`` (the trial of the
+    searched study whose configuration it re-runs), ``seed`` and ``data_seed``.
+
+    Args:
+        storage: As for :func:`load_trials`.
+        study_name: The searched study (``lr_sweep``) or its confirmation (``lr_sweep-confirm``).
+    """
+    return load_trials(storage, confirmation_name(study_name), user_attrs=["source_trial", "seed", "data_seed"])
+
+
+def _mean_ci(values: np.ndarray, level: float) -> tuple[float, float, float, float]:
+    """Mean, sample standard deviation and the t-interval of the mean (NaN below two values)."""
+    from scipy import stats
+
+    n = len(values)
+    if n == 0:
+        return (math.nan,) * 4  # type: ignore[return-value]
+    mean = float(np.mean(values))
+    if n < 2:
+        return mean, math.nan, math.nan, math.nan
+    std = float(np.std(values, ddof=1))
+    if std == 0.0:
+        return mean, 0.0, mean, mean
+    low, high = stats.t.interval(level, n - 1, loc=mean, scale=std / math.sqrt(n))
+    return mean, std, float(low), float(high)
+
+
+def paired_p_value(a: Sequence[float], b: Sequence[float]) -> float:
+    """Two-sided paired t-test of ``a`` against ``b`` (same seeds, same order): scipy's ``ttest_rel``.
+
+    NaN where the test says nothing: fewer than two pairs, or identical samples. Differences
+    that are all the same non-zero number (no seed-to-seed noise at all) give 0.
+    """
+    from scipy import stats
+
+    diffs = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    if len(diffs) < 2 or not np.isfinite(diffs).all():
+        return math.nan
+    if np.ptp(diffs) == 0.0:
+        return math.nan if diffs[0] == 0.0 else 0.0
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # near-constant differences: precision note
+        return float(stats.ttest_rel(a, b).pvalue)
+
+
+def confirmation_stats(runs: pd.DataFrame, *, direction: str | None = None, alpha: float = 0.05,
+                       level: float = 0.95) -> pd.DataFrame:
+    """Per configuration: mean, standard deviation and confidence interval of the objective and the
+    metrics over seeds, and a paired t-test of each configuration against the best one.
+
+    A single search trial is one draw of the seed's luck; the top of a search is where lucky draws
+    gather. Re-running each configuration with the same K seeds makes the comparison paired (seed
+    by seed), which removes the variance the seeds share, and says whether the winner is a winner.
+    The best configuration is the one with the best mean objective, so its tests against the others
+    are post hoc: read a p-value near ``alpha`` as "maybe", and with many configurations expect an
+    occasional false "significant".
+
+    Args:
+        runs: From :func:`load_confirmation` (or any frame with ``source_trial``, ``seed``,
+            ``state``, ``value``, the metric columns and ``number``). COMPLETE runs count; a
+            (configuration, seed) pair run twice counts once (its latest run).
+        direction: ``minimize`` or ``maximize``; default: ``runs.attrs["direction"]``.
+        alpha: Significance level of the tests.
+        level: Confidence level of the intervals.
+
+    Returns:
+        Indexed by ``trial`` (the source trial), best first: the configuration's parameters,
+        ``n`` (seeds with a result), ``values`` and ``seeds`` (the objective per seed),
+        ``<q>_mean``, ``<q>_std``, ``<q>_ci_low``, ``<q>_ci_high`` for ``q`` in ``value``,
+        ``val_loss``, ``accuracy``, ``f1``, ``roc_auc``; ``n_paired``, ``diff_vs_best`` (mean
+        paired difference of the objective), ``p_value``, ``significant``, ``best``, ``rank``.
+        ``.attrs`` holds ``summary`` (the verdict in words), ``best_trial``, ``distinguishable``,
+        ``n_seeds``, ``alpha``, ``level``, ``direction``, ``metric``.
+    """
+    direction = direction or runs.attrs.get("direction") or "minimize"
+    if direction not in ("minimize", "maximize"):
+        raise ValueError(f"direction must be minimize or maximize, got {direction!r}")
+    maximize = direction == "maximize"
+    value = pd.to_numeric(runs["value"], errors="coerce")
+    done = runs[(runs["state"] == "COMPLETE") & np.isfinite(value) & runs["source_trial"].notna()].copy()
+    pair = ["seed"] + (["data_seed"] if "data_seed" in done.columns and done["data_seed"].notna().any() else [])
+    if "number" in done.columns:
+        done = done.sort_values("number", kind="stable")
+    done = done.drop_duplicates(["source_trial", *pair], keep="last")
+    done["source_trial"] = done["source_trial"].astype(int)
+    params = [c for c in _param_columns(runs) if c not in SEED_PARAMS] if runs.attrs.get("space") else []
+    columns = [*params, "n", "values", "seeds"]
+    for q in CONFIRM_QUANTITIES:
+        columns += [f"{q}_mean", f"{q}_std", f"{q}_ci_low", f"{q}_ci_high"]
+    columns += ["n_paired", "diff_vs_best", "p_value", "significant", "best", "rank"]
+    rows: dict[int, dict[str, Any]] = {}
+    keyed: dict[int, pd.Series] = {}
+    for trial, group in done.groupby("source_trial", sort=True):
+        group = group.sort_values(pair, kind="stable")
+        row: dict[str, Any] = {p: _to_python(group[p].iloc[0]) for p in params}
+        row["n"] = len(group)
+        row["values"] = [float(v) for v in group["value"]]
+        row["seeds"] = [_to_python(s) for s in group["seed"]]
+        for q in CONFIRM_QUANTITIES:
+            if q not in group.columns:
+                row.update({f"{q}_{s}": math.nan for s in ("mean", "std", "ci_low", "ci_high")})
+                continue
+            values = pd.to_numeric(group[q], errors="coerce").to_numpy(float)
+            mean, std, low, high = _mean_ci(values[np.isfinite(values)], level)
+            row.update({f"{q}_mean": mean, f"{q}_std": std, f"{q}_ci_low": low, f"{q}_ci_high": high})
+        rows[int(trial)] = row  # type: ignore[arg-type]
+        keyed[int(trial)] = pd.Series(group["value"].astype(float).to_numpy(),  # type: ignore[arg-type]
+                                      index=pd.MultiIndex.from_frame(group[pair].astype(object)))
+    table = pd.DataFrame.from_dict(rows, orient="index", columns=columns)
+    table.index.name = "trial"
+    best: int | None = None
+    if rows:
+        means = table["value_mean"].astype(float)
+        best = int(means.idxmax() if maximize else means.idxmin())
+        table = table.loc[means.sort_values(ascending=not maximize, kind="stable").index]
+        for trial in table.index:
+            joined = pd.concat([keyed[trial], keyed[best]], axis=1, join="inner")
+            table.at[trial, "n_paired"] = len(joined)
+            if trial == best:
+                table.at[trial, "diff_vs_best"], table.at[trial, "p_value"] = 0.0, math.nan
+            else:
+                table.at[trial, "diff_vs_best"] = float((joined.iloc[:, 0] - joined.iloc[:, 1]).mean())
+                table.at[trial, "p_value"] = paired_p_value(joined.iloc[:, 0], joined.iloc[:, 1])
+        table["significant"] = table["p_value"].astype(float) < alpha
+        table["best"] = table.index == best
+        table["rank"] = np.arange(1, len(table) + 1)
+    table = table.astype({"n": "int64", "significant": bool, "best": bool}) if rows else table
+    if rows:
+        table["n_paired"] = table["n_paired"].astype("int64")
+        table["rank"] = table["rank"].astype("int64")
+        for name in ("diff_vs_best", "p_value"):
+            table[name] = table[name].astype(float)
+    others = table[~table["best"]] if rows else table
+    table.attrs.update({
+        "direction": direction, "metric": runs.attrs.get("metric", "value"), "alpha": alpha, "level": level,
+        "best_trial": best, "n_seeds": int(table["n"].max()) if rows else 0,
+        "distinguishable": bool(others["significant"].any()) if rows else False, "params": params,
+    })
+    table.attrs["summary"] = _confirmation_sentence(table)
+    return table
+
+
+def _percent(alpha: float) -> str:
+    return f"{alpha * 100:g}%"
+
+
+def _confirmation_sentence(table: pd.DataFrame) -> str:
+    """The verdict of :func:`confirmation_stats` in one or two plain sentences."""
+    attrs = table.attrs
+    metric, alpha, k = attrs.get("metric", "value"), attrs.get("alpha", 0.05), attrs.get("n_seeds", 0)
+    if table.empty:
+        return "No confirmation run has completed yet."
+    best = attrs["best_trial"]
+    row = table.loc[best]
+    level = f"{attrs.get('level', 0.95):.0%}"
+    where = (f"trial #{best} has the best mean {metric}, {row['value_mean']:.4g}"
+             + (f" ({level} CI {row['value_ci_low']:.4g} to {row['value_ci_high']:.4g})"
+                if pd.notna(row["value_ci_low"]) else ""))
+    seeds = f"{k} seed{'s' if k != 1 else ''}"
+    if len(table) == 1:
+        return f"Only one configuration was confirmed ({seeds}): {where}; there is nothing to compare it with."
+    others = table[~table["best"]]
+    better = [int(t) for t in others.index[others["significant"]]]
+    same = [int(t) for t in others.index[~others["significant"]]]
+    if not better:
+        p = others["p_value"].astype(float)
+        smallest = f", smallest p = {p.min():.2g}" if p.notna().any() else ""
+        return (f"The top configurations are not distinguishable at the {_percent(alpha)} level with {seeds}: "
+                f"{where}, but no other configuration differs from it significantly (paired t-test over seeds"
+                f"{smallest}). Any of them will do; more seeds may separate them.")
+    text = (f"{where[0].upper()}{where[1:]} over {seeds} and is better than {', '.join(f'#{t}' for t in better)} "
+            f"at the {_percent(alpha)} level (paired t-test over seeds).")
+    if same:
+        text += f" It is not distinguishable from {', '.join(f'#{t}' for t in same)} at that level with {seeds}."
+    return text
+
+
+def confirmation_table(storage: StudyRef, study_name: str, *, missing_ok: bool = False) -> pd.DataFrame | None:
+    """The confirmation of a study, from its linked ``<name>-confirm`` study: :func:`confirmation_stats`
+    over the runs of the current plan (the top-k configurations x seeds the last
+    ``python -m llm_doe.confirm`` asked for), with ``search_value`` (the configuration's single
+    search trial, for the winner's curse: it usually looks better there than over seeds) and
+    ``failed`` (planned seeds whose run failed).
+
+    Args:
+        storage: As for :func:`load_trials`.
+        study_name: The searched study (``lr_sweep``) or its confirmation (``lr_sweep-confirm``).
+        missing_ok: Return None when there is no confirmation study (reports and notebooks show
+            the section only when there is one).
+
+    Raises:
+        ValueError: No confirmation study (unless ``missing_ok``).
+    """
+    name = confirmation_name(study_name)
+    if name not in study_names(storage):
+        if missing_ok:
+            return None
+        parent = name[: -len(CONFIRM_SUFFIX)]
+        raise ValueError(f"no confirmation study {name!r}: run python -m llm_doe.confirm +study=... "
+                         f"(with the search's overrides) on study {parent!r} first")
+    runs = load_confirmation(storage, name)
+    attrs = runs.attrs.get("study_user_attrs", {})
+    keys = [tuple(None if pd.isna(x) else int(x) for x in k)
+            for k in zip(runs["source_trial"], runs["seed"], runs["data_seed"])]
+    planned = [tuple(p) for p in attrs.get("pairs") or []] or list(dict.fromkeys(k for k in keys if None not in k[:2]))
+    complete = {k for k, state in zip(keys, runs["state"]) if state == "COMPLETE"}
+    tried = {k for k, state in zip(keys, runs["state"]) if state == "FAIL"}
+    failed: dict[int, int] = {}
+    for pair in planned:
+        if pair not in complete and pair in tried:
+            failed[pair[0]] = failed.get(pair[0], 0) + 1
+    kept = runs[pd.Series([k in set(planned) for k in keys], index=runs.index, dtype=bool)]
+    kept.attrs.update(runs.attrs)
+    table = confirmation_stats(kept, direction=runs.attrs.get("direction"), alpha=float(attrs.get("alpha", 0.05)))
+    # A configuration with no successful run is a finding too (it diverges, say): keep its row.
+    missing = [t for t in dict.fromkeys(p[0] for p in planned) if t not in table.index]
+    if missing:
+        params = _confirm_params(table) or [c for c in _param_columns(runs) if c not in SEED_PARAMS]
+        extra = pd.DataFrame(index=pd.Index(missing, name="trial"), columns=table.columns)
+        for trial in missing:
+            first = kept[kept["source_trial"] == trial].head(1)
+            for c in params:
+                extra.at[trial, c] = _to_python(first[c].iloc[0]) if len(first) and c in first else math.nan
+            extra.at[trial, "n"], extra.at[trial, "values"], extra.at[trial, "seeds"] = 0, [], []
+            extra.at[trial, "significant"], extra.at[trial, "best"] = False, False
+        saved = dict(table.attrs)
+        table = pd.concat([table, extra]) if len(table) else extra
+        table.attrs.update(saved)
+        table["n"] = table["n"].astype("int64")
+        table["significant"] = table["significant"].astype(bool)
+        table["best"] = table["best"].astype(bool)
+        table["rank"] = pd.to_numeric(table["rank"], errors="coerce").astype("Int64")
+        for c in table.columns:
+            if c.endswith(("_mean", "_std", "_ci_low", "_ci_high")) or c in ("diff_vs_best", "p_value"):
+                table[c] = pd.to_numeric(table[c], errors="coerce").astype(float)
+    search_values = attrs.get("source_values") or {}
+    after_n = table.columns.get_loc("n") + 1
+    table.insert(after_n, "failed", [failed.get(int(t), 0) for t in table.index])
+    table.insert(after_n + 1, "search_value", [float(search_values.get(str(t), math.nan)) for t in table.index])
+    if failed:
+        table.attrs["summary"] += (f" {sum(failed.values())} of {len(planned)} planned runs failed ("
+                                   + ", ".join(f"#{t}: {k} of {sum(p[0] == t for p in planned)}"
+                                               for t, k in failed.items())
+                                   + f"); see fail_reason on the trials of {name}.")
+    table.attrs.update({"study_name": name, "parent_study": attrs.get("parent_study", name[: -len(CONFIRM_SUFFIX)]),
+                        "planned_seeds": list(attrs.get("seeds") or []), "top_k": attrs.get("top_k"),
+                        "planned_runs": len(planned), "failed_runs": sum(failed.values()),
+                        "storage": runs.attrs.get("storage")})
+    return table
+
+
+def confirmation_display(table: pd.DataFrame) -> pd.DataFrame:
+    """:func:`confirmation_table` as text to read: one row per configuration, best first, with the
+    objective's mean, standard deviation and confidence interval, the paired test against the best,
+    and each metric's mean and interval."""
+    metric = table.attrs.get("metric", "value")
+    level = f"{table.attrs.get('level', 0.95):.0%}"
+    params = _confirm_params(table)
+
+    def num(value: Any, digits: int = 4) -> str:
+        return "-" if value is None or pd.isna(value) else f"{value:.{digits}g}"
+
+    def interval(row: pd.Series, q: str) -> str:
+        if pd.isna(row[f"{q}_ci_low"]):
+            return "-"
+        return f"[{num(row[f'{q}_ci_low'])}, {num(row[f'{q}_ci_high'])}]"
+
+    rows = []
+    for trial, row in table.iterrows():
+        out: dict[str, Any] = {"trial": f"#{trial}" + (" (best)" if row["best"] else "")}
+        out.update({p: _fmt(row[p]) for p in params})
+        out["seeds"] = int(row["n"])
+        if "failed" in table.columns and row["failed"]:
+            out["failed"] = int(row["failed"])
+        if "search_value" in table.columns:
+            out["search"] = num(row["search_value"])
+        out[f"{metric} mean"] = num(row["value_mean"])
+        out["std"] = num(row["value_std"], 2)
+        out[f"{level} CI"] = interval(row, "value")
+        out["diff vs best"] = "-" if row["best"] else num(row["diff_vs_best"], 2)
+        out["p vs best"] = "-" if row["best"] else num(row["p_value"], 2)
+        for m in METRICS:
+            if m != metric and f"{m}_mean" in table.columns and pd.notna(row[f"{m}_mean"]):
+                out[m] = f"{num(row[f'{m}_mean'])} {interval(row, m)}"
+        rows.append(out)
+    return pd.DataFrame(rows).set_index("trial") if rows else pd.DataFrame()
+
+
+def _confirm_params(table: pd.DataFrame) -> list[str]:
+    """The configuration's parameters among a confirmation table's columns."""
+    return [c for c in table.attrs.get("params", []) if c in table.columns]
+
+
+def format_confirmation(table: pd.DataFrame | None, study_name: str | None = None) -> str:
+    """The confirmation as printed by ``python -m llm_doe.confirm``: a heading, the table, the verdict."""
+    if table is None:
+        name = study_name or "NAME"
+        return (f"No confirmation study yet: python -m llm_doe.confirm +study={name} confirm.top_k=3 "
+                "confirm.seeds=5 (with the search's overrides) re-runs its best configurations with several seeds.")
+    attrs = table.attrs
+    head = (f"Confirmation of study {attrs.get('parent_study', '?')!r} ({attrs.get('study_name', '?')}): "
+            f"{len(table)} configuration(s) x {attrs.get('n_seeds', 0)} seed(s); {attrs.get('metric', 'value')} "
+            f"({attrs.get('direction')}), mean over seeds with a t-interval, paired t-test against the best.")
+    shown = confirmation_display(table)
+    body = shown.to_string() if not shown.empty else "(no completed run)"
+    return f"{head}\n{body}\n{attrs.get('summary', '')}"
+
+
+def plot_confirmation(table: pd.DataFrame, *, ax: Axes | None = None) -> Figure:
+    """Each confirmed configuration's objective per seed (dots), its mean with the confidence
+    interval (bar), and its single search trial (hollow diamond): the distance between diamond and
+    bar is the luck the search picked it with."""
+    fig, ax = _axes(ax, (1.8 + 1.3 * max(1, len(table)), 4.2))
+    metric = table.attrs.get("metric", "value")
+    params = _confirm_params(table)
+    labels = []
+    for x, (trial, row) in enumerate(table.iterrows()):
+        colour = "tab:red" if row["best"] else "tab:blue"
+        values = list(row["values"])
+        jitter = np.linspace(-0.12, 0.12, len(values)) if len(values) > 1 else np.zeros(len(values))
+        ax.scatter(x + jitter, values, s=14, color=colour, alpha=0.5, zorder=2)
+        if pd.notna(row["value_ci_low"]):
+            ax.errorbar([x], [row["value_mean"]], yerr=[[row["value_mean"] - row["value_ci_low"]],
+                                                        [row["value_ci_high"] - row["value_mean"]]],
+                        fmt="o", color=colour, capsize=6, lw=2, zorder=3)
+        else:
+            ax.scatter([x], [row["value_mean"]], color=colour, zorder=3)
+        if "search_value" in table.columns and pd.notna(row["search_value"]):
+            ax.scatter([x + 0.25], [row["search_value"]], marker="D", facecolors="none", edgecolors="black",
+                       zorder=3, label="search trial" if x == 0 else None)
+        p = "" if row["best"] or pd.isna(row["p_value"]) else f"\np={row['p_value']:.2g}"
+        labels.append(f"#{trial}" + "".join(f"\n{c.rsplit('.', 1)[-1]}={_fmt(row[c])}" for c in params) + p)
+    ax.set_xticks(range(len(table)), labels, fontsize="small")
+    ax.set_xlim(-0.6, len(table) - 0.4)
+    ax.set_ylabel(str(metric))
+    level = f"{table.attrs.get('level', 0.95):.0%}"
+    ax.set_title(f"{table.attrs.get('parent_study', '')}: {metric} over {table.attrs.get('n_seeds', 0)} seeds "
+                 f"(mean, {level} CI)".lstrip(": "))
+    if "search_value" in table.columns and table["search_value"].notna().any():
+        ax.legend(fontsize="small", loc="best")
+    return fig

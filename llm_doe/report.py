@@ -135,6 +135,10 @@ def render_report(storage: analysis.StudyRef, study_name: str | None = None, *,
                  f"{html.escape(str(analysis.best_config(trials, as_yaml=True)))}</pre></details>"
         parts.append(_section("Best trial", summary + command + config))
 
+    confirmation = _confirmation_section(storage, name)
+    if confirmation:
+        parts.append(confirmation)
+
     curves = analysis.load_curves(storage, name)
     if curves.empty:
         parts.append(_section("Learning curves", "<p>No trial reported an intermediate value.</p>"))
@@ -187,6 +191,30 @@ def render_report(storage: analysis.StudyRef, study_name: str | None = None, *,
             f"<h1>Study <code>{html.escape(name)}</code></h1>\n"
             f"<p class=\"meta\">store {html.escape(str(attrs['storage']))} · written {created} by llm_doe.report</p>\n"
             + "\n".join(parts) + "</body></html>\n")
+
+
+def _confirmation_section(storage: analysis.StudyRef, name: str) -> str:
+    """The confirmation with several seeds (``python -m llm_doe.confirm``), when the study has one:
+    the verdict, the mean and confidence interval per configuration, and the figure. Empty when
+    there is no ``<name>-confirm`` study."""
+    try:
+        table = analysis.confirmation_table(storage, name, missing_ok=True)
+    except Exception as err:  # noqa: BLE001 - one section must not sink the report
+        return _section("Confirmation", _unavailable("The confirmation", err))
+    if table is None:
+        return ""
+    if table.empty:
+        return _section("Confirmation", f"<p>{html.escape(table.attrs['summary'])}</p>")
+    css = "ok" if table.attrs.get("distinguishable") or len(table) == 1 else "warn"
+    intro = (f"<p>The {len(table)} best configurations re-run with {table.attrs['n_seeds']} seeds each (study "
+             f"<code>{html.escape(str(table.attrs.get('study_name')))}</code>): mean over seeds with a 95% "
+             "confidence interval, and a paired t-test (seed by seed) of each against the best. "
+             "<i>search</i> is the configuration's single search trial.</p>")
+    verdict = f'<p class="{css}">{html.escape(table.attrs["summary"])}</p>'
+    figure = _img(analysis.plot_confirmation(table),
+                  "Objective per seed (dots), mean with its 95% CI (bar), the search trial (diamond).")
+    return _section("Confirmation", intro + verdict + _table(analysis.confirmation_display(table), index=True)
+                    + figure)
 
 
 def build_report(storage: analysis.StudyRef, study_name: str | None, out: str | os.PathLike[str], *,

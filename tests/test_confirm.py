@@ -1,0 +1,300 @@
+"""``python -m llm_doe.confirm``: the top configurations re-run with several seeds, and the statistics."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+from optuna.trial import TrialState
+from scipy import stats
+
+from llm_doe import analysis
+from llm_doe.confirm import main as confirm
+from llm_doe.finetune.data import clear_caches, load_splits
+from llm_doe.search import compose_config
+from llm_doe.search import main as search
+from tests.conftest import REPO, TINY, store_args
+
+SPACE = {"train.learning_rate": optuna.distributions.distribution_to_json(
+    optuna.distributions.FloatDistribution(1e-5, 1e-3, log=True))}
+
+
+def _runs(values: dict[int, list[float]], direction: str = "minimize") -> pd.DataFrame:
+    """A hand-built confirmation: {source trial: objective per seed 0, 1, ...}."""
+    rows = []
+    for source, per_seed in values.items():
+        for seed, value in enumerate(per_seed):
+            rows.append({"number": len(rows), "state": "COMPLETE", "value": value, "source_trial": source,
+                         "seed": seed, "data_seed": 1234, "train.learning_rate": source * 1e-4,
+                         "val_loss": value, "accuracy": 1 - value / 10, "f1": np.nan, "roc_auc": 0.5})
+    frame = pd.DataFrame(rows)
+    frame.attrs.update(direction=direction, metric="val_loss", space=SPACE)
+    return frame
+
+
+# ---------------------------------------------------------------------------------------------
+# The statistics on known small cases
+# ---------------------------------------------------------------------------------------------
+
+
+def test_identical_configurations_are_not_distinguishable():
+    same = [0.52, 0.48, 0.55, 0.50]
+    table = analysis.confirmation_stats(_runs({3: same, 7: list(same)}))
+    assert list(table.index) == [3, 7]  # equal means: the earlier trial first
+    assert math.isnan(table.loc[7, "p_value"]) and not table.loc[7, "significant"]
+    assert table.attrs["distinguishable"] is False
+    assert table.attrs["summary"].startswith(
+        "The top configurations are not distinguishable at the 5% level with 4 seeds")
+
+
+def test_mean_std_and_interval_on_known_numbers():
+    table = analysis.confirmation_stats(_runs({5: [1.0, 2.0, 3.0, 4.0]}))
+    row = table.loc[5]
+    half = 3.182446305284263 * 1.2909944487358056 / 2  # t(0.975, df=3) * s / sqrt(n)
+    assert row["n"] == 4 and row["value_mean"] == pytest.approx(2.5)
+    assert row["value_std"] == pytest.approx(1.2909944487358056)
+    assert (row["value_ci_low"], row["value_ci_high"]) == pytest.approx((2.5 - half, 2.5 + half))
+    assert row["accuracy_mean"] == pytest.approx(0.75) and math.isnan(row["f1_mean"])  # NaN metrics: no numbers
+    assert table.attrs["summary"].startswith("Only one configuration was confirmed (4 seeds)")
+
+
+def test_pairing_by_seed_finds_a_small_consistent_difference():
+    """Seeds move both configurations together (big spread); the paired test sees through it,
+    a two-sample test would not."""
+    best = [1.0, 2.0, 3.0, 4.0]
+    worse = [1.1, 2.12, 3.09, 4.11]
+    table = analysis.confirmation_stats(_runs({2: worse, 9: best}))
+    assert table.attrs["best_trial"] == 9 and list(table["rank"]) == [1, 2]
+    assert table.loc[2, "p_value"] == pytest.approx(stats.ttest_rel(worse, best).pvalue)
+    assert table.loc[2, "p_value"] < 0.05 and stats.ttest_ind(worse, best).pvalue > 0.5
+    assert table.loc[2, "diff_vs_best"] == pytest.approx(0.105)
+    assert table.attrs["distinguishable"] is True
+    assert "is better than #2 at the 5% level" in table.attrs["summary"]
+
+
+def test_direction_decides_the_best():
+    table = analysis.confirmation_stats(_runs({1: [0.80, 0.82, 0.81], 4: [0.60, 0.61, 0.59]}), direction="maximize")
+    assert table.attrs["best_trial"] == 1 and table.loc[4, "p_value"] < 0.05
+
+
+def test_paired_p_value_edge_cases():
+    assert math.isnan(analysis.paired_p_value([1.0], [2.0]))  # one pair: no test
+    assert math.isnan(analysis.paired_p_value([1.0, 2.0], [1.0, 2.0]))  # identical samples
+    assert analysis.paired_p_value([1.5, 2.5, 3.5], [1.0, 2.0, 3.0]) == 0.0  # a difference with no noise at all
+
+
+def test_pairs_missing_a_seed_are_paired_on_the_seeds_both_have():
+    runs = _runs({1: [0.50, 0.60, 0.55], 2: [0.70, 0.80, 0.78]})
+    runs = runs[~((runs["source_trial"] == 2) & (runs["seed"] == 1))]
+    table = analysis.confirmation_stats(runs)
+    assert table.loc[2, "n"] == 2 and table.loc[2, "n_paired"] == 2
+    assert table.loc[2, "p_value"] == pytest.approx(stats.ttest_rel([0.70, 0.78], [0.50, 0.55]).pvalue)
+
+
+# ---------------------------------------------------------------------------------------------
+# End to end: a tiny study confirmed with real runs
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def confirmed(tmp_path_factory) -> dict[str, Any]:
+    clear_caches()  # count test-split reads from a clean process state
+    tmp = tmp_path_factory.mktemp("confirm")
+    args = ["+study=lr_sweep", *TINY, *store_args(tmp, "lr"), "pruner=none"]
+    assert search([*args, "study.n_trials=3"]) == 0
+    return {"tmp": tmp, "args": args, "url": f"sqlite:///{tmp}/lr.db"}
+
+
+def test_confirm_runs_top_k_times_seeds_and_reports(confirmed, capsys):
+    args = confirmed["args"]
+    capsys.readouterr()
+    assert confirm([*args, "confirm.top_k=2", "confirm.seeds=3"]) == 0
+    out = capsys.readouterr().out
+    assert "val_loss mean" in out and "95% CI" in out and "p vs best" in out
+
+    url = confirmed["url"]
+    parent = optuna.load_study(study_name="lr", storage=url)
+    linked = optuna.load_study(study_name="lr-confirm", storage=url)
+    trials = linked.get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 6
+    top = sorted(parent.get_trials(states=(TrialState.COMPLETE,)), key=lambda t: (t.value, t.number))[:2]
+    assert linked.user_attrs["parent_study"] == "lr" and linked.user_attrs["top_k"] == 2
+    assert linked.user_attrs["seeds"] == [0, 1, 2]
+    assert linked.user_attrs["source_trials"] == [t.number for t in top]
+    assert linked.user_attrs["provenance"]["command"].split()[1:3] == ["-m", "llm_doe.confirm"]
+    by_number = {t.number: t for t in top}
+    pairs = set()
+    for trial in trials:
+        source, seed = trial.user_attrs["source_trial"], trial.user_attrs["seed"]
+        pairs.add((source, seed))
+        assert trial.params == {**by_number[source].params, "train.seed": seed, "data.seed": 1234}
+        assert trial.user_attrs["config.train.seed"] == seed  # the seed really reached the training config
+    assert pairs == {(t.number, s) for t in top for s in (0, 1, 2)}
+    # Different seeds give different results (so the statistics have something to measure).
+    assert len({t.value for t in trials}) > 2
+
+    # The table equals a recomputation from the stored trial values with scipy.
+    table = analysis.confirmation_table(url, "lr")
+    for source in by_number:
+        values = np.array([t.value for t in sorted(trials, key=lambda t: t.user_attrs["seed"])
+                           if t.user_attrs["source_trial"] == source])
+        mean, sem = values.mean(), stats.sem(values)
+        low, high = stats.t.interval(0.95, len(values) - 1, loc=mean, scale=sem)
+        row = table.loc[source]
+        assert row["n"] == 3 and row["value_mean"] == pytest.approx(mean)
+        assert row["value_std"] == pytest.approx(values.std(ddof=1))
+        assert (row["value_ci_low"], row["value_ci_high"]) == pytest.approx((low, high))
+        accuracy = [t.user_attrs["accuracy"] for t in trials if t.user_attrs["source_trial"] == source]
+        assert row["accuracy_mean"] == pytest.approx(np.mean(accuracy))
+        assert row["search_value"] == pytest.approx(by_number[source].value)
+    best = table.attrs["best_trial"]
+    other = next(s for s in by_number if s != best)
+    seeded = {s: [t.value for t in sorted(trials, key=lambda t: t.user_attrs["seed"])
+                  if t.user_attrs["source_trial"] == s] for s in by_number}
+    p = stats.ttest_rel(seeded[other], seeded[best]).pvalue
+    assert table.loc[other, "p_value"] == pytest.approx(p, nan_ok=True)
+    assert table.attrs["summary"] in out
+    # Stored for the parent (python -m llm_doe.final reads it) and on the linked study.
+    assert parent.user_attrs["confirmation"]["best_trial"] == best
+    assert parent.user_attrs["confirmation"]["study"] == "lr-confirm"
+    assert linked.user_attrs["confirmation"]["summary"] == table.attrs["summary"]
+
+    # The search and the confirmation never touched the test split.
+    assert load_splits(compose_config(args).config.data).test_reads == 0
+
+
+def test_rerunning_adds_nothing_and_reports_again(confirmed, capsys):
+    args = [*confirmed["args"], "confirm.top_k=2", "confirm.seeds=3"]
+    assert confirm(args) == 0  # no-op when the previous test already ran it; runs it otherwise
+    capsys.readouterr()
+    assert confirm(args) == 0
+    out = capsys.readouterr().out
+    assert "0 to run now" in out and "p vs best" in out
+    assert len(optuna.load_study(study_name="lr-confirm", storage=confirmed["url"]).trials) == 6
+
+
+def test_more_seeds_later_adds_only_the_new_pairs(confirmed):
+    args = [*confirmed["args"], "confirm.top_k=2"]
+    assert confirm([*args, "confirm.seeds=3"]) == 0
+    assert confirm([*args, "confirm.seeds=4"]) == 0
+    linked = optuna.load_study(study_name="lr-confirm", storage=confirmed["url"])
+    assert len(linked.trials) == 8 and all(t.state == TrialState.COMPLETE for t in linked.trials)
+    table = analysis.confirmation_table(confirmed["url"], "lr")
+    assert list(table["n"]) == [4, 4] and table.attrs["n_seeds"] == 4
+
+
+def test_report_and_notebook_show_the_confirmation(confirmed, tmp_path, monkeypatch):
+    import html
+    import json
+    import sys
+
+    import nbformat
+    import papermill
+
+    from llm_doe.report import render_report
+
+    assert confirm([*confirmed["args"], "confirm.top_k=2", "confirm.seeds=3"]) == 0
+    table = analysis.confirmation_table(confirmed["url"], "lr")
+    text = render_report(confirmed["url"], "lr", artifacts_dir=confirmed["tmp"] / "art")
+    assert "<h2>Confirmation</h2>" in text and html.escape(table.attrs["summary"]) in text
+
+    kernel = "llm-doe-tests"  # a kernelspec that runs this interpreter (as tests/test_notebooks.py does)
+    spec = tmp_path / "jupyter" / "kernels" / kernel
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "llm_doe tests", "language": "python"}))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    notebook = REPO / "notebooks" / "compare_trials.ipynb"
+    out = tmp_path / "out.ipynb"
+    papermill.execute_notebook(str(notebook), str(out), kernel_name=kernel, cwd=str(notebook.parent),
+                               progress_bar=False, execution_timeout=300,
+                               parameters={"storage": confirmed["url"], "study_name": "lr",
+                                           "artifacts_dir": str(confirmed["tmp"] / "art")})
+    cells = [c for c in nbformat.read(out, as_version=4).cells if c.cell_type == "code"]
+    printed = "\n".join(str(o.get("text", "")) for c in cells for o in c.outputs)
+    assert table.attrs["summary"] in printed
+    assert any("image/png" in o.get("data", {}) for o in cells[-1].outputs)  # the confirmation figure
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input and failing runs
+# ---------------------------------------------------------------------------------------------
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("llm_doe: error: ") and "\n" not in err, err
+    return err
+
+
+def test_no_such_store_or_study_exits_2_and_writes_nothing(tmp_path, capsys):
+    args = ["+study=lr_sweep", *TINY, *store_args(tmp_path, "nope")]
+    assert confirm(args) == 2
+    assert "no study store" in _one_line_error(capsys)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_config_that_differs_from_the_search_exits_2(confirmed, capsys):
+    before = len(optuna.get_all_study_names(confirmed["url"]))
+    assert confirm([*confirmed["args"], "data.max_length=32"]) == 2
+    err = _one_line_error(capsys)
+    assert "data.max_length: is 32 here but 64 in study 'lr'" in err and "llm_doe.search" in err
+    assert len(optuna.get_all_study_names(confirmed["url"])) == before
+
+
+def test_a_study_without_complete_trials_exits_2(tmp_path, capsys):
+    url = f"sqlite:///{tmp_path}/e.db"
+    study = optuna.create_study(study_name="e", storage=url)
+    study.add_trial(optuna.trial.create_trial(state=TrialState.FAIL))
+    assert confirm(["+study=lr_sweep", *TINY, *store_args(tmp_path, "e")]) == 2
+    assert "has no COMPLETE trial to confirm" in _one_line_error(capsys)
+    assert optuna.get_all_study_names(url) == ["e"]
+
+
+DIVERGE_STUDY = """# @package _global_
+defaults:
+  - override /model: tiny
+study:
+  name: diverge
+  n_trials: 2
+  space:
+    train.learning_rate: {type: categorical, choices: [3.0e-3, 1.0e+6]}
+"""
+
+
+def test_a_configuration_that_fails_on_every_seed_is_reported_not_replaced(tmp_path, capsys):
+    """A lucky search trial whose configuration diverges on other seeds: its runs fail, the others
+    run, no sampled trial fills the gap, and the table says so."""
+    conf = tmp_path / "conf" / "study"
+    conf.mkdir(parents=True)
+    (conf / "diverge.yaml").write_text(DIVERGE_STUDY)
+    args = ["+study=diverge", f"hydra.searchpath=[file://{tmp_path / 'conf'}]", *TINY, *store_args(tmp_path, "d"),
+            "sampler=grid"]
+    search(args)
+    url = f"sqlite:///{tmp_path}/d.db"
+    study = optuna.load_study(study_name="d", storage=url)
+    dist = optuna.distributions.CategoricalDistribution([3.0e-3, 1.0e6])
+    # As if the diverging learning rate had once completed with a lucky, best value.
+    study.add_trial(optuna.trial.create_trial(params={"train.learning_rate": 1.0e6},
+                                              distributions={"train.learning_rate": dist}, value=0.01,
+                                              user_attrs={"best_step": 1}))
+    capsys.readouterr()
+    assert confirm([*args, "confirm.top_k=2", "confirm.seeds=2"]) == 1
+    out = capsys.readouterr().out
+    linked = optuna.load_study(study_name="d-confirm", storage=url)
+    states = [(t.params["train.learning_rate"], t.state) for t in linked.trials]
+    assert sorted(states, key=str) == sorted([(1.0e6, TrialState.FAIL)] * 2 + [(3.0e-3, TrialState.COMPLETE)] * 2,
+                                             key=str)
+    table = analysis.confirmation_table(url, "d")
+    lucky = linked.user_attrs["source_trials"][0]
+    assert table.loc[lucky, "n"] == 0 and table.loc[lucky, "failed"] == 2
+    assert table.attrs["best_trial"] != lucky
+    assert "2 of 4 planned runs failed" in table.attrs["summary"] and "2 of 4 planned runs failed" in out
+    assert study.user_attrs["confirmation"]["best_trial"] == table.attrs["best_trial"]
+    assert Path(tmp_path / "d.db").exists()

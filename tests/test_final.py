@@ -1,0 +1,175 @@
+"""``python -m llm_doe.final``: train the chosen configuration, test it once, export a folder that loads offline."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from llm_doe.confirm import main as confirm
+from llm_doe.final import main as final
+from llm_doe.finetune.data import clear_caches, load_splits
+from llm_doe.search import compose_config
+from llm_doe.search import main as search
+from tests.conftest import REPO, TINY, store_args
+
+# Loads the export in a fresh process with the hub unreachable, predicts the test split and
+# prints the accuracy and the predicted label names.
+PREDICT = """
+import json, sys
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from llm_doe.finetune.data import load_splits
+from llm_doe.search import compose_config
+
+folder, overrides = sys.argv[1], json.loads(sys.argv[2])
+tokenizer = AutoTokenizer.from_pretrained(folder)
+model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+test = load_splits(compose_config(overrides).config.data).test
+correct, names = 0, set()
+with torch.inference_mode():
+    for start in range(0, len(test), 64):
+        texts = test.texts[start:start + 64]
+        batch = tokenizer(texts, truncation=True, padding=True, return_tensors="pt")
+        predicted = model(**batch).logits.argmax(-1)
+        correct += int((predicted.numpy() == test.labels[start:start + 64]).sum())
+        names |= {model.config.id2label[int(i)] for i in predicted}
+print(json.dumps({"accuracy": correct / len(test), "labels": sorted(names), "n": len(test)}))
+"""
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory) -> dict[str, Any]:
+    """A tiny searched and confirmed study; the test split untouched so far."""
+    clear_caches()  # count test-split reads from a clean process state
+    tmp = tmp_path_factory.mktemp("final")
+    args = ["+study=lr_sweep", *TINY, *store_args(tmp, "lr"), "pruner=none"]
+    assert search([*args, "study.n_trials=3"]) == 0
+    assert confirm([*args, "confirm.top_k=2", "confirm.seeds=2"]) == 0
+    return {"tmp": tmp, "args": args, "url": f"sqlite:///{tmp}/lr.db"}
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("llm_doe: error: ") and "\n" not in err, err
+    return err
+
+
+def test_final_reads_the_test_split_once_and_exports_a_folder_that_loads_offline(study):
+    args, tmp = study["args"], study["tmp"]
+    splits = load_splits(compose_config(args).config.data)
+    assert splits.test_reads == 0  # search and confirmation never read it
+    out = tmp / "export"
+    assert final([*args, f"final.output_dir={out}"]) == 0
+    assert splits.test_reads == 1  # the final evaluation, once
+
+    files = {p.name for p in out.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "config.yaml",
+            "test_metrics.json", "roc.csv", "roc.png", "README.md"} <= files
+    metrics = json.loads((out / "test_metrics.json").read_text())
+    parent = optuna.load_study(study_name="lr", storage=study["url"])
+    confirmed = parent.user_attrs["confirmation"]["best_trial"]
+    assert metrics["trial"] == confirmed and metrics["chosen_by"].startswith("the confirmed best")
+    assert metrics["n_test"] == 200 and metrics["trained_on"] == "train" and metrics["n_train"] == 160
+    # Trained to the optimizer step of the trial's best evaluation, read from its metrics.json.
+    assert metrics["optimizer_steps"] == metrics["max_steps"] and "metrics.json" in metrics["steps_source"]
+    assert parent.user_attrs["final_exports"][-1]["test"]["accuracy"] == metrics["accuracy"]
+
+    config = (out / "config.yaml").read_text()
+    assert f"learning_rate: {parent.trials[confirmed].params['train.learning_rate']}" in config
+    card = (out / "README.md").read_text()
+    for heading in ("## Test metrics", "## Data", "## Search", "## Confirmation", "## The chosen configuration",
+                    "## How to use it"):
+        assert heading in card
+    assert "train 160, validation 64, test 200" in card and "`train.learning_rate`" in card
+    assert "3 trials: 3 complete" in card and parent.user_attrs["confirmation"]["summary"] in card
+    assert json.loads((out / "config.json").read_text())["id2label"] == {"0": "negative", "1": "positive"}
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-c", PREDICT, str(out), json.dumps(args)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    predicted = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert predicted["n"] == 200 and set(predicted["labels"]) <= {"negative", "positive"}
+    assert predicted["accuracy"] == pytest.approx(metrics["accuracy"], abs=1e-12)
+
+
+def test_use_val_trains_on_train_and_val_for_the_same_steps(study):
+    out = study["tmp"] / "export_val"
+    assert final([*study["args"], f"final.output_dir={out}", "final.use_val=true", "final.trial=0"]) == 0
+    metrics = json.loads((out / "test_metrics.json").read_text())
+    assert metrics["trial"] == 0 and metrics["chosen_by"] == "set by final.trial"
+    assert metrics["trained_on"] == "train+val" and metrics["n_train"] == 160 + 64
+    assert metrics["optimizer_steps"] == metrics["max_steps"]
+    assert "train+val (224 examples)" in (out / "README.md").read_text()
+
+
+def test_an_existing_export_is_not_replaced_without_overwrite(study, capsys):
+    out = study["tmp"] / "kept"
+    out.mkdir()
+    (out / "test_metrics.json").write_text("{}")
+    assert final([*study["args"], f"final.output_dir={out}"]) == 2
+    assert "final.overwrite=true" in _one_line_error(capsys)
+    assert [p.name for p in out.iterdir()] == ["test_metrics.json"]
+
+
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(study, tmp_path, capsys):
+    parent = optuna.load_study(study_name="lr", storage=study["url"])
+    parent.add_trial(optuna.trial.create_trial(state=TrialState.FAIL, user_attrs={"fail_reason": "test"}))
+    failed = parent.trials[-1].number
+    reads = load_splits(compose_config(study["args"]).config.data).test_reads
+    run_dir = tmp_path / "run"
+    for extra, message in ((f"final.trial={failed}", f"trial {failed} of study 'lr' is FAIL, not COMPLETE"),
+                           ("final.trial=99", "study 'lr' has no trial 99"),
+                           ("data.max_length=32", "data.max_length: is 32 here but 64 in study 'lr'")):
+        out = tmp_path / "out"
+        assert final([*study["args"], f"final.output_dir={out}", f"hydra.run.dir={run_dir}", extra]) == 2
+        assert message in _one_line_error(capsys)
+        assert not out.exists() and not run_dir.exists()
+    assert load_splits(compose_config(study["args"]).config.data).test_reads == reads  # refused before the test
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    url = f"sqlite:///{empty}/e.db"
+    optuna.create_study(study_name="e", storage=url).add_trial(optuna.trial.create_trial(state=TrialState.FAIL))
+    out = empty / "out"
+    assert final(["+study=lr_sweep", *TINY, *store_args(empty, "e"), f"final.output_dir={out}"]) == 2
+    assert "study 'e' has no COMPLETE trial" in _one_line_error(capsys)
+    assert {p.name for p in empty.iterdir()} <= {"e.db", "e.db-wal", "e.db-shm"}  # SQLite's own side files
+
+    assert final(["+study=lr_sweep", *TINY, *store_args(tmp_path / "none", "x")]) == 2
+    assert "no study store" in _one_line_error(capsys)
+    assert not (tmp_path / "none").exists()
+
+
+def test_the_real_command_prints_one_line_on_bad_input(study):
+    proc = subprocess.run([sys.executable, "-m", "llm_doe.final", *study["args"], "final.trial=99"], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("llm_doe: error: final.trial:") and "\n" not in proc.stderr.strip()
+
+
+def test_help(capsys):
+    assert final(["--help"]) == 0 and "final.use_val" in capsys.readouterr().out
+    assert confirm(["--help"]) == 0 and "confirm.top_k" in capsys.readouterr().out
+
+
+def test_exported_folder_is_all_an_outside_user_needs(study):
+    """The card's own loading snippet, run as written (offline), on the first export."""
+    out = study["tmp"] / "export"
+    if not out.exists():
+        assert final([*study["args"], f"final.output_dir={out}", "final.overwrite=true"]) == 0
+    card = (out / "README.md").read_text()
+    snippet = card.split("```python", 1)[1].split("```", 1)[0].replace('"path/to/this/folder"', repr(str(out)))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-c", snippet + "\nprint(label)"], cwd=Path(out), env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] in ("negative", "positive")
