@@ -1565,3 +1565,78 @@ def plot_confirmation(table: pd.DataFrame, *, ax: Axes | None = None) -> Figure:
     if "search_value" in table.columns and table["search_value"].notna().any():
         ax.legend(fontsize="small", loc="best")
     return fig
+
+
+# --------------------------------------------------------------------------------------------
+# Scientific studies (roles: one sub-study per scientific value)
+# --------------------------------------------------------------------------------------------
+
+
+def scientific_substudies(storage: StudyRef, study_name: str) -> list[str]:
+    """The sub-studies of a study with scientific parameters (``<name>[path=value,...]``), in
+    the order the design enumerated them; empty for an ordinary study."""
+    prefix = f"{study_name}["
+    subs = [n for n in study_names(storage) if n.startswith(prefix) and n.endswith("]")]
+    if not subs:
+        return []
+    first = load_trials(storage, subs[0]).attrs["study_user_attrs"].get("design", {})
+    order = {name: i for i, name in enumerate(first.get("arms", []))}
+    return sorted(subs, key=lambda n: (order.get(n, len(order)), n))
+
+
+def scientific_isolation(storage: StudyRef, study_name: str) -> pd.DataFrame:
+    """The playbook's isolation for a scientific study: for each scientific value, the best
+    trial of its sub-study, in which the nuisance parameters were tuned anew with the same
+    budget. Comparing these best trials (not all trials) is the fair comparison.
+
+    Returns:
+        One row per scientific value (or combination): the scientific parameters, ``sub_study``,
+        ``trials`` (finished: COMPLETE or PRUNED), ``complete``, ``best_value``,
+        ``best_trial``, and the best trial's nuisance parameters. ``attrs['caveats']`` lists
+        the fixed parameters; ``attrs['metric']``/``attrs['direction']`` the objective.
+
+    Raises:
+        ValueError: The study has no scientific sub-studies.
+    """
+    subs = scientific_substudies(storage, study_name)
+    if not subs:
+        raise ValueError(f"{study_name!r} has no scientific sub-studies ({study_name}[param=value])")
+    rows, attrs = [], {}
+    for name in subs:
+        table = load_trials(storage, name)
+        attrs = table.attrs
+        design = attrs["study_user_attrs"].get("design", {})
+        finished = table[table["state"].isin(["COMPLETE", "PRUNED"])]
+        row = {**design.get("scientific", {}), "sub_study": name, "trials": len(finished),
+               "complete": int((table["state"] == "COMPLETE").sum()), "best_value": np.nan, "best_trial": None}
+        if not _complete(table).empty:
+            best = best_trial(table)
+            row.update(best_value=best["value"], best_trial=int(best["number"]),
+                       **{p: best[p] for p in attrs["space"] if p in best.index})
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    design = attrs.get("study_user_attrs", {}).get("design", {})
+    frame.attrs.update({"study_name": study_name, "metric": attrs.get("metric", "value"),
+                        "scientific": list(design.get("scientific", {})),
+                        "direction": attrs.get("direction"),
+                        "caveats": design.get("caveats", [])})
+    return frame
+
+
+def plot_scientific_isolation(storage: StudyRef, study_name: str, *, ax: Axes | None = None) -> Figure:
+    """The learning curve of each scientific value's best trial, labelled by the value."""
+    table = scientific_isolation(storage, study_name)
+    fig, ax = _axes(ax, (7.0, 4.2))
+    for _, row in table.iterrows():
+        if pd.isna(row["best_value"]):
+            continue
+        curves = load_curves(storage, row["sub_study"], params=False)
+        curve = curves[curves["trial"] == row["best_trial"]].sort_values("step")
+        label = ", ".join(f"{k}={_fmt(row[k])}" for k in table.attrs["scientific"])
+        ax.plot(curve["step"], curve["value"], marker="o", ms=3, label=f"{label} (#{int(row['best_trial'])})")
+    ax.set_xlabel("evaluation")
+    ax.set_ylabel(table.attrs.get("metric", "value"))
+    ax.set_title(f"{study_name}: best trial per scientific value")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

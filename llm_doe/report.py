@@ -217,11 +217,48 @@ def _confirmation_section(storage: analysis.StudyRef, name: str) -> str:
                     + figure)
 
 
+def render_scientific_report(storage: analysis.StudyRef, study_name: str) -> str:
+    """The report of a study with scientific parameters: the best trial per scientific value
+    (each from its own sub-study, nuisance parameters tuned anew with the same budget), their
+    curves, the caveats, and each sub-study's warnings. Each sub-study has its own full report
+    (``study.name='<study>[param=value]'``)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    table = analysis.scientific_isolation(storage, study_name)
+    attrs = table.attrs
+    parts = [f"<p><b>Question:</b> how does {', '.join(f'<code>{html.escape(p)}</code>' for p in attrs['scientific'])}"
+             f" affect <code>{html.escape(attrs['metric'])}</code>? Each value had its own sub-study with "
+             f"{int(table['trials'].max()) if len(table) else 0} finished trials tuning the nuisance parameters.</p>"]
+    caveats = attrs.get("caveats") or []
+    parts.append(_section("Caveats", '<div class="warn"><ul>' + "".join(f"<li>{html.escape(c)}</li>" for c in caveats)
+                          + "</ul></div>" if caveats else "<p>No parameter was held fixed.</p>"))
+    parts.append(_section("Best trial per scientific value", _table(table)))
+    parts.append(_section("Learning curves", _img(analysis.plot_scientific_isolation(storage, study_name),
+                                                  "The best trial of each scientific value.")))
+    warnings = []
+    for name in table["sub_study"]:
+        warnings += [f"{name}: {w}" for w in analysis.study_warnings(analysis.load_trials(storage, name))]
+    parts.append(_section("Warnings", '<div class="warn"><ul>' + "".join(f"<li>{html.escape(w)}</li>" for w in warnings)
+                          + "</ul></div>" if warnings else '<p class="ok">No sub-study has failed trials or a best '
+                                                           "value on the edge of a nuisance range.</p>"))
+    created = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
+    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>{html.escape(study_name)}: scientific study report</title><style>{_STYLE}</style></head><body>\n"
+            f"<h1>Scientific study <code>{html.escape(study_name)}</code></h1>\n"
+            f"<p class=\"meta\">written {created} by llm_doe.report</p>\n" + "\n".join(parts) + "</body></html>\n")
+
+
 def build_report(storage: analysis.StudyRef, study_name: str | None, out: str | os.PathLike[str], *,
                  artifacts_dir: str | os.PathLike[str] | None = None) -> Path:
-    """Render the report and write it to ``out`` (folders created). Returns the path."""
+    """Render the report (of a study, or of a scientific study's sub-studies) and write it to
+    ``out`` (folders created). Returns the path."""
     path = Path(out)
-    text = render_report(storage, study_name, artifacts_dir=artifacts_dir)
+    if study_name is not None and study_name not in analysis.study_names(storage) \
+            and analysis.scientific_substudies(storage, study_name):
+        text = render_scientific_report(storage, study_name)
+    else:
+        text = render_report(storage, study_name, artifacts_dir=artifacts_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
     return path
@@ -271,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
             names = analysis.study_names(store)
         except ValueError as err:  # not an Optuna store
             raise ConfigError("storage", str(err)) from None
-        if cfg.study.name not in names:
+        if cfg.study.name not in names and not analysis.scientific_substudies(store, cfg.study.name):
             raise ConfigError("study.name", f"no study {cfg.study.name!r} in the store; it holds: "
                                             f"{', '.join(sorted(names)) or 'no study'}")
         path = Path(out) if out else Path("studies") / str(cfg.study.name) / "report.html"

@@ -39,6 +39,15 @@ def test_each_scientific_value_gets_its_own_sub_study_and_the_same_budget(tmp_pa
         lrs.append([t.params["train.learning_rate"] for t in study.trials])
     assert lrs[0] == lrs[1]  # seeded Sobol: each value is tuned over the same learning rates
 
+    from llm_doe import scientific_isolation
+
+    table = scientific_isolation(storage, "t")
+    assert table["train.weight_decay"].tolist() == [0.0, 0.1] and table["trials"].tolist() == [2, 2]
+    for row in table.itertuples():
+        sub = optuna.load_study(study_name=row.sub_study, storage=storage)
+        assert row.best_value == sub.best_value and row.best_trial == sub.best_trial.number
+    assert table.attrs["scientific"] == ["train.weight_decay"] and table.attrs["caveats"]
+
 
 def test_scientific_budget_must_divide_evenly(tmp_path, capsys):
     assert main(["+study=smoke", *TINY, *store_args(tmp_path), SCIENTIFIC, "study.n_trials=3"]) == 2

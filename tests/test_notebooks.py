@@ -18,11 +18,19 @@ NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 KERNEL = "llm-doe-tests"
 
 
+# The study each notebook is written for (its parameter defaults) and what the test runs it on.
+DEFAULTS = {"scientific_study.ipynb": "weight_decay_effect"}
+SCIENTIFIC = ("++study.space={train.weight_decay:{role:scientific,type:categorical,choices:[0.0,0.1]},"
+              "train.learning_rate:{type:float,low:1.0e-4,high:3.0e-3,log:true}}")
+
+
 @pytest.fixture(scope="module")
-def study(tmp_path_factory) -> dict[str, Any]:
+def studies(tmp_path_factory) -> dict[str, dict[str, Any]]:
     tmp = tmp_path_factory.mktemp("nb")
     assert main(["+study=lr_sweep", *TINY, *store_args(tmp, "lr"), "study.n_trials=3"]) == 0
-    return {"storage": f"sqlite:///{tmp}/lr.db", "study_name": "lr", "artifacts_dir": str(tmp / "art"), "tmp": tmp}
+    assert main(["+study=lr_sweep", *TINY, *store_args(tmp, "wd"), SCIENTIFIC, "study.n_trials=4"]) == 0
+    return {name: {"storage": f"sqlite:///{tmp}/{name}.db", "study_name": name, "artifacts_dir": str(tmp / "art"),
+                   "tmp": tmp} for name in ("lr", "wd")}
 
 
 @pytest.fixture
@@ -51,18 +59,22 @@ def test_notebook_is_committed_clean_with_a_parameters_cell(path: Path):
     assert "parameters" in first.metadata.get("tags", [])
     namespace: dict[str, Any] = {}
     exec(first.source, namespace)  # noqa: S102 - our own notebook's parameter cell
-    assert namespace["storage"] == "sqlite:///../studies/lr_sweep.db" and namespace["study_name"] == "lr_sweep"
-    assert namespace["artifacts_dir"] == "../studies/lr_sweep/artifacts"
+    name = DEFAULTS.get(path.name, "lr_sweep")
+    assert namespace["storage"] == f"sqlite:///../studies/{name}.db" and namespace["study_name"] == name
+    if "artifacts_dir" in namespace:
+        assert namespace["artifacts_dir"] == f"../studies/{name}/artifacts"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
-def test_notebook_runs_against_a_tiny_study(path: Path, study, kernel, tmp_path):
+def test_notebook_runs_against_a_tiny_study(path: Path, studies, kernel, tmp_path):
     import papermill
 
+    study = studies["wd" if path.name in DEFAULTS else "lr"]
     out = tmp_path / path.name
     # Raises PapermillExecutionError on the first cell error.
     papermill.execute_notebook(str(path), str(out), kernel_name=kernel, cwd=str(path.parent), progress_bar=False,
-                               parameters={k: study[k] for k in ("storage", "study_name", "artifacts_dir")},
+                               parameters={k: study[k] for k in ("storage", "study_name", "artifacts_dir")
+                                           if path.name not in DEFAULTS or k != "artifacts_dir"},
                                execution_timeout=300)
     nb = nbformat.read(out, as_version=4)
     code = [c for c in nb.cells if c.cell_type == "code"]
@@ -76,3 +88,10 @@ def test_notebook_runs_against_a_tiny_study(path: Path, study, kernel, tmp_path)
                          for o in c.outputs)
         assert "train.learning_rate" in text and "python -m llm_doe.search" in text
         assert f"study.name={study['study_name']}_trial" in text  # the rerun command
+
+    if path.name == "scientific_study.ipynb":
+        images = [c for c in code if any("image/png" in o.get("data", {}) for o in c.outputs)]
+        assert len(images) == 1  # the best trial's curve per scientific value
+        text = "\n".join(str(o.get("text", "")) + str(o.get("data", {}).get("text/plain", "")) for c in code
+                         for o in c.outputs)
+        assert "wd[train.weight_decay=0.0]" in text and "wd[train.weight_decay=0.1]" in text

@@ -129,3 +129,21 @@ def test_report_reads_a_journal_store(tmp_path, monkeypatch):
     assert report(["+study=smoke", "study.name=syn", "storage=journal", f"storage.journal_path={journal}"]) == 0
     text = (tmp_path / "studies" / "syn" / "report.html").read_text(encoding="utf-8")
     assert "2 of 9 trials failed" in html.unescape(text)
+
+
+def test_report_of_a_scientific_study(tmp_path):
+    from llm_doe.report import main as report_main
+    from llm_doe.search import main as search_main
+    from tests.conftest import TINY, store_args
+
+    space = ("++study.space={train.weight_decay:{role:scientific,type:categorical,choices:[0.0,0.1]},"
+             "train.learning_rate:{type:float,low:1.0e-4,high:3.0e-3,log:true},train.warmup_ratio:{role:fixed}}")
+    args = ["+study=smoke", *TINY, *store_args(tmp_path, "wd"), space, "study.n_trials=4"]
+    assert search_main(args) == 0
+    out = tmp_path / "wd.html"
+    assert report_main([*args, "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "Scientific study <code>wd</code>" in text
+    assert "wd[train.weight_decay=0.0]" in text and "wd[train.weight_decay=0.1]" in text
+    assert "train.warmup_ratio is fixed at" in text
+    assert text.count("data:image/png;base64,") == 1
