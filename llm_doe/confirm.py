@@ -11,7 +11,7 @@ says plainly when the top configurations cannot be told apart.
 
 It resolves config and storage exactly as ``python -m llm_doe.search`` does: run it with the
 search's overrides (it refuses settings that differ from the ones the study ran with). Its
-runs go through the search's own machinery (:func:`llm_doe.search.optimize`: the same
+runs go through the search's own machinery (:func:`llm_doe.runner.optimize`: the same
 objective, heartbeats, checkpoints, Ctrl-C handling), never pruned. It is resumable: the
 same command again runs only the (configuration, seed) pairs that have no run yet (failed ones
 are retried) and reports again. Bad input stops before anything is written, with one line
@@ -323,14 +323,15 @@ def _provenance(argv: list[str]) -> dict[str, Any]:
 
 def run(composed: Composed) -> int:
     """Plan, run the missing (configuration, seed) pairs, report. Returns the exit status."""
-    from llm_doe.search import _masked_config, _setup_logging, _write_run_dir, optimize, prepare
+    from llm_doe.runner import masked_config, optimize, setup_logging, write_run_dir
+    from llm_doe.search import prepare
     from llm_doe.study import make_sampler, open_study
 
     plan = make_plan(composed)
     design, pruner = prepare(plan.composed)  # the search's own checks and loads, still writing nothing
     space = design.arms[0].space
-    _write_run_dir(plan.composed)
-    _setup_logging(plan.composed.run_dir)
+    write_run_dir(plan.composed)
+    setup_logging(plan.composed.run_dir)
     cfg = plan.composed.config
     if cfg.train.seed in plan.seeds and not cfg.confirm.data_seeds:
         log.warning("confirm: seed %d is the search's own train.seed: that run repeats the search trial, luck "
@@ -340,7 +341,7 @@ def run(composed: Composed) -> int:
                     "confirmation then trains and validates on examples of the study's test split")
     created = plan.name not in optuna.get_all_study_names(storage=plan.storage)
     study = open_study(cfg, plan.storage, make_sampler(cfg.sampler, space), pruner, space,
-                       _masked_config(plan.composed), composed.overrides, name=plan.name)
+                       masked_config(plan.composed), composed.overrides, name=plan.name)
     if created:
         study.set_user_attr("provenance", _provenance(composed.overrides))
     study.set_user_attr("last_run", _provenance(composed.overrides))

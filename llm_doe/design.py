@@ -22,7 +22,13 @@ import optuna
 from omegaconf import DictConfig, OmegaConf
 
 from llm_doe.schema import ConfigError
-from llm_doe.space import SearchSpace, apply_params, build_space, grid_values, space_roles
+from llm_doe.space import (
+    SearchSpace,
+    apply_params,
+    build_space,
+    grid_values,
+    space_roles,
+)
 
 
 @dataclass

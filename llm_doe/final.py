@@ -324,13 +324,13 @@ def run(composed: Composed) -> int:
     from llm_doe.finetune.data import Split, encode, encoded_splits
     from llm_doe.finetune.loop import evaluate, resolve_runtime, train
     from llm_doe.finetune.model import load_tokenizer, model_factory
-    from llm_doe.search import _setup_logging, _write_run_dir
+    from llm_doe.runner import setup_logging, write_run_dir
     from llm_doe.study import FINISHED
 
     plan = make_plan(composed)
     cfg = plan.config
-    _write_run_dir(composed)
-    _setup_logging(composed.run_dir)
+    write_run_dir(composed)
+    setup_logging(composed.run_dir)
     if cfg.runtime.num_threads is not None:
         torch.set_num_threads(cfg.runtime.num_threads)
     tokenizer, tok_key = load_tokenizer(cfg.model)

@@ -13,22 +13,17 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import sys
-import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import optuna
-from optuna.trial import TrialState
 from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException, MissingConfigException
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
-from llm_doe.schema import Config, ConfigError, register_configs, resolved_direction, validate
+from llm_doe.schema import Config, ConfigError, register_configs, validate
 
 CONF_DIR = Path(os.environ.get("LLM_DOE_CONF_DIR", Path(__file__).resolve().parent.parent / "conf"))
 USAGE = """usage: python -m llm_doe.search +study=NAME [key=value ...] [--cfg]
@@ -42,8 +37,6 @@ Examples:
 """
 
 log = logging.getLogger("llm_doe")
-WORKER_ENV = "LLM_DOE_WORKER"  # set in worker processes started by workers=N
-POLL_SECONDS = 2.0  # how often a worker with nothing to start looks at the study again
 
 
 @dataclass
@@ -96,96 +89,6 @@ def compose_config(overrides: list[str]) -> Composed:
     return Composed(cfg, typed, run_dir, overrides)
 
 
-def _setup_logging(run_dir: Path | None) -> None:
-    """Trial lines to stdout (through tqdm, so bars stay intact) and everything to run_dir."""
-    from tqdm.auto import tqdm
-
-    class TqdmHandler(logging.StreamHandler):
-        def emit(self, record: logging.LogRecord) -> None:
-            try:
-                tqdm.write(self.format(record), file=sys.stdout)
-            except Exception:  # pragma: no cover - logging must never kill a study
-                self.handleError(record)
-
-    log.handlers.clear()
-    log.setLevel(logging.DEBUG)
-    log.propagate = False
-    console = TqdmHandler()
-    console.setLevel(logging.INFO)
-    console.setFormatter(logging.Formatter("%(message)s"))
-    log.addHandler(console)
-    if run_dir is not None:
-        file_handler = logging.FileHandler(run_dir / "search.log", encoding="utf-8")
-        file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-        log.addHandler(file_handler)
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
-
-
-class ProgressCallback:
-    """A study progress bar and one line per finished trial."""
-
-    def __init__(self, study: optuna.Study, total: int, metric: str, enabled: bool) -> None:
-        from tqdm.auto import tqdm
-
-        from llm_doe.study import count_finished
-
-        self.total, self.metric = total, metric
-        self.bar = tqdm(total=total, initial=count_finished(study), desc=f"study {study.study_name}",
-                        unit="trial", disable=None if enabled else True, dynamic_ncols=True)
-        self.failures = 0
-
-    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        from llm_doe.study import count_finished
-
-        state = trial.state.name
-        if trial.user_attrs.get("surplus"):
-            log.debug("trial %d not run: the study total was already running or done", trial.number)
-            return
-        if trial.state == optuna.trial.TrialState.FAIL:
-            self.failures += 1
-            value = f"reason={trial.user_attrs.get('fail_reason', '?')}"
-        elif trial.state == optuna.trial.TrialState.PRUNED:
-            value = f"pruned at eval {trial.last_step} ({self.metric}={_fmt(trial.intermediate_values.get(trial.last_step))})"
-        else:
-            value = f"{self.metric}={_fmt(trial.value)}"
-        try:
-            best = f"best {_fmt(study.best_value)} (#{study.best_trial.number})"
-        except ValueError:
-            best = "best -"
-        params = " ".join(f"{k}={_fmt(v)}" for k, v in trial.params.items())
-        duration = trial.duration.total_seconds() if trial.duration else float("nan")
-        done = count_finished(study)
-        self.bar.n = done
-        self.bar.refresh()
-        log.info("[%d/%d] trial %d %s %s | %s | %.1fs | %s", done, self.total, trial.number, state, value,
-                 params, duration, best)
-
-    def close(self) -> None:
-        self.bar.close()
-
-
-class FailureLimit:
-    """Stop the study after ``max_failures`` failed trials in this run."""
-
-    def __init__(self, max_failures: int) -> None:
-        self.max_failures = max_failures
-        self.failures = 0
-        self.tripped = False
-
-    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        if trial.state == optuna.trial.TrialState.FAIL and not trial.user_attrs.get("surplus"):
-            self.failures += 1
-            if self.failures >= self.max_failures:
-                self.tripped = True
-                study.stop()
-
-
 def prepare(composed: Composed) -> tuple[Any, Any]:
     """Every check and every load that can fail on user input, before anything is written.
 
@@ -196,7 +99,13 @@ def prepare(composed: Composed) -> tuple[Any, Any]:
     from llm_doe.finetune.data import encoded_splits
     from llm_doe.finetune.model import load_tokenizer, model_factory
     from llm_doe.space import check_space
-    from llm_doe.study import check_resume, check_storage, check_writable, make_pruner, make_sampler
+    from llm_doe.study import (
+        check_resume,
+        check_storage,
+        check_writable,
+        make_pruner,
+        make_sampler,
+    )
 
     cfg = composed.config
     design = plan(cfg.study.name, composed.dict_config, cfg.study.space, cfg.study.n_trials,
@@ -220,73 +129,30 @@ def prepare(composed: Composed) -> tuple[Any, Any]:
     return design, pruner
 
 
-class StopRequest:
-    """SIGINT/SIGTERM handling: the first signal asks the running trial to checkpoint and stop
-    at the next optimizer step; a second Ctrl-C interrupts at once."""
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def __call__(self) -> bool:
-        return self.signum is not None
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.signum is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.signum = signum
-        log.warning("%s: checkpointing the running trial and stopping (Ctrl-C again to stop at once)",
-                    signal.Signals(signum).name)
-
-    def __enter__(self) -> StopRequest:
-        if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                self._previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-
-    @property
-    def exit_code(self) -> int:
-        return 128 + (self.signum or signal.SIGINT)
-
-
-def _write_run_dir(composed: Composed) -> None:
-    from llm_doe.study import mask_overrides
-
-    hydra_dir = composed.run_dir / ".hydra"
-    hydra_dir.mkdir(parents=True, exist_ok=True)
-    (hydra_dir / "config.yaml").write_text(OmegaConf.to_yaml(_masked_config(composed)))
-    (hydra_dir / "overrides.yaml").write_text(OmegaConf.to_yaml(mask_overrides(composed.overrides)))
-
-
-def _masked_config(composed: Composed) -> dict[str, Any]:
-    """The resolved config with the database password masked: what may be written anywhere."""
-    from llm_doe.study import mask_url
-
-    resolved = OmegaConf.to_container(composed.dict_config, resolve=True)
-    resolved["storage"]["url"] = mask_url(resolved["storage"]["url"])  # type: ignore[index]
-    return resolved  # type: ignore[return-value]
-
-
 def run(composed: Composed) -> int:
     """Open (or resume) the study (or its scientific sub-studies) and optimise it to
     ``study.n_trials``. Returns the exit code."""
     from llm_doe.notes import write_study_note
+    from llm_doe.runner import (
+        WORKER_ENV,
+        masked_config,
+        optimize_arms,
+        run_workers,
+        setup_logging,
+        write_run_dir,
+    )
     from llm_doe.study import make_pruner, make_sampler, make_storage, open_study
 
     cfg = composed.config
     design, _ = prepare(composed)
-    _write_run_dir(composed)
-    _setup_logging(composed.run_dir)
+    write_run_dir(composed)
+    setup_logging(composed.run_dir)
     storage = make_storage(cfg.storage)
     arms = []
     for arm in design.arms:
         attrs = {"design": design.attrs(arm)} if design.scientific or design.caveats else {}
         study = open_study(cfg, storage, make_sampler(cfg.sampler, arm.space), make_pruner(cfg.pruner), arm.space,
-                           _masked_config(composed), composed.overrides, name=arm.name, attrs=attrs)
+                           masked_config(composed), composed.overrides, name=arm.name, attrs=attrs)
         arms.append((arm, study))
     for caveat in design.caveats:
         log.info("caveat: %s", caveat)
@@ -297,233 +163,6 @@ def run(composed: Composed) -> int:
     for _, study in arms:
         write_study_note(study)  # optuna-dashboard's study note: goal, space, best trial (never fails the run)
     return code
-
-
-def optimize(composed: Composed, study: optuna.Study, space: Any) -> int:
-    """Run one study to ``composed.config.study.n_trials`` (see :func:`optimize_arms`)."""
-    from llm_doe.design import Arm
-
-    cfg = composed.config
-    return optimize_arms(composed, [(Arm(study.study_name, composed.dict_config, space, cfg.study.n_trials), study)])
-
-
-def _slug(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_.=," else "_" for c in name)
-
-
-def optimize_arms(composed: Composed, arms: list[tuple[Any, optuna.Study]]) -> int:
-    """This process's share of the study: trials until every arm reaches its total.
-
-    Each iteration runs one trial of the arm with the fewest trials finished or under way
-    (scientific sub-studies advance together, so an interrupted study stays balanced),
-    through ``study.optimize`` so Optuna's heartbeat thread covers it and stale trials of dead
-    workers are failed and re-queued first. When every remaining trial is already running
-    elsewhere, the worker waits for those to finish or go stale instead of starting surplus
-    trials, so each total is exact across workers. ``study.timeout`` and
-    ``study.max_train_steps`` stop it cleanly between trials.
-    """
-    import torch
-
-    from llm_doe.artifacts import artifact_store
-    from llm_doe.objective import Objective, TrialFailed, TrialInterrupted, storage_failure
-    from llm_doe.study import mask_url, record_totals, storage_label, trial_counts
-
-    cfg = composed.config
-    if cfg.runtime.num_threads is not None:
-        torch.set_num_threads(cfg.runtime.num_threads)
-    n_total = sum(arm.n_trials for arm, _ in arms)
-
-    def finished(counts: dict[TrialState, int]) -> int:
-        return counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
-
-    done = sum(finished(trial_counts(study)) for _, study in arms)
-    if done >= n_total:
-        log.info("study %s already has %d/%d finished trials in %s: nothing to run (raise study.n_trials to "
-                 "run more)", cfg.study.name, done, n_total, storage_label(cfg.storage))
-        return 0
-    log.info("study %s: %d/%d trials finished, %s %s, sampler=%s pruner=%s, store %s, logs %s", cfg.study.name, done,
-             n_total, resolved_direction(cfg), cfg.study.metric, cfg.sampler.name, cfg.pruner.name,
-             storage_label(cfg.storage), composed.run_dir)
-    if len(arms) > 1:
-        log.info("%d scientific values, %d trials each: %s", len(arms), arms[0][0].n_trials,
-                 "; ".join(arm.name for arm, _ in arms))
-
-    stop = StopRequest()
-    store = artifact_store(cfg.storage.artifacts_dir)
-    checkpoints = Path(cfg.storage.checkpoints_dir) if cfg.runtime.checkpoint else None
-    runners = []
-    for arm, study in arms:
-        folder = None if checkpoints is None else checkpoints if len(arms) == 1 else checkpoints / _slug(arm.name)
-        objective = Objective(arm.config, arm.space, store, progress=cfg.runtime.progress, checkpoints_dir=folder,
-                              should_stop=stop, n_trials=arm.n_trials, storage_retry_s=cfg.storage.retry_seconds)
-        runners.append((arm, study, objective, ProgressCallback(study, arm.n_trials, cfg.study.metric,
-                                                                cfg.runtime.progress and len(arms) == 1)))
-    failures = FailureLimit(cfg.study.max_failures)
-    started = time.perf_counter()
-    deadline = None if cfg.study.timeout is None else started + cfg.study.timeout
-    waited = interrupted = False
-    with stop:
-        try:
-            while not stop() and not failures.tripped:
-                if deadline is not None and time.perf_counter() >= deadline:
-                    log.info("study.timeout of %ss reached: stopping cleanly", cfg.study.timeout)
-                    break
-                if cfg.study.max_train_steps is not None:
-                    spent = sum(record_totals(study)["optimizer_steps"] for _, study in arms)
-                    if spent >= cfg.study.max_train_steps:
-                        log.info("compute budget reached: %d optimizer steps spent (study.max_train_steps=%d): "
-                                 "stopping cleanly", spent, cfg.study.max_train_steps)
-                        break
-                open_arms = []
-                for runner in runners:
-                    arm, study = runner[0], runner[1]
-                    optuna.storages.fail_stale_trials(study)
-                    counts = trial_counts(study)
-                    if finished(counts) >= arm.n_trials:
-                        continue
-                    under_way = finished(counts) + counts[TrialState.RUNNING]
-                    if counts[TrialState.WAITING] or under_way < arm.n_trials:
-                        open_arms.append((under_way, len(open_arms), runner))
-                    else:
-                        open_arms.append((None, len(open_arms), runner))  # all its work runs elsewhere
-                if not open_arms:
-                    break
-                startable = [item for item in open_arms if item[0] is not None]
-                if not startable:
-                    if not waited:
-                        log.info("waiting for the trials running elsewhere to finish (or to go stale and be "
-                                 "re-queued)")
-                        waited = True
-                    time.sleep(POLL_SECONDS)
-                    continue
-                waited = False
-                _, _, (arm, study, objective, progress) = min(startable, key=lambda item: (item[0], item[1]))
-                study.optimize(objective, n_trials=1, callbacks=[progress, failures], catch=(TrialFailed,),
-                               gc_after_trial=False)
-        except (TrialInterrupted, KeyboardInterrupt):
-            interrupted = True
-        except Exception as err:
-            cause = storage_failure(err)
-            if cause is None:
-                raise
-            log.error("stopped: %s. Nothing already stored is lost; the running trial keeps its checkpoint and is "
-                      "re-queued by its heartbeat: run the same command again when the store is back",
-                      mask_url(str(cause).splitlines()[0]))
-            return 1
-        finally:
-            for runner in runners:
-                runner[3].close()
-    if interrupted or stop():
-        log.error("interrupted (%s): the running trial was checkpointed and re-queued; run the same command to "
-                  "resume to %d trials", signal.Signals(stop.signum or signal.SIGINT).name, n_total)
-        return stop.exit_code
-    for arm, study in arms:
-        _summarise(arm, study, cfg, started)
-    if failures.tripped:
-        log.error("stopped: %d trials failed in this run (study.max_failures=%d); see fail_reason on the trials "
-                  "and %s", failures.failures, cfg.study.max_failures, composed.run_dir / "search.log")
-        return 1
-    return 0
-
-
-def _summarise(arm: Any, study: optuna.Study, cfg: Config, started: float) -> None:
-    """The end-of-run lines: totals, best trial, and the playbook's boundary check (stored too)."""
-    from llm_doe import analysis
-    from llm_doe.study import record_totals, trial_counts
-
-    counts = trial_counts(study)
-    totals = record_totals(study)
-    log.info("study %s: %d/%d trials finished; this run took %.1fs; the study so far: %d optimizer steps, %d "
-             "examples, %.0fs training, %.0fs evaluating", study.study_name,
-             counts[TrialState.COMPLETE] + counts[TrialState.PRUNED], arm.n_trials, time.perf_counter() - started,
-             totals["optimizer_steps"], totals["examples_seen"], totals["train_time_s"], totals["eval_time_s"])
-    try:
-        best = study.best_trial
-    except ValueError:
-        log.info("no trial completed")
-        return
-    log.info("best trial #%d: %s=%s with %s", best.number, cfg.study.metric, _fmt(best.value),
-             " ".join(f"{k}={_fmt(v)}" for k, v in best.params.items()))
-    try:
-        report = analysis.boundary_report(analysis.load_trials(study))
-    except Exception as err:  # a review aid must never fail the run
-        log.debug("boundary check skipped: %s", err)
-        return
-    near = report[report["near_edge"]]
-    study.set_user_attr("boundary", [{"param": r.param, "edge": r.edge, "best": float(r.best), "advice": r.advice}
-                                     for r in near.itertuples()])
-    for advice in near["advice"]:
-        log.warning("boundary check: %s", advice)
-
-
-def _worker_command(composed: Composed, index: int, threads: int) -> list[str]:
-    keep = [o for o in composed.overrides if not o.lstrip("+~").startswith(("workers=", "hydra.run.dir=",
-                                                                               "runtime.num_threads=",
-                                                                               "runtime.progress="))]
-    return [sys.executable, "-m", "llm_doe.search", *keep, "workers=1", f"runtime.num_threads={threads}",
-            f"hydra.run.dir={composed.run_dir / f'worker-{index}'}", "runtime.progress=false"]
-
-
-def run_workers(composed: Composed, studies: list[optuna.Study]) -> int:
-    """``workers=N``: N worker processes on this study, each asking for its next trial the
-    moment it finishes one (no batches). Each gets its own GPU where there are GPUs, else an
-    equal share of the CPU threads; their lines are printed prefixed with ``[wI]`` and each
-    keeps its own log under ``<run dir>/worker-I/``."""
-    import subprocess
-
-    import torch
-
-    from llm_doe.study import trial_counts
-
-    cfg = composed.config
-    n = cfg.workers
-    gpus = torch.cuda.device_count() if cfg.runtime.device != "cpu" else 0
-    threads = cfg.runtime.num_threads or max(1, (os.cpu_count() or 1) // n)
-    log.info("starting %d workers on study %s (%s)", n, cfg.study.name,
-             f"{gpus} GPU(s)" if gpus else f"{threads} CPU thread(s) each")
-    procs: list[subprocess.Popen[str]] = []
-    for index in range(n):
-        env = {**os.environ, WORKER_ENV: str(index), "PYTHONUNBUFFERED": "1"}
-        if gpus:
-            env["CUDA_VISIBLE_DEVICES"] = str(index % gpus)
-        procs.append(subprocess.Popen(_worker_command(composed, index, threads), env=env, text=True,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
-
-    def pump(index: int, proc: subprocess.Popen[str]) -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            log.info("[w%d] %s", index, line.rstrip())
-
-    readers = [threading.Thread(target=pump, args=(i, p), daemon=True) for i, p in enumerate(procs)]
-    for reader in readers:
-        reader.start()
-
-    def forward(signum: int, frame: Any) -> None:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.send_signal(signum)
-
-    previous = signal.signal(signal.SIGTERM, forward)
-    try:
-        codes = []
-        for proc in procs:
-            while True:
-                try:
-                    codes.append(proc.wait())
-                    break
-                except KeyboardInterrupt:  # Ctrl-C reached the workers too (same process group)
-                    continue
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        for reader in readers:
-            reader.join(timeout=5)
-    counts = dict.fromkeys(TrialState, 0)
-    for study in studies:
-        for state, count in trial_counts(study).items():
-            counts[state] += count
-    log.info("workers done: %d/%d trials finished (%d pruned), %d failed; exit codes %s", counts[TrialState.COMPLETE]
-             + counts[TrialState.PRUNED], cfg.study.n_trials, counts[TrialState.PRUNED], counts[TrialState.FAIL], codes)
-    return max(codes, key=lambda c: (c != 0, c))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -537,7 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         composed = compose_config(overrides)
         if show_cfg:
-            print(OmegaConf.to_yaml(_masked_config(composed)))
+            from llm_doe.runner import masked_config
+
+            print(OmegaConf.to_yaml(masked_config(composed)))
             return 0
         return run(composed)
     except ConfigError as err:

@@ -22,7 +22,14 @@ import optuna
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from llm_doe.schema import Config, ConfigError, PrunerConfig, SamplerConfig, StorageConfig, resolved_direction
+from llm_doe.schema import (
+    Config,
+    ConfigError,
+    PrunerConfig,
+    SamplerConfig,
+    StorageConfig,
+    resolved_direction,
+)
 from llm_doe.space import SearchSpace, grid_values, space_to_json
 
 SUPPORTED_DIALECTS = ("sqlite", "postgresql", "mysql")

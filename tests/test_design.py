@@ -10,7 +10,8 @@ import pytest
 from optuna.trial import TrialState
 
 from llm_doe.design import Arm
-from llm_doe.search import _summarise, compose_config, main
+from llm_doe.runner import summarise
+from llm_doe.search import compose_config, main
 from llm_doe.study import make_storage
 from tests.conftest import TINY, store_args
 
@@ -99,7 +100,7 @@ def test_boundary_warning_after_a_study(tmp_path, caplog, best_lr, warned):
         study.add_trial(optuna.create_trial(params={"train.learning_rate": lr},
                                             distributions={"train.learning_rate": dist}, value=value))
     with caplog.at_level(logging.WARNING, logger="llm_doe"):
-        _summarise(Arm("t", composed.dict_config, {"train.learning_rate": dist}, 4), study, cfg, time.perf_counter())
+        summarise(Arm("t", composed.dict_config, {"train.learning_rate": dist}, 4), study, cfg, time.perf_counter())
     stored = optuna.load_study(study_name="t", storage=storage).user_attrs["boundary"]
     if warned:
         assert stored and stored[0]["edge"] == "high" and stored[0]["param"] == "train.learning_rate"

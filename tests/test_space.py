@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import pytest
-from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.distributions import (
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
 
 from llm_doe.schema import ConfigError
-from llm_doe.space import build_space, grid_values
 from llm_doe.search import compose_config
-from llm_doe.space import apply_params, check_space
+from llm_doe.space import apply_params, build_space, check_space, grid_values
 
 SAME = [
     ({"type": "float", "low": 1e-5, "high": 1e-3, "log": True}, "tag(log, interval(1e-5, 1e-3))",

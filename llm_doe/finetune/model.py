@@ -20,7 +20,12 @@ from typing import Any
 import torch
 import transformers
 from torch import nn
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertConfig, BertForSequenceClassification
+from transformers import (
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    BertConfig,
+    BertForSequenceClassification,
+)
 
 from llm_doe.schema import ConfigError, ModelConfig
 
