@@ -223,3 +223,12 @@ def test_max_steps_reproduces_the_start_of_the_full_run_and_val_can_be_absent(se
     rerun = train(again, train_data, val_data, cfg, CPU, pad_id=tokenizer.pad_token_id, max_steps=at_best)
     assert rerun.history[-1]["val_loss"] == pytest.approx(full.best["val_loss"], rel=1e-5)
     assert all(torch.equal(a, b) for a, b in zip(short.state_dict().values(), again.state_dict().values()))
+
+
+def test_a_failed_background_checkpoint_fails_the_run(setup, tmp_path):
+    tokenizer, train_data, val_data, factory = setup
+    (tmp_path / "checkpoint.pt.tmp").mkdir()  # every write fails, as on a full disk
+    cfg = TrainConfig(learning_rate=3e-3, num_epochs=1, evals_per_epoch=2)
+    with pytest.raises(CheckpointError, match="cannot write a checkpoint"):
+        train(factory.build(0, 0.1), train_data, val_data, cfg, CPU, pad_id=tokenizer.pad_token_id,
+              checkpoint_dir=tmp_path)

@@ -9,10 +9,12 @@ so trials with different batch sizes report comparable steps to the pruner.
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import os
 import resource
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -213,16 +215,18 @@ class _State:
     oom_retries: int = 0
 
 
-def save_checkpoint(folder: Path, model: nn.Module, optimizer: Any, scheduler: Any, scaler: Any, state: _State) -> None:
-    """Write the latest checkpoint atomically (temp file + rename): a failed write leaves the
-    previous checkpoint intact."""
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / (CHECKPOINT_FILE + ".tmp")
-    payload = {
+def _payload(model: nn.Module, optimizer: Any, scheduler: Any, scaler: Any, state: _State) -> dict[str, Any]:
+    return {
         "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
         "scaler": scaler.state_dict(), "state": state.__dict__, "torch_rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
     }
+
+
+def _write(folder: Path, payload: dict[str, Any]) -> None:
+    """Atomic write (temp file + rename): a failed write leaves the previous checkpoint intact."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / (CHECKPOINT_FILE + ".tmp")
     try:
         torch.save(payload, tmp)
         os.replace(tmp, folder / CHECKPOINT_FILE)
@@ -230,6 +234,48 @@ def save_checkpoint(folder: Path, model: nn.Module, optimizer: Any, scheduler: A
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
         raise CheckpointError(f"cannot write a checkpoint in {folder}: {err}") from err
+
+
+def save_checkpoint(folder: Path, model: nn.Module, optimizer: Any, scheduler: Any, scaler: Any, state: _State) -> None:
+    """Write the latest checkpoint now."""
+    _write(folder, _payload(model, optimizer, scheduler, scaler, state))
+
+
+class _CheckpointWriter:
+    """Writes checkpoints in a background thread, so training goes on while ~260 MB (MiniLM
+    with AdamW) reach the disk: the loop pays only for a snapshot copy in memory. One write
+    at a time; its error surfaces at the next checkpoint or at the end of training."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def save(self, model: nn.Module, optimizer: Any, scheduler: Any, scaler: Any, state: _State,
+             background: bool = True) -> None:
+        self.wait()
+        # A snapshot: training mutates parameters and optimizer state in place.
+        payload = copy.deepcopy(_payload(model, optimizer, scheduler, scaler, state))
+        if not background:
+            _write(self.folder, payload)
+            return
+
+        def run() -> None:
+            try:
+                _write(self.folder, payload)
+            except BaseException as err:  # re-raised in the training thread by wait()
+                self._error = err
+
+        self._thread = threading.Thread(target=run, name="llm_doe-checkpoint", daemon=True)
+        self._thread.start()
 
 
 def _load_checkpoint(folder: Path, model: nn.Module, optimizer: Any, scheduler: Any, scaler: Any,
@@ -323,9 +369,11 @@ def train(
     if st.epoch_rng is not None:
         rng.bit_generator.state = st.epoch_rng
 
-    def checkpoint() -> None:
-        if checkpoint_dir is not None:
-            save_checkpoint(checkpoint_dir, model, optimizer, scheduler, scaler, st)
+    writer = _CheckpointWriter(checkpoint_dir) if checkpoint_dir is not None else None
+
+    def checkpoint(background: bool = True) -> None:
+        if writer is not None:
+            writer.save(model, optimizer, scheduler, scaler, st, background=background)
 
     stop_reason = "completed"
     first_step_at: float | None = None
@@ -368,7 +416,7 @@ def train(
                                                        scheduler.get_last_lr()[0])
                     if bar is not None:
                         bar.set_postfix(val_loss=f"{st.history[-1]['val_loss']:.4f}")
-                    if stop_reason == "completed":
+                    if stop_reason == "completed" and st.step < total_steps:  # nothing to resume after the last
                         checkpoint()
                     t_train = time.perf_counter()
                     if stop_reason != "completed":
@@ -376,7 +424,7 @@ def train(
                 if should_stop is not None and should_stop():
                     st.train_time += time.perf_counter() - t_train
                     st.running_sum = float(running.item())
-                    checkpoint()
+                    checkpoint(background=False)
                     raise Interrupted(st.step, checkpoint_dir is not None)
                 if max_steps is not None and st.step >= max_steps:
                     stop_reason = "max_steps"
@@ -388,6 +436,9 @@ def train(
     finally:
         if bar is not None:
             bar.close()
+        if writer is not None:
+            with contextlib.suppress(CheckpointError) if sys.exc_info()[0] is not None else contextlib.nullcontext():
+                writer.wait()  # the caller may remove the folder next: no write may be left running
     cost = {
         "train_samples_per_second": st.examples / st.train_time if st.train_time > 0 else 0.0,
         "time_to_first_step_s": (first_step_at - started_at) if first_step_at else float("nan"),
