@@ -35,8 +35,9 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.trial import FrozenTrial, TrialState
 
 from llm_doe import analysis
+from llm_doe.objective import flatten
 from llm_doe.schema import Config, ConfigError, resolved_direction, validate
-from llm_doe.search import Composed, compose_config
+from llm_doe.search import Composed, cli
 
 log = logging.getLogger("llm_doe")
 
@@ -78,15 +79,6 @@ class ConfirmPlan:
     seeds: list[int]
     pairs: list[Pair]  # seed-major, so partial results are already paired
     composed: Composed  # the confirmation study's config
-
-
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(tree, dict):
-        out: dict[str, Any] = {}
-        for key, value in tree.items():
-            out.update(_flatten(value, f"{prefix}{key}."))
-        return out
-    return {prefix[:-1]: tree}
 
 
 def open_parent(composed: Composed) -> tuple[optuna.storages.BaseStorage, optuna.Study]:
@@ -162,8 +154,9 @@ def check_same_experiment(composed: Composed, parent: optuna.Study, *, ignore: f
     current = OmegaConf.to_container(composed.dict_config, resolve=True)
     assert isinstance(current, dict)
     searched = set(parent.user_attrs.get("space") or {}) | set(scientific_values(parent))
-    before = {k: v for section in ("model", "data", "train") for k, v in _flatten(stored.get(section) or {}, f"{section}.").items()}
-    now = {k: v for section in ("model", "data", "train") for k, v in _flatten(current.get(section) or {}, f"{section}.").items()}
+    sections = ("model", "data", "train")
+    before = flatten({k: stored.get(k) or {} for k in sections})
+    now = flatten({k: current.get(k) or {} for k in sections})
     diffs = [(k, now[k], before[k]) for k in now
              if k in before and k not in searched and k not in RUNTIME_KEYS and k not in ignore and now[k] != before[k]]
     if cfg.study.metric != stored.get("study", {}).get("metric", cfg.study.metric):
@@ -401,21 +394,7 @@ def run(composed: Composed) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit status (2 = bad input, nothing written)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if "-h" in argv or "--help" in argv:
-        print(USAGE)
-        return 0
-    show_cfg = "--cfg" in argv
-    overrides = [a for a in argv if a != "--cfg"]
-    try:
-        composed = compose_config(overrides)
-        if show_cfg:
-            print(OmegaConf.to_yaml(composed.dict_config, resolve=True))
-            return 0
-        return run(composed)
-    except ConfigError as err:
-        print(f"llm_doe: error: {err}", file=sys.stderr)
-        return 2
+    return cli(argv, USAGE, run)
 
 
 if __name__ == "__main__":

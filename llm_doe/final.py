@@ -45,7 +45,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from llm_doe import analysis
 from llm_doe.schema import Config, ConfigError
-from llm_doe.search import Composed, compose_config
+from llm_doe.search import Composed, cli
 
 log = logging.getLogger("llm_doe")
 
@@ -425,21 +425,7 @@ def _clean(value: Any) -> Any:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit status (2 = bad input, nothing written)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if "-h" in argv or "--help" in argv:
-        print(USAGE)
-        return 0
-    show_cfg = "--cfg" in argv
-    overrides = [a for a in argv if a != "--cfg"]
-    try:
-        composed = compose_config(overrides)
-        if show_cfg:
-            print(OmegaConf.to_yaml(composed.dict_config, resolve=True))
-            return 0
-        return run(composed)
-    except ConfigError as err:
-        print(f"llm_doe: error: {err}", file=sys.stderr)
-        return 2
+    return cli(argv, USAGE, run)
 
 
 if __name__ == "__main__":

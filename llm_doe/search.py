@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -165,11 +166,12 @@ def run(composed: Composed) -> int:
     return code
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns the process exit status (2 = bad input, nothing written)."""
+def cli(argv: list[str] | None, usage: str, command: Callable[[Composed], int]) -> int:
+    """The shared shape of the entry points (search, confirm, final): ``-h``, ``--cfg`` (the
+    composed config, password masked), and bad input as one line with exit status 2."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if "-h" in argv or "--help" in argv:
-        print(USAGE)
+        print(usage)
         return 0
     show_cfg = "--cfg" in argv
     overrides = [a for a in argv if a != "--cfg"]
@@ -180,10 +182,15 @@ def main(argv: list[str] | None = None) -> int:
 
             print(OmegaConf.to_yaml(masked_config(composed)))
             return 0
-        return run(composed)
+        return command(composed)
     except ConfigError as err:
         print(f"llm_doe: error: {err}", file=sys.stderr)
         return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the process exit status (2 = bad input, nothing written)."""
+    return cli(argv, USAGE, run)
 
 
 if __name__ == "__main__":
