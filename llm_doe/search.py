@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -175,6 +176,11 @@ def cli(argv: list[str] | None, usage: str, command: Callable[[Composed], int]) 
         return 0
     show_cfg = "--cfg" in argv
     overrides = [a for a in argv if a != "--cfg"]
+    # Heartbeats, their retry callback and the artifact store are Optuna's own "experimental"
+    # APIs, used on purpose: their warnings would only bury the study's lines.
+    import optuna
+
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     try:
         composed = compose_config(overrides)
         if show_cfg:
