@@ -177,7 +177,8 @@ class Objective:
             runtime = resolve_runtime(cfg.runtime.device, cfg.train.precision, cfg.runtime.log_every_steps, self.progress)
             result = train(model, train_data, val_data, cfg.train, runtime, pad_id=tokenizer.pad_token_id or 0,
                            metric=metric, maximize=maximize, report=report, started_at=started,
-                           desc=f"trial {trial.number}", checkpoint_dir=checkpoint, should_stop=self.should_stop)
+                           desc=f"trial {trial.number}", checkpoint_dir=checkpoint, should_stop=self.should_stop,
+                           checkpoint_every_s=cfg.runtime.checkpoint_every_s)
         except Interrupted as err:
             # Re-queue with the same params and intermediate values (Optuna's own mechanism, as
             # for a dead worker); the new trial resumes from the checkpoint left in place.

@@ -70,7 +70,7 @@ class DataConfig:
 class TrainConfig:
     learning_rate: float = 5.0e-5
     batch_size: int = 16
-    eval_batch_size: int = 64
+    eval_batch_size: int = 32
     weight_decay: float = 0.01
     num_epochs: int = 2
     warmup_ratio: float = 0.1
@@ -161,8 +161,10 @@ class RuntimeConfig:
     num_threads: Optional[int] = None
     log_every_steps: int = 20
     progress: bool = True
-    # Checkpoint each trial at every evaluation (and on SIGINT/SIGTERM) so it can resume.
+    # Checkpoint trials at evaluations (and always on SIGINT/SIGTERM) so they can resume.
     checkpoint: bool = True
+    # ...at an evaluation only when this many seconds of training passed since the last one.
+    checkpoint_every_s: float = 30.0
 
 
 @dataclass
@@ -297,6 +299,7 @@ def validate(cfg: Config) -> None:
     if cfg.runtime.num_threads is not None:
         _check(cfg.runtime.num_threads >= 1, "runtime.num_threads", "must be >= 1 or null")
     _check(cfg.workers >= 1, "workers", f"must be >= 1, got {cfg.workers}")
+    _check(cfg.runtime.checkpoint_every_s >= 0, "runtime.checkpoint_every_s", "must be >= 0 seconds")
     st = cfg.storage
     _check(st.kind in ("rdb", "journal"), "storage.kind", f"must be rdb or journal, got {st.kind!r}")
     if st.heartbeat_interval is not None:

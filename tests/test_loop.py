@@ -232,3 +232,14 @@ def test_a_failed_background_checkpoint_fails_the_run(setup, tmp_path):
     with pytest.raises(CheckpointError, match="cannot write a checkpoint"):
         train(factory.build(0, 0.1), train_data, val_data, cfg, CPU, pad_id=tokenizer.pad_token_id,
               checkpoint_dir=tmp_path)
+
+
+def test_checkpoints_follow_the_time_interval(setup, tmp_path):
+    tokenizer, train_data, val_data, factory = setup
+    cfg = TrainConfig(learning_rate=3e-3, num_epochs=1, evals_per_epoch=4)
+    train(factory.build(0, 0.1), train_data, val_data, cfg, CPU, pad_id=tokenizer.pad_token_id,
+          checkpoint_dir=tmp_path / "rare", checkpoint_every_s=3600)
+    assert not (tmp_path / "rare").exists()  # a short trial writes none
+    train(factory.build(0, 0.1), train_data, val_data, cfg, CPU, pad_id=tokenizer.pad_token_id,
+          checkpoint_dir=tmp_path / "every", checkpoint_every_s=0)
+    assert (tmp_path / "every" / "checkpoint.pt").is_file()

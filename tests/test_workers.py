@@ -18,6 +18,7 @@ from tests.pg import postgres_server
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 FAST_HEARTBEAT = ["storage.heartbeat_interval=1", "storage.grace_period=3"]
+EVERY_EVAL = "runtime.checkpoint_every_s=0"  # tiny trials are shorter than the default 30 s
 
 
 def _check_exact(study: optuna.Study, n: int) -> None:
@@ -90,7 +91,7 @@ def _running_with_checkpoint(tmp_path: Path):
 
 
 def test_sigkilled_worker_trial_resumes_from_its_checkpoint(tmp_path):
-    args = ["+study=smoke", *TINY, *store_args(tmp_path), *FAST_HEARTBEAT, "workers=2", "study.n_trials=6",
+    args = ["+study=smoke", *TINY, *store_args(tmp_path), *FAST_HEARTBEAT, EVERY_EVAL, "workers=2", "study.n_trials=6",
             "pruner=none", "data.train_size=400", "train.evals_per_epoch=4"]
     parent = subprocess.Popen([sys.executable, "-m", "llm_doe.search", *args], cwd=tmp_path, text=True,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -117,7 +118,8 @@ def test_sigkilled_worker_trial_resumes_from_its_checkpoint(tmp_path):
 
 
 def test_sigterm_checkpoints_requeues_and_resumes(tmp_path):
-    args = ["+study=smoke", *TINY, *store_args(tmp_path), "study.n_trials=3", "pruner=none", "data.train_size=400",
+    args = ["+study=smoke", *TINY, *store_args(tmp_path), EVERY_EVAL, "study.n_trials=3", "pruner=none",
+            "data.train_size=400",
             "train.evals_per_epoch=4", "runtime.log_every_steps=1"]
     proc = subprocess.Popen([sys.executable, "-m", "llm_doe.search", *args], cwd=tmp_path, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

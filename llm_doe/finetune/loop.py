@@ -310,6 +310,7 @@ def train(
     checkpoint_dir: Path | None = None,
     should_stop: Callable[[], bool] | None = None,
     max_steps: int | None = None,
+    checkpoint_every_s: float = 0.0,
 ) -> TrainResult:
     """Fine-tune ``model`` and evaluate it on the validation split as configured.
 
@@ -326,6 +327,9 @@ def train(
             after every evaluation and when ``should_stop`` fires. The caller removes it.
         should_stop: polled after every optimizer step; True checkpoints and raises
             :class:`Interrupted` (how SIGINT/SIGTERM stop a trial without losing it).
+        checkpoint_every_s: checkpoint at an evaluation only when this much training time
+            passed since the last checkpoint (0 = at every evaluation): a short trial then
+            writes none, and a crash loses at most one evaluation interval or this long.
         max_steps: stop after this many optimizer steps (``stop_reason='max_steps'``); the
             learning-rate schedule still spans the configured epochs, so the first
             ``max_steps`` steps are exactly those of the full run (how the final model
@@ -348,7 +352,9 @@ def train(
     total_steps = steps_per_epoch * cfg.num_epochs
     optimizer = torch.optim.AdamW(
         _param_groups(model, cfg.weight_decay), lr=cfg.learning_rate,
-        betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_epsilon, fused=rt.device.type == "cuda",
+        betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_epsilon,
+        # Fused AdamW on CPU too: one step of MiniLM's 22.7M params 78-103 ms -> 13-15 ms here.
+        fused=rt.device.type in ("cuda", "cpu"),
     )
     scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=int(cfg.warmup_ratio * total_steps),
                               num_training_steps=total_steps)
@@ -370,10 +376,13 @@ def train(
         rng.bit_generator.state = st.epoch_rng
 
     writer = _CheckpointWriter(checkpoint_dir) if checkpoint_dir is not None else None
+    last_checkpoint = time.perf_counter()
 
     def checkpoint(background: bool = True) -> None:
+        nonlocal last_checkpoint
         if writer is not None:
             writer.save(model, optimizer, scheduler, scaler, st, background=background)
+            last_checkpoint = time.perf_counter()
 
     stop_reason = "completed"
     first_step_at: float | None = None
@@ -416,7 +425,8 @@ def train(
                                                        scheduler.get_last_lr()[0])
                     if bar is not None:
                         bar.set_postfix(val_loss=f"{st.history[-1]['val_loss']:.4f}")
-                    if stop_reason == "completed" and st.step < total_steps:  # nothing to resume after the last
+                    due = time.perf_counter() - last_checkpoint >= checkpoint_every_s
+                    if stop_reason == "completed" and st.step < total_steps and due:  # none after the last eval
                         checkpoint()
                     t_train = time.perf_counter()
                     if stop_reason != "completed":
