@@ -45,3 +45,19 @@ def run_cli(args: list[str], cwd: Path, timeout: float = 300, **kw) -> subproces
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.run([sys.executable, "-m", "llm_doe.search", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env=env, **kw)
+
+
+@pytest.fixture
+def kernel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A Jupyter kernelspec that runs this interpreter, whatever other 'python3' kernels the
+    machine has (notebooks are executed by papermill with it)."""
+    import json
+
+    name = "llm-doe-tests"
+    spec = tmp_path / "jupyter" / "kernels" / name
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "llm_doe tests", "language": "python"}))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    return name

@@ -188,10 +188,8 @@ def test_more_seeds_later_adds_only_the_new_pairs(confirmed):
     assert list(table["n"]) == [4, 4] and table.attrs["n_seeds"] == 4
 
 
-def test_report_and_notebook_show_the_confirmation(confirmed, tmp_path, monkeypatch):
+def test_report_and_notebook_show_the_confirmation(confirmed, tmp_path, kernel):
     import html
-    import json
-    import sys
 
     import nbformat
     import papermill
@@ -203,13 +201,6 @@ def test_report_and_notebook_show_the_confirmation(confirmed, tmp_path, monkeypa
     text = render_report(confirmed["url"], "lr", artifacts_dir=confirmed["tmp"] / "art")
     assert "<h2>Confirmation</h2>" in text and html.escape(table.attrs["summary"]) in text
 
-    kernel = "llm-doe-tests"  # a kernelspec that runs this interpreter (as tests/test_notebooks.py does)
-    spec = tmp_path / "jupyter" / "kernels" / kernel
-    spec.mkdir(parents=True)
-    (spec / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "llm_doe tests", "language": "python"}))
-    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
     notebook = REPO / "notebooks" / "compare_trials.ipynb"
     out = tmp_path / "out.ipynb"
     papermill.execute_notebook(str(notebook), str(out), kernel_name=kernel, cwd=str(notebook.parent),

@@ -3,8 +3,6 @@ as users run them: parameters injected after the cell tagged ``parameters``)."""
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +13,6 @@ from llm_doe.search import main
 from tests.conftest import REPO, TINY, store_args
 
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
-KERNEL = "llm-doe-tests"
 
 
 # The study each notebook is written for (its parameter defaults) and what the test runs it on.
@@ -31,18 +28,6 @@ def studies(tmp_path_factory) -> dict[str, dict[str, Any]]:
     assert main(["+study=lr_sweep", *TINY, *store_args(tmp, "wd"), SCIENTIFIC, "study.n_trials=4"]) == 0
     return {name: {"storage": f"sqlite:///{tmp}/{name}.db", "study_name": name, "artifacts_dir": str(tmp / "art"),
                    "tmp": tmp} for name in ("lr", "wd")}
-
-
-@pytest.fixture
-def kernel(tmp_path, monkeypatch) -> str:
-    """A kernelspec that runs this interpreter, whatever other 'python3' kernels the machine has."""
-    spec = tmp_path / "jupyter" / "kernels" / KERNEL
-    spec.mkdir(parents=True)
-    (spec / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "llm_doe tests", "language": "python"}))
-    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
-    return KERNEL
 
 
 def test_there_are_notebooks():
