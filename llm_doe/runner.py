@@ -203,7 +203,7 @@ def optimize_arms(composed: Composed, arms: list[tuple[Any, optuna.Study]]) -> i
         TrialInterrupted,
         storage_failure,
     )
-    from llm_doe.study import mask_url, record_totals, storage_label, trial_counts
+    from llm_doe.study import mask_url, storage_label, study_totals, trial_counts
 
     cfg = composed.config
     if cfg.runtime.num_threads is not None:
@@ -246,7 +246,7 @@ def optimize_arms(composed: Composed, arms: list[tuple[Any, optuna.Study]]) -> i
                     log.info("study.timeout of %ss reached: stopping cleanly", cfg.study.timeout)
                     break
                 if cfg.study.max_train_steps is not None:
-                    spent = sum(record_totals(study)["optimizer_steps"] for _, study in arms)
+                    spent = sum(study_totals(study)["optimizer_steps"] for _, study in arms)
                     if spent >= cfg.study.max_train_steps:
                         log.info("compute budget reached: %d optimizer steps spent (study.max_train_steps=%d): "
                                  "stopping cleanly", spent, cfg.study.max_train_steps)

@@ -322,8 +322,8 @@ def trial_counts(study: optuna.Study) -> dict[optuna.trial.TrialState, int]:
 COST_ATTRS = ("optimizer_steps", "examples_seen", "train_time_s", "eval_time_s", "duration_s")
 
 
-def record_totals(study: optuna.Study) -> dict[str, float]:
-    """The study's compute so far (every trial, failed ones included), as the ``totals`` attr."""
+def study_totals(study: optuna.Study) -> dict[str, float]:
+    """The study's compute so far: every trial's cost attributes summed, failed ones included."""
     totals: dict[str, float] = dict.fromkeys(COST_ATTRS, 0)
     trials = study.get_trials(deepcopy=False)
     for trial in trials:
@@ -332,5 +332,11 @@ def record_totals(study: optuna.Study) -> dict[str, float]:
             if isinstance(value, (int, float)):
                 totals[key] += value
     totals["trials"] = len(trials)
+    return totals
+
+
+def record_totals(study: optuna.Study) -> dict[str, float]:
+    """:func:`study_totals`, stored as the study's ``totals`` attribute."""
+    totals = study_totals(study)
     study.set_user_attr("totals", totals)
     return totals
