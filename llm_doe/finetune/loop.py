@@ -62,14 +62,32 @@ class Runtime:
     log_every_steps: int = 20
     progress: bool = False
 
+    @property
+    def precision(self) -> str:
+        """What ``train.precision=auto`` resolved to: fp32 | bf16 | fp16."""
+        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes in bf16 natively (so bf16 autocast is faster, not emulated):
+    CUDA GPUs with bf16 (Ampere and later), CPUs with AVX512-BF16 or AMX (Zen 4, Sapphire
+    Rapids and later). Older CPUs would emulate bf16 matmuls, slower than fp32."""
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+        return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+    return False
+
 
 def resolve_runtime(device: str, precision: str, log_every_steps: int = 20, progress: bool = False) -> Runtime:
-    """auto device = CUDA when present; auto precision = bf16 where the GPU supports it, else fp32."""
+    """auto device = CUDA when present; auto precision = bf16 autocast where the device computes
+    bf16 natively (:func:`native_bf16`), else fp32. Weights and optimizer state stay fp32."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     dev = torch.device(device)
     if precision == "auto":
-        dtype = torch.bfloat16 if dev.type == "cuda" and torch.cuda.is_bf16_supported() else None
+        dtype = torch.bfloat16 if native_bf16(dev) else None
     else:
         dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     if dev.type == "cuda":
@@ -459,6 +477,7 @@ def train(
         "peak_memory_mb": _peak_memory_mb(rt.device),
         "micro_batch_size": st.micro_batch_size,
         "oom_retries": st.oom_retries,
+        "precision": rt.precision,
     }
     labels = val_data.labels if val_data is not None else np.empty(0, dtype=np.int64)
     return TrainResult(st.history, st.best_step, st.best, stop_reason, labels, st.best_probs, cost, resumed_from)
