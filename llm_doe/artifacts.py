@@ -10,6 +10,7 @@ import csv
 import json
 import math
 import tempfile
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -38,23 +39,48 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+class _RocCanvas:
+    """The ROC figure, drawn once per process; each trial only draws its curve and title on a
+    copy of the static pixels (matplotlib's blitting) and encodes the PNG: ~10 ms a trial
+    instead of ~45 ms for a new figure (tick and text layout dominate that)."""
+
+    def __init__(self) -> None:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=(4.5, 4.5), dpi=100)
+        self.canvas = FigureCanvasAgg(fig)
+        ax = self.ax = fig.add_axes((0.15, 0.11, 0.8, 0.8))
+        ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1)
+        (self.curve,) = ax.plot([], [], lw=2, animated=True)
+        self.title = ax.set_title(" ", y=1.01, animated=True)
+        ax.set_xlabel("false positive rate")
+        ax.set_ylabel("true positive rate")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.01)
+        self.canvas.draw()  # everything but the animated artists
+        self.background = self.canvas.copy_from_bbox(fig.bbox)
+        self.lock = threading.Lock()
+
+    def save(self, fpr: Sequence[float], tpr: Sequence[float], title: str, path: Path) -> None:
+        from matplotlib.image import imsave
+
+        with self.lock:
+            self.canvas.restore_region(self.background)
+            self.curve.set_data(fpr, tpr)
+            self.title.set_text(title)
+            self.ax.draw_artist(self.curve)
+            self.ax.draw_artist(self.title)
+            imsave(path, np.asarray(self.canvas.buffer_rgba()), format="png")
+
+
+_ROC: list[_RocCanvas] = []
+
+
 def _roc_png(points: Mapping[str, Sequence[float]], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=100)
-    ax.plot(points["fpr"], points["tpr"], lw=2)
-    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1)
-    ax.set_xlabel("false positive rate")
-    ax.set_ylabel("true positive rate")
-    ax.set_title(title)
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1.01)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    if not _ROC:
+        _ROC.append(_RocCanvas())
+    _ROC[0].save(points["fpr"], points["tpr"], title, path)
 
 
 def upload_trial_artifacts(
