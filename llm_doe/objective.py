@@ -34,7 +34,7 @@ from llm_doe.finetune.loop import Diverged, Interrupted, resolve_runtime, train
 from llm_doe.finetune.model import load_tokenizer, model_factory
 from llm_doe.schema import Config, resolved_direction
 from llm_doe.space import SearchSpace, apply_params, suggest
-from llm_doe.study import retry_callback
+from llm_doe.study import retry_callback, set_user_attrs
 
 log = logging.getLogger("llm_doe")
 
@@ -137,24 +137,25 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> float:
         started = time.perf_counter()
-        frozen = _frozen(trial)
+        active = trial.study.get_trials(deepcopy=False, states=ACTIVE)  # one read for both uses
+        frozen = next(t for t in active if t.number == trial.number)
         if self.n_trials is not None:
-            ahead = [t for t in trial.study.get_trials(deepcopy=False, states=ACTIVE) if t.number < trial.number]
+            ahead = [t for t in active if t.number < trial.number]
             if len(ahead) >= self.n_trials:
                 # Another worker started the last trial at the same moment: the study total
                 # is already covered, so this one does not run (and does not count).
                 trial.set_user_attr("surplus", True)
                 trial.set_user_attr("fail_reason", f"surplus: {self.n_trials} trials were already running or done")
                 raise TrialFailed("surplus")
-        trial.set_user_attr("worker", f"{platform.node()}:{os.getpid()}")
         params = suggest(trial, self.space)
         cfg_dc, cfg = self.trial_config(params)
         resolved = OmegaConf.to_container(cfg_dc, resolve=True)
         # The trial's own sections, one attribute per key (pandas columns, dashboard table);
         # study-wide sections (storage, sampler, ...) are recorded once on the study.
         trial_sections = {k: resolved[k] for k in ("model", "data", "train")}
-        for key, value in flatten(trial_sections, "config.").items():
-            trial.set_user_attr(key, value if not isinstance(value, (list, dict)) else str(value))
+        config_attrs = {key: value if not isinstance(value, (list, dict)) else str(value)
+                        for key, value in flatten(trial_sections, "config.").items()}
+        set_user_attrs(trial, {"worker": f"{platform.node()}:{os.getpid()}", **config_attrs})
         metric = cfg.study.metric
         maximize = resolved_direction(cfg) == "maximize"
         history: list[dict[str, float]] = []
@@ -168,12 +169,13 @@ class Objective:
         checkpoint = None
         if self.checkpoints_dir is not None:
             checkpoint = self.checkpoints_dir / str(origin_number(frozen))
-        model = result = None
+        model = result = factory = None
         failure: BaseException | None = None
         try:
             tokenizer, tok_key = load_tokenizer(cfg.model)
             train_data, val_data, splits = encoded_splits(cfg.data, tokenizer, tok_key)
-            model = model_factory(cfg.model, splits.num_labels).build(cfg.train.seed, cfg.model.dropout)
+            factory = model_factory(cfg.model, splits.num_labels)
+            model = factory.build(cfg.train.seed, cfg.model.dropout)
             runtime = resolve_runtime(cfg.runtime.device, cfg.train.precision, cfg.runtime.log_every_steps, self.progress)
             result = train(model, train_data, val_data, cfg.train, runtime, pad_id=tokenizer.pad_token_id or 0,
                            metric=metric, maximize=maximize, report=report, started_at=started,
@@ -191,6 +193,8 @@ class Objective:
         except Exception as err:  # every failure is data: recorded, then the study goes on
             failure = err
         finally:
+            if factory is not None and model is not None:
+                factory.release(model)  # the next trial's build() reuses its memory
             del model
 
         if checkpoint is not None:
@@ -198,8 +202,7 @@ class Objective:
         config_yaml = OmegaConf.to_yaml(cfg_dc, resolve=True)
         if failure is not None:
             reason = self._fail_reason(failure)
-            trial.set_user_attr("fail_reason", reason)
-            trial.set_user_attr("duration_s", time.perf_counter() - started)
+            set_user_attrs(trial, {"fail_reason": reason, "duration_s": time.perf_counter() - started})
             log.debug("trial %d failed:\n%s", trial.number, "".join(traceback.format_exception(failure)))
             failure.__traceback__ = None  # frames hold the model's tensors: let them go now
             if isinstance(failure, torch.OutOfMemoryError):
@@ -210,19 +213,21 @@ class Objective:
             raise TrialFailed(reason) from failure
 
         assert result is not None
-        for name in FINAL_METRICS:
-            trial.set_user_attr(name, _finite_or_none(result.best[name]))
+        attrs: dict[str, Any] = {name: _finite_or_none(result.best[name]) for name in FINAL_METRICS}
         for name, value in result.cost.items():
-            trial.set_user_attr(name, _finite_or_none(float(value)) if isinstance(value, float) else value)
-        trial.set_user_attr("best_step", result.best_step)
+            attrs[name] = _finite_or_none(float(value)) if isinstance(value, float) else value
+        attrs["best_step"] = result.best_step
         if result.resumed_from_step:
-            trial.set_user_attr("resumed_from_step", result.resumed_from_step)
-        trial.set_user_attr("stop_reason", result.stop_reason)
-        trial.set_user_attr("duration_s", time.perf_counter() - started)
+            attrs["resumed_from_step"] = result.resumed_from_step
+        attrs["stop_reason"] = result.stop_reason
+        pruned = result.stop_reason == "stopped_by_report"
+        if pruned:
+            attrs["pruned_at_step"] = len(result.history)
+        attrs["duration_s"] = time.perf_counter() - started
+        set_user_attrs(trial, attrs)
         upload_trial_artifacts(self.artifact_store, trial, config_yaml, result.history,
                                result.best_labels, result.best_probs)
-        if result.stop_reason == "stopped_by_report":
-            trial.set_user_attr("pruned_at_step", len(result.history))
+        if pruned:
             raise optuna.TrialPruned(f"pruned at evaluation {len(result.history)}")
         return float(result.best[metric])
 

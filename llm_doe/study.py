@@ -319,6 +319,56 @@ def trial_counts(study: optuna.Study) -> dict[optuna.trial.TrialState, int]:
     return counts
 
 
+def set_user_attrs(trial: optuna.Trial, attrs: Mapping[str, Any]) -> None:
+    """Set many user attributes of a running trial, in one storage write where possible.
+
+    ``trial.set_user_attr`` is one transaction per key (~0.7 ms on SQLite: ~40 ms for the ~60
+    attributes a trial records). On SQLite and PostgreSQL this is one multi-row upsert of the
+    same rows, in one transaction (Optuna has no bulk API: optuna/optuna#5665 was closed
+    unmerged). Other storages, or an Optuna whose RDB internals moved, get one call per key.
+    """
+    attrs = dict(attrs)
+    bulk = _rdb_bulk_upsert(trial, attrs) if attrs else True
+    if not bulk:
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+
+
+def _rdb_bulk_upsert(trial: optuna.Trial, attrs: dict[str, Any]) -> bool:
+    """Upsert ``attrs`` into an RDB storage's trial_user_attributes; False if not possible."""
+    import json
+    import sqlite3
+
+    storage = getattr(trial.storage, "_backend", trial.storage)  # Optuna wraps RDBStorage in a cache
+    if not isinstance(storage, optuna.storages.RDBStorage):
+        return False
+    dialect = storage.engine.name
+    if dialect == "sqlite" and sqlite3.sqlite_version_info < (3, 24, 0):  # no ON CONFLICT before 3.24
+        return False
+    try:
+        from optuna.storages._rdb import models
+        from optuna.storages._rdb.storage import _create_scoped_session
+        if dialect == "sqlite":
+            from sqlalchemy.dialects.sqlite import insert
+        elif dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            return False
+        model = models.TrialUserAttributeModel
+        trial_id = trial._trial_id
+    except (ImportError, AttributeError):
+        return False
+    rows = [{"trial_id": trial_id, "key": key, "value_json": json.dumps(value)} for key, value in attrs.items()]
+    stmt = insert(model).values(rows)
+    stmt = stmt.on_conflict_do_update(index_elements=[model.trial_id, model.key],
+                                      set_={"value_json": stmt.excluded.value_json})
+    with _create_scoped_session(storage.scoped_session, True) as session:
+        # What Optuna's own setter checks first: the trial exists and is still running.
+        storage.check_trial_is_updatable(trial_id, models.TrialModel.find_or_raise_by_id(trial_id, session).state)
+        session.execute(stmt)
+    return True
+
+
 COST_ATTRS = ("optimizer_steps", "examples_seen", "train_time_s", "eval_time_s", "duration_s")
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -16,7 +18,7 @@ from llm_doe.finetune.loop import (
     resolve_runtime,
     train,
 )
-from llm_doe.finetune.model import load_tokenizer, model_factory
+from llm_doe.finetune.model import ModelFactory, load_tokenizer, model_factory
 from llm_doe.schema import DataConfig, ModelConfig, TrainConfig
 
 TINY_MODEL = ModelConfig(kind="tiny", name_or_path="tiny-bert", tokenizer="sentence-transformers/all-MiniLM-L6-v2")
@@ -243,3 +245,22 @@ def test_checkpoints_follow_the_time_interval(setup, tmp_path):
     train(factory.build(0, 0.1), train_data, val_data, cfg, CPU, pad_id=tokenizer.pad_token_id,
           checkpoint_dir=tmp_path / "every", checkpoint_every_s=0)
     assert (tmp_path / "every" / "checkpoint.pt").is_file()
+
+
+def test_a_released_model_is_rebuilt_exactly_as_a_fresh_copy(setup):
+    tokenizer, train_data, _, tiny = setup
+    # A "pretrained" body (the template's weights) with a new head, as for MiniLM.
+    factory = ModelFactory(copy.deepcopy(tiny.template), fresh_modules=["classifier"])
+    model = factory.build(5, 0.2)
+    expected = {k: v.clone() for k, v in model.state_dict().items()}
+    assert any(not torch.equal(v, factory.template.state_dict()[k]) for k, v in expected.items())  # head re-drawn
+    cfg = TrainConfig(learning_rate=3e-3, num_epochs=1, evals_per_epoch=1)
+    train(model, train_data, None, cfg, CPU, pad_id=tokenizer.pad_token_id)
+    model.classifier.weight.grad = torch.ones_like(model.classifier.weight)  # as if a trial failed mid-step
+    assert not torch.equal(model.bert.encoder.layer[0].output.dense.weight, expected["bert.encoder.layer.0.output.dense.weight"])
+    factory.release(model)
+    again = factory.build(5, 0.2)
+    assert again is model  # its memory was reused, not allocated again
+    assert all(torch.equal(v, expected[k]) for k, v in again.state_dict().items())
+    assert all(p.grad is None for p in again.parameters()) and again.training
+    assert factory.build(5, 0.2) is not again  # one spare only: the next build is a copy

@@ -13,6 +13,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from llm_doe.schema import StorageConfig
+from llm_doe.study import make_storage, set_user_attrs
 from tests.conftest import TINY, load, run_cli, store_args
 from tests.pg import postgres_server
 
@@ -31,6 +33,31 @@ def _check_exact(study: optuna.Study, n: int) -> None:
         assert steps == list(range(1, len(steps) + 1)) and steps, (trial.number, steps)  # every value present
     for trial in study.get_trials(states=(TrialState.FAIL,)):
         assert "locked" not in trial.user_attrs.get("fail_reason", ""), trial.user_attrs
+
+
+def _storage(tmp_path: Path, kind: str) -> optuna.storages.BaseStorage:
+    if kind == "journal":
+        return make_storage(StorageConfig(kind="journal", journal_path=str(tmp_path / "s.journal")))
+    return make_storage(StorageConfig(url=f"sqlite:///{tmp_path}/s.db", heartbeat_interval=None))
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_set_user_attrs_stores_what_one_call_per_key_stores(tmp_path, kind):
+    study = optuna.create_study(storage=_storage(tmp_path, kind), study_name="attrs")
+    attrs = {"config.train.learning_rate": 3e-4, "config.model.kind": "tiny", "optimizer_steps": 25,
+             "resumed": True, "nothing": None, "config.data.labels": "['negative', 'positive']", "uni": "é ✓"}
+    one_by_one, bulk = study.ask(), study.ask()
+    for key, value in attrs.items():
+        one_by_one.set_user_attr(key, value)
+    bulk.set_user_attr("optimizer_steps", -1)  # an existing key is overwritten, as set_user_attr does
+    set_user_attrs(bulk, attrs)
+    set_user_attrs(bulk, {})
+    study.tell(one_by_one, 1.0)
+    study.tell(bulk, 1.0)
+    stored = optuna.load_study(study_name="attrs", storage=_storage(tmp_path, kind)).trials
+    assert stored[0].user_attrs == stored[1].user_attrs == attrs
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):  # as Optuna's own setter
+        set_user_attrs(bulk, {"late": 1})
 
 
 def test_four_workers_on_sqlite_reach_the_exact_total_without_lock_failures(tmp_path):
@@ -60,6 +87,8 @@ def test_three_workers_on_postgres(tmp_path, backend):
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         study = optuna.load_study(study_name="pg", storage=url)
         _check_exact(study, 12)
+        for trial in study.get_trials(states=FINISHED):  # written by one upsert per trial end on PostgreSQL
+            assert trial.user_attrs["config.model.kind"] == "tiny" and trial.user_attrs["optimizer_steps"] > 0
         # the password is never printed, logged or stored
         assert "s3cret-pw" not in proc.stdout + proc.stderr
         logs = "".join(p.read_text() for p in (tmp_path / "run").rglob("*") if p.is_file())
