@@ -37,10 +37,14 @@ tokenised once without padding, ``DataCollatorWithPadding``, ``per_device_eval_b
 Trainer's own evaluation at the last step: 4 evaluations, as on our side), ``compute_metrics``
 giving the same accuracy/F1/ROC-AUC, Optuna's in-memory storage (Trainer's default), ``NopPruner``.
 llm_doe side: ``llm_doe.search.main`` with ``+study=lr_sweep`` and overrides for the setting
-above, into a temp SQLite store, with its own defaults otherwise (eval batch 64, batches
-grouped by length, a checkpoint at every evaluation where the code has runtime.checkpoint);
-pass ``--ours OVERRIDE`` to change any of them. Both sides train in fp32; Trainer uses its
-default optimizer (``adamw_torch_fused`` with torch >= 2.8), llm_doe its loop's AdamW.
+above, into a temp SQLite store, with its own defaults otherwise (eval batch 32, batches
+grouped by length, checkpoints every runtime.checkpoint_every_s = 30 s: none in a 10 s trial);
+pass ``--ours OVERRIDE`` to change any of them. Precision: each side's default. Trainer's is
+fp32 (``--trainer-bf16`` turns on its ``bf16=True``); llm_doe's is ``train.precision=auto``:
+bf16 autocast where the device computes bf16 natively (CPUs with AVX512-BF16 or AMX, bf16
+GPUs), fp32 elsewhere (``--ours train.precision=fp32`` compares fp32 with fp32). The ``prec``
+column says what each trial ran in. Trainer uses its default optimizer (``adamw_torch_fused``
+with torch >= 2.8), llm_doe its loop's fused AdamW.
 """
 
 from __future__ import annotations
@@ -83,6 +87,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--evals", type=int, default=4, help="evaluations per epoch (default 4)")
     p.add_argument("--trainer-eval-batch-size", type=int, default=8)
+    p.add_argument("--trainer-bf16", action="store_true",
+                   help="TrainingArguments(bf16=True): Trainer under bf16 autocast too (its default is fp32)")
     p.add_argument("--trainer-model-init", choices=("copy", "disk"), default="copy",
                    help="copy: deep-copy a template loaded once (as llm_doe); disk: from_pretrained every trial")
     p.add_argument("--model", default="sentence-transformers/all-MiniLM-L6-v2")
@@ -231,6 +237,7 @@ class TrainerSide:
             warmup_steps=0.1,
             max_grad_norm=1.0,
             lr_scheduler_type="linear",
+            bf16=args.trainer_bf16,  # bf16 autocast in training and evaluation (opt-in in Trainer)
         )
         t_setup = time.perf_counter()
         trainer = TimedTrainer(
@@ -284,6 +291,7 @@ class TrainerSide:
             examples = min(snap["steps"] * args.batch_size, len(self.train_ds) * args.epochs)
             rows.append({
                 "side": "Trainer", "repeat": repeat, "trial": trial.number, "state": trial.state.name,
+                "prec": "bf16" if args.trainer_bf16 else "fp32",
                 "train ex/s": examples / train_s, "train s": train_s, "eval s": eval_s, "evals": len(evals),
                 "first step s": snap["first_step_wall"] - trial.datetime_start.timestamp(),
                 "trial s": wall, "overhead s": wall - train_s - eval_s, "steps": snap["steps"],
@@ -364,6 +372,7 @@ class OursSide:
             train_s, eval_s = ua["train_time_s"], ua["eval_time_s"]
             rows.append({
                 "side": "llm_doe", "repeat": repeat, "trial": trial.number, "state": trial.state.name,
+                "prec": ua.get("precision", "fp32"),
                 "train ex/s": ua["train_samples_per_second"], "train s": train_s, "eval s": eval_s,
                 "evals": len(trial.intermediate_values), "first step s": ua["time_to_first_step_s"],
                 "trial s": wall, "overhead s": wall - train_s - eval_s,
@@ -374,7 +383,7 @@ class OursSide:
 
 # ----------------------------------------------------------------------------- main
 
-COLUMNS = ["side", "repeat", "trial", "state", "train ex/s", "train s", "eval s", "evals", "first step s", "trial s",
+COLUMNS = ["side", "repeat", "trial", "state", "prec", "train ex/s", "train s", "eval s", "evals", "first step s", "trial s",
            "overhead s", "overhead(attr) s", "steps", "steal %", "others %"]
 
 
@@ -394,7 +403,8 @@ def main() -> int:
     print(f"setting: {args.model}, train {args.train_size} / val {args.val_size}, batch {args.batch_size}, "
           f"max length {args.max_length}, {args.epochs} epoch(s), {args.evals} evals/epoch, "
           f"{args.trials} trial(s) per side per repeat, {args.repeats} repeats; Trainer eval batch "
-          f"{args.trainer_eval_batch_size}, model_init={args.trainer_model_init}; ours extra overrides {args.ours}"
+          f"{args.trainer_eval_batch_size}, Trainer precision {'bf16' if args.trainer_bf16 else 'fp32'}, "
+          f"model_init={args.trainer_model_init}; ours extra overrides {args.ours}"
           + (f"; ablations (ours) {args.ablate}" if args.ablate else ""))
 
     # The config the llm_doe search composes: its data section gives both sides the same texts.

@@ -91,6 +91,11 @@ def main() -> int:
     patch(optuna.artifacts, "upload_artifact", "  of which: optuna upload_artifact", part_of=True)
     patch(artifacts, "upload_artifact", "  of which: optuna upload_artifact", part_of=True)
     patch(optuna.trial.Trial, "set_user_attr", "optuna set_user_attr")
+    patch(objective, "set_user_attrs", "user attributes in one write (set_user_attrs)")
+    patch(objective, "suggest", "sampling (space.suggest)")
+    patch(objective, "_frozen", "running trial lookup (_frozen)")
+    patch(objective.OmegaConf, "to_container", "OmegaConf.to_container")
+    patch(objective.OmegaConf, "to_yaml", "OmegaConf.to_yaml")
     patch(optuna.trial.Trial, "report", "optuna report")
     patch(optuna.trial.Trial, "should_prune", "optuna should_prune")
     patch(objective.Objective, "trial_config", "trial config (apply_params + to_object)")
@@ -99,8 +104,22 @@ def main() -> int:
 
     per_trial: list[dict[str, Any]] = []
     real_optimize = optuna.study.Study.optimize
+    real_call = objective.Objective.__call__
+    edges: dict[str, float] = {}
+
+    def call(self: Any, trial: optuna.Trial) -> float:
+        edges["enter"] = time.time()
+        try:
+            return real_call(self, trial)
+        finally:
+            edges["exit"] = time.time()
+
+    objective.Objective.__call__ = call  # type: ignore[method-assign]
 
     def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        # Optuna's own time inside the trial's duration: ask -> objective, objective -> tell.
+        ACC["optuna: trial start -> objective call"] = [edges["enter"] - trial.datetime_start.timestamp(), 1]
+        ACC["optuna: objective return -> trial complete"] = [trial.datetime_complete.timestamp() - edges["exit"], 1]
         snap = {k: tuple(v) for k, v in ACC.items()}
         ACC.clear()
         per_trial.append({"trial": trial, "parts": snap})
@@ -123,6 +142,7 @@ def main() -> int:
             rc = search_main([*overrides, *store_overrides(workdir, "anatomy")])
     finally:
         optuna.study.Study.optimize = real_optimize  # type: ignore[method-assign]
+        objective.Objective.__call__ = real_call  # type: ignore[method-assign]
     if rc != 0:
         print(f"llm_doe.search exited with {rc}")
     print(f"contention: steal {steal.percent():.1f} %, other processes {steal.others_percent():.1f} % of the CPU")
