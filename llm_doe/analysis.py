@@ -54,7 +54,7 @@ StudyRef = Union[str, "os.PathLike[str]", optuna.Study, optuna.storages.BaseStor
 
 #: The final metrics every trial records (at its best evaluation).
 METRICS = ("val_loss", "accuracy", "f1", "roc_auc")
-_TEXT_ATTRS = ("stop_reason", "fail_reason")
+_TEXT_ATTRS = ("stop_reason", "fail_reason", "precision")
 _BASE_ATTRS = (*METRICS, "best_step", "duration_s", "pruned_at_step", *_TEXT_ATTRS)
 _ARTIFACT_PREFIX = "artifacts:"
 _STATE_STYLE = {"COMPLETE": "-", "PRUNED": "--", "FAIL": ":", "RUNNING": "-.", "WAITING": "-."}
@@ -926,7 +926,8 @@ def param_importances(table: pd.DataFrame, *, evaluator: optuna.importance.BaseI
 
 
 def study_warnings(table: pd.DataFrame, *, margin: float = 0.1) -> list[str]:
-    """The review's warnings in words: best trials on a range edge, failed or diverged trials."""
+    """The review's warnings in words: best trials on a range edge, failed or diverged trials,
+    trials that ran in different precisions."""
     notes = []
     failures = failure_report(table)
     if failures["failed"]:
@@ -938,6 +939,13 @@ def study_warnings(table: pd.DataFrame, *, margin: float = 0.1) -> list[str]:
             notes.append(advice)
     if _complete(table).empty:
         notes.append("no trial completed: nothing to compare yet")
+    if "precision" in table:
+        # train.precision=auto follows the machine: workers on different hardware may differ.
+        ran = table.loc[table["state"].isin(["COMPLETE", "PRUNED"]), "precision"].dropna().value_counts()
+        if len(ran) > 1:
+            counts = ", ".join(f"{name}: {n}" for name, n in ran.sort_index().items())
+            notes.append(f"trials ran in different precisions ({counts}): their values may not compare; "
+                         "pin train.precision to one of them")
     return notes
 
 

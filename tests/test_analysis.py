@@ -384,6 +384,22 @@ def test_boundary_report_flags_a_best_trial_on_the_edge(synthetic):
     assert not any("train.weight_decay" in w for w in warnings)
 
 
+def test_a_study_run_in_two_precisions_is_flagged(tmp_path):
+    url = f"sqlite:///{tmp_path}/p.db"
+    study = optuna.create_study(storage=url, study_name="p")
+    x = FloatDistribution(0.0, 1.0)
+    for i, precision in enumerate(["bf16", "bf16", "fp32"]):
+        study.add_trial(create_trial(value=0.5 + i, params={"x": i / 4}, distributions={"x": x},
+                                     user_attrs={"precision": precision}))
+    warnings = doe.study_warnings(doe.load_trials(url, "p"))
+    assert any("different precisions (bf16: 2, fp32: 1)" in w for w in warnings), warnings
+    study.add_trial(create_trial(state=TrialState.FAIL, user_attrs={"precision": "fp16"}))  # failed: not compared
+    assert any("different precisions (bf16: 2, fp32: 1)" in w for w in doe.study_warnings(doe.load_trials(url, "p")))
+    same = optuna.create_study(storage=url, study_name="same")
+    same.add_trial(create_trial(value=0.5, params={"x": 0.5}, distributions={"x": x}, user_attrs={"precision": "bf16"}))
+    assert not any("precision" in w for w in doe.study_warnings(doe.load_trials(url, "same")))
+
+
 def test_isolation_gives_the_best_trial_per_value(synthetic):
     table = doe.load_trials(synthetic["url"], "syn")
     iso = doe.isolation(table, "train.batch_size")
