@@ -1,4 +1,4 @@
-"""The Optuna objective: the only module that touches ``optuna.Trial``.
+"""The Optuna objective: the only module that drives an ``optuna.Trial`` (suggest, report, prune).
 
 It samples the space, overlays the values on the composed config, runs the Optuna-free
 fine-tuning loop with a report callback that feeds ``trial.report`` / ``trial.should_prune``,
