@@ -217,6 +217,10 @@ def confirm_composed(base: DictConfig, composed: Composed, name: str, space: dic
     storage = resolved["storage"]
     storage["checkpoints_dir"] = str(Path(storage["checkpoints_dir"]) / name)
     study = resolved["study"]
+    if composed.config.confirm.data_seeds:
+        # data.seed re-draws train/val for each run; the test split stays the study's.
+        data = resolved["data"]
+        data["test_seed"] = data["seed"] if data.get("test_seed") is None else data["test_seed"]
     spec = {k: as_spec(d) for k, d in space.items() if k not in analysis.SEED_PARAMS}
     spec.update({k: dict(SEED_SPEC) for k in analysis.SEED_PARAMS})
     study.update(name=name, n_trials=n_trials, space=spec, max_failures=1, max_train_steps=None)
@@ -329,9 +333,6 @@ def run(composed: Composed) -> int:
     if cfg.train.seed in plan.seeds and not cfg.confirm.data_seeds:
         log.warning("confirm: seed %d is the search's own train.seed: that run repeats the search trial, luck "
                     "included (set confirm.first_seed to use fresh seeds)", cfg.train.seed)
-    if cfg.confirm.data_seeds:
-        log.warning("confirm: confirm.data_seeds=true also moves the test split (data.seed draws it): the "
-                    "confirmation then trains and validates on examples of the study's test split")
     created = plan.name not in optuna.get_all_study_names(storage=plan.storage)
     study = open_study(cfg, plan.storage, make_sampler(cfg.sampler, space), pruner, space,
                        masked_config(plan.composed), composed.overrides, name=plan.name)

@@ -63,6 +63,9 @@ class DataConfig:
     max_length: int = 64
     # Seed of the train/val/test split; independent of the training seed on purpose.
     seed: int = 1234
+    # Seed of the test split alone; null = data.seed. Pinned, data.seed re-draws train/val
+    # while the test split stays put (what confirm.data_seeds=true does).
+    test_seed: Optional[int] = None
     drop_duplicates: bool = True
 
 
@@ -177,7 +180,7 @@ class ConfirmConfig:
     # luck that put a trial on top is not counted again).
     seeds: int = 5
     first_seed: int = 0
-    # Also vary data.seed with the same values (it re-draws the train/val split, and the test split).
+    # Also vary data.seed with the same values (it re-draws the train/val split; data.test_seed keeps the test split).
     data_seeds: bool = False
     # Significance level of the paired t-tests against the best configuration.
     alpha: float = 0.05
@@ -257,6 +260,10 @@ def validate(cfg: Config) -> None:
     _check(d.val_size >= 2, "data.val_size", f"must be >= 2, got {d.val_size}")
     _check(d.test_size >= 0, "data.test_size", f"must be >= 0, got {d.test_size}")
     _check(d.max_length >= 8, "data.max_length", f"must be >= 8, got {d.max_length}")
+    # The split draws with seed, seed + 1, seed + 2 (numpy seeds are 0..2**32-1).
+    _check(0 <= d.seed < 2**32 - 2, "data.seed", f"must be in [0, 2**32 - 2), got {d.seed}")
+    _check(d.test_seed is None or 0 <= d.test_seed < 2**32, "data.test_seed",
+           f"must be null or in [0, 2**32), got {d.test_seed}")
     if d.labels is not None:
         _check(len(d.labels) >= 2, "data.labels", "needs at least two label values")
 

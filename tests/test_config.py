@@ -87,6 +87,8 @@ BAD = [
     (["storage.url={file_in_the_way}"], "storage.url", "cannot be created"),
     (["sampler=grid"], "study.space.train.learning_rate", "discrete"),
     (["study.n_trials=0"], "study.n_trials", ">= 1"),
+    (["data.seed=-1"], "data.seed", "must be in [0, 2**32 - 2)"),
+    (["data.test_seed=-5"], "data.test_seed", "must be null or in [0, 2**32)"),
 ]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 from typing import Any
@@ -166,6 +167,21 @@ def test_confirm_runs_top_k_times_seeds_and_reports(confirmed, capsys):
 
     # The search and the confirmation never touched the test split.
     assert load_splits(compose_config(args).config.data).test_reads == 0
+
+
+def test_data_seeds_redraw_train_and_val_but_keep_the_study_test_split(tmp_path):
+    args = ["+study=lr_sweep", *TINY, *store_args(tmp_path, "ds"), "pruner=none"]
+    assert search([*args, "study.n_trials=2"]) == 0
+    assert confirm([*args, "confirm.top_k=1", "confirm.seeds=2", "confirm.data_seeds=true"]) == 0
+    runs = optuna.load_study(study_name="ds-confirm", storage=f"sqlite:///{tmp_path}/ds.db").get_trials()
+    assert [t.state for t in runs] == [TrialState.COMPLETE] * 2
+    study_data = compose_config(args).config.data
+    held_out = load_splits(study_data)._test.texts
+    for run in runs:
+        assert run.user_attrs["config.data.seed"] == run.params["data.seed"] == run.user_attrs["seed"]
+        assert run.user_attrs["config.data.test_seed"] == study_data.seed  # pinned to the study's split
+        used = load_splits(dataclasses.replace(study_data, seed=run.params["data.seed"], test_seed=study_data.seed))
+        assert used._test.texts == held_out and not set(used.train.texts) & set(held_out)
 
 
 def test_rerunning_adds_nothing_and_reports_again(confirmed, capsys):

@@ -50,6 +50,15 @@ def test_test_split_does_not_depend_on_train_size(tweets):
     assert small._test.texts == large._test.texts
 
 
+def test_a_pinned_test_seed_keeps_the_test_split_while_seed_redraws_the_rest(tweets):
+    base = split_frame(*tweets, TWEETS)
+    moved = split_frame(*tweets, dataclasses.replace(TWEETS, seed=7, test_seed=TWEETS.seed))
+    assert moved._test.texts == base._test.texts
+    assert moved.val.texts != base.val.texts and moved.train.texts != base.train.texts
+    assert not set(moved.train.texts) & set(base._test.texts) and not set(moved.val.texts) & set(base._test.texts)
+    assert split_frame(*tweets, dataclasses.replace(TWEETS, seed=7))._test.texts != base._test.texts  # unpinned
+
+
 def test_test_reads_are_counted(tweets):
     splits = split_frame(*tweets, TWEETS)
     assert splits.test_reads == 0

@@ -5,8 +5,9 @@ One seam (convention 8): :func:`load_frame` reads a source into a DataFrame with
 real slices. Splits and tokenised splits are cached per process, so trials after the first
 pay nothing for data.
 
-The test split is carved out first, from ``test_size`` and ``data.seed`` alone, and is only
-reachable through :attr:`Splits.test`, which counts its reads: the search never reads it.
+The test split is carved out first, from ``test_size`` and ``data.test_seed`` (null: ``data.seed``)
+alone, and is only reachable through :attr:`Splits.test`, which counts its reads: the search
+never reads it.
 """
 
 from __future__ import annotations
@@ -138,8 +139,10 @@ def _stratified(frame: pd.DataFrame, size: int, seed: int, key: str) -> tuple[pd
 
 
 def split_frame(frame: pd.DataFrame, label_names: list[str], cfg: DataConfig) -> Splits:
-    """Seeded stratified split: test first (fixed by test_size/seed), then val, then train."""
-    test, rest = _stratified(frame, cfg.test_size, cfg.seed, "data.test_size")
+    """Seeded stratified split: test first (fixed by test_size and test_seed, which defaults
+    to seed), then val, then train from what is left (both drawn with seed)."""
+    test_seed = cfg.seed if cfg.test_seed is None else cfg.test_seed
+    test, rest = _stratified(frame, cfg.test_size, test_seed, "data.test_size")
     val, rest = _stratified(rest, cfg.val_size, cfg.seed + 1, "data.val_size")
     if cfg.train_size is None or cfg.train_size == len(rest):
         train = rest.sample(frac=1.0, random_state=cfg.seed + 2)
