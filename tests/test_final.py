@@ -16,6 +16,7 @@ from optuna.trial import TrialState
 from llm_doe.confirm import main as confirm
 from llm_doe.final import main as final
 from llm_doe.finetune.data import clear_caches, load_splits
+from llm_doe.finetune.loop import resolve_runtime
 from llm_doe.search import compose_config
 from llm_doe.search import main as search
 from tests.conftest import REPO, TINY, store_args
@@ -78,6 +79,7 @@ def test_final_reads_the_test_split_once_and_exports_a_folder_that_loads_offline
     confirmed = parent.user_attrs["confirmation"]["best_trial"]
     assert metrics["trial"] == confirmed and metrics["chosen_by"].startswith("the confirmed best")
     assert metrics["n_test"] == 200 and metrics["trained_on"] == "train" and metrics["n_train"] == 160
+    assert metrics["precision"] == resolve_runtime("cpu", "auto").precision  # what training ran in, stated
     # Trained to the optimizer step of the trial's best evaluation, read from its metrics.json.
     assert metrics["optimizer_steps"] == metrics["max_steps"] and "metrics.json" in metrics["steps_source"]
     assert parent.user_attrs["final_exports"][-1]["test"]["accuracy"] == metrics["accuracy"]
