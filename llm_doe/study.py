@@ -359,13 +359,19 @@ def _rdb_bulk_upsert(trial: optuna.Trial, attrs: dict[str, Any]) -> bool:
     except (ImportError, AttributeError):
         return False
     rows = [{"trial_id": trial_id, "key": key, "value_json": json.dumps(value)} for key, value in attrs.items()]
-    stmt = insert(model).values(rows)
+    # PostgreSQL: one multi-row INSERT, one round trip to the server. SQLite (in-process):
+    # executemany of a one-row statement, compiled once per engine instead of per row count.
+    many = dialect == "sqlite"
+    stmt = insert(model) if many else insert(model).values(rows)
     stmt = stmt.on_conflict_do_update(index_elements=[model.trial_id, model.key],
                                       set_={"value_json": stmt.excluded.value_json})
     with _create_scoped_session(storage.scoped_session, True) as session:
         # What Optuna's own setter checks first: the trial exists and is still running.
         storage.check_trial_is_updatable(trial_id, models.TrialModel.find_or_raise_by_id(trial_id, session).state)
-        session.execute(stmt)
+        if many:
+            session.execute(stmt, rows)
+        else:
+            session.execute(stmt)
     return True
 
 
