@@ -93,7 +93,6 @@ def main() -> int:
     patch(optuna.trial.Trial, "set_user_attr", "optuna set_user_attr")
     patch(objective, "set_user_attrs", "user attributes in one write (set_user_attrs)")
     patch(objective, "suggest", "sampling (space.suggest)")
-    patch(objective, "_frozen", "running trial lookup (_frozen)")
     patch(objective.OmegaConf, "to_container", "OmegaConf.to_container")
     patch(objective.OmegaConf, "to_yaml", "OmegaConf.to_yaml")
     patch(optuna.trial.Trial, "report", "optuna report")

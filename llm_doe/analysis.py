@@ -940,11 +940,13 @@ def study_warnings(table: pd.DataFrame, *, margin: float = 0.1) -> list[str]:
     if _complete(table).empty:
         notes.append("no trial completed: nothing to compare yet")
     if "precision" in table:
-        # train.precision=auto follows the machine: workers on different hardware may differ.
-        ran = table.loc[table["state"].isin(["COMPLETE", "PRUNED"]), "precision"].dropna().value_counts()
-        if len(ran) > 1:
-            counts = ", ".join(f"{name}: {n}" for name, n in ran.sort_index().items())
-            notes.append(f"trials ran in different precisions ({counts}): their values may not compare; "
+        # train.precision=auto follows the machine: workers on different hardware may differ,
+        # and trials written before trials recorded it have none (fp32 on CPU, bf16 on GPU).
+        ran = table.loc[table["state"].isin(["COMPLETE", "PRUNED"]), "precision"]
+        counts = ran.fillna("not recorded").value_counts()
+        if len(counts) > 1 and ran.notna().any():
+            listed = ", ".join(f"{name}: {n}" for name, n in counts.sort_index().items())
+            notes.append(f"trials ran in different precisions ({listed}): their values may not compare; "
                          "pin train.precision to one of them")
     return notes
 

@@ -147,15 +147,20 @@ class Objective:
                 trial.set_user_attr("surplus", True)
                 trial.set_user_attr("fail_reason", f"surplus: {self.n_trials} trials were already running or done")
                 raise TrialFailed("surplus")
-        params = suggest(trial, self.space)
-        cfg_dc, cfg = self.trial_config(params)
+        worker = {"worker": f"{platform.node()}:{os.getpid()}"}
+        try:
+            params = suggest(trial, self.space)
+            cfg_dc, cfg = self.trial_config(params)
+        except BaseException:
+            set_user_attrs(trial, worker)
+            raise
         resolved = OmegaConf.to_container(cfg_dc, resolve=True)
         # The trial's own sections, one attribute per key (pandas columns, dashboard table);
         # study-wide sections (storage, sampler, ...) are recorded once on the study.
         trial_sections = {k: resolved[k] for k in ("model", "data", "train")}
         config_attrs = {key: value if not isinstance(value, (list, dict)) else str(value)
                         for key, value in flatten(trial_sections, "config.").items()}
-        set_user_attrs(trial, {"worker": f"{platform.node()}:{os.getpid()}", **config_attrs})
+        set_user_attrs(trial, {**worker, **config_attrs})  # one write for ~45 attributes
         metric = cfg.study.metric
         maximize = resolved_direction(cfg) == "maximize"
         history: list[dict[str, float]] = []

@@ -328,10 +328,16 @@ def set_user_attrs(trial: optuna.Trial, attrs: Mapping[str, Any]) -> None:
     unmerged). Other storages, or an Optuna whose RDB internals moved, get one call per key.
     """
     attrs = dict(attrs)
-    bulk = _rdb_bulk_upsert(trial, attrs) if attrs else True
-    if not bulk:
-        for key, value in attrs.items():
-            trial.set_user_attr(key, value)
+    if not attrs:
+        return
+    if _rdb_bulk_upsert(trial, attrs):
+        # What Trial.set_user_attr does after writing: the live trial sees its attributes.
+        cached = getattr(trial, "_cached_frozen_trial", None)
+        if cached is not None:
+            cached.user_attrs.update(attrs)
+        return
+    for key, value in attrs.items():
+        trial.set_user_attr(key, value)
 
 
 def _rdb_bulk_upsert(trial: optuna.Trial, attrs: dict[str, Any]) -> bool:
@@ -356,18 +362,23 @@ def _rdb_bulk_upsert(trial: optuna.Trial, attrs: dict[str, Any]) -> bool:
             return False
         model = models.TrialUserAttributeModel
         trial_id = trial._trial_id
-    except (ImportError, AttributeError):
+        rows = [{"trial_id": trial_id, "key": key, "value_json": json.dumps(value)} for key, value in attrs.items()]
+        # PostgreSQL: one multi-row INSERT, one round trip to the server. SQLite (in-process):
+        # executemany of a one-row statement, compiled once per engine instead of per row count.
+        many = dialect == "sqlite"
+        stmt = insert(model) if many else insert(model).values(rows)
+        stmt = stmt.on_conflict_do_update(index_elements=[model.trial_id, model.key],
+                                          set_={"value_json": stmt.excluded.value_json})
+        scope = _create_scoped_session(storage.scoped_session, True)
+    except (ImportError, AttributeError, TypeError):  # Optuna's internals moved: the public way
         return False
-    rows = [{"trial_id": trial_id, "key": key, "value_json": json.dumps(value)} for key, value in attrs.items()]
-    # PostgreSQL: one multi-row INSERT, one round trip to the server. SQLite (in-process):
-    # executemany of a one-row statement, compiled once per engine instead of per row count.
-    many = dialect == "sqlite"
-    stmt = insert(model) if many else insert(model).values(rows)
-    stmt = stmt.on_conflict_do_update(index_elements=[model.trial_id, model.key],
-                                      set_={"value_json": stmt.excluded.value_json})
-    with _create_scoped_session(storage.scoped_session, True) as session:
-        # What Optuna's own setter checks first: the trial exists and is still running.
-        storage.check_trial_is_updatable(trial_id, models.TrialModel.find_or_raise_by_id(trial_id, session).state)
+    with scope as session:
+        try:  # Optuna internals that may move between versions: fall back while nothing is written
+            state = models.TrialModel.find_or_raise_by_id(trial_id, session).state
+            check = storage.check_trial_is_updatable
+        except (TypeError, AttributeError):
+            return False
+        check(trial_id, state)  # what Optuna's own setter checks first: the trial is still running
         if many:
             session.execute(stmt, rows)
         else:

@@ -398,6 +398,13 @@ def test_a_study_run_in_two_precisions_is_flagged(tmp_path):
     same = optuna.create_study(storage=url, study_name="same")
     same.add_trial(create_trial(value=0.5, params={"x": 0.5}, distributions={"x": x}, user_attrs={"precision": "bf16"}))
     assert not any("precision" in w for w in doe.study_warnings(doe.load_trials(url, "same")))
+    # A study resumed after an upgrade: its first trials recorded no precision.
+    same.add_trial(create_trial(value=0.6, params={"x": 0.6}, distributions={"x": x}))
+    warnings = doe.study_warnings(doe.load_trials(url, "same"))
+    assert any("(bf16: 1, not recorded: 1)" in w for w in warnings), warnings
+    old = optuna.create_study(storage=url, study_name="old")  # nothing recorded anywhere: nothing to say
+    old.add_trial(create_trial(value=0.6, params={"x": 0.6}, distributions={"x": x}))
+    assert not any("precision" in w for w in doe.study_warnings(doe.load_trials(url, "old")))
 
 
 def test_isolation_gives_the_best_trial_per_value(synthetic):

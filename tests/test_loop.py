@@ -15,6 +15,7 @@ from llm_doe.finetune.loop import (
     Interrupted,
     _param_groups,
     batch_order,
+    native_bf16,
     resolve_runtime,
     train,
 )
@@ -24,7 +25,7 @@ from llm_doe.schema import DataConfig, ModelConfig, TrainConfig
 TINY_MODEL = ModelConfig(kind="tiny", name_or_path="tiny-bert", tokenizer="sentence-transformers/all-MiniLM-L6-v2")
 DATA = DataConfig(source="tweets", text_column="text", label_column="sentiment", labels=["negative", "positive"],
                   encoding="latin-1", train_size=160, val_size=64, test_size=200, max_length=64)
-CPU = resolve_runtime("cpu", "auto")
+CPU = resolve_runtime("cpu", "fp32")  # the loop's own behaviour, the same on every machine
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +96,26 @@ def test_bf16_autocast_runs_on_cpu(setup):
     assert rt.dtype == torch.bfloat16
     result = train(factory.build(0, 0.1), train_data, val_data, cfg, rt, pad_id=tokenizer.pad_token_id)
     assert np.isfinite(result.history[0]["val_loss"])
+    assert result.cost["precision"] == "bf16"
+
+
+@pytest.mark.parametrize(("avx512_bf16", "amx", "expected"), [(False, False, "fp32"), (True, False, "bf16"),
+                                                              (False, True, "bf16")])
+def test_auto_precision_on_cpu_follows_native_bf16(monkeypatch, avx512_bf16, amx, expected):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    assert resolve_runtime("cpu", "auto").precision == expected
+    assert resolve_runtime("cpu", "fp32").precision == "fp32"  # an explicit choice always wins
+    assert resolve_runtime("cpu", "bf16").precision == "bf16"
+
+
+@pytest.mark.parametrize(("capability", "expected"), [((7, 0), False), ((7, 5), False), ((8, 0), True), ((9, 0), True)])
+def test_native_bf16_on_cuda_means_ampere_or_later(monkeypatch, capability, expected):
+    # V100 (7.0) and T4 (7.5) emulate bf16 (torch.cuda.is_bf16_supported() still says True).
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.version, "hip", None)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    assert native_bf16(torch.device("cuda")) is expected
 
 
 def test_no_weight_decay_on_bias_and_layernorm(setup):
@@ -258,9 +279,28 @@ def test_a_released_model_is_rebuilt_exactly_as_a_fresh_copy(setup):
     train(model, train_data, None, cfg, CPU, pad_id=tokenizer.pad_token_id)
     model.classifier.weight.grad = torch.ones_like(model.classifier.weight)  # as if a trial failed mid-step
     assert not torch.equal(model.bert.encoder.layer[0].output.dense.weight, expected["bert.encoder.layer.0.output.dense.weight"])
+    model.bert.embeddings.word_embeddings.weight.requires_grad_(False)  # as if a trial froze it
     factory.release(model)
     again = factory.build(5, 0.2)
     assert again is model  # its memory was reused, not allocated again
     assert all(torch.equal(v, expected[k]) for k, v in again.state_dict().items())
-    assert all(p.grad is None for p in again.parameters()) and again.training
+    assert all(p.grad is None and p.requires_grad for p in again.parameters()) and again.training
     assert factory.build(5, 0.2) is not again  # one spare only: the next build is a copy
+
+    # What a state dict does not hold comes back too: a trial with the checkpoint's dropout
+    # after one with dropout 0.2 gets the template's rates, as a fresh copy would.
+    factory.release(again)
+    kept = factory.build(5, None)
+    assert kept is again
+    fresh = copy.deepcopy(factory.template)
+    assert [m.p for m in kept.modules() if isinstance(m, torch.nn.Dropout)] == \
+        [m.p for m in fresh.modules() if isinstance(m, torch.nn.Dropout)] != [0.2] * 5
+    assert kept.config.hidden_dropout_prob == fresh.config.hidden_dropout_prob != 0.2
+
+
+def test_a_model_with_hooks_is_not_reused(setup):
+    factory = ModelFactory(copy.deepcopy(setup[3].template), fresh_modules=["classifier"])
+    model = factory.build(0, 0.1)
+    model.register_forward_hook(lambda *a: None)
+    factory.release(model)
+    assert factory.build(0, 0.1) is not model

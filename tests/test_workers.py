@@ -14,7 +14,7 @@ import pytest
 from optuna.trial import TrialState
 
 from llm_doe.schema import StorageConfig
-from llm_doe.study import make_storage, set_user_attrs
+from llm_doe.study import _rdb_bulk_upsert, make_storage, set_user_attrs
 from tests.conftest import TINY, load, run_cli, store_args
 from tests.pg import postgres_server
 
@@ -56,8 +56,11 @@ def test_set_user_attrs_stores_what_one_call_per_key_stores(tmp_path, kind):
     study.tell(bulk, 1.0)
     stored = optuna.load_study(study_name="attrs", storage=_storage(tmp_path, kind)).trials
     assert stored[0].user_attrs == stored[1].user_attrs == attrs
+    assert bulk.user_attrs == attrs  # the live trial sees them, as after Trial.set_user_attr
     with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):  # as Optuna's own setter
         set_user_attrs(bulk, {"late": 1})
+    # SQLite takes the one-statement path; a journal has no tables to upsert into.
+    assert _rdb_bulk_upsert(study.ask(), {"x": 1}) is (kind == "sqlite")
 
 
 def test_four_workers_on_sqlite_reach_the_exact_total_without_lock_failures(tmp_path):

@@ -65,15 +65,20 @@ class Runtime:
     @property
     def precision(self) -> str:
         """What ``train.precision=auto`` resolved to: fp32 | bf16 | fp16."""
-        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
+        return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(self.dtype, "fp32")  # type: ignore[arg-type]
 
 
 def native_bf16(device: torch.device) -> bool:
     """Whether ``device`` computes in bf16 natively (so bf16 autocast is faster, not emulated):
-    CUDA GPUs with bf16 (Ampere and later), CPUs with AVX512-BF16 or AMX (Zen 4, Sapphire
-    Rapids and later). Older CPUs would emulate bf16 matmuls, slower than fp32."""
+    NVIDIA GPUs of compute capability 8.0 and later (Ampere), ROCm GPUs with bf16, CPUs with
+    AVX512-BF16 or AMX (Zen 4, Sapphire Rapids and later). Older CPUs and GPUs (V100, T4)
+    would emulate bf16, slower than fp32."""
     if device.type == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        if not torch.cuda.is_available():
+            return False
+        if torch.version.hip:
+            return torch.cuda.is_bf16_supported(including_emulation=False)
+        return torch.cuda.get_device_capability(device) >= (8, 0)
     if device.type == "cpu":
         checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
         return any(getattr(torch.cpu, name, lambda: False)() for name in checks)

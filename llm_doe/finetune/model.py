@@ -1,9 +1,10 @@
 """Models: resolve a name offline, load pretrained weights once, hand each trial a fresh copy.
 
 Pretrained weights are read from disk once per process and kept as a template; a trial gets
-a deep copy (memory to memory, ~0.2 s for MiniLM) whose newly added weights (the
-classification head, a missing pooler) are re-initialised *after* the trial's seed is set,
-so the head a trial starts from depends on ``train.seed`` alone (convention 7).
+a copy (memory to memory: the previous trial's tensors overwritten in place, ~8 ms for MiniLM,
+or a deep copy the first time) whose newly added weights (the classification head, a missing
+pooler) are re-initialised *after* the trial's seed is set, so the head a trial starts from
+depends on ``train.seed`` alone (convention 7).
 
 ``model.kind=tiny`` builds a random-init BERT from an in-code config with a real tokenizer:
 what the tests train.
@@ -74,14 +75,17 @@ def load_tokenizer(cfg: ModelConfig) -> tuple[Any, str]:
     return _TOKENIZERS[path], path
 
 
+DROPOUT_CONFIG_ATTRS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout", "dropout",
+                        "attention_dropout", "seq_classif_dropout")
+
+
 def set_dropout(model: nn.Module, p: float) -> None:
     """One dropout for hidden states, attention and classifier, in the modules and the config."""
     for module in model.modules():
         if isinstance(module, nn.Dropout):
             module.p = p
     config = model.config
-    for attr in ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout",
-                 "dropout", "attention_dropout", "seq_classif_dropout"):
+    for attr in DROPOUT_CONFIG_ATTRS:
         if hasattr(config, attr):
             setattr(config, attr, p)
 
@@ -97,11 +101,12 @@ class ModelFactory:
     def build(self, seed: int, dropout: float | None) -> nn.Module:
         torch.manual_seed(seed)
         if self._spare:
-            # A released model: the template's weights are copied into its tensors in place.
-            # Same values as a deep copy, without allocating the model's memory again
-            # (MiniLM: ~30 ms -> ~8 ms a trial, most of it page faults on fresh memory).
+            # A released model: the template's weights are copied into its tensors in place,
+            # without allocating the model's memory again (MiniLM: ~30 ms -> ~8 ms a trial,
+            # most of it page faults on fresh memory); what a state dict does not hold is reset.
             model = self._spare.pop()
             model.load_state_dict(self.template.state_dict())
+            _reset_like(model, self.template)
         else:
             model = copy.deepcopy(self.template)
         for name in self.fresh_modules:
@@ -116,14 +121,31 @@ class ModelFactory:
     def release(self, model: nn.Module) -> None:
         """Hand back a model whose trial is over, for the next :meth:`build` to overwrite.
         Only a model on the CPU is kept (one at most), so GPU memory still returns to its
-        baseline between trials; the caller must not use ``model`` afterwards."""
+        baseline between trials, and none with hooks (state a rebuild could not undo); the
+        caller must not use ``model`` afterwards."""
         if type(model) is not type(self.template) or self._spare:
             return
         if any(t.device.type != "cpu" for t in (*model.parameters(), *model.buffers())):
             return
+        hooks = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+        if any(getattr(m, h, None) for m in model.modules() for h in hooks):
+            return
         for param in model.parameters():
             param.grad = None
         self._spare.append(model)
+
+
+def _reset_like(model: nn.Module, template: nn.Module) -> None:
+    """What a state dict leaves out, back to the template's: dropout rates (modules and
+    config, as :func:`set_dropout` changes them) and which parameters train."""
+    for module, original in zip(model.modules(), template.modules(), strict=True):
+        if isinstance(module, nn.Dropout):
+            module.p = original.p
+    for attr in DROPOUT_CONFIG_ATTRS:
+        if hasattr(template.config, attr):
+            setattr(model.config, attr, getattr(template.config, attr))
+    for param, original in zip(model.parameters(), template.parameters(), strict=True):
+        param.requires_grad_(original.requires_grad)
 
 
 _FACTORIES: dict[tuple[Any, ...], ModelFactory] = {}
