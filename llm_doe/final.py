@@ -35,8 +35,7 @@ import shutil
 import sys
 import tempfile
 import time
-import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -362,14 +361,15 @@ def run(composed: Composed) -> int:
     # In fp32 whatever the training ran in: the figures are those of the exported fp32 weights
     # as anyone loading the folder computes them (bf16 could flip a near-tie prediction).
     test_metrics, probs = evaluate(model, encode(test, tokenizer, cfg.data.max_length), cfg.train.eval_batch_size,
-                                   pad_id, dataclasses.replace(runtime, dtype=None))
+                                   pad_id, replace(runtime, dtype=None))
     metrics: dict[str, Any] = {
         "test_loss": test_metrics["val_loss"], "accuracy": test_metrics["accuracy"], "f1": test_metrics["f1"],
         "roc_auc": test_metrics["roc_auc"], "n_test": len(test), "study": plan.parent.study_name,
         "trial": plan.trial.number, "chosen_by": plan.chosen_by, "params": plan.trial.params,
         "trained_on": "train+val" if cfg.final.use_val else "train", "n_train": len(train_data),
         "optimizer_steps": int(result.cost["optimizer_steps"]), "examples_seen": int(result.cost["examples_seen"]),
-        "precision": result.cost["precision"], "max_steps": plan.max_steps, "steps_source": plan.steps_source, "train_time_s": time.perf_counter() - started,
+        "precision": result.cost["precision"], "max_steps": plan.max_steps, "steps_source": plan.steps_source,
+        "train_time_s": time.perf_counter() - started,
         "label_names": list(splits.label_names), "split_sizes": sizes,
         "test_split_reads_in_this_process": splits.test_reads,
     }
