@@ -105,7 +105,8 @@ def _is_sqlite_file(path: Path) -> bool:
         return handle.read(16) == b"SQLite format 3\x00"
 
 
-def _rdb_backend(storage: optuna.storages.BaseStorage) -> optuna.storages.RDBStorage | None:
+def rdb_backend(storage: optuna.storages.BaseStorage) -> optuna.storages.RDBStorage | None:
+    """The RDBStorage behind ``storage`` (Optuna wraps it in a cache), or None for other storages."""
     if isinstance(storage, optuna.storages.RDBStorage):
         return storage
     backend = getattr(storage, "_backend", None)  # optuna wraps RDB storages in a cache
@@ -120,7 +121,7 @@ def _open(ref: StudyRef) -> _Source:
     if isinstance(ref, optuna.Study):
         return _Source(label=ref.study_name, study=ref, storage=ref._storage)
     if isinstance(ref, optuna.storages.BaseStorage):
-        rdb = _rdb_backend(ref)
+        rdb = rdb_backend(ref)
         if rdb is not None:
             return _Source(label=rdb.engine.url.render_as_string(hide_password=True), engine=rdb.engine)
         return _Source(label=type(ref).__name__, storage=ref)

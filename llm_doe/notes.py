@@ -83,7 +83,7 @@ def write_study_note(study: optuna.Study) -> None:
         from optuna_dashboard import save_note
 
         # The store's SQL when it is an RDB (fast on big studies), else Optuna's API.
-        ref = study._storage if analysis._rdb_backend(study._storage) is not None else study
+        ref = study._storage if analysis.rdb_backend(study._storage) is not None else study
         save_note(study, study_note(analysis.load_trials(ref, study.study_name)))
     except Exception as err:  # noqa: BLE001 - the study's results matter more than its note
         log.warning("could not write the study note for optuna-dashboard: %s", err)

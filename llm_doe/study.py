@@ -345,8 +345,10 @@ def _rdb_bulk_upsert(trial: optuna.Trial, attrs: dict[str, Any]) -> bool:
     import json
     import sqlite3
 
-    storage = getattr(trial.storage, "_backend", trial.storage)  # Optuna wraps RDBStorage in a cache
-    if not isinstance(storage, optuna.storages.RDBStorage):
+    from llm_doe.analysis import rdb_backend
+
+    storage = rdb_backend(trial.storage)
+    if storage is None:
         return False
     dialect = storage.engine.name
     if dialect == "sqlite" and sqlite3.sqlite_version_info < (3, 24, 0):  # no ON CONFLICT before 3.24
