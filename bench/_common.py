@@ -56,6 +56,16 @@ def code_state() -> str:
     return f"code: {head} + uncommitted changes to llm_doe/ conf/ (diff sha1 {hashlib.sha1(diff.encode()).hexdigest()[:10]})"
 
 
+def finish(workdir: Path, keep: bool, what: str) -> None:
+    """Keep the run's temp folder (``--keep``: say where ``what`` is) or delete it."""
+    import shutil
+
+    if keep:
+        print(f"\n{what} kept in {workdir}")
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 def rss_now_mb() -> float:
     """Current resident set size of this process (Linux /proc/self/statm)."""
     with open("/proc/self/statm") as fh:

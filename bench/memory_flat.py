@@ -23,7 +23,6 @@ import argparse
 import contextlib
 import gc
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -31,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import code_state, rss_now_mb, rss_peak_mb, store_overrides, table, verdict  # noqa: E402
+from _common import code_state, finish, rss_now_mb, rss_peak_mb, store_overrides, table, verdict  # noqa: E402
 
 TARGET = 1.05  # peak RSS after the last trial / after trial 2
 
@@ -128,10 +127,7 @@ def main() -> int:
         worst = max(abs(r["cuda after MB"] - base) for r in rows)
         print(f"CUDA allocated: baseline {base:.1f} MB, largest difference after a trial {worst:.1f} MB   "
               f"target: back to baseline (<= 1 MB)   {verdict(worst <= 1.0)}")
-    if args.keep:
-        print(f"\nstore kept in {workdir}")
-    else:
-        shutil.rmtree(workdir, ignore_errors=True)
+    finish(workdir, args.keep, "store")
     return 0
 
 

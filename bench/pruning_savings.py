@@ -30,7 +30,6 @@ import argparse
 import contextlib
 import math
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -38,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import CpuSteal, code_state, store_overrides, table, verdict  # noqa: E402
+from _common import CpuSteal, code_state, finish, store_overrides, table, verdict  # noqa: E402
 
 SAVING_TARGET = 40.0   # % fewer optimizer steps with the pruner
 BEST_TARGET = 1.0      # % relative difference of the best values
@@ -177,10 +176,7 @@ def main() -> int:
           f"target <= {BEST_TARGET:.0f} %   {verdict(rel <= BEST_TARGET)}"
           + (" (the pruned run found the better value)" if (b_p > b_n if maximize else b_p < b_n) else ""))
     print(f"  (info) wall time: pruner={pruner} {w_p:.1f} s vs none {w_n:.1f} s: saving {100 * (1 - w_p / w_n):.1f} %")
-    if args.keep:
-        print(f"\nstores kept in {workdir}")
-    else:
-        shutil.rmtree(workdir, ignore_errors=True)
+    finish(workdir, args.keep, "stores")
     return 0
 
 

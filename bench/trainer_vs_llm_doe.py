@@ -55,7 +55,6 @@ import copy
 import gc
 import math
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -64,7 +63,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import CpuSteal, code_state, median, wait_for_quiet, spread, store_overrides, table, verdict  # noqa: E402
+from _common import CpuSteal, code_state, finish, median, spread, store_overrides, table, verdict, wait_for_quiet  # noqa: E402
 
 TARGETS = {
     "throughput": 1.3,   # ours train ex/s / Trainer's  >=
@@ -520,10 +519,7 @@ def main() -> int:
     for name, value, target, ok in lines:
         print(f"  {name:<36} {value:<24} target {target:<10} {verdict(ok)}")
     print(f"  {'first step Trainer/ours (info)':<36} {fs_s:<24}")
-    if args.keep:
-        print(f"\nstores and artifacts kept in {workdir}")
-    else:
-        shutil.rmtree(workdir, ignore_errors=True)
+    finish(workdir, args.keep, "stores and artifacts")
     return 0
 
 
