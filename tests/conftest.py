@@ -7,6 +7,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
@@ -34,6 +35,17 @@ def search(tmp_path: Path) -> Callable[..., int]:
         return main(["+study=smoke", *TINY, *store_args(tmp_path, name), *overrides])
 
     return run
+
+
+def searched_lr_study(tmp: Path) -> dict[str, Any]:
+    """A tiny ``lr_sweep`` of 3 unpruned trials in ``tmp``, searched from a clean process state
+    (test-split reads count from 0): ``{"tmp", "args" (its overrides), "url"}``."""
+    from llm_doe.finetune.data import clear_caches
+
+    clear_caches()
+    args = ["+study=lr_sweep", *TINY, *store_args(tmp, "lr"), "pruner=none"]
+    assert main([*args, "study.n_trials=3"]) == 0
+    return {"tmp": tmp, "args": args, "url": f"sqlite:///{tmp}/lr.db"}
 
 
 def load(tmp: Path, name: str = "t") -> optuna.Study:

@@ -16,10 +16,10 @@ from scipy import stats
 
 from llm_doe import analysis
 from llm_doe.confirm import main as confirm
-from llm_doe.finetune.data import clear_caches, load_splits
+from llm_doe.finetune.data import load_splits
 from llm_doe.search import compose_config
 from llm_doe.search import main as search
-from tests.conftest import REPO, TINY, store_args
+from tests.conftest import REPO, TINY, searched_lr_study, store_args
 
 SPACE = {"train.learning_rate": optuna.distributions.distribution_to_json(
     optuna.distributions.FloatDistribution(1e-5, 1e-3, log=True))}
@@ -104,11 +104,7 @@ def test_pairs_missing_a_seed_are_paired_on_the_seeds_both_have():
 
 @pytest.fixture(scope="module")
 def confirmed(tmp_path_factory) -> dict[str, Any]:
-    clear_caches()  # count test-split reads from a clean process state
-    tmp = tmp_path_factory.mktemp("confirm")
-    args = ["+study=lr_sweep", *TINY, *store_args(tmp, "lr"), "pruner=none"]
-    assert search([*args, "study.n_trials=3"]) == 0
-    return {"tmp": tmp, "args": args, "url": f"sqlite:///{tmp}/lr.db"}
+    return searched_lr_study(tmp_path_factory.mktemp("confirm"))
 
 
 def test_confirm_runs_top_k_times_seeds_and_reports(confirmed, capsys):

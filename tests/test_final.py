@@ -15,11 +15,10 @@ from optuna.trial import TrialState
 
 from llm_doe.confirm import main as confirm
 from llm_doe.final import main as final
-from llm_doe.finetune.data import clear_caches, load_splits
+from llm_doe.finetune.data import load_splits
 from llm_doe.finetune.loop import resolve_runtime
 from llm_doe.search import compose_config
-from llm_doe.search import main as search
-from tests.conftest import REPO, TINY, store_args
+from tests.conftest import REPO, TINY, searched_lr_study, store_args
 
 # Loads the export in a fresh process with the hub unreachable, predicts the test split and
 # prints the accuracy and the predicted label names.
@@ -49,12 +48,9 @@ print(json.dumps({"accuracy": correct / len(test), "labels": sorted(names), "n":
 @pytest.fixture(scope="module")
 def study(tmp_path_factory) -> dict[str, Any]:
     """A tiny searched and confirmed study; the test split untouched so far."""
-    clear_caches()  # count test-split reads from a clean process state
-    tmp = tmp_path_factory.mktemp("final")
-    args = ["+study=lr_sweep", *TINY, *store_args(tmp, "lr"), "pruner=none"]
-    assert search([*args, "study.n_trials=3"]) == 0
-    assert confirm([*args, "confirm.top_k=2", "confirm.seeds=2"]) == 0
-    return {"tmp": tmp, "args": args, "url": f"sqlite:///{tmp}/lr.db"}
+    searched = searched_lr_study(tmp_path_factory.mktemp("final"))
+    assert confirm([*searched["args"], "confirm.top_k=2", "confirm.seeds=2"]) == 0
+    return searched
 
 
 def _one_line_error(capsys) -> str:
