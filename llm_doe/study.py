@@ -22,6 +22,7 @@ import optuna
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from llm_doe.analysis import rdb_backend
 from llm_doe.schema import (
     Config,
     ConfigError,
@@ -344,8 +345,6 @@ def _rdb_bulk_upsert(trial: optuna.Trial, attrs: dict[str, Any]) -> bool:
     """Upsert ``attrs`` into an RDB storage's trial_user_attributes; False if not possible."""
     import json
     import sqlite3
-
-    from llm_doe.analysis import rdb_backend
 
     storage = rdb_backend(trial.storage)
     if storage is None:
