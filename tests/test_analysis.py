@@ -503,7 +503,7 @@ def test_objective_vs_params_uses_log_axes_where_the_space_is_log(synthetic):
     _png_ok(fig)
 
 
-def test_importance_bars(synthetic):
+def test_importance_bars():
     importances = pd.Series({"train.learning_rate": 0.7, "train.num_epochs": 0.3})
     fig = doe.plot_importance(importances)
     assert len(fig.axes[0].patches) == 2

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import optuna
 import pytest
 
+from llm_doe.schema import resolved_direction
 from llm_doe.search import CONF_DIR, compose_config, main, prepare
+from llm_doe.space import build_space
 from tests.conftest import TINY, run_cli, store_args
 
 STUDIES = sorted(p.stem for p in (CONF_DIR / "study").glob("*.yaml"))
@@ -33,20 +36,39 @@ def test_study_name_defaults_to_the_file_name():
     assert str(composed.run_dir).startswith("studies/hparam_sweep/runs/")
 
 
-def test_public_names_from_the_design_compose():
-    cfg = compose_config([
-        "+study=lr_sweep", "model=tiny", "model.dropout=0.2", "data=csv", "data.path=x.csv", "data.text_column=t",
-        "data.label_column=l", "data.train_size=10", "data.val_size=5", "data.test_size=5", "data.max_length=32",
-        "train.learning_rate=0.001", "train.batch_size=8", "train.weight_decay=0.1", "train.num_epochs=3",
-        "train.warmup_ratio=0.2", "train.max_grad_norm=0.5", "train.label_smoothing=0.1", "train.evals_per_epoch=3",
-        "train.seed=7", "train.precision=bf16", "train.lr_scheduler=cosine", "train.early_stopping_patience=2",
-        "sampler=qmc", "sampler.seed=3", "pruner=wilcoxon", "study.n_trials=5", "study.direction=maximize",
-        "study.metric=roc_auc", "storage.url=sqlite:////tmp/x.db", "storage.artifacts_dir=/tmp/x_art", "workers=1",
-    ]).config
-    assert (cfg.model.kind, cfg.model.dropout, cfg.data.source, cfg.data.path) == ("tiny", 0.2, "csv", "x.csv")
-    assert (cfg.train.lr_scheduler, cfg.train.precision, cfg.train.early_stopping_patience) == ("cosine", "bf16", 2)
-    assert (cfg.sampler.name, cfg.sampler.seed, cfg.pruner.name) == ("qmc", 3, "wilcoxon")
-    assert (cfg.study.n_trials, cfg.study.direction, cfg.study.metric) == (5, "maximize", "roc_auc")
+PUBLIC_OVERRIDES = [
+    "model=tiny", "model.dropout=0.2", "data=csv", "data.path=x.csv", "data.text_column=t", "data.label_column=l",
+    "data.train_size=10", "data.val_size=5", "data.test_size=5", "data.max_length=32", "train.learning_rate=0.001",
+    "train.batch_size=8", "train.weight_decay=0.1", "train.num_epochs=3", "train.warmup_ratio=0.2",
+    "train.max_grad_norm=0.5", "train.label_smoothing=0.1", "train.evals_per_epoch=3", "train.seed=7",
+    "train.precision=bf16", "train.lr_scheduler=cosine", "train.early_stopping_patience=2", "sampler=qmc",
+    "sampler.seed=3", "pruner=wilcoxon", "study.n_trials=5", "study.direction=maximize", "study.metric=roc_auc",
+    "storage.url=sqlite:////tmp/x.db", "storage.artifacts_dir=/tmp/x_art", "workers=2",
+]
+
+
+def test_public_names_from_the_design_reach_the_typed_config_and_the_factories():
+    """Each public name of DESIGN.md's contract moves a typed field away from its default, and the
+    sampler and pruner names build the Optuna objects they name (not merely echoed back)."""
+    from llm_doe.study import make_pruner, make_sampler
+
+    default = compose_config(["+study=lr_sweep"]).config
+    cfg = compose_config(["+study=lr_sweep", *PUBLIC_OVERRIDES]).config
+    for override in PUBLIC_OVERRIDES:
+        key, value = override.split("=", 1)
+        if "." not in key:  # a group choice (model=tiny): its effect is checked below
+            continue
+        section, name = key.split(".")
+        typed, before = getattr(getattr(cfg, section), name), getattr(getattr(default, section), name)
+        assert typed != before, f"{key} did not change the typed config"
+        assert str(typed) == value or typed == type(typed)(value), (key, typed)
+    assert (cfg.model.kind, default.model.kind, cfg.data.source, default.data.source) == ("tiny", "pretrained", "csv",
+                                                                                           "tweets")
+    assert cfg.workers == 2 and default.workers == 1
+    sampler = make_sampler(cfg.sampler, build_space(cfg.study.space))
+    assert isinstance(sampler, optuna.samplers.QMCSampler)
+    assert isinstance(make_pruner(cfg.pruner), optuna.pruners.WilcoxonPruner)
+    assert resolved_direction(cfg) == "maximize"
 
 
 def test_cfg_flag_prints_config_with_the_password_masked(capsys):

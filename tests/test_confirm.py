@@ -279,7 +279,7 @@ def test_a_configuration_that_fails_on_every_seed_is_reported_not_replaced(tmp_p
     (conf / "diverge.yaml").write_text(DIVERGE_STUDY)
     args = ["+study=diverge", f"hydra.searchpath=[file://{tmp_path / 'conf'}]", *TINY, *store_args(tmp_path, "d"),
             "sampler=grid"]
-    search(args)
+    assert search(args) == 0  # a diverged trial is a FAIL with its reason; the study itself succeeds
     url = f"sqlite:///{tmp_path}/d.db"
     study = optuna.load_study(study_name="d", storage=url)
     dist = optuna.distributions.CategoricalDistribution([3.0e-3, 1.0e6])
@@ -300,4 +300,5 @@ def test_a_configuration_that_fails_on_every_seed_is_reported_not_replaced(tmp_p
     assert table.attrs["best_trial"] != lucky
     assert "2 of 4 planned runs failed" in table.attrs["summary"] and "2 of 4 planned runs failed" in out
     assert study.user_attrs["confirmation"]["best_trial"] == table.attrs["best_trial"]
-    assert Path(tmp_path / "d.db").exists()
+    reasons = [t.user_attrs.get("fail_reason", "") for t in linked.trials if t.state == TrialState.FAIL]
+    assert len(reasons) == 2 and all(r.startswith("diverged: non-finite") for r in reasons), reasons
