@@ -1324,7 +1324,7 @@ def confirmation_stats(runs: pd.DataFrame, *, direction: str | None = None, alph
     columns = [*params, "n", "values", "seeds"]
     for q in CONFIRM_QUANTITIES:
         columns += [f"{q}_mean", f"{q}_std", f"{q}_ci_low", f"{q}_ci_high"]
-    columns += ["n_paired", "diff_vs_best", "p_value", "significant", "best", "rank"]
+    columns += ["n_paired", "diff_vs_best", "p_value", "significant", "beats_best", "best", "rank"]
     rows: dict[int, dict[str, Any]] = {}
     keyed: dict[int, pd.Series] = {}
     for trial, group in done.groupby("source_trial", sort=True):
@@ -1346,10 +1346,12 @@ def confirmation_stats(runs: pd.DataFrame, *, direction: str | None = None, alph
     table = pd.DataFrame.from_dict(rows, orient="index", columns=columns)
     table.index.name = "trial"
     best: int | None = None
+    ranked_on = ""
     if rows:
         means = table["value_mean"].astype(float)
-        best = int(means.idxmax() if maximize else means.idxmin())
-        table = table.loc[means.sort_values(ascending=not maximize, kind="stable").index]
+        best, ranked_on = _pick_best(means, keyed, maximize)
+        order = [t for t in means.sort_values(ascending=not maximize, kind="stable").index if t != best]
+        table = table.loc[[best, *order]]
         for trial in table.index:
             joined = pd.concat([keyed[trial], keyed[best]], axis=1, join="inner")
             table.at[trial, "n_paired"] = len(joined)
@@ -1358,10 +1360,16 @@ def confirmation_stats(runs: pd.DataFrame, *, direction: str | None = None, alph
             else:
                 table.at[trial, "diff_vs_best"] = float((joined.iloc[:, 0] - joined.iloc[:, 1]).mean())
                 table.at[trial, "p_value"] = paired_p_value(joined.iloc[:, 0], joined.iloc[:, 1])
-        table["significant"] = table["p_value"].astype(float) < alpha
+        # Significant only where the paired difference favours the best: a significant difference
+        # the other way (possible when failed runs left unequal seed sets) is no "better than".
+        diff = table["diff_vs_best"].astype(float)
+        favours_best = diff < 0 if maximize else diff > 0
+        low_p = table["p_value"].astype(float) < alpha
+        table["significant"] = low_p & favours_best
+        table["beats_best"] = low_p & ~favours_best & (table.index != best)
         table["best"] = table.index == best
         table["rank"] = np.arange(1, len(table) + 1)
-    table = table.astype({"n": "int64", "significant": bool, "best": bool}) if rows else table
+    table = table.astype({"n": "int64", "significant": bool, "best": bool, "beats_best": bool}) if rows else table
     if rows:
         table["n_paired"] = table["n_paired"].astype("int64")
         table["rank"] = table["rank"].astype("int64")
@@ -1372,6 +1380,7 @@ def confirmation_stats(runs: pd.DataFrame, *, direction: str | None = None, alph
         "direction": direction, "metric": runs.attrs.get("metric", "value"), "alpha": alpha, "level": level,
         "best_trial": best, "n_seeds": int(table["n"].max()) if rows else 0,
         "distinguishable": bool(others["significant"].any()) if rows else False, "params": params,
+        "ranked_on": ranked_on,
     })
     table.attrs["summary"] = _confirmation_sentence(table)
     return table
@@ -1379,6 +1388,33 @@ def confirmation_stats(runs: pd.DataFrame, *, direction: str | None = None, alph
 
 def _percent(alpha: float) -> str:
     return f"{alpha * 100:g}%"
+
+
+def _pick_best(means: pd.Series, keyed: dict[int, pd.Series], maximize: bool) -> tuple[int, str]:
+    """The best configuration of a confirmation, and what it was ranked on.
+
+    With every run complete, every configuration has the same seeds and this is the best mean.
+    When runs failed, means over different seeds are not comparable (one configuration may have
+    lost its hardest seeds), so: only the configurations with the most completed seeds compete (a
+    configuration that fails on some seeds is the less reliable one), and they are ranked by their
+    mean over the seeds they all completed; with no seed in common, by their own means.
+    """
+    most = max(len(values) for values in keyed.values())
+    candidates = [t for t in means.index if len(keyed[t]) == most]
+    seed_sets = [set(keyed[t].index) for t in candidates]
+    shared = set.intersection(*seed_sets)
+    if all(s == seed_sets[0] for s in seed_sets) and len(candidates) == len(means):
+        score, ranked_on = means, "the mean over all seeds"
+    elif shared:
+        keys = sorted(shared, key=str)
+        score = pd.Series({t: float(keyed[t].loc[keys].mean()) for t in candidates})
+        ranked_on = (f"the mean over the {len(keys)} seed(s) that the {len(candidates)} configuration(s) with the "
+                     f"most completed runs ({most}) all completed")
+    else:
+        score = means.loc[candidates]
+        ranked_on = (f"unpaired means: the configurations with the most completed runs ({most}) share no seed")
+    score = score.loc[[t for t in means.index if t in score.index]]  # ties: the table's order (earlier trial)
+    return int(score.idxmax() if maximize else score.idxmin()), ranked_on
 
 
 def _confirmation_sentence(table: pd.DataFrame) -> str:
@@ -1398,18 +1434,27 @@ def _confirmation_sentence(table: pd.DataFrame) -> str:
         return f"Only one configuration was confirmed ({seeds}): {where}; there is nothing to compare it with."
     others = table[~table["best"]]
     better = [int(t) for t in others.index[others["significant"]]]
-    same = [int(t) for t in others.index[~others["significant"]]]
+    beats = [int(t) for t in others.index[others["beats_best"]]] if "beats_best" in others else []
+    same = [int(t) for t in others.index[~others["significant"] & ~others.index.isin(beats)]]
+    caveat = ""
+    if attrs.get("ranked_on") and attrs["ranked_on"] != "the mean over all seeds":
+        caveat = f" Some runs failed, so the best was chosen by {attrs['ranked_on']}."
+    if beats:
+        caveat += (f" On the seeds both completed, {', '.join(f'#{t}' for t in beats)} did significantly better than "
+                   f"#{best} (paired t-test): the ranking rests on unequal seed sets; re-run the failed seeds.")
+    if beats and not better:
+        return f"{where[0].upper()}{where[1:]} over {seeds}.{caveat}"
     if not better:
         p = others["p_value"].astype(float)
         smallest = f", smallest p = {p.min():.2g}" if p.notna().any() else ""
         return (f"The top configurations are not distinguishable at the {_percent(alpha)} level with {seeds}: "
                 f"{where}, but no other configuration differs from it significantly (paired t-test over seeds"
-                f"{smallest}). Any of them will do; more seeds may separate them.")
+                f"{smallest}). Any of them will do; more seeds may separate them." + caveat)
     text = (f"{where[0].upper()}{where[1:]} over {seeds} and is better than {', '.join(f'#{t}' for t in better)} "
             f"at the {_percent(alpha)} level (paired t-test over seeds).")
     if same:
         text += f" It is not distinguishable from {', '.join(f'#{t}' for t in same)} at that level with {seeds}."
-    return text
+    return text + caveat
 
 
 def confirmation_table(storage: StudyRef, study_name: str, *, missing_ok: bool = False) -> pd.DataFrame | None:
@@ -1460,12 +1505,14 @@ def confirmation_table(storage: StudyRef, study_name: str, *, missing_ok: bool =
                 extra.at[trial, c] = _to_python(first[c].iloc[0]) if len(first) and c in first else math.nan
             extra.at[trial, "n"], extra.at[trial, "values"], extra.at[trial, "seeds"] = 0, [], []
             extra.at[trial, "significant"], extra.at[trial, "best"] = False, False
+            extra.at[trial, "beats_best"] = False
         saved = dict(table.attrs)
         table = pd.concat([table, extra]) if len(table) else extra
         table.attrs.update(saved)
         table["n"] = table["n"].astype("int64")
         table["significant"] = table["significant"].astype(bool)
         table["best"] = table["best"].astype(bool)
+        table["beats_best"] = table["beats_best"].astype(bool)
         table["rank"] = pd.to_numeric(table["rank"], errors="coerce").astype("Int64")
         for c in table.columns:
             if c.endswith(("_mean", "_std", "_ci_low", "_ci_high")) or c in ("diff_vs_best", "p_value"):

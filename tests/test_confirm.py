@@ -97,6 +97,33 @@ def test_pairs_missing_a_seed_are_paired_on_the_seeds_both_have():
     assert table.loc[2, "p_value"] == pytest.approx(stats.ttest_rel([0.70, 0.78], [0.50, 0.55]).pvalue)
 
 
+def test_failed_runs_do_not_let_a_configuration_win_on_easier_seeds():
+    """#1 lost its two hardest seeds to failures: its mean over the rest (0.45) beats #2's mean over
+    all five (0.62), yet on the seeds both completed #2 is better on every one. The best is the
+    configuration that completed the most seeds, and no "better than" goes against the paired sign."""
+    runs = _runs({1: [0.40, 0.50, 0.45, 0.95, 0.97], 2: [0.35, 0.46, 0.40, 0.90, 0.99]})
+    runs = runs[~((runs["source_trial"] == 1) & runs["seed"].isin([3, 4]))]
+    table = analysis.confirmation_stats(runs)
+    assert table.loc[1, "value_mean"] < table.loc[2, "value_mean"]  # the unpaired means favour #1
+    assert table.attrs["best_trial"] == 2 and list(table.index) == [2, 1]
+    assert "most completed runs" in table.attrs["ranked_on"] and "Some runs failed" in table.attrs["summary"]
+    assert table.loc[1, "significant"] and "is better than #1" in table.attrs["summary"]  # paired: 3 of 3 seeds
+
+
+def test_a_significant_difference_against_the_best_is_not_called_better():
+    """#2 failed on two seeds, so #1 (all five) is the best; on the three seeds both completed #2
+    is significantly better. The verdict says so and never calls #1 better than #2."""
+    runs = _runs({1: [0.50, 0.60, 0.70, 0.80, 0.90], 2: [0.40, 0.51, 0.59, 0.0, 0.0]})
+    runs = runs[~((runs["source_trial"] == 2) & runs["seed"].isin([3, 4]))]
+    table = analysis.confirmation_stats(runs)
+    assert table.attrs["best_trial"] == 1
+    assert table.loc[2, "diff_vs_best"] < 0 and table.loc[2, "p_value"] < 0.05
+    assert not table.loc[2, "significant"] and table.loc[2, "beats_best"]
+    assert table.attrs["distinguishable"] is False
+    summary = table.attrs["summary"]
+    assert "is better than #2" not in summary and "#2 did significantly better than #1" in summary
+
+
 # ---------------------------------------------------------------------------------------------
 # End to end: a tiny study confirmed with real runs
 # ---------------------------------------------------------------------------------------------
