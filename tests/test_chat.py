@@ -1,0 +1,114 @@
+"""Chat data: the packaged chatterbot corpus, user JSONL files, the grouped split, completion labels."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from llm_doe.finetune.chat import (
+    IGNORE_INDEX,
+    chatterbot_conversations,
+    encode_chat,
+    read_jsonl,
+    split_conversations,
+)
+from llm_doe.finetune.model import load_tokenizer
+from llm_doe.schema import ConfigError, ModelConfig
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    return chatterbot_conversations()
+
+
+def _key(conversation):
+    return " ".join(conversation[0]["content"].lower().split())
+
+
+def test_the_packaged_corpus_is_alternating_user_assistant_conversations(corpus):
+    assert len(corpus) > 2000
+    for conversation in corpus:
+        assert [m["role"] for m in conversation] == ["user", "assistant"] * (len(conversation) // 2)
+        assert all(m["content"].strip() == m["content"] and m["content"] for m in conversation)
+    assert any(len(c) > 2 for c in corpus)  # multi-turn conversations are kept whole
+
+
+def test_split_is_seeded_exact_and_keeps_each_prompt_in_one_split(corpus):
+    splits = split_conversations(corpus, train_size=None, val_size=150, test_size=200, seed=7)
+    assert (len(splits.val), len(splits._test)) == (150, 200)
+    assert len(splits.train) + 350 == len(corpus)
+    keys = [{_key(c) for c in part} for part in (splits.train, splits.val, splits._test)]
+    assert not (keys[0] & keys[1]) and not (keys[0] & keys[2]) and not (keys[1] & keys[2])
+    again = split_conversations(corpus, train_size=300, val_size=150, test_size=200, seed=7)
+    assert again._test == splits._test  # the test split depends on test_size and the seed alone
+    assert len(again.train) == 300 and set(map(_key, again.train)) <= keys[0] | set(map(_key, again.train))
+    other = split_conversations(corpus, train_size=None, val_size=150, test_size=200, seed=8)
+    assert other._test != splits._test
+    assert splits.test_reads == 0 and splits.test is splits._test and splits.test_reads == 1
+
+
+def test_split_refuses_sizes_the_data_cannot_give(corpus):
+    with pytest.raises(ConfigError, match="data.test_size: 5000 is more than"):
+        split_conversations(corpus, train_size=None, val_size=10, test_size=5000, seed=0)
+
+
+def test_jsonl_takes_both_layouts_and_renamed_fields(tmp_path):
+    path = tmp_path / "chat.jsonl"
+    lines = [{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+                           {"role": "assistant", "content": "Hello."}]},
+             {"prompt": "2+2?", "response": "4"}, {}]
+    path.write_text("\n".join(json.dumps(x) for x in lines[:2]) + "\n\n")
+    conversations = read_jsonl(path)
+    assert [m["role"] for m in conversations[0]] == ["system", "user", "assistant"]
+    assert conversations[1] == [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]
+    renamed = tmp_path / "renamed.jsonl"
+    renamed.write_text(json.dumps({"question": "Why?", "answer": "Because."}) + "\n")
+    assert read_jsonl(renamed, "question", "answer")[0][1]["content"] == "Because."
+
+
+@pytest.mark.parametrize("line, message", [
+    ('{"prompt": "only a prompt"}', "renamed.jsonl:2: needs 'messages' or string fields 'prompt' and 'response' "
+                                    "(missing: response"),
+    ("not json", "renamed.jsonl:2: not JSON"),
+    ('{"messages": [{"role": "user", "content": "no answer"}]}', "renamed.jsonl:2: the conversation has no "
+                                                                 "assistant turn"),
+    ('{"messages": [{"role": "bot", "content": "x"}]}', "renamed.jsonl:2: messages[0] needs a role"),
+])
+def test_a_bad_jsonl_line_is_refused_with_its_line_number(tmp_path, line, message):
+    path = tmp_path / "renamed.jsonl"
+    path.write_text(json.dumps({"prompt": "fine", "response": "yes"}) + "\n" + line + "\n")
+    with pytest.raises(ConfigError) as err:
+        read_jsonl(path)
+    assert err.value.key == "data.path" and message in err.value.message
+
+
+def test_a_missing_jsonl_file_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="no such file"):
+        read_jsonl(tmp_path / "absent.jsonl")
+
+
+def test_completion_labels_cover_the_answer_and_its_end_marker_only():
+    """A tokenizer without a chat template (MiniLM's) gets ChatML; the labels are exactly the
+    assistant's answer and the end-of-turn marker after it."""
+    tokenizer, _ = load_tokenizer(ModelConfig())
+    conversation = [{"role": "user", "content": "what can you eat"},
+                    {"role": "assistant", "content": "ram and binary digits"}]
+    encoded = encode_chat([conversation], tokenizer, 128)
+    ids, labels = encoded.input_ids[0], encoded.labels[0]
+    answer = tokenizer.decode(ids[labels != IGNORE_INDEX])
+    assert answer.startswith("ram and binary digits") and "im _ end" in answer and "what can you eat" not in answer
+    assert tokenizer.decode(ids).startswith("< | im _ start | > user what can you eat")
+    everything = encode_chat([conversation], tokenizer, 128, loss_on="all")
+    assert np.array_equal(everything.labels[0], everything.input_ids[0])
+    assert encoded.label_tokens == int((labels != IGNORE_INDEX).sum()) < len(ids)
+
+
+def test_an_answer_cut_off_by_max_length_drops_its_conversation(caplog):
+    tokenizer, _ = load_tokenizer(ModelConfig())
+    long_prompt = [{"role": "user", "content": "word " * 40}, {"role": "assistant", "content": "short"}]
+    short = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    encoded = encode_chat([long_prompt, short], tokenizer, 32)
+    assert len(encoded) == 1 and encoded.dropped == 1 and encoded.lengths.tolist() == [len(encoded.input_ids[0])]
+    assert "1 of 2 conversations dropped" in caplog.text
