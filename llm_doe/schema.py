@@ -200,6 +200,27 @@ class FinalConfig:
 
 
 @dataclass
+class PeftConfig:
+    """A parameter-efficient fine-tuning method and its hyperparameters (peft), searchable."""
+
+    # none | lora | ia3 | prefix | prompt
+    method: str = "none"
+    # LoRA rank.
+    r: int = 8
+    # LoRA alpha; null = alpha_ratio x r (the literature searches the ratio, not alpha).
+    alpha: Optional[float] = None
+    alpha_ratio: float = 2.0
+    # Dropout on the LoRA input.
+    dropout: float = 0.05
+    # attention | attention_mlp | all_linear, or a list of module names (suffixes).
+    target_modules: Any = "attention"
+    # rsLoRA: scale by alpha / sqrt(r) instead of alpha / r (higher ranks then help).
+    use_rslora: bool = False
+    # Virtual tokens of prefix and prompt tuning.
+    num_virtual_tokens: int = 20
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)

@@ -1,0 +1,144 @@
+"""PEFT methods as trial settings: wrap a freshly built model, train it, unwrap it.
+
+Each trial wraps the model its factory built (base weights reused in memory, adapters new and
+drawn from the trial's seed) with the configured method, and unwraps it afterwards, so the
+next trial starts from the pretrained weights again (the factory then re-copies every tensor,
+so nothing a trial trained survives). The methods are peft's own (``LoraConfig``,
+``IA3Config``, ``PrefixTuningConfig``, ``PromptTuningConfig``); this module only maps our
+config onto them and refuses what cannot work, naming the key.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from torch import nn
+
+from llm_doe.schema import ConfigError, PeftConfig
+
+METHODS = ("none", "lora", "ia3", "prefix", "prompt")
+PRESETS = ("attention", "attention_mlp", "all_linear")
+
+#: Module-name suffixes of each preset, per family of architectures (model_type).
+_ATTENTION = {"llama": ["q_proj", "k_proj", "v_proj", "o_proj"],
+              "bert": ["query", "key", "value", "attention.output.dense"]}
+_MLP = {"llama": ["gate_proj", "up_proj", "down_proj"], "bert": ["intermediate.dense", "output.dense"]}
+_FAMILY = {"llama": "llama", "mistral": "llama", "qwen2": "llama", "qwen3": "llama", "smollm3": "llama",
+           "gemma": "llama", "gemma2": "llama", "phi3": "llama", "bert": "bert", "roberta": "bert",
+           "xlm-roberta": "bert", "electra": "bert"}
+#: IA3's feed-forward modules (rescaled on their input), per family.
+_IA3_FEEDFORWARD = {"llama": ["down_proj"], "bert": ["output.dense"]}
+#: peft task types by what the model is for.
+TASK_TYPES = {"classification": "SEQ_CLS", "causal_lm": "CAUSAL_LM"}
+
+
+def is_encoder(model: nn.Module) -> bool:
+    """An encoder-only model (BERT and kin): no causal attention, no key/value cache."""
+    config = model.config
+    return not getattr(config, "is_decoder", False) and config.model_type in (
+        "bert", "roberta", "xlm-roberta", "electra", "distilbert", "albert", "deberta", "deberta-v2", "mpnet")
+
+
+def linear_names(model: nn.Module) -> list[str]:
+    """The names of the model's linear layers, what ``peft.target_modules`` may name."""
+    return [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+
+
+def resolve_targets(model: nn.Module, targets: Any, method: str = "lora") -> Any:
+    """``peft.target_modules`` as peft takes it: a preset's suffixes for this architecture,
+    ``"all-linear"``, or the user's list checked against the model's linear layers."""
+    names = linear_names(model)
+    if isinstance(targets, str):
+        if targets not in PRESETS:
+            raise ConfigError("peft.target_modules", f"unknown preset {targets!r}; use one of {'|'.join(PRESETS)} or "
+                                                     "a list of module names")
+        if targets == "all_linear":
+            return "all-linear"
+        family = _FAMILY.get(model.config.model_type)
+        if family is None:
+            raise ConfigError("peft.target_modules", f"no {targets!r} preset for model type "
+                                                     f"{model.config.model_type!r}: give a list of module names "
+                                                     f"(its linear layers end in {_leaf_names(names)})")
+        return _ATTENTION[family] + (_MLP[family] if targets == "attention_mlp" else [])
+    wanted = [str(t) for t in targets]
+    missing = [t for t in wanted if not any(n == t or n.endswith("." + t) for n in names)]
+    if missing:
+        raise ConfigError("peft.target_modules", f"the model has no module {', '.join(map(repr, missing))}; its "
+                                                 f"linear layers end in {_leaf_names(names)}")
+    return wanted
+
+
+def _leaf_names(names: list[str]) -> str:
+    leaves = sorted({n.rsplit(".", 1)[-1] for n in names})
+    return ", ".join(leaves)
+
+
+def lora_alpha(cfg: PeftConfig) -> float:
+    """``peft.alpha``, or ``peft.alpha_ratio`` x ``peft.r`` when alpha is null."""
+    return float(cfg.alpha) if cfg.alpha is not None else cfg.alpha_ratio * cfg.r
+
+
+def check(cfg: PeftConfig, model: nn.Module, task: str) -> None:
+    """Refuse a method the model cannot take, before any trial runs (one line, the key named)."""
+    if cfg.method not in METHODS:
+        raise ConfigError("peft.method", f"must be one of {'|'.join(METHODS)}, got {cfg.method!r}")
+    if cfg.method == "prefix" and is_encoder(model):
+        raise ConfigError("peft.method", f"prefix tuning needs a decoder that takes past key values; "
+                                         f"{model.config.model_type!r} is an encoder (use lora, ia3 or prompt)")
+    if cfg.method in ("lora", "ia3"):
+        resolve_targets(model, cfg.target_modules, cfg.method)
+
+
+def peft_config(cfg: PeftConfig, model: nn.Module, task: str) -> Any:
+    """peft's config object for ``cfg`` on ``model``."""
+    import peft
+
+    task_type = TASK_TYPES[task]
+    if cfg.method == "lora":
+        return peft.LoraConfig(r=cfg.r, lora_alpha=lora_alpha(cfg), lora_dropout=cfg.dropout,
+                               target_modules=resolve_targets(model, cfg.target_modules), use_rslora=cfg.use_rslora,
+                               task_type=task_type)
+    if cfg.method == "ia3":
+        targets = resolve_targets(model, cfg.target_modules, "ia3")
+        family = _FAMILY.get(model.config.model_type)
+        feedforward = [t for t in (_IA3_FEEDFORWARD.get(family or "", [])) if isinstance(targets, list) and t in targets]
+        return peft.IA3Config(target_modules=targets, feedforward_modules=feedforward, task_type=task_type)
+    if cfg.method == "prefix":
+        return peft.PrefixTuningConfig(num_virtual_tokens=cfg.num_virtual_tokens, task_type=task_type)
+    if cfg.method == "prompt":
+        return peft.PromptTuningConfig(num_virtual_tokens=cfg.num_virtual_tokens, task_type=task_type)
+    raise ConfigError("peft.method", f"must be one of {'|'.join(METHODS)}, got {cfg.method!r}")
+
+
+def wrap(model: nn.Module, cfg: PeftConfig, task: str) -> nn.Module:
+    """The model with ``cfg``'s adapters (drawn from the current torch RNG: seed first), or the
+    model itself for ``peft.method=none``."""
+    if cfg.method == "none":
+        return model
+    import peft
+
+    return peft.get_peft_model(model, peft_config(cfg, model, task))
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The base model without adapters (not merged), for the factory to reuse."""
+    import peft
+
+    if not isinstance(model, peft.PeftModel):
+        return model
+    if model.peft_config[model.active_adapter].is_prompt_learning:
+        return model.get_base_model()
+    return model.unload()
+
+
+def param_counts(model: nn.Module) -> dict[str, int]:
+    """``trainable_params`` and ``total_params`` (adapters included; the base counted once)."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return {"trainable_params": int(trainable), "total_params": int(total)}
+
+
+def effective_scale(cfg: PeftConfig) -> float:
+    """LoRA's update scale: alpha / r, or alpha / sqrt(r) with rsLoRA (what the rate multiplies)."""
+    return lora_alpha(cfg) / (math.sqrt(cfg.r) if cfg.use_rslora else cfg.r)
