@@ -130,7 +130,7 @@ def best_optimizer_step(trial: FrozenTrial, cfg: Config, n_train: int, storage: 
     training loop places evaluations (``train.evals_per_epoch`` per epoch); None (the full run)
     when the trial recorded no best evaluation.
     """
-    from llm_doe.finetune.loop import _eval_points
+    from llm_doe.finetune.loop import eval_points
 
     best = trial.user_attrs.get("best_step")
     if not isinstance(best, int) or best < 1:
@@ -139,7 +139,7 @@ def best_optimizer_step(trial: FrozenTrial, cfg: Config, n_train: int, storage: 
         if record.get("step") == best and isinstance(record.get("optimizer_step"), int):
             return int(record["optimizer_step"]), f"evaluation {best} in the trial's metrics.json"
     steps_per_epoch = math.ceil(n_train / cfg.train.batch_size)
-    points = _eval_points(steps_per_epoch, cfg.train.evals_per_epoch)
+    points = eval_points(steps_per_epoch, cfg.train.evals_per_epoch)
     epoch, index = divmod(best - 1, len(points))
     return epoch * steps_per_epoch + points[index], f"evaluation {best}, placed as the training loop places it"
 
