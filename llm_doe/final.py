@@ -5,8 +5,10 @@ test split is read once, here, after every decision is made. The configuration i
 ``final.trial`` if given, else the confirmed best (``python -m llm_doe.confirm``), else the
 study's best trial. It is trained on the train split up to the optimizer step of the trial's best
 evaluation (so, with the same seed, it is the model the trial selected), or with
-``final.use_val=true`` on train+val for the same number of steps; then evaluated once on the
-test split and exported to ``final.output_dir`` (default ``studies/<name>/final/``):
+``final.use_val=true`` on train+val for the same number of steps, replaying the trial's
+learning-rate schedule step for step (its total and warmup steps sized on the trial's train
+split) with batches drawn from the larger pool; then evaluated once on the test split and
+exported to ``final.output_dir`` (default ``studies/<name>/final/``):
 
 * ``config.json``, ``model.safetensors``, tokenizer files: ``save_pretrained``, with the label
   names in ``id2label``, so ``AutoModelForSequenceClassification.from_pretrained(folder)`` and
@@ -56,7 +58,7 @@ best trial), evaluates it ONCE on the held-out test split and exports it to fina
 (default studies/NAME/final/): save_pretrained model and tokenizer, config.yaml,
 test_metrics.json, roc.csv, roc.png and a model card (README.md). Pass the search's overrides.
   final.trial=N          export trial N (a COMPLETE trial) instead
-  final.use_val=true     train on train+val (same optimizer steps as the trial's best evaluation)
+  final.use_val=true     train on train+val (the trial's optimizer steps and learning rates)
   final.overwrite=true   replace an existing export (a second look at the test split)
   --cfg                  print the composed config and exit
   -h, --help             this help
@@ -76,8 +78,9 @@ class FinalPlan:
     trial_config: DictConfig
     config: Config
     output_dir: Path
-    max_steps: int | None
+    max_steps: int
     steps_source: str
+    schedule_steps: int  # the trial's learning-rate schedule: its total steps, on its train split
     confirmation: Any  # the confirmation table (pandas) or None
 
 
@@ -122,24 +125,29 @@ def _trial_history(trial: FrozenTrial, storage: optuna.storages.BaseStorage, art
         return []
 
 
+def schedule_steps(cfg: Config, n_train: int) -> int:
+    """The trial's learning-rate schedule length: ``train.num_epochs`` epochs of its train split."""
+    return math.ceil(n_train / cfg.train.batch_size) * cfg.train.num_epochs
+
+
 def best_optimizer_step(trial: FrozenTrial, cfg: Config, n_train: int, storage: optuna.storages.BaseStorage
-                        ) -> tuple[int | None, str]:
+                        ) -> tuple[int, str]:
     """The optimizer step of the trial's best evaluation, and where the number comes from.
 
     From the trial's ``metrics.json`` when its artifacts are at hand, else computed the way the
-    training loop places evaluations (``train.evals_per_epoch`` per epoch); None (the full run)
-    when the trial recorded no best evaluation.
+    training loop places evaluations (:func:`~llm_doe.finetune.loop.eval_points`); the trial's
+    full step count when it recorded no best evaluation.
     """
-    from llm_doe.finetune.loop import _eval_points
+    from llm_doe.finetune.loop import eval_points
 
     best = trial.user_attrs.get("best_step")
     if not isinstance(best, int) or best < 1:
-        return None, "the trial recorded no best evaluation: the full run"
+        return schedule_steps(cfg, n_train), "the trial recorded no best evaluation: the full run"
     for record in _trial_history(trial, storage, cfg.storage.artifacts_dir):
         if record.get("step") == best and isinstance(record.get("optimizer_step"), int):
             return int(record["optimizer_step"]), f"evaluation {best} in the trial's metrics.json"
     steps_per_epoch = math.ceil(n_train / cfg.train.batch_size)
-    points = _eval_points(steps_per_epoch, cfg.train.evals_per_epoch)
+    points = eval_points(steps_per_epoch, cfg.train.evals_per_epoch)
     epoch, index = divmod(best - 1, len(points))
     return epoch * steps_per_epoch + points[index], f"evaluation {best}, placed as the training loop places it"
 
@@ -179,7 +187,8 @@ def make_plan(composed: Composed) -> FinalPlan:
         confirmation = analysis.confirmation_table(storage, parent.study_name, missing_ok=True)
     except Exception as err:  # noqa: BLE001 - the card says it could not be read
         log.warning("could not read the confirmation of %s: %s", parent.study_name, err)
-    return FinalPlan(parent, storage, trial, chosen_by, trial_dc, trial_cfg, out, max_steps, source, confirmation)
+    return FinalPlan(parent, storage, trial, chosen_by, trial_dc, trial_cfg, out, max_steps, source,
+                     schedule_steps(trial_cfg, len(train_data)), confirmation)
 
 
 def _masked(trial_dc: DictConfig) -> dict[str, Any]:
@@ -297,6 +306,7 @@ def model_card(plan: FinalPlan, *, sizes: dict[str, int], label_names: list[str]
               f"{t.weight_decay}, seed {t.seed}, {metrics['precision']} "
               f"{'autocast (weights kept in fp32)' if metrics['precision'] != 'fp32' else 'arithmetic'}; "
               "test metrics computed in fp32. The full resolved config is in `config.yaml`.", "",
+              _schedule_sentence(plan, metrics), "",
               "## How to use it", "", "```python",
               "from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline", "",
               "folder = \"path/to/this/folder\"",
@@ -316,6 +326,16 @@ def model_card(plan: FinalPlan, *, sizes: dict[str, int], label_names: list[str]
               f"- Exported {_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')} by "
               "`python -m llm_doe.final`."]
     return "\n".join(lines) + "\n"
+
+
+def _schedule_sentence(plan: FinalPlan, metrics: dict[str, Any]) -> str:
+    """The card's statement of the learning-rate rule: the trial's schedule, replayed."""
+    t = plan.config.train
+    return (f"Learning-rate schedule: the trial's own, {plan.schedule_steps} steps long, "
+            f"{int(t.warmup_ratio * plan.schedule_steps)} of them warmup (sized on the trial's train split), stopped "
+            f"at step {metrics['optimizer_steps']} with the rate at {metrics['last_learning_rate']:.4g}. The final "
+            "run replays it step for step whatever it trains on: on train+val the batches come from the larger "
+            "pool, but every step has the rate it had in the trial, so no rate is used that no trial validated.")
 
 
 def run(composed: Composed) -> int:
@@ -347,14 +367,14 @@ def run(composed: Composed) -> int:
         trained_on = f"the train split ({len(train_data)} examples)"
     log.info("final: study %s, trial #%d (%s): %s; training on %s for %s", plan.parent.study_name,
              plan.trial.number, plan.chosen_by, " ".join(f"{k}={v}" for k, v in plan.trial.params.items()),
-             trained_on, f"{plan.max_steps} optimizer steps ({plan.steps_source})" if plan.max_steps else
-             "the full run")
+             trained_on, f"{plan.max_steps} of the trial's {plan.schedule_steps} scheduled optimizer steps "
+             f"({plan.steps_source})")
     model = model_factory(cfg.model, splits.num_labels).build(cfg.train.seed, cfg.model.dropout)
     runtime = resolve_runtime(cfg.runtime.device, cfg.train.precision, cfg.runtime.log_every_steps, cfg.runtime.progress)
     pad_id = tokenizer.pad_token_id or 0
     started = time.perf_counter()
     result = train(model, train_data, None, cfg.train, runtime, pad_id=pad_id, metric=cfg.study.metric,
-                   max_steps=plan.max_steps, desc="final")
+                   max_steps=plan.max_steps, schedule_steps=plan.schedule_steps, desc="final")
 
     test = splits.test  # the one read of the held-out split in the whole study
     sizes["test"] = len(test)
@@ -369,6 +389,7 @@ def run(composed: Composed) -> int:
         "trained_on": "train+val" if cfg.final.use_val else "train", "n_train": len(train_data),
         "optimizer_steps": int(result.cost["optimizer_steps"]), "examples_seen": int(result.cost["examples_seen"]),
         "precision": result.cost["precision"], "max_steps": plan.max_steps, "steps_source": plan.steps_source,
+        "schedule_steps": plan.schedule_steps, "last_learning_rate": result.last_learning_rate,
         "train_time_s": time.perf_counter() - started,
         "label_names": list(splits.label_names), "split_sizes": sizes,
         "test_split_reads_in_this_process": splits.test_reads,

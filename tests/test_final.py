@@ -9,14 +9,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 import pytest
 from optuna.trial import TrialState
 
+from llm_doe.analysis import load_artifacts
 from llm_doe.confirm import main as confirm
+from llm_doe.final import best_optimizer_step
 from llm_doe.final import main as final
-from llm_doe.finetune.data import load_splits
-from llm_doe.finetune.loop import resolve_runtime
+from llm_doe.finetune.data import Encoded, encoded_splits, load_splits
+from llm_doe.finetune.loop import resolve_runtime, train
+from llm_doe.finetune.model import load_tokenizer, model_factory
 from llm_doe.search import compose_config
 from tests.conftest import REPO, TINY, searched_lr_study, store_args
 
@@ -99,14 +103,53 @@ def test_final_reads_the_test_split_once_and_exports_a_folder_that_loads_offline
     assert predicted["accuracy"] == pytest.approx(metrics["accuracy"], abs=1e-12)
 
 
-def test_use_val_trains_on_train_and_val_for_the_same_steps(study):
+def _metrics_json(study: dict[str, Any], number: int) -> list[dict[str, Any]]:
+    """A trial's metrics.json (every evaluation), read from the study's artifact folder."""
+    artifacts = load_artifacts(study["url"], "lr")
+    row = artifacts[(artifacts["trial"] == number) & (artifacts["filename"] == "metrics.json")].iloc[-1]
+    return json.loads((study["tmp"] / "art" / row["artifact_id"]).read_text())
+
+
+def test_use_val_trains_on_train_and_val_for_the_same_steps_and_learning_rates(study):
     out = study["tmp"] / "export_val"
     assert final([*study["args"], f"final.output_dir={out}", "final.use_val=true", "final.trial=0"]) == 0
     metrics = json.loads((out / "test_metrics.json").read_text())
     assert metrics["trial"] == 0 and metrics["chosen_by"] == "set by final.trial"
     assert metrics["trained_on"] == "train+val" and metrics["n_train"] == 160 + 64
     assert metrics["optimizer_steps"] == metrics["max_steps"]
-    assert "train+val (224 examples)" in (out / "README.md").read_text()
+    # The trial's schedule (160 examples, batch 16, 1 epoch: 10 steps), not one stretched over
+    # the 224 of train+val (14 steps): at the stop the rate is the trial's at its best evaluation.
+    parent = optuna.load_study(study_name="lr", storage=study["url"])
+    best = parent.trials[0].user_attrs["best_step"]
+    at_best = next(r for r in _metrics_json(study, 0) if r["step"] == best)
+    assert metrics["schedule_steps"] == 10 and metrics["max_steps"] == at_best["optimizer_step"]
+    assert metrics["last_learning_rate"] == pytest.approx(at_best["learning_rate"], rel=1e-9, abs=1e-15)
+    card = (out / "README.md").read_text()
+    assert "train+val (224 examples)" in card
+    assert "Learning-rate schedule: the trial's own, 10 steps long, 1 of them warmup" in card
+    assert f"stopped at step {at_best['optimizer_step']}" in card
+
+
+def test_best_step_fallback_places_evaluations_as_the_loop_does(tmp_path):
+    """Without the trial's metrics.json, the optimizer step of evaluation k is computed: it must be
+    the loop's, also when an epoch has fewer steps than evaluations (batch 128 on 200 examples)."""
+    cfg = compose_config(["+study=lr_sweep", *TINY, *store_args(tmp_path, "x"), "train.batch_size=128",
+                          "train.evals_per_epoch=4", "train.num_epochs=2"]).config
+    tokenizer, key = load_tokenizer(cfg.model)
+    train_data, val_data, splits = encoded_splits(cfg.data, tokenizer, key)
+    ids = [*train_data.input_ids, *val_data.input_ids][:200]
+    pool = Encoded(ids, np.concatenate([train_data.labels, val_data.labels])[:200], np.array([len(x) for x in ids]))
+    model = model_factory(cfg.model, splits.num_labels).build(cfg.train.seed, 0.1)
+    result = train(model, pool, val_data, cfg.train, resolve_runtime("cpu", "fp32"), pad_id=tokenizer.pad_token_id)
+    assert len(result.history) == 8
+    storage = optuna.storages.InMemoryStorage()
+    for record in result.history:
+        trial = optuna.trial.create_trial(state=TrialState.COMPLETE, value=0.5,
+                                          user_attrs={"best_step": record["step"]})
+        step, source = best_optimizer_step(trial, cfg, 200, storage)
+        assert step == record["optimizer_step"] and "placed as the training loop places it" in source
+    trial = optuna.trial.create_trial(state=TrialState.COMPLETE, value=0.5)
+    assert best_optimizer_step(trial, cfg, 200, storage) == (4, "the trial recorded no best evaluation: the full run")
 
 
 def test_an_existing_export_is_not_replaced_without_overwrite(study, capsys):

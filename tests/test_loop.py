@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import numpy as np
 import pytest
 import torch
+from transformers import GPT2Config, GPT2ForSequenceClassification, LlamaConfig, LlamaForSequenceClassification
 
-from llm_doe.finetune.data import encoded_splits
+from llm_doe.finetune import loop as loop_module
+from llm_doe.finetune.data import Encoded, encoded_splits
 from llm_doe.finetune.loop import (
     CheckpointError,
     Diverged,
     Interrupted,
-    _param_groups,
     batch_order,
+    eval_points,
+    evaluate,
     native_bf16,
+    param_groups,
     resolve_runtime,
     train,
 )
@@ -118,13 +123,34 @@ def test_native_bf16_on_cuda_means_ampere_or_later(monkeypatch, capability, expe
     assert native_bf16(torch.device("cuda")) is expected
 
 
-def test_no_weight_decay_on_bias_and_layernorm(setup):
-    model = setup[3].build(0, 0.1)
-    decay, no_decay = _param_groups(model, 0.1)
+def _tiny_llama() -> torch.nn.Module:
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=1000, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=4, num_labels=2, pad_token_id=0,
+                         attention_bias=True, mlp_bias=True)  # biases too, as some decoders have
+    return LlamaForSequenceClassification(config)
+
+
+@pytest.mark.parametrize("arch", ["tiny-bert", "llama"])
+def test_no_weight_decay_on_any_norm_weight_or_bias(setup, arch):
+    model = setup[3].build(0, 0.1) if arch == "tiny-bert" else _tiny_llama()
+    decay, no_decay = param_groups(model, 0.1)
     names = {id(p): n for n, p in model.named_parameters()}
+    decayed = {names[id(p)] for p in decay["params"]}
+    exempt = {names[id(p)] for p in no_decay["params"]}
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
-    assert all(not names[id(p)].endswith("bias") and "LayerNorm" not in names[id(p)] for p in decay["params"])
-    assert any("LayerNorm" in names[id(p)] for p in no_decay["params"])
+    assert decayed | exempt == set(names.values()) and not decayed & exempt
+    norms = {n for n in names.values() if "norm" in n.lower()}  # LayerNorm; input_/post_attention_layernorm, norm
+    biases = {n for n in names.values() if n.endswith("bias")}
+    assert norms and biases and norms | biases <= exempt
+    assert all(p.ndim == 2 for p in decay["params"])  # the matrices (and embeddings) are decayed
+    matrices = {n for n, p in model.named_parameters() if p.ndim == 2}
+    assert decayed == matrices
+    if arch == "llama":
+        assert {"model.layers.0.input_layernorm.weight", "model.layers.1.post_attention_layernorm.weight",
+                "model.norm.weight"} <= exempt
+        assert {"model.layers.0.self_attn.q_proj.weight", "model.layers.1.mlp.down_proj.weight",
+                "score.weight"} <= decayed
 
 
 def test_length_grouped_batches_cover_everything_once_and_pad_less():
@@ -304,3 +330,120 @@ def test_a_model_with_hooks_is_not_reused(setup):
     model.register_forward_hook(lambda *a: None)
     factory.release(model)
     assert factory.build(0, 0.1) is not model
+
+
+def _join(*parts: Encoded, limit: int | None = None) -> Encoded:
+    ids = [x for part in parts for x in part.input_ids][:limit]
+    labels = np.concatenate([part.labels for part in parts])[:limit]
+    return Encoded(ids, labels, np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids)))
+
+
+def test_schedule_steps_replays_the_trials_learning_rates_on_a_larger_pool(setup):
+    tokenizer, train_data, val_data, factory = setup
+    # 160 examples, batch 16: 10 steps an epoch, a 20-step schedule with int(0.2 * 20) = 4 warmup
+    # steps; an evaluation after every step records every step's rate.
+    cfg = TrainConfig(learning_rate=3e-3, num_epochs=2, evals_per_epoch=10, warmup_ratio=0.2, seed=3)
+    trial = train(factory.build(3, 0.1), train_data, val_data, cfg, CPU, pad_id=tokenizer.pad_token_id)
+    rates = {r["optimizer_step"]: r["learning_rate"] for r in trial.history}
+    assert sorted(rates) == list(range(1, 21)) and rates[20] == 0.0
+
+    # The final model on train+val (224 examples: 14 steps an epoch, so 28 steps and 5 warmup
+    # steps if the schedule were sized on the pool) stops at step 15, in the pool's 2nd epoch.
+    pool = _join(train_data, val_data)
+    final = train(factory.build(3, 0.1), pool, val_data, dataclasses.replace(cfg, evals_per_epoch=14), CPU,
+                  pad_id=tokenizer.pad_token_id, max_steps=15, schedule_steps=20)
+    assert final.stop_reason == "max_steps" and final.cost["optimizer_steps"] == 15
+    assert final.cost["examples_seen"] == 224 + 16  # batches drawn from the larger pool
+    assert [r["optimizer_step"] for r in final.history] == list(range(1, 16))
+    assert [r["learning_rate"] for r in final.history] == pytest.approx([rates[s] for s in range(1, 16)], abs=1e-12)
+    assert final.last_learning_rate == pytest.approx(rates[15], abs=1e-12)
+    with pytest.raises(ValueError, match="max_steps"):  # past the schedule's end no trial validated a rate
+        train(factory.build(3, 0.1), pool, None, cfg, CPU, pad_id=tokenizer.pad_token_id, max_steps=21,
+              schedule_steps=20)
+
+
+@pytest.fixture(scope="module")
+def two_hundred(setup):
+    """200 training examples: 2 steps an epoch at batch 128, 13 at batch 16."""
+    tokenizer, train_data, val_data, factory = setup
+    return _join(train_data, val_data, limit=200)
+
+
+@pytest.mark.parametrize("batch_size", [16, 128])
+def test_evaluation_index_k_means_the_same_fraction_of_training_for_every_batch_size(setup, two_hundred, batch_size,
+                                                                                     monkeypatch):
+    tokenizer, _, val_data, factory = setup
+    cfg = TrainConfig(learning_rate=3e-3, num_epochs=2, evals_per_epoch=4, batch_size=batch_size)
+    steps_per_epoch = -(-200 // batch_size)
+    assert len(eval_points(steps_per_epoch, 4)) == 4
+    evaluated = []
+
+    def counting(*args, **kwargs):  # the real evaluation, counted
+        evaluated.append(1)
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(loop_module, "evaluate", counting)
+    seen: list[tuple[int, float]] = []
+    result = train(factory.build(0, 0.1), two_hundred, val_data, cfg, CPU, pad_id=tokenizer.pad_token_id,
+                   report=lambda step, m: seen.append((step, m["val_loss"])) or False)
+    assert [s for s, _ in seen] == list(range(1, 9))  # every index, for both batch sizes
+    assert [r["step"] for r in result.history] == list(range(1, 9))
+    for record in result.history:  # index k after k / 8 of training, within one optimizer step
+        assert abs(record["epoch"] - record["step"] / 4) <= 1 / steps_per_epoch + 1e-9
+    if batch_size == 128:  # 2 steps an epoch: indices 1-2 at step 1, 3-4 at step 2, ...
+        assert [r["optimizer_step"] for r in result.history] == [1, 1, 2, 2, 3, 3, 4, 4]
+        assert len(evaluated) == 4  # one evaluation per step, reported for each of its indices
+        assert [v for _, v in seen][0::2] == [v for _, v in seen][1::2]
+    else:
+        assert [r["optimizer_step"] for r in result.history] == [3, 6, 10, 13, 16, 19, 23, 26]
+        assert len(evaluated) == 8
+
+
+def test_patience_counts_indices_since_the_best_models_last_index(setup, two_hundred):
+    tokenizer, _, val_data, factory = setup
+    # A learning rate of ~0 never improves on the first evaluation (step 1, indices 1 and 2):
+    # both indices show the best model, so patience 1 stops at index 3 (step 2).
+    cfg = TrainConfig(learning_rate=1e-12, num_epochs=3, evals_per_epoch=4, batch_size=128,
+                      early_stopping_patience=1)
+    result = train(factory.build(0, 0.1), two_hundred, val_data, cfg, CPU, pad_id=tokenizer.pad_token_id)
+    assert result.stop_reason == "early_stopping" and result.best_step == 1
+    assert [(r["step"], r["optimizer_step"]) for r in result.history] == [(1, 1), (2, 1), (3, 2)]
+
+
+def test_a_stop_at_a_repeated_index_ends_the_group_there(setup, two_hundred):
+    tokenizer, _, val_data, factory = setup
+    cfg = TrainConfig(learning_rate=3e-3, num_epochs=1, evals_per_epoch=4, batch_size=128)
+    seen = []
+    result = train(factory.build(0, 0.1), two_hundred, val_data, cfg, CPU, pad_id=tokenizer.pad_token_id,
+                   report=lambda step, m: seen.append(step) or step == 3)
+    assert seen == [1, 2, 3] and result.stop_reason == "stopped_by_report" and len(result.history) == 3
+
+
+PAD = 5  # a nonzero pad id: MiniLM's own is 0, which padding with 0 would get right by chance
+
+
+def _tiny_gpt2(vocab_size: int) -> torch.nn.Module:
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=vocab_size, n_positions=64, n_embd=32, n_layer=2, n_head=2, num_labels=2,
+                        pad_token_id=PAD)
+    return GPT2ForSequenceClassification(config)
+
+
+def test_decoder_classifier_batched_and_single_probabilities_agree(setup):
+    """GPT-2 pools on the last token that is not ``config.pad_token_id``: a batch padded with
+    another id pools on a pad position. ``evaluate`` serves the validation and the final test."""
+    tokenizer, train_data, val_data, _ = setup
+    assert not any((x == PAD).any() for x in val_data.input_ids)  # PAD is never a real token here
+    model = _tiny_gpt2(tokenizer.vocab_size)
+    assert len(set(val_data.lengths.tolist())) > 1  # batches really are padded
+    batched, p_batched = evaluate(model, val_data, 16, PAD, CPU)
+    single, p_single = evaluate(model, val_data, 1, PAD, CPU)
+    np.testing.assert_allclose(p_batched, p_single, rtol=0, atol=1e-5)
+    assert batched["val_loss"] == pytest.approx(single["val_loss"], abs=1e-5)
+
+    # The validation inside train(): the same model trained twice, evaluated in batches of 16 and of 1.
+    results = []
+    for eval_batch_size in (16, 1):
+        cfg = TrainConfig(learning_rate=1e-3, num_epochs=1, evals_per_epoch=1, eval_batch_size=eval_batch_size)
+        results.append(train(_tiny_gpt2(tokenizer.vocab_size), train_data, val_data, cfg, CPU, pad_id=PAD))
+    np.testing.assert_allclose(results[0].best_probs, results[1].best_probs, rtol=0, atol=1e-5)

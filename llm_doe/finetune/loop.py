@@ -2,8 +2,9 @@
 
 It evaluates ``train.evals_per_epoch`` times per epoch and hands each evaluation to a
 ``report(step, metrics) -> stop?`` callback (convention 4); the caller decides what a report
-means (an Optuna trial prunes, a test records). Step numbers are evaluation indices (1, 2, ...),
-so trials with different batch sizes report comparable steps to the pruner.
+means (an Optuna trial prunes, a test records). Step numbers are evaluation indices (1, 2, ...)
+and index k always falls after the fraction k / (evals_per_epoch * num_epochs) of training,
+whatever the batch size (:func:`eval_points`), so the pruner compares equal amounts of training.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import resource
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,6 +115,7 @@ class TrainResult:
     best_probs: np.ndarray
     cost: dict[str, float] = field(default_factory=dict)
     resumed_from_step: int = 0  # evaluations restored from a checkpoint (0 = fresh start)
+    last_learning_rate: float = float("nan")  # the schedule's rate after the last optimizer step
 
 
 def batch_order(lengths: np.ndarray, batch_size: int, rng: np.random.Generator, group_by_length: bool) -> list[np.ndarray]:
@@ -153,21 +156,35 @@ def collate(data: Encoded, index: np.ndarray, pad_id: int, device: torch.device)
     }
 
 
-def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Weight decay on weight matrices only: never on biases, LayerNorm or embeddings' norms."""
-    norm_params = {id(p) for m in model.modules() if isinstance(m, (nn.LayerNorm,)) for p in m.parameters()}
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW's two groups: weight decay on weight matrices (and embeddings) only.
+
+    Decay pulls a weight towards 0, which is wrong for a normalisation's gain (its neutral value
+    is 1) and pointless for a bias. The rule holds whatever the architecture: no decay for the
+    parameters of any module whose class name contains "Norm" (LayerNorm, RMSNorm,
+    LlamaRMSNorm, GroupNorm, BatchNorm...), nor for any parameter named ``*bias`` or with fewer
+    than two dimensions (gains and biases of modules the first test misses).
+    """
+    norm_params = {id(p) for m in model.modules() if "Norm" in type(m).__name__ for p in m.parameters()}
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        (no_decay if name.endswith("bias") or id(param) in norm_params else decay).append(param)
+        exempt = id(param) in norm_params or name.endswith("bias") or param.ndim < 2
+        (no_decay if exempt else decay).append(param)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def _eval_points(steps_per_epoch: int, evals_per_epoch: int) -> list[int]:
-    """Optimizer steps (within an epoch, 1-based) after which to evaluate."""
-    points = {max(1, round(steps_per_epoch * k / evals_per_epoch)) for k in range(1, evals_per_epoch + 1)}
-    return sorted(points)
+def eval_points(steps_per_epoch: int, evals_per_epoch: int) -> list[int]:
+    """The optimizer step (within an epoch, 1-based) of each of the epoch's evaluations.
+
+    One entry per evaluation index, so index k of a run always means the same fraction of
+    training, k / (evals_per_epoch * num_epochs), within one optimizer step, whatever the
+    batch size. When an epoch has fewer steps than evaluations, several indices share a step
+    (the list repeats it): the loop evaluates once there and reports that evaluation for each
+    index, rather than dropping indices and shifting the later ones to earlier training.
+    """
+    return [max(1, round(steps_per_epoch * k / evals_per_epoch)) for k in range(1, evals_per_epoch + 1)]
 
 
 @torch.inference_mode()
@@ -183,7 +200,7 @@ def evaluate(model: nn.Module, data: Encoded, batch_size: int, pad_id: int, rt: 
     probs = torch.empty((len(data), model.config.num_labels), dtype=torch.float32)
     for start in range(0, len(order), batch_size):
         index = order[start:start + batch_size]
-        batch = collate(data, index, 0, rt.device)
+        batch = collate(data, index, pad_id, rt.device)  # decoder classifiers pool on the last non-pad id
         with torch.autocast(rt.device.type, dtype=rt.dtype or torch.float32, enabled=rt.dtype is not None):
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         logits = logits.float()
@@ -333,6 +350,7 @@ def train(
     checkpoint_dir: Path | None = None,
     should_stop: Callable[[], bool] | None = None,
     max_steps: int | None = None,
+    schedule_steps: int | None = None,
     checkpoint_every_s: float = 0.0,
 ) -> TrainResult:
     """Fine-tune ``model`` and evaluate it on the validation split as configured.
@@ -354,9 +372,14 @@ def train(
             passed since the last checkpoint (0 = at every evaluation): a short trial then
             writes none, and a crash loses at most one evaluation interval or this long.
         max_steps: stop after this many optimizer steps (``stop_reason='max_steps'``); the
-            learning-rate schedule still spans the configured epochs, so the first
-            ``max_steps`` steps are exactly those of the full run (how the final model
-            reproduces a trial's best step).
+            learning-rate schedule still spans ``schedule_steps``, so the first ``max_steps``
+            steps are exactly those of the full run (how the final model reproduces a trial's
+            best step). At most ``schedule_steps``.
+        schedule_steps: the learning-rate schedule's total steps (warmup is
+            ``train.warmup_ratio`` of it); default ``train.num_epochs`` epochs of
+            ``train_data``. The final model on train+val passes the trial's own total (from
+            the trial's train split), so it replays the trial's rates step for step while
+            drawing batches from the larger pool, as many epochs of it as ``max_steps`` needs.
 
     With ``val_data=None`` nothing is evaluated (training on train+val for the final model).
 
@@ -372,18 +395,21 @@ def train(
     model.to(rt.device)
     model.train()
     steps_per_epoch = math.ceil(len(train_data) / cfg.batch_size)
-    total_steps = steps_per_epoch * cfg.num_epochs
+    schedule_total = steps_per_epoch * cfg.num_epochs if schedule_steps is None else schedule_steps
+    if schedule_total < 1 or (max_steps is not None and not 1 <= max_steps <= schedule_total):
+        raise ValueError(f"need 1 <= max_steps ({max_steps}) <= schedule_steps ({schedule_total})")
+    total_steps = schedule_total if max_steps is None else max_steps  # where this run stops
     optimizer = torch.optim.AdamW(
-        _param_groups(model, cfg.weight_decay), lr=cfg.learning_rate,
+        param_groups(model, cfg.weight_decay), lr=cfg.learning_rate,
         betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_epsilon,
         # Fused AdamW on CPU too: one step of MiniLM's 22.7M params 78-103 ms -> 13-15 ms here.
         fused=rt.device.type in ("cuda", "cpu"),
     )
-    scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=int(cfg.warmup_ratio * total_steps),
-                              num_training_steps=total_steps)
+    scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=int(cfg.warmup_ratio * schedule_total),
+                              num_training_steps=schedule_total)
     scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.dtype == torch.float16)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    eval_points = set(_eval_points(steps_per_epoch, cfg.evals_per_epoch))
+    indices_at = Counter(eval_points(steps_per_epoch, cfg.evals_per_epoch))  # in-epoch step -> evaluation indices
 
     forward = torch.compile(model) if cfg.compile else model
     auto_micro = cfg.micro_batch_size == "auto"
@@ -415,7 +441,7 @@ def train(
         bar.update(st.step)
     t_train = time.perf_counter()
     try:
-        for epoch in range(st.epoch, cfg.num_epochs):
+        for epoch in range(st.epoch, math.ceil(total_steps / steps_per_epoch)):
             if epoch != st.epoch or st.epoch_rng is None:
                 st.epoch, st.batches_done = epoch, 0
             st.epoch_rng = rng.bit_generator.state
@@ -441,11 +467,11 @@ def train(
                     bar.update(1)
                 if st.step % rt.log_every_steps == 0 and not torch.isfinite(running).item():
                     raise Diverged(f"non-finite training loss at optimizer step {st.step}")
-                if in_epoch in eval_points and val_data is not None:
+                if in_epoch in indices_at and val_data is not None:
                     st.train_time += time.perf_counter() - t_train
                     stop_reason = _evaluate_and_report(model, val_data, cfg, rt, st, running, pad_id, metric, maximize,
                                                        report, epoch + in_epoch / steps_per_epoch,
-                                                       scheduler.get_last_lr()[0])
+                                                       scheduler.get_last_lr()[0], indices_at[in_epoch])
                     if bar is not None:
                         bar.set_postfix(val_loss=f"{st.history[-1]['val_loss']:.4f}")
                     due = time.perf_counter() - last_checkpoint >= checkpoint_every_s
@@ -485,7 +511,8 @@ def train(
         "precision": rt.precision,
     }
     labels = val_data.labels if val_data is not None else np.empty(0, dtype=np.int64)
-    return TrainResult(st.history, st.best_step, st.best, stop_reason, labels, st.best_probs, cost, resumed_from)
+    return TrainResult(st.history, st.best_step, st.best, stop_reason, labels, st.best_probs, cost, resumed_from,
+                       scheduler.get_last_lr()[0])
 
 
 def _accumulate(forward: Callable[..., Any], data: Encoded, index: np.ndarray, pad_id: int, rt: Runtime,
@@ -523,8 +550,16 @@ def _accumulate(forward: Callable[..., Any], data: Encoded, index: np.ndarray, p
 
 def _evaluate_and_report(model: nn.Module, val_data: Encoded, cfg: TrainConfig, rt: Runtime, st: _State,
                          running: torch.Tensor, pad_id: int, metric: str, maximize: bool, report: Report | None,
-                         epoch: float, learning_rate: float) -> str:
-    """One evaluation: metrics, history, best, early stopping, report. Returns the stop reason."""
+                         epoch: float, learning_rate: float, indices: int = 1) -> str:
+    """One evaluation: metrics, history, best, early stopping, report. Returns the stop reason.
+
+    The evaluation stands for ``indices`` consecutive evaluation indices that fall on this
+    optimizer step (:func:`eval_points`): each gets its history record and its report, in
+    order, and a stop at one of them ends the group there. Early-stopping patience counts
+    indices since the last index at which the best model was evaluated: a repeat of an
+    improving evaluation does not count (it is the best model), a repeat of a worse one does,
+    so patience means the same amount of training for every batch size.
+    """
     t_eval = time.perf_counter()
     train_loss = float(running.item()) / max(1, st.running_n)
     if not math.isfinite(train_loss):
@@ -534,17 +569,18 @@ def _evaluate_and_report(model: nn.Module, val_data: Encoded, cfg: TrainConfig, 
         raise Diverged(f"non-finite validation loss at optimizer step {st.step}")
     running.zero_()
     st.running_sum, st.running_n = 0.0, 0
-    eval_index = len(st.history) + 1
-    record = {"step": eval_index, "epoch": epoch, "optimizer_step": st.step, "examples_seen": st.examples,
-              "train_loss": train_loss, "learning_rate": learning_rate, **metrics}
-    st.history.append(record)
     st.eval_time += time.perf_counter() - t_eval
-    if not st.best or _better(metrics[metric], st.best[metric], maximize):
-        st.best, st.best_step, st.best_probs, st.since_best = dict(record), eval_index, probs, 0
-    else:
-        st.since_best += 1
-    if report is not None and report(eval_index, metrics):
-        return "stopped_by_report"
-    if cfg.early_stopping_patience is not None and st.since_best >= cfg.early_stopping_patience:
-        return "early_stopping"
+    improved = not st.best or _better(metrics[metric], st.best[metric], maximize)
+    for repeat in range(indices):
+        eval_index = len(st.history) + 1
+        record = {"step": eval_index, "epoch": epoch, "optimizer_step": st.step, "examples_seen": st.examples,
+                  "train_loss": train_loss, "learning_rate": learning_rate, **metrics}
+        st.history.append(record)
+        if improved and repeat == 0:
+            st.best, st.best_step, st.best_probs = dict(record), eval_index, probs
+        st.since_best = 0 if improved else st.since_best + 1
+        if report is not None and report(eval_index, metrics):
+            return "stopped_by_report"
+        if cfg.early_stopping_patience is not None and st.since_best >= cfg.early_stopping_patience:
+            return "early_stopping"
     return "completed"
