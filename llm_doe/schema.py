@@ -54,8 +54,14 @@ class DataConfig:
     split: str = "train"
     text_column: str = "text"
     label_column: str = "label"
-    # Keep only these label values, mapped to 0..K-1 in this order; null = all, sorted.
+    # Keep only these label values (as written), mapped to 0..K-1 in this order; null = all,
+    # sorted (by value when all are numbers).
     labels: Optional[list[Any]] = None
+    # Display names of label values, {value as written: name} (keys compared as text), e.g.
+    # {0: negative, 1: positive}: what an exported model's id2label and its pipeline answer.
+    # null = the values themselves (or a hub dataset's ClassLabel names). Not part of the split.
+    # Typed Any: OmegaConf cannot merge an override map into a typed dict that is null.
+    label_names: Any = None
     encoding: str = "utf-8"
     train_size: Optional[int] = 2000
     val_size: int = 500
@@ -287,6 +293,16 @@ def validate(cfg: Config) -> None:
            f"must be null or in [0, 2**32), got {d.test_seed}")
     if d.labels is not None:
         _check(len(d.labels) >= 2, "data.labels", "needs at least two label values")
+    if d.label_names is not None:
+        _check(isinstance(d.label_names, dict), "data.label_names",
+               f"must be a map {{label value: name}} or null, got {d.label_names!r}")
+        _check(all(isinstance(n, (str, int, float)) and str(n).strip() for n in d.label_names.values()),
+               "data.label_names", f"names must be non-empty text, got {list(d.label_names.values())}")
+        names = [str(n) for n in d.label_names.values()]
+        _check(len(set(names)) == len(names), "data.label_names", f"names must differ, got {names}")
+        if d.labels is not None:
+            unknown = sorted(str(k) for k in d.label_names if str(k) not in {str(v) for v in d.labels})
+            _check(not unknown, "data.label_names", f"key(s) {unknown} are not in data.labels {list(d.labels)}")
 
     _check(t.learning_rate > 0, "train.learning_rate", f"must be > 0, got {t.learning_rate}")
     _check(t.batch_size >= 1, "train.batch_size", f"must be >= 1, got {t.batch_size}")

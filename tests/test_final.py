@@ -214,3 +214,33 @@ def test_exported_folder_is_all_an_outside_user_needs(study):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] in ("negative", "positive")
+
+
+def test_label_names_name_the_classes_of_an_export_from_a_csv_labelled_0_1(tmp_path):
+    """data.label_names carries display names into id2label/label2id, the card and pipeline's
+    answer (a CSV's 0/1 used to come out as "0"/"1"); the CSV's blank label cell is dropped."""
+    import pandas as pd
+    from transformers import pipeline
+
+    from llm_doe.finetune.data import tweets_path
+    from llm_doe.search import main as search
+
+    raw = pd.read_csv(tweets_path(), encoding="latin-1")
+    rows = pd.concat([raw[raw["sentiment"] == name].head(100).assign(label=str(i))
+                      for i, name in enumerate(("negative", "positive"))])
+    rows = pd.concat([rows, pd.DataFrame({"text": ["a tweet nobody labelled"], "label": [""]})])
+    path = tmp_path / "tweets01.csv"
+    rows[["text", "label"]].to_csv(path, index=False)
+    args = ["+study=smoke", *TINY, *store_args(tmp_path, "csv01"), "data=csv", f"data.path={path}",
+            "data.train_size=64", "data.val_size=32", "data.test_size=64", "data.label_names={0:negative,1:positive}"]
+    assert search([*args, "study.n_trials=1"]) == 0
+    out = tmp_path / "export"
+    assert final([*args, f"final.output_dir={out}"]) == 0
+
+    config = json.loads((out / "config.json").read_text())
+    assert config["id2label"] == {"0": "negative", "1": "positive"}
+    assert config["label2id"] == {"negative": 0, "positive": 1}
+    assert "- Labels (id: name): 0: negative, 1: positive." in (out / "README.md").read_text()
+    assert json.loads((out / "test_metrics.json").read_text())["label_names"] == ["negative", "positive"]
+    answers = pipeline("text-classification", model=str(out), device="cpu")(["what a great day", "awful, just awful"])
+    assert answers and {a["label"] for a in answers} <= {"negative", "positive"}

