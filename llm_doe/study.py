@@ -198,22 +198,33 @@ def make_sampler(cfg: SamplerConfig, space: SearchSpace) -> optuna.samplers.Base
 
 
 def make_pruner(cfg: PrunerConfig) -> optuna.pruners.BasePruner:
-    """The configured pruner; steps are evaluation indices (1, 2, ...)."""
+    """The configured pruner; steps are evaluation indices (1, 2, ...).
+
+    ``pruner.n_warmup_steps: N`` (median, percentile) and ``pruner.n_startup_steps: N``
+    (wilcoxon) both mean: the first N evaluations of a trial are never pruned. Optuna's own
+    arguments count differently (it protects steps ``< n_warmup_steps``; Wilcoxon prunes once
+    ``n_startup_steps`` evaluations exist), and our steps start at 1, so both get N + 1. After
+    the warm-up the pruner looks at evaluation N + 1, then every ``interval_steps``-th one.
+    """
+    for key in ("n_warmup_steps", "n_startup_steps", "interval_steps"):
+        if getattr(cfg, key) < (1 if key == "interval_steps" else 0):
+            raise ConfigError(f"pruner.{key}", f"must be >= {1 if key == 'interval_steps' else 0}, got {getattr(cfg, key)}")
     pruners = optuna.pruners
+    warmup = cfg.n_warmup_steps + 1  # Optuna protects steps < this: evaluations 1..N
     if cfg.name == "median":
-        return pruners.MedianPruner(n_startup_trials=cfg.n_startup_trials, n_warmup_steps=cfg.n_warmup_steps,
+        return pruners.MedianPruner(n_startup_trials=cfg.n_startup_trials, n_warmup_steps=warmup,
                                     interval_steps=cfg.interval_steps)
     if cfg.name == "percentile":
         return pruners.PercentilePruner(cfg.percentile, n_startup_trials=cfg.n_startup_trials,
-                                        n_warmup_steps=cfg.n_warmup_steps, interval_steps=cfg.interval_steps)
+                                        n_warmup_steps=warmup, interval_steps=cfg.interval_steps)
     if cfg.name == "successive_halving":
         return pruners.SuccessiveHalvingPruner(min_resource=cfg.min_resource, reduction_factor=cfg.reduction_factor,
                                                min_early_stopping_rate=cfg.min_early_stopping_rate)
     if cfg.name == "hyperband":
         return pruners.HyperbandPruner(min_resource=cfg.min_resource, max_resource=cfg.max_resource,
                                        reduction_factor=cfg.reduction_factor)
-    if cfg.name == "wilcoxon":
-        return pruners.WilcoxonPruner(p_threshold=cfg.p_threshold, n_startup_steps=cfg.n_startup_steps)
+    if cfg.name == "wilcoxon":  # Optuna prunes once this many evaluations exist: N + 1 protects 1..N
+        return pruners.WilcoxonPruner(p_threshold=cfg.p_threshold, n_startup_steps=cfg.n_startup_steps + 1)
     if cfg.name == "none":
         return pruners.NopPruner()
     raise ConfigError("pruner.name", f"unknown pruner {cfg.name!r}")
