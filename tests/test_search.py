@@ -155,3 +155,81 @@ def test_interrupted_study_resumes_to_exactly_n_trials(tmp_path):
     again = run_cli(args, cwd=tmp_path)
     assert again.returncode == 0, again.stdout + again.stderr
     assert len(load(tmp_path).get_trials(states=(TrialState.COMPLETE,))) == 5
+
+
+def _files(folder) -> dict[str, str]:
+    """Every file under ``folder`` with its sha256 (SQLite's transient -wal/-shm left out)."""
+    import hashlib
+
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*"))
+            if p.is_file() and not p.name.endswith(("-wal", "-shm"))}
+
+
+def _settle(db) -> None:
+    """Fold SQLite's write-ahead log into the database file, so its bytes are the study's."""
+    import gc
+    import sqlite3
+
+    gc.collect()  # the in-process run's engines
+    with sqlite3.connect(db) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
+@pytest.fixture
+def lr_study(tmp_path):
+    """A one-trial tiny ``lr_sweep`` stored in tmp_path/lr.db: its command and the store's files."""
+    from llm_doe.search import main
+
+    args = ["+study=lr_sweep", *TINY, *store_args(tmp_path, "lr"), "pruner=none"]
+    assert main([*args, "study.n_trials=1"]) == 0
+    _settle(tmp_path / "lr.db")
+    return args
+
+
+@pytest.mark.parametrize("override, key, stored, requested", [
+    ("study.metric=accuracy", "study.metric", "val_loss", "accuracy"),
+    ("study.direction=maximize", "study.direction", "minimize", "maximize"),
+    ("train.num_epochs=2", "train.num_epochs", 1, 2),
+    ("data.train_size=100", "data.train_size", 160, 100),
+    ("model.hidden_size=32", "model.hidden_size", 64, 32),
+])
+def test_resume_as_another_experiment_exits_2_and_writes_nothing(lr_study, tmp_path, capsys, override, key, stored,
+                                                                  requested):
+    """Resuming with another metric, direction or non-searched setting would mix two experiments
+    in one study (the pruner and best_trial comparing them): one line, exit 2, not a byte written."""
+    from llm_doe.search import main
+
+    before = _files(tmp_path)
+    capsys.readouterr()
+    assert main([*lr_study, override, "study.n_trials=2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith(f"llm_doe: error: {key}: is {requested!r} here but {stored!r} in study 'lr'"), err
+    assert "use another study.name" in err
+    assert _files(tmp_path) == before  # the store's bytes included (sha256)
+    study = load(tmp_path, "lr")
+    assert study.direction == optuna.study.StudyDirection.MINIMIZE and len(study.trials) == 1
+
+
+def test_resume_with_other_runtime_settings_is_accepted(lr_study, tmp_path):
+    """Where and how fast trials run, how many there are and how they are searched may change."""
+    from llm_doe.search import prepare
+
+    composed = compose_config([*lr_study, "workers=2", "runtime.num_threads=2", "runtime.device=cpu",
+                               "study.n_trials=12", "storage.heartbeat_interval=5", "storage.grace_period=20",
+                               "pruner=median", "sampler.seed=7", "train.eval_batch_size=8", "study.timeout=60"])
+    prepare(composed)  # no ConfigError
+
+
+def test_resume_of_a_scientific_study_checks_each_sub_study(tmp_path, capsys):
+    from llm_doe.search import main, prepare
+
+    space = ("++study.space={train.weight_decay:{role:scientific,type:categorical,choices:[0.0,0.1]},"
+             "train.learning_rate:{role:nuisance,type:float,low:1.0e-4,high:3.0e-3,log:true}}")
+    args = ["+study=smoke", *TINY, *store_args(tmp_path, "wd"), space, "pruner=none", "study.n_trials=2"]
+    assert main(args) == 0
+    prepare(compose_config(args))  # the same experiment: each sub-study's scientific value is its own
+    capsys.readouterr()
+    assert main([*args, "train.num_epochs=2"]) == 2
+    err = capsys.readouterr().err
+    assert "train.num_epochs: is 2 here but 1 in study 'wd[train.weight_decay=0.0]'" in err, err
