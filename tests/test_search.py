@@ -233,3 +233,59 @@ def test_resume_of_a_scientific_study_checks_each_sub_study(tmp_path, capsys):
     assert main([*args, "train.num_epochs=2"]) == 2
     err = capsys.readouterr().err
     assert "train.num_epochs: is 2 here but 1 in study 'wd[train.weight_decay=0.0]'" in err, err
+
+
+
+def _train_smoke(tmp_path, folder, stop_after: int | None = None, **identity):
+    """A tiny smoke trial's training (10 optimizer steps, evaluations at 5 and 10) with its
+    checkpoints in ``folder``; stopped as by Ctrl-C after ``stop_after`` steps; ``identity``
+    (``checkpoint_identity=...``, if given) stamped on its checkpoints."""
+    from llm_doe.finetune.data import encoded_splits
+    from llm_doe.finetune.loop import train
+    from llm_doe.finetune.model import load_tokenizer, model_factory
+
+    cfg = compose_config(["+study=smoke", *TINY, *store_args(tmp_path)]).config
+    tokenizer, key = load_tokenizer(cfg.model)
+    train_data, val_data, splits = encoded_splits(cfg.data, tokenizer, key)
+    model = model_factory(cfg.model, splits.num_labels).build(cfg.train.seed, cfg.model.dropout)
+    steps = iter(range(1, 100))
+    stop = None if stop_after is None else (lambda: next(steps) >= stop_after)
+    return train(model, train_data, val_data, cfg.train, resolve_runtime("cpu", cfg.train.precision),
+                 pad_id=tokenizer.pad_token_id or 0, checkpoint_dir=folder, should_stop=stop, **identity)
+
+
+def _interrupt(tmp_path, folder, **identity) -> None:
+    import shutil
+
+    from llm_doe.finetune.loop import Interrupted
+
+    shutil.rmtree(folder, ignore_errors=True)
+    with pytest.raises(Interrupted):
+        _train_smoke(tmp_path, folder, stop_after=6, **identity)
+    assert (folder / "checkpoint.pt").is_file()
+
+
+def test_a_checkpoint_resumes_only_the_run_that_wrote_it(tmp_path, caplog):
+    folder = tmp_path / "ck" / "3"
+    mine = {"study": "t", "study_uuid": "a" * 32, "trial": 3, "params": {"train.learning_rate": 1e-3}}
+    _interrupt(tmp_path, folder, checkpoint_identity=mine)
+    # The same identity (a re-queued trial names its origin trial): resumed after evaluation 1.
+    assert _train_smoke(tmp_path, folder, checkpoint_identity=mine).resumed_from_step == 1
+    for other in ({**mine, "study_uuid": "b" * 32},  # a study recreated under the same name
+                  {**mine, "trial": 4}, {**mine, "params": {"train.learning_rate": 2e-3}}):
+        _interrupt(tmp_path, folder, checkpoint_identity=mine)
+        caplog.clear()
+        result = _train_smoke(tmp_path, folder, checkpoint_identity=other)
+        assert result.resumed_from_step == 0 and len(result.history) == 2
+        assert "ignoring and deleting the checkpoint" in caplog.text
+
+
+def test_a_recreated_study_does_not_resume_a_checkpoint_left_behind(search, tmp_path):
+    """The store deleted, ``checkpoints/0/`` left behind by a killed trial: the new study's
+    trial 0 trains from scratch instead of resuming another run's weights and history."""
+    _interrupt(tmp_path, tmp_path / "ck" / "0")  # a checkpoint the new study did not write
+    assert search("study.n_trials=1", "pruner=none", "runtime.checkpoint_every_s=0") == 0
+    trial = load(tmp_path).trials[0]
+    assert trial.state == TrialState.COMPLETE
+    assert "resumed_from_step" not in trial.user_attrs
+    assert sorted(trial.intermediate_values) == [1, 2]
