@@ -151,10 +151,28 @@ def test_interrupted_study_resumes_to_exactly_n_trials(tmp_path):
     done_before = len(study.get_trials(states=(TrialState.COMPLETE,)))
     assert 2 <= done_before < 5
     assert all(t.state != TrialState.RUNNING for t in study.trials)  # the interrupted trial is not left RUNNING
+    totals = study.user_attrs.get("totals")  # written on the way out, not only by the next full run
+    assert totals is not None and totals["trials"] == len(study.trials), totals
+    interrupted = study.get_trials(states=(TrialState.FAIL,))
+    assert len(interrupted) == 1 and interrupted[0].user_attrs["requeued"] is True
 
     again = run_cli(args, cwd=tmp_path)
     assert again.returncode == 0, again.stdout + again.stderr
-    assert len(load(tmp_path).get_trials(states=(TrialState.COMPLETE,))) == 5
+    study = load(tmp_path)
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 5
+    # A clean Ctrl-C is not a failure of the space: counted apart, no warning.
+    from llm_doe import analysis
+
+    table = analysis.load_trials(f"sqlite:///{tmp_path}/t.db")
+    report = analysis.failure_report(table)
+    assert (report["failed"], report["requeued"]) == (0, 1), report
+    assert not any("failed" in w for w in analysis.study_warnings(table))
+    # Its re-queued successor resumed the checkpoint it left (same origin trial: same identity).
+    origin = interrupted[0]
+    retry = next(t for t in study.trials if t.system_attrs.get("failed_trial") == origin.number)
+    assert retry.state == TrialState.COMPLETE
+    if origin.intermediate_values:
+        assert retry.user_attrs["resumed_from_step"] == len(origin.intermediate_values)
 
 
 def _files(folder) -> dict[str, str]:
