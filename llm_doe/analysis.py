@@ -477,9 +477,9 @@ def load_trials(storage: StudyRef, study_name: str | None = None, *,
     objective's own timing, else the trial's start-to-finish time), ``pruned_at_step`` (the
     evaluation a pruned trial stopped at), ``stop_reason``, ``fail_reason``, ``requeued`` (a FAIL
     trial that was interrupted or went stale and was re-queued: it goes on as another trial, so
-    it is no failure), ``datetime_start``, ``datetime_complete``. The study's name, direction(s), metric, search space (parameter ->
-    Optuna distribution JSON) and user attributes ride along in ``DataFrame.attrs`` for the
-    checks and plots below.
+    it is no failure), ``datetime_start``, ``datetime_complete``. The study's name, direction(s),
+    metric, search space (parameter -> Optuna distribution JSON) and user attributes ride along
+    in ``DataFrame.attrs`` for the checks and plots below.
 
     An RDB store is read with plain SQL (under a second for 10,000 trials, where
     ``optuna.load_study(...).trials_dataframe()`` takes several); the result equals what

@@ -105,7 +105,8 @@ def origin_number(frozen: optuna.trial.FrozenTrial) -> int:
     return frozen.number if origin is None else origin
 
 
-def checkpoint_identity(study: optuna.Study, frozen: optuna.trial.FrozenTrial, params: dict[str, Any]) -> dict[str, Any]:
+def checkpoint_identity(study: optuna.Study, frozen: optuna.trial.FrozenTrial,
+                        params: dict[str, Any]) -> dict[str, Any]:
     """Whose checkpoint it is: the study (name and the ``uuid`` it was created with, so a study
     recreated under the same name is another), the origin trial of the retry chain (a re-queued
     trial resumes its origin's checkpoint) and the parameters. The loop stamps it on every

@@ -209,9 +209,9 @@ def make_pruner(cfg: PrunerConfig) -> optuna.pruners.BasePruner:
     ``n_startup_steps`` evaluations exist), and our steps start at 1, so both get N + 1. After
     the warm-up the pruner looks at evaluation N + 1, then every ``interval_steps``-th one.
     """
-    for key in ("n_warmup_steps", "n_startup_steps", "interval_steps"):
-        if getattr(cfg, key) < (1 if key == "interval_steps" else 0):
-            raise ConfigError(f"pruner.{key}", f"must be >= {1 if key == 'interval_steps' else 0}, got {getattr(cfg, key)}")
+    for key, least in (("n_warmup_steps", 0), ("n_startup_steps", 0), ("interval_steps", 1)):
+        if getattr(cfg, key) < least:
+            raise ConfigError(f"pruner.{key}", f"must be >= {least}, got {getattr(cfg, key)}")
     pruners = optuna.pruners
     warmup = cfg.n_warmup_steps + 1  # Optuna protects steps < this: evaluations 1..N
     if cfg.name == "median":
