@@ -55,7 +55,9 @@ StudyRef = Union[str, "os.PathLike[str]", optuna.Study, optuna.storages.BaseStor
 #: The final metrics every trial records (at its best evaluation).
 METRICS = ("val_loss", "accuracy", "f1", "roc_auc")
 _TEXT_ATTRS = ("stop_reason", "fail_reason", "precision")
-_BASE_ATTRS = (*METRICS, "best_step", "duration_s", "pruned_at_step", *_TEXT_ATTRS)
+_BASE_ATTRS = (*METRICS, "best_step", "duration_s", "pruned_at_step", "requeued", *_TEXT_ATTRS)
+#: How a trial stopped by Ctrl-C/SIGTERM and re-queued was marked before it carried ``requeued``.
+_REQUEUED_REASON = "interrupted "
 _ARTIFACT_PREFIX = "artifacts:"
 _STATE_STYLE = {"COMPLETE": "-", "PRUNED": "--", "FAIL": ":", "RUNNING": "-.", "WAITING": "-."}
 _PREFERRED_PARAM = "train.learning_rate"
@@ -83,6 +85,7 @@ class _Raw:
     distributions: dict[str, str] = field(default_factory=dict)  # param -> distribution JSON
     attrs: dict[str, dict[Any, Any]] = field(default_factory=dict)
     last_step: dict[Any, int] = field(default_factory=dict)
+    retried: set[int] = field(default_factory=set)  # numbers of trials Optuna re-queued as another trial
 
 
 @dataclass
@@ -294,6 +297,11 @@ def _sql_raw(source: _Source, study_name: str | None, attr_keys: Sequence[str] |
         raw.last_step = dict(_fetch(conn,
             select(s.c.trial_id, func.max(s.c.step)).join_from(s, tr, s.c.trial_id == tr.c.trial_id)
             .where(of_study, tr.c.state == "PRUNED").group_by(s.c.trial_id)))
+
+        sy = t["system"]  # Optuna's retry chains: a re-queued trial lists the trials it retries
+        for (history,) in _fetch(conn, select(sy.c.value_json).join_from(sy, tr, sy.c.trial_id == tr.c.trial_id)
+                                 .where(of_study, sy.c.key == "retry_history")):
+            raw.retried.update(json.loads(history))
     return raw
 
 
@@ -315,6 +323,7 @@ def _api_raw(study: optuna.Study, attr_keys: Sequence[str] | None, label: str) -
                 raw.attrs.setdefault(akey, {})[t.number] = value
         if t.state == optuna.trial.TrialState.PRUNED and t.last_step is not None:
             raw.last_step[t.number] = t.last_step
+        raw.retried.update(t.system_attrs.get("retry_history") or ())
     return raw
 
 
@@ -411,6 +420,16 @@ def _param_names(raw: _Raw) -> list[str]:
     return names + sorted(set(raw.params) - set(names))
 
 
+def _requeued(numbers: pd.Series, states: pd.Series, marked: pd.Series, reasons: pd.Series,
+              retried: set[int]) -> pd.Series:
+    """FAIL trials that were re-queued and go on as another trial (interrupted by a signal, or
+    heartbeat-stale): marked ``requeued``, named in another trial's Optuna ``retry_history``, or
+    (written before the mark) with an ``interrupted ...`` fail_reason."""
+    old = reasons.map(lambda r: isinstance(r, str) and r.startswith(_REQUEUED_REASON) and "re-queued" in r)
+    flagged = marked.map(lambda v: v is True) | numbers.isin(retried) | old.astype(bool)
+    return (states == "FAIL") & flagged
+
+
 def _trials_frame(raw: _Raw, extra_attrs: Sequence[str]) -> pd.DataFrame:
     base = raw.trials.sort_values("number", kind="stable").reset_index(drop=True)
     keys = base["key"]
@@ -436,6 +455,8 @@ def _trials_frame(raw: _Raw, extra_attrs: Sequence[str]) -> pd.DataFrame:
     out["pruned_at_step"] = _steps(pd.to_numeric(pruned_at, errors="coerce").fillna(_column(keys, raw.last_step)))
     for name in _TEXT_ATTRS:
         out[name] = _column(keys, raw.attrs.get(name, {})).astype(object)
+    out["requeued"] = _requeued(out["number"], out["state"], _column(keys, raw.attrs.get("requeued", {})),
+                                out["fail_reason"], raw.retried)
     for name in extra_attrs:
         if name not in out:
             out[name] = _column(keys, raw.attrs.get(name, {}))
@@ -454,10 +475,11 @@ def load_trials(storage: StudyRef, study_name: str | None = None, *,
     every searched parameter under its config path (``train.learning_rate``), the final metrics
     ``val_loss``, ``accuracy``, ``f1``, ``roc_auc`` and ``best_step``, ``duration_s`` (the
     objective's own timing, else the trial's start-to-finish time), ``pruned_at_step`` (the
-    evaluation a pruned trial stopped at), ``stop_reason``, ``fail_reason``, ``datetime_start``,
-    ``datetime_complete``. The study's name, direction(s), metric, search space (parameter ->
-    Optuna distribution JSON) and user attributes ride along in ``DataFrame.attrs`` for the
-    checks and plots below.
+    evaluation a pruned trial stopped at), ``stop_reason``, ``fail_reason``, ``requeued`` (a FAIL
+    trial that was interrupted or went stale and was re-queued: it goes on as another trial, so
+    it is no failure), ``datetime_start``, ``datetime_complete``. The study's name, direction(s),
+    metric, search space (parameter -> Optuna distribution JSON) and user attributes ride along
+    in ``DataFrame.attrs`` for the checks and plots below.
 
     An RDB store is read with plain SQL (under a second for 10,000 trials, where
     ``optuna.load_study(...).trials_dataframe()`` takes several); the result equals what
@@ -825,15 +847,19 @@ def failure_report(table: pd.DataFrame) -> pd.Series:
 
     The playbook counts infeasible trials: a large failed or diverged fraction says the space
     reaches into settings that cannot train (too high a learning rate, too big a batch) and
-    should shrink before its results are read.
+    should shrink before its results are read. A trial stopped by Ctrl-C or SIGTERM, or whose
+    worker died, and that was re-queued (the ``requeued`` column) is no such failure: it goes
+    on as another trial, so it is counted apart and left out of the fractions.
 
     Returns:
-        ``trials``, ``complete``, ``pruned``, ``failed``, ``diverged`` (failed with a
-        ``diverged: ...`` reason), ``running`` (running or waiting), and ``failed_fraction``,
-        ``diverged_fraction``, ``pruned_fraction``.
+        ``trials``, ``complete``, ``pruned``, ``failed`` (FAIL, re-queued ones excluded),
+        ``diverged`` (failed with a ``diverged: ...`` reason), ``requeued`` (FAIL, interrupted
+        and re-queued), ``running`` (running or waiting), and ``failed_fraction``,
+        ``diverged_fraction``, ``pruned_fraction`` (of the trials that are not re-queued).
     """
     n = len(table)
-    states = table["state"].value_counts()
+    requeued = table["requeued"].astype(bool) if "requeued" in table else pd.Series(False, index=table.index)
+    states = table.loc[~requeued, "state"].value_counts()
     reasons = table["fail_reason"] if "fail_reason" in table else pd.Series([], dtype=object)
     diverged = int(reasons.dropna().astype(str).str.startswith("diverged").sum())
     counts = {
@@ -842,11 +868,20 @@ def failure_report(table: pd.DataFrame) -> pd.Series:
         "pruned": int(states.get("PRUNED", 0)),
         "failed": int(states.get("FAIL", 0)),
         "diverged": diverged,
+        "requeued": int(requeued.sum()),
         "running": int(states.get("RUNNING", 0) + states.get("WAITING", 0)),
     }
+    counted = n - counts["requeued"]
     for name in ("failed", "diverged", "pruned"):
-        counts[f"{name}_fraction"] = counts[name] / n if n else 0.0
+        counts[f"{name}_fraction"] = counts[name] / counted if counted else 0.0
     return pd.Series(counts, name="trials", dtype=object)
+
+
+def trial_counts_text(failures: pd.Series) -> str:
+    """One sentence of :func:`failure_report`'s counts (the study note and the report say it)."""
+    requeued = f", {failures['requeued']} interrupted (re-queued)" if failures.get("requeued") else ""
+    return (f"{failures['trials']} trials: {failures['complete']} complete, {failures['pruned']} pruned, "
+            f"{failures['failed']} failed ({failures['diverged']} diverged){requeued}, {failures['running']} running.")
 
 
 def isolation(table: pd.DataFrame, param: str | None = None, *, bins: int | None = None) -> pd.DataFrame:
@@ -932,9 +967,12 @@ def study_warnings(table: pd.DataFrame, *, margin: float = 0.1) -> list[str]:
     notes = []
     failures = failure_report(table)
     if failures["failed"]:
-        notes.append(f"{failures['failed']} of {failures['trials']} trials failed ({failures['failed_fraction']:.0%})"
+        counted = failures["trials"] - failures["requeued"]  # a re-queued trial goes on as another
+        notes.append(f"{failures['failed']} of {counted} trials failed ({failures['failed_fraction']:.0%})"
                      + (f", {failures['diverged']} of them diverged" if failures["diverged"] else "")
-                     + ": see fail_reason; a space that cannot train should shrink")
+                     + ": see fail_reason; a space that cannot train should shrink"
+                     + (f" ({failures['requeued']} interrupted and re-queued trial(s) not counted)"
+                        if failures["requeued"] else ""))
     if table.attrs.get("direction") and not _complete(table).empty:
         for advice in boundary_report(table, margin=margin).query("near_edge")["advice"]:
             notes.append(advice)

@@ -34,9 +34,8 @@ import optuna
 from omegaconf import DictConfig, OmegaConf
 from optuna.trial import FrozenTrial, TrialState
 
-from llm_doe import analysis
-from llm_doe.objective import flatten
-from llm_doe.schema import Config, ConfigError, resolved_direction, validate
+from llm_doe import analysis, experiment
+from llm_doe.schema import Config, ConfigError, validate
 from llm_doe.search import Composed, cli
 
 log = logging.getLogger("llm_doe")
@@ -59,9 +58,6 @@ Example:
 #: the seeds) keeps the space the same when a later run asks for more seeds, which Optuna's
 #: categoricals refuse ("does not support dynamic value space") and the resume check would too.
 SEED_SPEC: dict[str, Any] = {"type": "int", "low": 0, "high": 2**31 - 1}
-#: Settings that say where and how fast a run goes, not what it learns: they may differ
-#: between the search and its confirmation (say, a GPU box after a laptop).
-RUNTIME_KEYS = frozenset({"train.precision", "train.compile", "train.micro_batch_size", "train.eval_batch_size"})
 #: States in which a (configuration, seed) pair counts as run or under way.
 ACTIVE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
 
@@ -112,9 +108,7 @@ def open_parent(composed: Composed) -> tuple[optuna.storages.BaseStorage, optuna
 
 def scientific_values(parent: optuna.Study) -> dict[str, Any]:
     """The scientific values a sub-study of a designed study holds fixed (empty for a plain study)."""
-    design = parent.user_attrs.get("design")
-    values = design.get("scientific") if isinstance(design, dict) else None
-    return dict(values) if isinstance(values, dict) else {}
+    return experiment.scientific_values(parent.user_attrs)
 
 
 def experiment_config(composed: Composed, parent: optuna.Study) -> DictConfig:
@@ -145,33 +139,11 @@ def searched_space(composed: Composed, parent: optuna.Study) -> dict[str, Any]:
 def check_same_experiment(composed: Composed, parent: optuna.Study, *, ignore: frozenset[str] = frozenset()) -> None:
     """Refuse a config that differs from the one the study searched with (model, data, training,
     metric, direction): confirming or exporting another experiment under the study's name would
-    report numbers nobody measured. Searched parameters, runtime-only settings and ``ignore`` may
-    differ; keys one side lacks (a config written by an older version) are not compared."""
-    cfg = composed.config
-    stored = parent.user_attrs.get("config")
-    if not isinstance(stored, dict) or not stored:
-        return  # a study written by other code: nothing to compare with
-    current = OmegaConf.to_container(composed.dict_config, resolve=True)
-    assert isinstance(current, dict)
-    searched = set(parent.user_attrs.get("space") or {}) | set(scientific_values(parent))
-    sections = ("model", "data", "train")
-    before = flatten({k: stored.get(k) or {} for k in sections})
-    now = flatten({k: current.get(k) or {} for k in sections})
-    diffs = [(k, now[k], before[k]) for k in now
-             if k in before and k not in searched and k not in RUNTIME_KEYS and k not in ignore and now[k] != before[k]]
-    if cfg.study.metric != stored.get("study", {}).get("metric", cfg.study.metric):
-        diffs.append(("study.metric", cfg.study.metric, stored["study"]["metric"]))
-    direction = parent.direction.name.lower()
-    if resolved_direction(cfg) != direction:
-        diffs.append(("study.direction", resolved_direction(cfg), direction))
-    if diffs:
-        key, here, there = diffs[0]
-        more = f" (and {len(diffs) - 1} more: {', '.join(d[0] for d in diffs[1:4])}{', ...' if len(diffs) > 4 else ''})" \
-            if len(diffs) > 1 else ""
-        command = (parent.user_attrs.get("provenance") or {}).get("command")
-        hint = f"; the search ran: {command}" if command else ""
-        raise ConfigError(key, f"is {here!r} here but {there!r} in study {parent.study_name!r}{more}: pass the "
-                               f"overrides the search ran with{hint}")
+    report numbers nobody measured. The check is the search's own resume check
+    (:func:`llm_doe.experiment.check_same_experiment`); only the advice differs."""
+    command = (parent.user_attrs.get("provenance") or {}).get("command")
+    hint = "pass the overrides the search ran with" + (f"; the search ran: {command}" if command else "")
+    experiment.check_same_experiment(composed.dict_config, composed.config, parent, hint=hint, ignore=ignore)
 
 
 def top_trials(study: optuna.Study, k: int) -> list[FrozenTrial]:

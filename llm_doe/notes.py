@@ -56,9 +56,7 @@ def study_note(table: pd.DataFrame) -> str:
         kind, extent = _distribution(dist)
         lines.append(f"| `{param}` | {kind} | {extent} |")
     failures = analysis.failure_report(table)
-    lines += ["", "### Trials", "",
-              f"{failures['trials']} trials: {failures['complete']} complete, {failures['pruned']} pruned, "
-              f"{failures['failed']} failed ({failures['diverged']} diverged), {failures['running']} running."]
+    lines += ["", "### Trials", "", analysis.trial_counts_text(failures)]
     lines += ["", "### Best trial", ""]
     try:
         best = analysis.best_trial(table)

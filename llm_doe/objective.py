@@ -29,6 +29,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from llm_doe.artifacts import upload_trial_artifacts
+from llm_doe.experiment import flatten
 from llm_doe.finetune.data import encoded_splits
 from llm_doe.finetune.loop import Diverged, Interrupted, resolve_runtime, train
 from llm_doe.finetune.model import load_tokenizer, model_factory
@@ -104,14 +105,14 @@ def origin_number(frozen: optuna.trial.FrozenTrial) -> int:
     return frozen.number if origin is None else origin
 
 
-def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    """{"train": {"lr": 1}} -> {"train.lr": 1}, for user attributes."""
-    if isinstance(tree, dict):
-        out: dict[str, Any] = {}
-        for key, value in tree.items():
-            out.update(flatten(value, f"{prefix}{key}."))
-        return out
-    return {prefix[:-1]: tree}
+def checkpoint_identity(study: optuna.Study, frozen: optuna.trial.FrozenTrial,
+                        params: dict[str, Any]) -> dict[str, Any]:
+    """Whose checkpoint it is: the study (name and the ``uuid`` it was created with, so a study
+    recreated under the same name is another), the origin trial of the retry chain (a re-queued
+    trial resumes its origin's checkpoint) and the parameters. The loop stamps it on every
+    checkpoint and resumes only a checkpoint stamped the same."""
+    return {"study": study.study_name, "study_uuid": study.user_attrs.get("uuid"), "trial": origin_number(frozen),
+            "params": dict(params)}
 
 
 def _finite_or_none(value: float) -> float | None:
@@ -171,9 +172,10 @@ class Objective:
                                self.storage_retry_s)
             return with_storage_retry(trial.should_prune, f"asking the pruner at step {step}", self.storage_retry_s)
 
-        checkpoint = None
+        checkpoint = identity = None
         if self.checkpoints_dir is not None:
             checkpoint = self.checkpoints_dir / str(origin_number(frozen))
+            identity = checkpoint_identity(trial.study, frozen, params)
         model = result = factory = None
         failure: BaseException | None = None
         try:
@@ -185,13 +187,16 @@ class Objective:
             result = train(model, train_data, val_data, cfg.train, runtime, pad_id=tokenizer.pad_token_id or 0,
                            metric=metric, maximize=maximize, report=report, started_at=started,
                            desc=f"trial {trial.number}", checkpoint_dir=checkpoint, should_stop=self.should_stop,
-                           checkpoint_every_s=cfg.runtime.checkpoint_every_s)
+                           checkpoint_every_s=cfg.runtime.checkpoint_every_s, checkpoint_identity=identity)
         except Interrupted as err:
             # Re-queue with the same params and intermediate values (Optuna's own mechanism, as
             # for a dead worker); the new trial resumes from the checkpoint left in place.
             retry_callback()(trial.study, _frozen(trial))
-            trial.set_user_attr("fail_reason", f"interrupted at optimizer step {err.step}; re-queued"
-                                + (" to resume from its checkpoint" if err.checkpointed else ""))
+            # After the re-queue, so the new trial does not inherit them: this one is not a
+            # failure of its parameters, and the analysis counts it apart (``requeued``).
+            set_user_attrs(trial, {"requeued": True,
+                                   "fail_reason": f"interrupted at optimizer step {err.step}; re-queued"
+                                   + (" to resume from its checkpoint" if err.checkpointed else "")})
             raise TrialInterrupted(str(err)) from None
         except StorageUnavailable:
             raise  # keep the checkpoint: the heartbeat re-queues the trial and it resumes

@@ -107,8 +107,7 @@ def render_report(storage: analysis.StudyRef, study_name: str | None = None, *,
     parts.append(
         f"<p><b>Goal:</b> {html.escape(str(attrs.get('direction') or 'optimise'))} <code>{html.escape(metric)}</code> "
         f"by searching {', '.join(f'<code>{html.escape(p)}</code>' for p in params) or 'nothing'}.<br>"
-        f"{failures['trials']} trials: {failures['complete']} complete, {failures['pruned']} pruned, "
-        f"{failures['failed']} failed ({failures['diverged']} diverged), {failures['running']} running.</p>")
+        f"{html.escape(analysis.trial_counts_text(failures))}</p>")
 
     warnings = analysis.study_warnings(trials)
     if warnings:

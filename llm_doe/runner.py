@@ -203,7 +203,7 @@ def optimize_arms(composed: Composed, arms: list[tuple[Any, optuna.Study]]) -> i
         TrialInterrupted,
         storage_failure,
     )
-    from llm_doe.study import mask_url, storage_label, study_totals, trial_counts
+    from llm_doe.study import mask_url, record_totals, storage_label, study_totals, trial_counts
 
     cfg = composed.config
     if cfg.runtime.num_threads is not None:
@@ -291,6 +291,8 @@ def optimize_arms(composed: Composed, arms: list[tuple[Any, optuna.Study]]) -> i
             for runner in runners:
                 runner[3].close()
     if interrupted or stop():
+        for _, study in arms:
+            record_totals(study)  # the study's compute so far, as on a finished run
         log.error("interrupted (%s): the running trial was checkpointed and re-queued; run the same command to "
                   "resume to %d trials", signal.Signals(stop.signum or signal.SIGINT).name, n_total)
         return stop.exit_code

@@ -126,8 +126,8 @@ def prepare(composed: Composed) -> tuple[Any, Any]:
     tokenizer, tok_key = load_tokenizer(cfg.model)
     _, _, splits = encoded_splits(cfg.data, tokenizer, tok_key)
     model_factory(cfg.model, splits.num_labels)
-    for arm in design.arms:
-        check_resume(cfg, arm.space, arm.name)
+    for arm in design.arms:  # the same experiment, or nothing is written (a sub-study's values applied)
+        check_resume(arm.config, cfg, arm.space, arm.name)
     return design, pruner
 
 

@@ -14,15 +14,18 @@ import platform
 import shlex
 import subprocess
 import sys
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import optuna
+from omegaconf import DictConfig
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from llm_doe.analysis import rdb_backend
+from llm_doe.experiment import NEW_STUDY_HINT, check_same_experiment
 from llm_doe.schema import (
     Config,
     ConfigError,
@@ -198,22 +201,33 @@ def make_sampler(cfg: SamplerConfig, space: SearchSpace) -> optuna.samplers.Base
 
 
 def make_pruner(cfg: PrunerConfig) -> optuna.pruners.BasePruner:
-    """The configured pruner; steps are evaluation indices (1, 2, ...)."""
+    """The configured pruner; steps are evaluation indices (1, 2, ...).
+
+    ``pruner.n_warmup_steps: N`` (median, percentile) and ``pruner.n_startup_steps: N``
+    (wilcoxon) both mean: the first N evaluations of a trial are never pruned. Optuna's own
+    arguments count differently (it protects steps ``< n_warmup_steps``; Wilcoxon prunes once
+    ``n_startup_steps`` evaluations exist), and our steps start at 1, so both get N + 1. After
+    the warm-up the pruner looks at evaluation N + 1, then every ``interval_steps``-th one.
+    """
+    for key, least in (("n_warmup_steps", 0), ("n_startup_steps", 0), ("interval_steps", 1)):
+        if getattr(cfg, key) < least:
+            raise ConfigError(f"pruner.{key}", f"must be >= {least}, got {getattr(cfg, key)}")
     pruners = optuna.pruners
+    warmup = cfg.n_warmup_steps + 1  # Optuna protects steps < this: evaluations 1..N
     if cfg.name == "median":
-        return pruners.MedianPruner(n_startup_trials=cfg.n_startup_trials, n_warmup_steps=cfg.n_warmup_steps,
+        return pruners.MedianPruner(n_startup_trials=cfg.n_startup_trials, n_warmup_steps=warmup,
                                     interval_steps=cfg.interval_steps)
     if cfg.name == "percentile":
         return pruners.PercentilePruner(cfg.percentile, n_startup_trials=cfg.n_startup_trials,
-                                        n_warmup_steps=cfg.n_warmup_steps, interval_steps=cfg.interval_steps)
+                                        n_warmup_steps=warmup, interval_steps=cfg.interval_steps)
     if cfg.name == "successive_halving":
         return pruners.SuccessiveHalvingPruner(min_resource=cfg.min_resource, reduction_factor=cfg.reduction_factor,
                                                min_early_stopping_rate=cfg.min_early_stopping_rate)
     if cfg.name == "hyperband":
         return pruners.HyperbandPruner(min_resource=cfg.min_resource, max_resource=cfg.max_resource,
                                        reduction_factor=cfg.reduction_factor)
-    if cfg.name == "wilcoxon":
-        return pruners.WilcoxonPruner(p_threshold=cfg.p_threshold, n_startup_steps=cfg.n_startup_steps)
+    if cfg.name == "wilcoxon":  # Optuna prunes once this many evaluations exist: N + 1 protects 1..N
+        return pruners.WilcoxonPruner(p_threshold=cfg.p_threshold, n_startup_steps=cfg.n_startup_steps + 1)
     if cfg.name == "none":
         return pruners.NopPruner()
     raise ConfigError("pruner.name", f"unknown pruner {cfg.name!r}")
@@ -257,8 +271,9 @@ def provenance(argv: list[str]) -> dict[str, Any]:
     }
 
 
-def existing_space(cfg: Config, name: str) -> dict[str, Any] | None:
-    """The search space an existing study was created with, read without creating anything."""
+def existing_study(cfg: Config, name: str) -> optuna.study.StudySummary | None:
+    """The stored study ``name`` (attributes, direction), read without creating anything: None
+    when the store or the study does not exist yet."""
     if cfg.storage.kind == "journal":
         if not Path(cfg.storage.journal_path).exists():
             return None
@@ -274,19 +289,20 @@ def existing_space(cfg: Config, name: str) -> dict[str, Any] | None:
     except Exception as err:  # unreachable server, foreign file: say so before running anything
         message = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise ConfigError(key, f"cannot open the study store {storage_label(cfg.storage)}: {mask_url(message)}") from None
-    for summary in summaries:
-        if summary.study_name == name:
-            return summary.user_attrs.get("space", {})
-    return None
+    return next((summary for summary in summaries if summary.study_name == name), None)
 
 
-def check_resume(cfg: Config, space: SearchSpace, name: str | None = None) -> None:
-    """Resuming is only honest on the same search space (else the trials answer another question)."""
-    name = name or cfg.study.name
-    before = existing_space(cfg, name)
-    if before is not None and before != space_to_json(space):
-        raise ConfigError("study.space", f"differs from the space study {name!r} in {storage_label(cfg.storage)} "
-                                         "was created with; use another study.name to search a new space")
+def check_resume(config: DictConfig, cfg: Config, space: SearchSpace, name: str | None = None) -> None:
+    """Resuming is only honest on the same experiment: the same direction, metric, search
+    space and non-searched settings (:mod:`llm_doe.experiment`), else the new trials answer
+    another question under the old name, and the pruner and the best trial compare the two.
+
+    ``config`` is the run's composed config (a sub-study's, its scientific values applied).
+    Raises ConfigError naming the first key that differs; reads the store, writes nothing.
+    """
+    stored = existing_study(cfg, name or cfg.study.name)
+    if stored is not None:
+        check_same_experiment(config, cfg, stored, hint=NEW_STUDY_HINT, space=space_to_json(space))
 
 
 def open_study(cfg: Config, storage: optuna.storages.BaseStorage, sampler: optuna.samplers.BaseSampler,
@@ -301,6 +317,9 @@ def open_study(cfg: Config, storage: optuna.storages.BaseStorage, sampler: optun
             study.set_user_attr(key, value)
         study.set_user_attr("space", space_to_json(space))
         study.set_user_attr("metric", cfg.study.metric)
+        # Tells this study from an earlier one of the same name (a deleted store, recreated):
+        # a trial's checkpoint records it and is resumed only by a trial of this study.
+        study.set_user_attr("uuid", uuid.uuid4().hex)
         study.set_user_attr("config", dict(resolved))
         study.set_user_attr("provenance", provenance(argv))
     study.set_user_attr("last_run", provenance(argv))

@@ -151,7 +151,159 @@ def test_interrupted_study_resumes_to_exactly_n_trials(tmp_path):
     done_before = len(study.get_trials(states=(TrialState.COMPLETE,)))
     assert 2 <= done_before < 5
     assert all(t.state != TrialState.RUNNING for t in study.trials)  # the interrupted trial is not left RUNNING
+    totals = study.user_attrs.get("totals")  # written on the way out, not only by the next full run
+    assert totals is not None and totals["trials"] == len(study.trials), totals
+    interrupted = study.get_trials(states=(TrialState.FAIL,))
+    assert len(interrupted) == 1 and interrupted[0].user_attrs["requeued"] is True
 
     again = run_cli(args, cwd=tmp_path)
     assert again.returncode == 0, again.stdout + again.stderr
-    assert len(load(tmp_path).get_trials(states=(TrialState.COMPLETE,))) == 5
+    study = load(tmp_path)
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 5
+    # A clean Ctrl-C is not a failure of the space: counted apart, no warning.
+    from llm_doe import analysis
+
+    table = analysis.load_trials(f"sqlite:///{tmp_path}/t.db")
+    report = analysis.failure_report(table)
+    assert (report["failed"], report["requeued"]) == (0, 1), report
+    assert not any("failed" in w for w in analysis.study_warnings(table))
+    # Its re-queued successor resumed the checkpoint it left (same origin trial: same identity).
+    origin = interrupted[0]
+    retry = next(t for t in study.trials if t.system_attrs.get("failed_trial") == origin.number)
+    assert retry.state == TrialState.COMPLETE
+    if origin.intermediate_values:
+        assert retry.user_attrs["resumed_from_step"] == len(origin.intermediate_values)
+
+
+def _files(folder) -> dict[str, str]:
+    """Every file under ``folder`` with its sha256 (SQLite's transient -wal/-shm left out)."""
+    import hashlib
+
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*"))
+            if p.is_file() and not p.name.endswith(("-wal", "-shm"))}
+
+
+def _settle(db) -> None:
+    """Fold SQLite's write-ahead log into the database file, so its bytes are the study's."""
+    import gc
+    import sqlite3
+
+    gc.collect()  # the in-process run's engines
+    with sqlite3.connect(db) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
+@pytest.fixture
+def lr_study(tmp_path):
+    """A one-trial tiny ``lr_sweep`` stored in tmp_path/lr.db: its command and the store's files."""
+    from llm_doe.search import main
+
+    args = ["+study=lr_sweep", *TINY, *store_args(tmp_path, "lr"), "pruner=none"]
+    assert main([*args, "study.n_trials=1"]) == 0
+    _settle(tmp_path / "lr.db")
+    return args
+
+
+@pytest.mark.parametrize("override, key, stored, requested", [
+    ("study.metric=accuracy", "study.metric", "val_loss", "accuracy"),
+    ("study.direction=maximize", "study.direction", "minimize", "maximize"),
+    ("train.num_epochs=2", "train.num_epochs", 1, 2),
+    ("data.train_size=100", "data.train_size", 160, 100),
+    ("model.hidden_size=32", "model.hidden_size", 64, 32),
+])
+def test_resume_as_another_experiment_exits_2_and_writes_nothing(lr_study, tmp_path, capsys, override, key, stored,
+                                                                  requested):
+    """Resuming with another metric, direction or non-searched setting would mix two experiments
+    in one study (the pruner and best_trial comparing them): one line, exit 2, not a byte written."""
+    from llm_doe.search import main
+
+    before = _files(tmp_path)
+    capsys.readouterr()
+    assert main([*lr_study, override, "study.n_trials=2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith(f"llm_doe: error: {key}: is {requested!r} here but {stored!r} in study 'lr'"), err
+    assert "use another study.name" in err
+    assert _files(tmp_path) == before  # the store's bytes included (sha256)
+    study = load(tmp_path, "lr")
+    assert study.direction == optuna.study.StudyDirection.MINIMIZE and len(study.trials) == 1
+
+
+def test_resume_with_other_runtime_settings_is_accepted(lr_study, tmp_path):
+    """Where and how fast trials run, how many there are and how they are searched may change."""
+    from llm_doe.search import prepare
+
+    composed = compose_config([*lr_study, "workers=2", "runtime.num_threads=2", "runtime.device=cpu",
+                               "study.n_trials=12", "storage.heartbeat_interval=5", "storage.grace_period=20",
+                               "pruner=median", "sampler.seed=7", "train.eval_batch_size=8", "study.timeout=60"])
+    prepare(composed)  # no ConfigError
+
+
+def test_resume_of_a_scientific_study_checks_each_sub_study(tmp_path, capsys):
+    from llm_doe.search import main, prepare
+
+    space = ("++study.space={train.weight_decay:{role:scientific,type:categorical,choices:[0.0,0.1]},"
+             "train.learning_rate:{role:nuisance,type:float,low:1.0e-4,high:3.0e-3,log:true}}")
+    args = ["+study=smoke", *TINY, *store_args(tmp_path, "wd"), space, "pruner=none", "study.n_trials=2"]
+    assert main(args) == 0
+    prepare(compose_config(args))  # the same experiment: each sub-study's scientific value is its own
+    capsys.readouterr()
+    assert main([*args, "train.num_epochs=2"]) == 2
+    err = capsys.readouterr().err
+    assert "train.num_epochs: is 2 here but 1 in study 'wd[train.weight_decay=0.0]'" in err, err
+
+
+
+def _train_smoke(tmp_path, folder, stop_after: int | None = None, **identity):
+    """A tiny smoke trial's training (10 optimizer steps, evaluations at 5 and 10) with its
+    checkpoints in ``folder``; stopped as by Ctrl-C after ``stop_after`` steps; ``identity``
+    (``checkpoint_identity=...``, if given) stamped on its checkpoints."""
+    from llm_doe.finetune.data import encoded_splits
+    from llm_doe.finetune.loop import train
+    from llm_doe.finetune.model import load_tokenizer, model_factory
+
+    cfg = compose_config(["+study=smoke", *TINY, *store_args(tmp_path)]).config
+    tokenizer, key = load_tokenizer(cfg.model)
+    train_data, val_data, splits = encoded_splits(cfg.data, tokenizer, key)
+    model = model_factory(cfg.model, splits.num_labels).build(cfg.train.seed, cfg.model.dropout)
+    steps = iter(range(1, 100))
+    stop = None if stop_after is None else (lambda: next(steps) >= stop_after)
+    return train(model, train_data, val_data, cfg.train, resolve_runtime("cpu", cfg.train.precision),
+                 pad_id=tokenizer.pad_token_id or 0, checkpoint_dir=folder, should_stop=stop, **identity)
+
+
+def _interrupt(tmp_path, folder, **identity) -> None:
+    import shutil
+
+    from llm_doe.finetune.loop import Interrupted
+
+    shutil.rmtree(folder, ignore_errors=True)
+    with pytest.raises(Interrupted):
+        _train_smoke(tmp_path, folder, stop_after=6, **identity)
+    assert (folder / "checkpoint.pt").is_file()
+
+
+def test_a_checkpoint_resumes_only_the_run_that_wrote_it(tmp_path, caplog):
+    folder = tmp_path / "ck" / "3"
+    mine = {"study": "t", "study_uuid": "a" * 32, "trial": 3, "params": {"train.learning_rate": 1e-3}}
+    _interrupt(tmp_path, folder, checkpoint_identity=mine)
+    # The same identity (a re-queued trial names its origin trial): resumed after evaluation 1.
+    assert _train_smoke(tmp_path, folder, checkpoint_identity=mine).resumed_from_step == 1
+    for other in ({**mine, "study_uuid": "b" * 32},  # a study recreated under the same name
+                  {**mine, "trial": 4}, {**mine, "params": {"train.learning_rate": 2e-3}}):
+        _interrupt(tmp_path, folder, checkpoint_identity=mine)
+        caplog.clear()
+        result = _train_smoke(tmp_path, folder, checkpoint_identity=other)
+        assert result.resumed_from_step == 0 and len(result.history) == 2
+        assert "ignoring and deleting the checkpoint" in caplog.text
+
+
+def test_a_recreated_study_does_not_resume_a_checkpoint_left_behind(search, tmp_path):
+    """The store deleted, ``checkpoints/0/`` left behind by a killed trial: the new study's
+    trial 0 trains from scratch instead of resuming another run's weights and history."""
+    _interrupt(tmp_path, tmp_path / "ck" / "0")  # a checkpoint the new study did not write
+    assert search("study.n_trials=1", "pruner=none", "runtime.checkpoint_every_s=0") == 0
+    trial = load(tmp_path).trials[0]
+    assert trial.state == TrialState.COMPLETE
+    assert "resumed_from_step" not in trial.user_attrs
+    assert sorted(trial.intermediate_values) == [1, 2]

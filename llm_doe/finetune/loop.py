@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 import math
 import os
 import resource
@@ -255,8 +256,10 @@ class _State:
     oom_retries: int = 0
 
 
-def _payload(model: nn.Module, optimizer: Any, scheduler: Any, scaler: Any, state: _State) -> dict[str, Any]:
+def _payload(model: nn.Module, optimizer: Any, scheduler: Any, scaler: Any, state: _State,
+             identity: dict[str, Any] | None = None) -> dict[str, Any]:
     return {
+        "identity": identity,  # whose checkpoint this is: only that run resumes it
         "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
         "scaler": scaler.state_dict(), "state": state.__dict__, "torch_rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
@@ -276,9 +279,10 @@ def _write(folder: Path, payload: dict[str, Any]) -> None:
         raise CheckpointError(f"cannot write a checkpoint in {folder}: {err}") from err
 
 
-def save_checkpoint(folder: Path, model: nn.Module, optimizer: Any, scheduler: Any, scaler: Any, state: _State) -> None:
-    """Write the latest checkpoint now."""
-    _write(folder, _payload(model, optimizer, scheduler, scaler, state))
+def save_checkpoint(folder: Path, model: nn.Module, optimizer: Any, scheduler: Any, scaler: Any, state: _State,
+                    identity: dict[str, Any] | None = None) -> None:
+    """Write the latest checkpoint now, stamped with the run's ``identity``."""
+    _write(folder, _payload(model, optimizer, scheduler, scaler, state, identity))
 
 
 class _CheckpointWriter:
@@ -286,8 +290,9 @@ class _CheckpointWriter:
     with AdamW) reach the disk: the loop pays only for a snapshot copy in memory. One write
     at a time; its error surfaces at the next checkpoint or at the end of training."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, identity: dict[str, Any] | None = None) -> None:
         self.folder = folder
+        self.identity = identity
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
 
@@ -303,7 +308,7 @@ class _CheckpointWriter:
              background: bool = True) -> None:
         self.wait()
         # A snapshot: training mutates parameters and optimizer state in place.
-        payload = copy.deepcopy(_payload(model, optimizer, scheduler, scaler, state))
+        payload = copy.deepcopy(_payload(model, optimizer, scheduler, scaler, state, self.identity))
         if not background:
             _write(self.folder, payload)
             return
@@ -319,11 +324,24 @@ class _CheckpointWriter:
 
 
 def _load_checkpoint(folder: Path, model: nn.Module, optimizer: Any, scheduler: Any, scaler: Any,
-                     device: torch.device) -> _State | None:
+                     device: torch.device, identity: dict[str, Any] | None = None) -> _State | None:
+    """Restore the checkpoint in ``folder`` if it is ``identity``'s; None to start fresh.
+
+    A checkpoint is found by its folder, and a folder can outlive its run (a study deleted and
+    recreated under the same name reuses trial numbers): one stamped with another identity
+    (or none, while this run has one) is another run's weights, optimizer and history, so it
+    is deleted and the run starts fresh.
+    """
     path = folder / CHECKPOINT_FILE
     if not path.is_file():
         return None
     payload = torch.load(path, map_location=device, weights_only=False)
+    if payload.get("identity") != identity:
+        logging.getLogger("llm_doe").warning(
+            "ignoring and deleting the checkpoint in %s: it was written by %s, not by this run (%s); starting fresh",
+            folder, payload.get("identity") or "an unidentified run", identity)
+        path.unlink(missing_ok=True)
+        return None
     model.load_state_dict(payload["model"])
     optimizer.load_state_dict(payload["optimizer"])
     scheduler.load_state_dict(payload["scheduler"])
@@ -352,6 +370,7 @@ def train(
     max_steps: int | None = None,
     schedule_steps: int | None = None,
     checkpoint_every_s: float = 0.0,
+    checkpoint_identity: dict[str, Any] | None = None,
 ) -> TrainResult:
     """Fine-tune ``model`` and evaluate it on the validation split as configured.
 
@@ -371,6 +390,9 @@ def train(
         checkpoint_every_s: checkpoint at an evaluation only when this much training time
             passed since the last checkpoint (0 = at every evaluation): a short trial then
             writes none, and a crash loses at most one evaluation interval or this long.
+        checkpoint_identity: who this run is (opaque to the loop; the objective says which
+            study and trial): stamped on the checkpoints written, and a checkpoint stamped
+            otherwise is deleted instead of resumed.
         max_steps: stop after this many optimizer steps (``stop_reason='max_steps'``); the
             learning-rate schedule still spans ``schedule_steps``, so the first ``max_steps``
             steps are exactly those of the full run (how the final model reproduces a trial's
@@ -415,7 +437,7 @@ def train(
     auto_micro = cfg.micro_batch_size == "auto"
     st = None
     if checkpoint_dir is not None:
-        st = _load_checkpoint(checkpoint_dir, model, optimizer, scheduler, scaler, rt.device)
+        st = _load_checkpoint(checkpoint_dir, model, optimizer, scheduler, scaler, rt.device, checkpoint_identity)
     resumed_from = len(st.history) if st is not None else 0
     st = st or _State()
     if st.micro_batch_size == 0:
@@ -424,7 +446,7 @@ def train(
     if st.epoch_rng is not None:
         rng.bit_generator.state = st.epoch_rng
 
-    writer = _CheckpointWriter(checkpoint_dir) if checkpoint_dir is not None else None
+    writer = _CheckpointWriter(checkpoint_dir, checkpoint_identity) if checkpoint_dir is not None else None
     last_checkpoint = time.perf_counter()
 
     def checkpoint(background: bool = True) -> None:
