@@ -8,17 +8,19 @@ URL or an unwritable folder stops the run before a file exists.
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import importlib.metadata
 import os
 import platform
 import shlex
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.distributions import BaseDistribution
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -178,9 +180,68 @@ def retry_callback(max_retry: int | None = None) -> optuna.storages.RetryHeartbe
     return optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry, inherit_intermediate_values=True)
 
 
+def derived_seed(seed: int, number: int) -> int:
+    """The seed of trial ``number`` in a study seeded ``seed``: a fixed function of both."""
+    digest = hashlib.sha256(f"llm_doe:{seed}:{number}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+class TrialSeeded(optuna.samplers.BaseSampler):
+    """A sampler rebuilt for each trial, seeded from (``sampler.seed``, trial number).
+
+    A sampler seeded once per process replays its random stream in every process: a resumed
+    study proposed the parameters of its first trials again, and ``workers=N`` ran N copies of
+    one stream. Trial numbers are unique in a study (the store hands them out), so every trial
+    gets its own stream, in any process on any host, and a study run in one go, or stopped and
+    resumed, draws the same parameters for the same trial numbers. Whatever the samplers learn
+    lives in the study (TPE, GP and CMA-ES read their history, and CMA-ES its state, from the
+    store), so rebuilding loses only GP's warm start of its kernel fit.
+    """
+
+    def __init__(self, build: Callable[[int], optuna.samplers.BaseSampler], seed: int) -> None:
+        self._build, self._seed = build, seed
+        self.inner = build(seed)
+
+    def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        self.inner = self._build(derived_seed(self._seed, trial.number))
+        self.inner.before_trial(study, trial)
+
+    def infer_relative_search_space(self, study: optuna.Study,
+                                    trial: optuna.trial.FrozenTrial) -> dict[str, BaseDistribution]:
+        return self.inner.infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study: optuna.Study, trial: optuna.trial.FrozenTrial,
+                        search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
+        return self.inner.sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, param_name: str,
+                           param_distribution: BaseDistribution) -> Any:
+        return self.inner.sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, state: optuna.trial.TrialState,
+                    values: Sequence[float] | None) -> None:
+        self.inner.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self.inner.reseed_rng()
+
+
 def make_sampler(cfg: SamplerConfig, space: SearchSpace) -> optuna.samplers.BaseSampler:
-    """The configured, seeded sampler."""
-    seed = cfg.seed
+    """The configured sampler, seeded per trial from ``sampler.seed`` (:class:`TrialSeeded`).
+
+    QMC keeps its one seed: it scrambles the one low-discrepancy sequence, which the sampler
+    indexes by a counter kept in the study (so resumes and workers continue it). So does the
+    grid: its seed shuffles the grid that the ``grid_id`` of every trial indexes, and it only
+    ever offers configurations no trial has run. Without a seed every process draws fresh
+    entropy, so nothing to replay either.
+    """
+    if cfg.name in ("qmc", "grid") or cfg.seed is None:
+        return base_sampler(cfg, space, cfg.seed)
+    return TrialSeeded(lambda seed: base_sampler(cfg, space, seed), cfg.seed)
+
+
+def base_sampler(cfg: SamplerConfig, space: SearchSpace, seed: int | None) -> optuna.samplers.BaseSampler:
+    """The configured sampler with ``seed``."""
     samplers = optuna.samplers
     if cfg.name == "tpe":
         return samplers.TPESampler(seed=seed, n_startup_trials=cfg.n_startup_trials)
@@ -408,3 +469,4 @@ def record_totals(study: optuna.Study) -> dict[str, float]:
     totals = study_totals(study)
     study.set_user_attr("totals", totals)
     return totals
+
