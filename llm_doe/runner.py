@@ -348,12 +348,12 @@ def _unverifiable(runners: list[Any]) -> bool:
     blocked = [trial for runner in runners for trial in unverifiable_trials(runner[1])]
     if not blocked:
         return False
-    hosts = sorted({str(t.user_attrs.get("worker", "?")).rpartition(":")[0] or "?" for t in blocked})
+    workers = sorted({str(t.user_attrs.get("worker", "an unknown worker")) for t in blocked})
+    hosts = sorted({worker.rpartition(":")[0] or "its host" for worker in workers})
     log.warning("not waiting for trial(s) %s: RUNNING in %s on another host, and this store has no heartbeats "
                 "to tell whether they are alive; alive, they finish the study; if that worker is gone, run the "
-                "same command on %s to fail and re-queue them (host lost: llm_doe.study.fail_and_requeue)", ", ".join(str(t.number) for t in blocked),
-                ", ".join(sorted({str(t.user_attrs.get("worker", "an unknown worker")) for t in blocked})),
-                " or ".join(hosts))
+                "same command on %s to fail and re-queue them (host lost: llm_doe.study.fail_and_requeue, see "
+                "the README)", ", ".join(str(t.number) for t in blocked), ", ".join(workers), " or ".join(hosts))
     return True
 
 

@@ -62,6 +62,22 @@ def test_a_grid_smaller_than_n_trials_runs_each_configuration_once(tmp_path, cap
     assert len(load(tmp_path).trials) == 2
 
 
+def test_each_scientific_sub_study_ends_when_its_grid_is_exhausted(tmp_path, capsys):
+    from llm_doe.search import main
+
+    conf = _grid_conf(tmp_path, "1.0e-3, 2.0e-3")
+    (tmp_path / "conf" / "study" / "grid.yaml").write_text(GRID_STUDY.replace(
+        "train.learning_rate: {type: categorical, choices: [CHOICES]}",
+        "train.weight_decay: {role: scientific, type: categorical, choices: [0.0, 0.1]}\n"
+        "    train.learning_rate: {role: nuisance, type: categorical, choices: [1.0e-3, 2.0e-3]}"))
+    assert main(["+study=grid", conf, *TINY, *store_args(tmp_path), "study.n_trials=6", "pruner=none"]) == 0
+    out = capsys.readouterr().out
+    for arm in ("t[train.weight_decay=0.0]", "t[train.weight_decay=0.1]"):
+        assert f"grid exhausted: all 2 configurations ran; {arm}'s 3 trials are more than its grid" in out
+        sub = optuna.load_study(study_name=arm, storage=f"sqlite:///{tmp_path}/t.db")
+        assert sorted(_rates(sub)) == [1e-3, 2e-3] and len(sub.trials) == 2
+
+
 def test_two_workers_on_a_grid_never_repeat_a_configuration(tmp_path):
     args = ["+study=grid", _grid_conf(tmp_path, "1.0e-3, 2.0e-3, 3.0e-3"), *TINY, *store_args(tmp_path),
             "workers=2", "study.n_trials=6"]
