@@ -12,8 +12,6 @@ from __future__ import annotations
 import gc
 import logging
 import math
-import os
-import platform
 import shutil
 import time
 import traceback
@@ -35,7 +33,7 @@ from llm_doe.finetune.loop import Diverged, Interrupted, resolve_runtime, train
 from llm_doe.finetune.model import load_tokenizer, model_factory
 from llm_doe.schema import Config, resolved_direction
 from llm_doe.space import SearchSpace, apply_params, suggest
-from llm_doe.study import retry_callback, set_user_attrs
+from llm_doe.study import grid_duplicate, retry_callback, set_user_attrs, worker_attrs
 
 log = logging.getLogger("llm_doe")
 
@@ -148,7 +146,14 @@ class Objective:
                 trial.set_user_attr("surplus", True)
                 trial.set_user_attr("fail_reason", f"surplus: {self.n_trials} trials were already running or done")
                 raise TrialFailed("surplus")
-        worker = {"worker": f"{platform.node()}:{os.getpid()}"}
+        if self.base.sampler.name == "grid":
+            same = grid_duplicate(trial.study, frozen, self.space)
+            if same is not None:
+                # Not run and not counted, as a surplus trial: a grid configuration runs once.
+                trial.set_user_attr("surplus", True)
+                trial.set_user_attr("fail_reason", f"duplicate: trial {same.number} has the same grid configuration")
+                raise TrialFailed("duplicate")
+        worker = worker_attrs()
         try:
             params = suggest(trial, self.space)
             cfg_dc, cfg = self.trial_config(params)

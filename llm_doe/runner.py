@@ -79,7 +79,7 @@ class ProgressCallback:
 
         state = trial.state.name
         if trial.user_attrs.get("surplus"):
-            log.debug("trial %d not run: the study total was already running or done", trial.number)
+            log.debug("trial %d not run: %s", trial.number, trial.user_attrs.get("fail_reason"))
             return
         if trial.state == optuna.trial.TrialState.FAIL:
             self.failures += 1
@@ -203,7 +203,15 @@ def optimize_arms(composed: Composed, arms: list[tuple[Any, optuna.Study]]) -> i
         TrialInterrupted,
         storage_failure,
     )
-    from llm_doe.study import mask_url, record_totals, storage_label, study_totals, trial_counts
+    from llm_doe.study import (
+        fail_dead_workers,
+        grid_points,
+        mask_url,
+        record_totals,
+        storage_label,
+        study_totals,
+        trial_counts,
+    )
 
     cfg = composed.config
     if cfg.runtime.num_threads is not None:
@@ -239,6 +247,7 @@ def optimize_arms(composed: Composed, arms: list[tuple[Any, optuna.Study]]) -> i
     started = time.perf_counter()
     deadline = None if cfg.study.timeout is None else started + cfg.study.timeout
     waited = interrupted = False
+    exhausted: set[str] = set()  # grid arms whose every configuration ran
     with stop:
         try:
             while not stop() and not failures.tripped:
@@ -255,8 +264,16 @@ def optimize_arms(composed: Composed, arms: list[tuple[Any, optuna.Study]]) -> i
                 for runner in runners:
                     arm, study = runner[0], runner[1]
                     optuna.storages.fail_stale_trials(study)
+                    for number in fail_dead_workers(study, cfg.storage.max_retry):
+                        log.warning("trial %d: its worker is gone; marked FAIL and re-queued", number)
                     counts = trial_counts(study)
-                    if finished(counts) >= arm.n_trials:
+                    if finished(counts) >= arm.n_trials or arm.name in exhausted:
+                        continue
+                    if cfg.sampler.name == "grid" and grid_exhausted(study, arm.space, counts[TrialState.WAITING]):
+                        exhausted.add(arm.name)
+                        log.info("grid exhausted: all %d configurations ran; %s", len(grid_points(arm.space)),
+                                 f"study.n_trials={arm.n_trials} is more than the grid" if len(arms) == 1 else
+                                 f"{arm.name}'s {arm.n_trials} trials are more than its grid")
                         continue
                     under_way = finished(counts) + counts[TrialState.RUNNING]
                     if counts[TrialState.WAITING] or under_way < arm.n_trials:
@@ -267,6 +284,8 @@ def optimize_arms(composed: Composed, arms: list[tuple[Any, optuna.Study]]) -> i
                     break
                 startable = [item for item in open_arms if item[0] is not None]
                 if not startable:
+                    if _unverifiable(runners):
+                        break
                     if not waited:
                         log.info("waiting for the trials running elsewhere to finish (or to go stale and be "
                                  "re-queued)")
@@ -303,6 +322,42 @@ def optimize_arms(composed: Composed, arms: list[tuple[Any, optuna.Study]]) -> i
                   "and %s", failures.failures, cfg.study.max_failures, composed.run_dir / "search.log")
         return 1
     return 0
+
+
+def grid_exhausted(study: optuna.Study, space: Any, waiting: int) -> bool:
+    """sampler=grid: whether every configuration ran, runs or waits to run (no trial to start).
+
+    GridSampler alone would start visited configurations again once the grid is used up
+    (its ``study.stop()`` ends only the one-trial ``optimize`` call). A configuration held only
+    by a trial the objective refused (a surplus trial) is one GridSampler never offers again:
+    it is enqueued instead.
+    """
+    from llm_doe.study import grid_left, grid_names
+
+    left, orphaned = grid_left(study, space)
+    if not left:
+        return not waiting
+    if not waiting and len(orphaned) == len(left):
+        study.enqueue_trial(dict(zip(grid_names(space), orphaned[0])))
+    return False
+
+
+def _unverifiable(runners: list[Any]) -> bool:
+    """A worker with nothing to start, on a store without heartbeats, does not wait for trials
+    whose worker runs on another host: it cannot tell whether that worker is alive. One line
+    says which trials, whose, and how to clear them; True if it should stop."""
+    from llm_doe.study import unverifiable_trials
+
+    blocked = [trial for runner in runners for trial in unverifiable_trials(runner[1])]
+    if not blocked:
+        return False
+    workers = sorted({str(t.user_attrs.get("worker", "an unknown worker")) for t in blocked})
+    hosts = sorted({worker.rpartition(":")[0] or "its host" for worker in workers})
+    log.warning("not waiting for trial(s) %s: RUNNING in %s on another host, and this store has no heartbeats "
+                "to tell whether they are alive; alive, they finish the study; if that worker is gone, run the "
+                "same command on %s to fail and re-queue them (host lost: llm_doe.study.fail_and_requeue, see "
+                "the README)", ", ".join(str(t.number) for t in blocked), ", ".join(workers), " or ".join(hosts))
+    return True
 
 
 def summarise(arm: Any, study: optuna.Study, cfg: Config, started: float) -> None:

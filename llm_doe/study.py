@@ -8,19 +8,22 @@ URL or an unwritable folder stops the run before a file exists.
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import importlib.metadata
+import itertools
 import os
 import platform
 import shlex
 import subprocess
 import sys
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import optuna
 from omegaconf import DictConfig
+from optuna.distributions import BaseDistribution
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -181,9 +184,68 @@ def retry_callback(max_retry: int | None = None) -> optuna.storages.RetryHeartbe
     return optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry, inherit_intermediate_values=True)
 
 
+def derived_seed(seed: int, number: int) -> int:
+    """The seed of trial ``number`` in a study seeded ``seed``: a fixed function of both."""
+    digest = hashlib.sha256(f"llm_doe:{seed}:{number}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+class TrialSeeded(optuna.samplers.BaseSampler):
+    """A sampler rebuilt for each trial, seeded from (``sampler.seed``, trial number).
+
+    A sampler seeded once per process replays its random stream in every process: a resumed
+    study proposed the parameters of its first trials again, and ``workers=N`` ran N copies of
+    one stream. Trial numbers are unique in a study (the store hands them out), so every trial
+    gets its own stream, in any process on any host, and a study run in one go, or stopped and
+    resumed, draws the same parameters for the same trial numbers. Whatever the samplers learn
+    lives in the study (TPE, GP and CMA-ES read their history, and CMA-ES its state, from the
+    store), so rebuilding loses only GP's warm start of its kernel fit.
+    """
+
+    def __init__(self, build: Callable[[int], optuna.samplers.BaseSampler], seed: int) -> None:
+        self._build, self._seed = build, seed
+        self.inner = build(seed)
+
+    def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        self.inner = self._build(derived_seed(self._seed, trial.number))
+        self.inner.before_trial(study, trial)
+
+    def infer_relative_search_space(self, study: optuna.Study,
+                                    trial: optuna.trial.FrozenTrial) -> dict[str, BaseDistribution]:
+        return self.inner.infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study: optuna.Study, trial: optuna.trial.FrozenTrial,
+                        search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
+        return self.inner.sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, param_name: str,
+                           param_distribution: BaseDistribution) -> Any:
+        return self.inner.sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, state: optuna.trial.TrialState,
+                    values: Sequence[float] | None) -> None:
+        self.inner.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self.inner.reseed_rng()
+
+
 def make_sampler(cfg: SamplerConfig, space: SearchSpace) -> optuna.samplers.BaseSampler:
-    """The configured, seeded sampler."""
-    seed = cfg.seed
+    """The configured sampler, seeded per trial from ``sampler.seed`` (:class:`TrialSeeded`).
+
+    QMC keeps its one seed: it scrambles the one low-discrepancy sequence, which the sampler
+    indexes by a counter kept in the study (so resumes and workers continue it). So does the
+    grid: its seed shuffles the grid that the ``grid_id`` of every trial indexes, and it only
+    ever offers configurations no trial has run. Without a seed every process draws fresh
+    entropy, so nothing to replay either.
+    """
+    if cfg.name in ("qmc", "grid") or cfg.seed is None:
+        return base_sampler(cfg, space, cfg.seed)
+    return TrialSeeded(lambda seed: base_sampler(cfg, space, seed), cfg.seed)
+
+
+def base_sampler(cfg: SamplerConfig, space: SearchSpace, seed: int | None) -> optuna.samplers.BaseSampler:
+    """The configured sampler with ``seed``."""
     samplers = optuna.samplers
     if cfg.name == "tpe":
         return samplers.TPESampler(seed=seed, n_startup_trials=cfg.n_startup_trials)
@@ -427,3 +489,177 @@ def record_totals(study: optuna.Study) -> dict[str, float]:
     totals = study_totals(study)
     study.set_user_attr("totals", totals)
     return totals
+
+
+# Grid studies: each configuration runs once. ---------------------------------------------
+
+def _origin(trial: optuna.trial.FrozenTrial) -> int:
+    """The first trial of a retry chain (re-queued trials repeat its configuration on purpose)."""
+    origin = trial.system_attrs.get("failed_trial")  # what RetryHeartbeatStaleTrialCallback records
+    return trial.number if origin is None else int(origin)
+
+
+def counted(trial: optuna.trial.FrozenTrial) -> bool:
+    """A trial that ran, runs or will run: every trial but those the objective refused
+    (``surplus``: over the study total, or a grid configuration that already ran)."""
+    return not trial.user_attrs.get("surplus")
+
+
+def grid_names(space: SearchSpace) -> list[str]:
+    """The parameters of a grid, in the order of :func:`grid_points`' tuples."""
+    return sorted(grid_values(space))
+
+
+def grid_points(space: SearchSpace) -> list[tuple[Any, ...]]:
+    """Every configuration of the grid, as values in :func:`grid_names` order."""
+    grid = grid_values(space)
+    return list(itertools.product(*(grid[name] for name in sorted(grid))))
+
+
+def grid_point(study: optuna.Study, trial: optuna.trial.FrozenTrial, space: SearchSpace) -> tuple[Any, ...] | None:
+    """The grid configuration of a trial: its parameters, else those it was enqueued with,
+    else what ``study.sampler`` (a GridSampler) draws for its ``grid_id``, which GridSampler
+    sets before the parameters are suggested. None if unknown."""
+    names = grid_names(space)
+    for source in (trial.params, trial.system_attrs.get("fixed_params") or {}):
+        if all(name in source for name in names):
+            return tuple(source[name] for name in names)
+    grid = grid_values(space)
+    sampler = study.sampler
+    if (not isinstance(sampler, optuna.samplers.GridSampler) or "grid_id" not in trial.system_attrs
+            or trial.system_attrs.get("search_space") != {name: grid[name] for name in names}):
+        return None
+    return tuple(sampler.sample_independent(study, trial, name, space[name]) for name in names)
+
+
+def grid_left(study: optuna.Study, space: SearchSpace) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """The grid configurations no counted trial has run, runs or waits to run; and those of
+    them that a refused trial held (GridSampler counts these as visited and never offers
+    them again, so they must be enqueued)."""
+    held, refused = set(), set()
+    for trial in study.get_trials(deepcopy=False):
+        (held if counted(trial) else refused).add(grid_point(study, trial, space))
+    left = [point for point in grid_points(space) if point not in held]
+    return left, [point for point in left if point in refused]
+
+
+def grid_duplicate(study: optuna.Study, trial: optuna.trial.FrozenTrial,
+                   space: SearchSpace) -> optuna.trial.FrozenTrial | None:
+    """An earlier counted trial with ``trial``'s grid configuration (its own retries aside).
+
+    GridSampler may hand two workers the same configuration when few are left, and offers
+    visited ones again once the grid is exhausted; the later trial is the one to refuse.
+    """
+    point = grid_point(study, trial, space)
+    if point is None:
+        return None
+    for other in study.get_trials(deepcopy=False):
+        if (other.number < trial.number and counted(other) and _origin(other) != _origin(trial)
+                and grid_point(study, other, space) == point):
+            return other
+    return None
+
+
+# Dead workers on stores without heartbeats (journal). -------------------------------------
+
+def process_start(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks since boot, Linux ``/proc``); None where
+    unknown or the process is a zombie (killed, not yet reaped: dead for our purpose)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()  # the command name may hold spaces and ')'
+    return None if fields[0] in ("Z", "X") else int(fields[19])  # field 3 is the state, 22 the start
+
+
+def worker_attrs() -> dict[str, Any]:
+    """The trial attributes that name its process: ``worker`` (host:pid) and, where the OS
+    tells, ``worker_started``, so a later process with the same pid is not taken for it."""
+    attrs: dict[str, Any] = {"worker": f"{platform.node()}:{os.getpid()}"}
+    started = process_start(os.getpid())
+    if started is not None:
+        attrs["worker_started"] = started
+    return attrs
+
+
+def worker_alive(trial: optuna.trial.FrozenTrial) -> bool | None:
+    """Whether the process running ``trial`` lives: True/False on this host, None when this
+    host cannot tell (another host, or no ``worker`` recorded)."""
+    worker = trial.user_attrs.get("worker")
+    host, _, pid_text = str(worker or "").rpartition(":")
+    if host != platform.node() or not pid_text.isdigit():
+        return None
+    pid = int(pid_text)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        pass
+    if Path("/proc/self/stat").exists():
+        started = process_start(pid)
+        recorded = trial.user_attrs.get("worker_started")
+        if started is None or (recorded is not None and started != recorded):
+            return False  # a zombie, or the pid now belongs to another process
+    return True
+
+
+STARTING_S = 20.0  # a trial this young may not have recorded its worker yet: judged later
+
+
+def _starting(trial: optuna.trial.FrozenTrial) -> bool:
+    """Just started: a re-queued trial carries the attributes of the process it was copied
+    from until its new worker records itself, a few milliseconds (or a busy second) later."""
+    start = trial.datetime_start
+    return start is not None and (_dt.datetime.now(start.tzinfo) - start).total_seconds() < STARTING_S
+
+
+def heartbeats_on(study: optuna.Study) -> bool:
+    """Whether the study's store fails the trials of dead workers itself (RDB heartbeats)."""
+    interval = getattr(study._storage, "get_heartbeat_interval", None)
+    return interval is not None and interval() is not None
+
+
+def fail_dead_workers(study: optuna.Study, max_retry: int | None) -> list[int]:
+    """On a store without heartbeats, fail the RUNNING trials whose worker on this host is
+    gone and re-queue them (what the heartbeat does on RDB stores); their numbers."""
+    if heartbeats_on(study):
+        return []
+    dead = [t.number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+            if not _starting(t) and worker_alive(t) is False]
+    return fail_and_requeue(study, dead, max_retry) if dead else []
+
+
+def fail_and_requeue(study: optuna.Study, numbers: Sequence[int], max_retry: int | None = None) -> list[int]:
+    """Mark RUNNING trials FAIL and re-queue them with their parameters and intermediate values
+    (Optuna's ``RetryHeartbeatStaleTrialCallback``, as ``fail_stale_trials`` does), for a
+    worker known to be gone: ``fail_dead_workers`` on its host, or by hand for a lost host.
+    Returns the numbers this call failed (a trial another process failed first is skipped)."""
+    storage = study._storage
+    study_id = storage.get_study_id_from_name(study.study_name)
+    running = {t.number: t for t in study.get_trials(deepcopy=True, states=(optuna.trial.TrialState.RUNNING,))}
+    failed = []
+    for number in numbers:
+        trial = running.get(number)
+        if trial is None:
+            continue
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, number)
+        try:
+            storage.set_trial_user_attr(trial_id, "fail_reason", f"worker {trial.user_attrs.get('worker', '?')} "
+                                                                 "gone; re-queued")
+            if not storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # another worker failed it first (and re-queued it)
+        retry_callback(max_retry)(study, trial)  # the snapshot from before: without fail_reason
+        failed.append(number)
+    return failed
+
+
+def unverifiable_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """RUNNING trials on a store without heartbeats whose worker this host cannot check."""
+    if heartbeats_on(study):
+        return []
+    return [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+            if not _starting(t) and worker_alive(t) is None]
