@@ -35,6 +35,7 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.trial import FrozenTrial, TrialState
 
 from llm_doe import analysis, experiment
+from llm_doe.names import CONFIRM_SUFFIX, SEED_PARAMS
 from llm_doe.schema import Config, ConfigError, validate
 from llm_doe.search import Composed, cli
 
@@ -193,8 +194,8 @@ def confirm_composed(base: DictConfig, composed: Composed, name: str, space: dic
         # data.seed re-draws train/val for each run; the test split stays the study's.
         data = resolved["data"]
         data["test_seed"] = data["seed"] if data.get("test_seed") is None else data["test_seed"]
-    spec = {k: as_spec(d) for k, d in space.items() if k not in analysis.SEED_PARAMS}
-    spec.update({k: dict(SEED_SPEC) for k in analysis.SEED_PARAMS})
+    spec = {k: as_spec(d) for k, d in space.items() if k not in SEED_PARAMS}
+    spec.update({k: dict(SEED_SPEC) for k in SEED_PARAMS})
     study.update(name=name, n_trials=n_trials, space=spec, max_failures=1, max_train_steps=None)
     resolved["pruner"] = {"name": "none"}
     resolved["sampler"] = {"name": "random", "seed": 0}  # never asked: every run is enqueued
@@ -209,11 +210,11 @@ def make_plan(composed: Composed) -> ConfirmPlan:
     """Every check of a confirmation, before anything is written. Raises ConfigError."""
     cfg = composed.config
     name = str(cfg.study.name)
-    if name.endswith(analysis.CONFIRM_SUFFIX):
+    if name.endswith(CONFIRM_SUFFIX):
         raise ConfigError("study.name", f"{name!r} is a confirmation study; confirm the study it confirms, "
-                                        f"{name[: -len(analysis.CONFIRM_SUFFIX)]!r}")
+                                        f"{name[: -len(CONFIRM_SUFFIX)]!r}")
     storage, parent = open_parent(composed)
-    check_same_experiment(composed, parent, ignore=frozenset(analysis.SEED_PARAMS))
+    check_same_experiment(composed, parent, ignore=frozenset(SEED_PARAMS))
     space = searched_space(composed, parent)
     sources = top_trials(parent, cfg.confirm.top_k)
     if not sources:
@@ -221,7 +222,7 @@ def make_plan(composed: Composed) -> ConfirmPlan:
                                    "first")
     seeds = list(range(cfg.confirm.first_seed, cfg.confirm.first_seed + cfg.confirm.seeds))
     pairs = [(t.number, s, s if cfg.confirm.data_seeds else cfg.data.seed) for s in seeds for t in sources]
-    confirm_name = name + analysis.CONFIRM_SUFFIX
+    confirm_name = name + CONFIRM_SUFFIX
     return ConfirmPlan(parent, storage, confirm_name, sources, seeds, pairs,
                        confirm_composed(experiment_config(composed, parent), composed, confirm_name, space, len(pairs)))
 

@@ -46,6 +46,7 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.trial import FrozenTrial, TrialState
 
 from llm_doe import analysis
+from llm_doe.names import CONFIRM_SUFFIX
 from llm_doe.schema import Config, ConfigError
 from llm_doe.search import Composed, cli
 
@@ -161,9 +162,9 @@ def make_plan(composed: Composed) -> FinalPlan:
     from llm_doe.study import check_writable
 
     cfg = composed.config
-    if str(cfg.study.name).endswith(analysis.CONFIRM_SUFFIX):
+    if str(cfg.study.name).endswith(CONFIRM_SUFFIX):
         raise ConfigError("study.name", f"{cfg.study.name!r} is a confirmation study; export from the study it "
-                                        f"confirms, {str(cfg.study.name)[: -len(analysis.CONFIRM_SUFFIX)]!r}")
+                                        f"confirms, {str(cfg.study.name)[: -len(CONFIRM_SUFFIX)]!r}")
     storage, parent = open_parent(composed)
     trial, chosen_by = choose_trial(parent, cfg.final.trial)
     check_same_experiment(composed, parent)

@@ -19,7 +19,7 @@ log = logging.getLogger("llm_doe")
 
 
 def _cell(value: Any) -> str:
-    text = analysis._fmt(value) if value is not None and not (isinstance(value, float) and pd.isna(value)) else "-"
+    text = analysis.fmt(value) if value is not None and not (isinstance(value, float) and pd.isna(value)) else "-"
     return text.replace("|", "\\|")
 
 

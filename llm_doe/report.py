@@ -233,7 +233,8 @@ def render_scientific_report(storage: analysis.StudyRef, study_name: str) -> str
     parts.append(_section("Caveats", '<div class="warn"><ul>' + "".join(f"<li>{html.escape(c)}</li>" for c in caveats)
                           + "</ul></div>" if caveats else "<p>No parameter was held fixed.</p>"))
     parts.append(_section("Best trial per scientific value", _table(table)))
-    parts.append(_section("Learning curves", _img(analysis.plot_scientific_isolation(storage, study_name),
+    curves = analysis.scientific_curves(storage, study_name, table)
+    parts.append(_section("Learning curves", _img(analysis.plot_scientific_isolation(curves),
                                                   "The best trial of each scientific value.")))
     warnings = []
     for name in table["sub_study"]:

@@ -1,7 +1,9 @@
-"""Shared fixtures: run the real entry point against real SQLite files in temp dirs."""
+"""Shared fixtures and helpers: run the real entry point against real SQLite files in temp dirs;
+build a synthetic study with every trial state (for the analysis and the report)."""
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -11,6 +13,8 @@ from typing import Any
 
 import optuna
 import pytest
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution, distribution_to_json
+from optuna.trial import TrialState, create_trial
 
 from llm_doe.search import main
 
@@ -73,3 +77,62 @@ def kernel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
         "display_name": "llm_doe tests", "language": "python"}))
     monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
     return name
+
+
+# --------------------------------------------------------------------------------------------
+# A synthetic study for the analysis and the report (built through Optuna's API, no training)
+# --------------------------------------------------------------------------------------------
+
+SYNTHETIC_SPACE = {"train.learning_rate": FloatDistribution(1e-5, 1e-2, log=True),
+                   "train.batch_size": CategoricalDistribution([16, 32, "auto", None, True]),
+                   "train.num_epochs": IntDistribution(1, 5),
+                   "train.weight_decay": FloatDistribution(0.0, 0.1, step=0.01)}
+
+
+def quiet_optuna() -> None:
+    """No "study created" lines in the test output."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def build_synthetic(storage: Any, name: str = "syn") -> optuna.Study:
+    """Every state, a conditional parameter, mixed-type choices (incl. None), inf/nan values,
+    nested user attributes: what a hand-written SQL reader is most likely to get wrong."""
+    quiet_optuna()
+    study = optuna.create_study(storage=storage, study_name=name, direction="minimize")
+    study.set_user_attr("space", {k: distribution_to_json(d) for k, d in sorted(SYNTHETIC_SPACE.items())})
+    study.set_user_attr("metric", "val_loss")
+    study.set_user_attr("provenance", {"command": "python -m llm_doe.search +study=syn model=tiny study.n_trials=9"})
+    study.set_user_attr("config", {"train": {"learning_rate": 1e-4, "batch_size": 16, "num_epochs": 1,
+                                             "weight_decay": 0.0, "seed": 42}, "model": {"kind": "tiny"}})
+
+    def params(lr: float, batch: Any, epochs: int, decay: float | None = None) -> dict[str, Any]:
+        out = {"train.learning_rate": lr, "train.batch_size": batch, "train.num_epochs": epochs}
+        if decay is not None:
+            out["train.weight_decay"] = decay
+        return out
+
+    def trial(state: TrialState, p: dict[str, Any], value: float | None = None, steps: dict[int, float] | None = None,
+              **attrs: Any) -> optuna.trial.FrozenTrial:
+        return create_trial(state=state, value=value, params=p, distributions={k: SYNTHETIC_SPACE[k] for k in p},
+                            intermediate_values=steps or {}, user_attrs=attrs)
+
+    study.add_trials([
+        trial(TrialState.COMPLETE, params(1e-4, 16, 2, 0.05), 0.5, {1: 0.7, 2: 0.6, 3: 0.5}, val_loss=0.5,
+              accuracy=0.8, f1=0.75, roc_auc=0.85, best_step=3, duration_s=12.5, stop_reason="completed",
+              **{"config.train.seed": 42, "config.data.labels": "['negative', 'positive']", "nested": {"a": [1, 2]},
+                 "flag": True, "nothing": None}),
+        trial(TrialState.COMPLETE, params(3e-4, None, 1, 0.0), math.inf, {1: math.nan, 2: math.inf, 3: -math.inf},
+              val_loss=None, stop_reason="completed"),
+        trial(TrialState.PRUNED, params(2e-5, "auto", 3, 0.02), 0.8, {1: 0.9, 2: 0.8}, pruned_at_step=2,
+              stop_reason="stopped_by_report"),
+        trial(TrialState.PRUNED, params(5e-5, True, 4, 0.07), None, {1: 0.95, 2: 0.9, 3: 0.85}),  # no attr: last step
+        trial(TrialState.FAIL, params(9e-3, 32, 5), None, {1: 2.5}, fail_reason="diverged: non-finite loss at step 7"),
+        trial(TrialState.FAIL, params(1e-5, 16, 1), None, fail_reason="RuntimeError: boom"),
+        trial(TrialState.COMPLETE, params(9.5e-3, 32, 2, 0.05), 0.3, {1: 0.5, 2: 0.3}, val_loss=0.3, accuracy=0.9,
+              f1=0.88, roc_auc=0.93, best_step=2, duration_s=8.0),
+    ])
+    running = study.ask()  # RUNNING: no params, one intermediate value
+    running.report(0.66, 1)
+    running.set_user_attr("note", "still going")
+    study.enqueue_trial({"train.learning_rate": 1e-3})  # WAITING
+    return study

@@ -83,10 +83,10 @@ def test_report_is_self_contained_with_every_section(study, tmp_path, monkeypatc
 
 def test_report_warns_about_an_edge_and_failures(tmp_path, monkeypatch):
     """A study whose best trial sits on the top of its range, with a diverged trial."""
-    from tests.test_analysis import _build_synthetic
+    from tests.conftest import build_synthetic
 
     monkeypatch.chdir(tmp_path)
-    _build_synthetic(f"sqlite:///{tmp_path}/syn.db")
+    build_synthetic(f"sqlite:///{tmp_path}/syn.db")
     out = tmp_path / "r.html"
     assert report(["+study=smoke", "study.name=syn", f"storage.url=sqlite:///{tmp_path}/syn.db",
                    f"storage.artifacts_dir={tmp_path}/none", "--out", str(out)]) == 0
@@ -121,11 +121,11 @@ def test_report_reads_a_journal_store(tmp_path, monkeypatch):
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
-    from tests.test_analysis import _build_synthetic
+    from tests.conftest import build_synthetic
 
     monkeypatch.chdir(tmp_path)
     journal = tmp_path / "syn.journal"
-    _build_synthetic(JournalStorage(JournalFileBackend(str(journal))))
+    build_synthetic(JournalStorage(JournalFileBackend(str(journal))))
     assert report(["+study=smoke", "study.name=syn", "storage=journal", f"storage.journal_path={journal}"]) == 0
     text = (tmp_path / "studies" / "syn" / "report.html").read_text(encoding="utf-8")
     assert "2 of 9 trials failed" in html.unescape(text)

@@ -1,0 +1,163 @@
+"""The tuning playbook's checks: failures (re-queued trials apart), boundaries, precisions,
+isolation, importances, the best config and the command that reruns it."""
+
+from __future__ import annotations
+
+import math
+import shlex
+from typing import Any
+
+import numpy as np
+import optuna
+import pytest
+import yaml
+from optuna.distributions import FloatDistribution, distribution_to_json
+from optuna.trial import TrialState, create_trial
+
+import llm_doe as doe
+from llm_doe.search import main
+from tests.conftest import quiet_optuna
+
+
+def test_failure_report_counts_failed_and_diverged(synthetic):
+    report = doe.failure_report(doe.load_trials(synthetic["url"], "syn"))
+    assert report[["trials", "complete", "pruned", "failed", "diverged", "running"]].tolist() == [9, 3, 2, 2, 1, 2]
+    assert report["failed_fraction"] == pytest.approx(2 / 9)
+    assert report["diverged_fraction"] == pytest.approx(1 / 9)
+
+
+def _interrupted_study(storage: Any) -> optuna.Study:
+    """Five finished trials, one genuine failure, and three FAIL trials that went on as others:
+    one interrupted and marked ``requeued``, one interrupted before the mark existed (only its
+    fail_reason says so), one heartbeat-stale (only Optuna's retry chain on its successor says so)."""
+    study = optuna.create_study(storage=storage, study_name="i")
+    x = FloatDistribution(0.0, 1.0)
+    for i in range(5):
+        study.add_trial(create_trial(value=0.5 + i / 10, params={"x": i / 5}, distributions={"x": x}))
+    study.add_trial(create_trial(state=TrialState.FAIL, user_attrs={"fail_reason": "RuntimeError: boom"}))
+    study.add_trial(create_trial(state=TrialState.FAIL, user_attrs={
+        "requeued": True, "fail_reason": "interrupted at optimizer step 7; re-queued to resume from its checkpoint"}))
+    study.add_trial(create_trial(state=TrialState.FAIL, user_attrs={
+        "fail_reason": "interrupted at optimizer step 3; re-queued to resume from its checkpoint"}))
+    study.add_trial(create_trial(state=TrialState.FAIL))  # #8: stale, re-queued as #9 by Optuna
+    study.add_trial(create_trial(state=TrialState.WAITING, system_attrs={"failed_trial": 8, "retry_history": [8]}))
+    return study
+
+
+@pytest.mark.parametrize("path", ["sql", "api"])
+def test_interrupted_and_requeued_trials_are_not_failures(tmp_path, path):
+    """Ctrl-C and dead workers re-queue their trial: counted apart, never as a failure of the space."""
+    url = f"sqlite:///{tmp_path}/i.db"
+    study = _interrupted_study(url)
+    table = doe.load_trials(url if path == "sql" else study, "i")
+    assert table.loc[table["requeued"], "number"].tolist() == [6, 7, 8]
+    report = doe.failure_report(table)
+    assert report[["trials", "complete", "failed", "requeued", "running"]].tolist() == [10, 5, 1, 3, 1]
+    assert report["failed_fraction"] == pytest.approx(1 / 7)
+    warnings = doe.study_warnings(table)
+    assert any(w.startswith("1 of 7 trials failed (14%)") and "3 interrupted and re-queued" in w for w in warnings), \
+        warnings
+    assert "3 interrupted (re-queued)" in doe.analysis.trial_counts_text(report)
+
+
+def test_a_study_whose_only_failures_were_interrupted_has_no_failure_warning(tmp_path):
+    url = f"sqlite:///{tmp_path}/i.db"
+    study = optuna.create_study(storage=url, study_name="i")
+    x = FloatDistribution(0.0, 1.0)
+    study.add_trial(create_trial(state=TrialState.FAIL, user_attrs={
+        "requeued": True, "fail_reason": "interrupted at optimizer step 7; re-queued to resume from its checkpoint"}))
+    for i in range(5):
+        study.add_trial(create_trial(value=0.5 + i / 10, params={"x": 0.3 + i / 10}, distributions={"x": x}))
+    assert not any("failed" in w for w in doe.study_warnings(doe.load_trials(url, "i")))
+
+
+def test_boundary_report_flags_a_best_trial_on_the_edge(synthetic):
+    table = doe.load_trials(synthetic["url"], "syn")
+    report = doe.boundary_report(table).set_index("param")
+    assert "train.batch_size" not in report.index  # categorical: no edge
+    lr = report.loc["train.learning_rate"]  # best trial #6: 9.5e-3 in [1e-5, 1e-2], log scale
+    assert lr["best"] == 9.5e-3 and lr["edge"] == "high" and lr["near_edge"]
+    assert lr["position"] == pytest.approx((math.log(9.5e-3) - math.log(1e-5)) / (math.log(1e-2) - math.log(1e-5)))
+    assert "widen the range upward" in lr["advice"]
+    decay = report.loc["train.weight_decay"]  # 0.05 in [0, 0.1]
+    assert decay["edge"] == "" and not decay["near_edge"] and decay["position"] == pytest.approx(0.5)
+    warnings = doe.study_warnings(table)
+    assert any("2 of 9 trials failed" in w and "1 of them diverged" in w for w in warnings)
+    assert any("train.learning_rate" in w for w in warnings)
+    assert not any("train.weight_decay" in w for w in warnings)
+
+
+def test_a_study_run_in_two_precisions_is_flagged(tmp_path):
+    url = f"sqlite:///{tmp_path}/p.db"
+    study = optuna.create_study(storage=url, study_name="p")
+    x = FloatDistribution(0.0, 1.0)
+    for i, precision in enumerate(["bf16", "bf16", "fp32"]):
+        study.add_trial(create_trial(value=0.5 + i, params={"x": i / 4}, distributions={"x": x},
+                                     user_attrs={"precision": precision}))
+    warnings = doe.study_warnings(doe.load_trials(url, "p"))
+    assert any("different precisions (bf16: 2, fp32: 1)" in w for w in warnings), warnings
+    study.add_trial(create_trial(state=TrialState.FAIL, user_attrs={"precision": "fp16"}))  # failed: not compared
+    assert any("different precisions (bf16: 2, fp32: 1)" in w for w in doe.study_warnings(doe.load_trials(url, "p")))
+    same = optuna.create_study(storage=url, study_name="same")
+    same.add_trial(create_trial(value=0.5, params={"x": 0.5}, distributions={"x": x}, user_attrs={"precision": "bf16"}))
+    assert not any("precision" in w for w in doe.study_warnings(doe.load_trials(url, "same")))
+    # A study resumed after an upgrade: its first trials recorded no precision.
+    same.add_trial(create_trial(value=0.6, params={"x": 0.6}, distributions={"x": x}))
+    warnings = doe.study_warnings(doe.load_trials(url, "same"))
+    assert any("(bf16: 1, not recorded: 1)" in w for w in warnings), warnings
+    old = optuna.create_study(storage=url, study_name="old")  # nothing recorded anywhere: nothing to say
+    old.add_trial(create_trial(value=0.6, params={"x": 0.6}, distributions={"x": x}))
+    assert not any("precision" in w for w in doe.study_warnings(doe.load_trials(url, "old")))
+
+
+def test_isolation_gives_the_best_trial_per_value(synthetic):
+    table = doe.load_trials(synthetic["url"], "syn")
+    iso = doe.isolation(table, "train.batch_size")
+    assert iso.index.name == "train.batch_size"
+    # finite COMPLETE trials: #0 (16, 0.5), #6 (32, 0.3); #1 has value inf
+    assert iso.loc[16, "best_trial"] == 0 and iso.loc[32, "best_trial"] == 6
+    assert iso.loc[32, "best_value"] == 0.3 and iso.loc[32, "train.learning_rate"] == 9.5e-3
+    binned = doe.isolation(table, "train.learning_rate", bins=3)
+    assert binned["trials"].sum() == 2 and len(binned) == 2
+
+
+def test_importances_are_optunas_and_find_the_parameter_that_matters():
+    quiet_optuna()
+    rng = np.random.default_rng(0)
+    study = optuna.create_study(study_name="imp")
+    study.set_user_attr("space", {k: distribution_to_json(d) for k, d in
+                                  {"a": FloatDistribution(0, 1), "b": FloatDistribution(0, 1)}.items()})
+    study.add_trials([create_trial(params={"a": float(a), "b": float(b)}, value=float((a - 0.3) ** 2),
+                                   distributions={"a": FloatDistribution(0, 1), "b": FloatDistribution(0, 1)})
+                      for a, b in rng.random((40, 2))])
+    table = doe.load_trials(study)
+    importances = doe.param_importances(table)
+    assert list(importances.index) == ["a", "b"] and importances["a"] > 0.7
+    assert importances.to_dict() == pytest.approx(optuna.importance.get_param_importances(study))
+    fanova = doe.param_importances(table, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
+    assert fanova.index[0] == "a"
+    assert doe.param_importances(table.head(1)).empty
+
+
+def test_best_config_and_rerun_command_reproduce_the_best_trial(tiny):
+    table = doe.load_trials(tiny["url"], tiny["name"])
+    best = doe.best_trial(table)
+    assert best["value"] == table[table["state"] == "COMPLETE"]["value"].min()
+    config = doe.best_config(table)
+    study = optuna.load_study(study_name=tiny["name"], storage=tiny["url"])
+    meta = {m.filename: m for m in optuna.artifacts.get_all_artifact_meta(study.trials[int(best["number"])],
+                                                                          storage=study._storage)}
+    stored = yaml.safe_load((tiny["art"] / meta["config.yaml"].artifact_id).read_text())
+    for section in ("model", "data", "train"):  # the config the trial actually ran
+        assert config[section] == stored[section], section
+    assert yaml.safe_load(doe.best_config(table, as_yaml=True)) == config
+
+    command = doe.rerun_command(table)
+    args = shlex.split(command)
+    assert args[:3] == ["python", "-m", "llm_doe.search"]
+    assert f"study.name={tiny['name']}_trial{int(best['number'])}" in args and "study.n_trials=1" in args
+    assert repr(float(best["train.learning_rate"])) in command
+    assert main(args[3:]) == 0  # the command really reruns it: same value
+    rerun = optuna.load_study(study_name=f"{tiny['name']}_trial{int(best['number'])}", storage=tiny["url"])
+    assert rerun.trials[0].params["train.learning_rate"] == best["train.learning_rate"]
+    assert rerun.trials[0].value == pytest.approx(best["value"], rel=1e-6)
