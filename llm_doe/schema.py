@@ -14,6 +14,8 @@ from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 
+from llm_doe.finetune.tasks import TASK_METRICS
+
 
 class ConfigError(ValueError):
     """Bad user input: a config key (or file) and what is wrong with it.
@@ -206,6 +208,14 @@ class FinalConfig:
 
 
 @dataclass
+class TaskConfig:
+    """What kind of fine-tuning a trial is (``task=NAME``): batches, loss, metrics, artifacts."""
+
+    # classification: text -> label (AutoModelForSequenceClassification).
+    name: str = "classification"
+
+
+@dataclass
 class PeftConfig:
     """A parameter-efficient fine-tuning method and its hyperparameters (peft), searchable."""
 
@@ -228,6 +238,7 @@ class PeftConfig:
 
 @dataclass
 class Config:
+    task: TaskConfig = field(default_factory=TaskConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -241,8 +252,6 @@ class Config:
     final: FinalConfig = field(default_factory=FinalConfig)
 
 
-METRICS = ("val_loss", "accuracy", "f1", "roc_auc")
-MAXIMIZED_METRICS = ("accuracy", "f1", "roc_auc")
 SAMPLERS = ("tpe", "random", "qmc", "grid", "gp", "cmaes")
 PRUNERS = ("median", "percentile", "hyperband", "successive_halving", "wilcoxon", "none")
 SCHEDULERS = ("linear", "cosine", "constant_with_warmup")
@@ -258,7 +267,7 @@ def resolved_direction(cfg: Config) -> str:
     """The study direction: as given, else what the metric implies."""
     if cfg.study.direction is not None:
         return cfg.study.direction
-    return "maximize" if cfg.study.metric in MAXIMIZED_METRICS else "minimize"
+    return TASK_METRICS[cfg.task.name].get(cfg.study.metric, "minimize")
 
 
 def _check(ok: bool, key: str, message: str) -> None:
@@ -269,6 +278,8 @@ def _check(ok: bool, key: str, message: str) -> None:
 def validate(cfg: Config) -> None:
     """Check what the types cannot: ranges and choices. Raises ConfigError."""
     m, d, t, s = cfg.model, cfg.data, cfg.train, cfg.study
+    _check(cfg.task.name in TASK_METRICS, "task.name", f"must be one of {'|'.join(TASK_METRICS)}, got "
+                                                       f"{cfg.task.name!r}")
     _check(m.kind in ("pretrained", "tiny"), "model.kind", f"must be 'pretrained' or 'tiny', got {m.kind!r}")
     _check(bool(m.name_or_path), "model.name_or_path", "must not be empty")
     if m.dropout is not None:
@@ -328,7 +339,9 @@ def validate(cfg: Config) -> None:
 
     _check(bool(s.name), "study.name", "must not be empty (pick a study with +study=NAME)")
     _check(s.n_trials >= 1, "study.n_trials", f"must be >= 1, got {s.n_trials}")
-    _check(s.metric in METRICS, "study.metric", f"must be one of {'|'.join(METRICS)}, got {s.metric!r}")
+    metrics = TASK_METRICS[cfg.task.name]
+    _check(s.metric in metrics, "study.metric", f"must be one of task {cfg.task.name}'s metrics "
+                                                f"{'|'.join(metrics)}, got {s.metric!r}")
     if s.direction is not None:
         _check(s.direction in ("minimize", "maximize"), "study.direction", f"must be minimize or maximize, got {s.direction!r}")
     _check(s.max_failures >= 1, "study.max_failures", "must be >= 1")

@@ -98,8 +98,7 @@ def prepare(composed: Composed) -> tuple[Any, Any]:
     and the pruner.
     """
     from llm_doe.design import plan
-    from llm_doe.finetune.data import encoded_splits
-    from llm_doe.finetune.model import load_tokenizer, model_factory
+    from llm_doe.finetune.tasks import get_task
     from llm_doe.space import check_space
     from llm_doe.study import (
         check_resume,
@@ -123,9 +122,7 @@ def prepare(composed: Composed) -> tuple[Any, Any]:
     pruner = make_pruner(cfg.pruner)
     # Data and weights load now: a missing file or model stops the run here, and the first
     # trial finds them cached.
-    tokenizer, tok_key = load_tokenizer(cfg.model)
-    _, _, splits = encoded_splits(cfg.data, tokenizer, tok_key)
-    model_factory(cfg.model, splits.num_labels)
+    get_task(cfg.task.name).prepare(cfg.model, cfg.data)
     for arm in design.arms:  # the same experiment, or nothing is written (a sub-study's values applied)
         check_resume(arm.config, cfg, arm.space, arm.name)
     return design, pruner
