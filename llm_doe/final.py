@@ -176,7 +176,7 @@ def make_plan(composed: Composed) -> FinalPlan:
         raise ConfigError("final.output_dir", f"{out} is a file")
     check_writable(out, "final.output_dir")
     check_writable(composed.run_dir, "hydra.run.dir")
-    train_data = get_task(trial_cfg.task.name).prepare(trial_cfg.model, trial_cfg.data).train
+    train_data = get_task(trial_cfg.task).prepare(trial_cfg.model, trial_cfg.data).train
     max_steps, source = best_optimizer_step(trial, trial_cfg, len(train_data), storage)
     confirmation = None
     try:
@@ -372,7 +372,7 @@ def _train(plan: FinalPlan) -> _Trained:
     from llm_doe.finetune.tasks import get_task
 
     cfg = plan.config
-    task = get_task(cfg.task.name)
+    task = get_task(cfg.task)
     prepared = task.prepare(cfg.model, cfg.data)
     splits, train_data = prepared.splits, prepared.train
     sizes = {"train": len(splits.train), "val": len(splits.val)}

@@ -168,7 +168,7 @@ class Objective:
         set_user_attrs(trial, {**worker, **config_attrs})  # one write for ~45 attributes
         metric = cfg.study.metric
         maximize = resolved_direction(cfg) == "maximize"
-        task = get_task(cfg.task.name)
+        task = get_task(cfg.task)
         history: list[dict[str, float]] = []
 
         def report(step: int, metrics: dict[str, float]) -> bool:

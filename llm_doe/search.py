@@ -122,7 +122,7 @@ def prepare(composed: Composed) -> tuple[Any, Any]:
     pruner = make_pruner(cfg.pruner)
     # Data and weights load now: a missing file or model stops the run here, and the first
     # trial finds them cached.
-    get_task(cfg.task.name).prepare(cfg.model, cfg.data)
+    get_task(cfg.task).prepare(cfg.model, cfg.data)
     for arm in design.arms:  # the same experiment, or nothing is written (a sub-study's values applied)
         check_resume(arm.config, cfg, arm.space, arm.name)
     return design, pruner

@@ -23,6 +23,7 @@ from llm_doe.finetune.loop import TrainData, train
 from llm_doe.finetune.model import load_tokenizer, model_factory
 from llm_doe.finetune.runtime import resolve_runtime
 from llm_doe.finetune.tasks import get_task
+from llm_doe.schema import TaskConfig
 from llm_doe.search import compose_config
 from tests.conftest import REPO, TINY, searched_lr_study, store_args
 
@@ -142,7 +143,7 @@ def test_best_step_fallback_places_evaluations_as_the_loop_does(tmp_path):
     ids = [*train_data.input_ids, *val_data.input_ids][:200]
     pool = Encoded(ids, np.concatenate([train_data.labels, val_data.labels])[:200], np.array([len(x) for x in ids]))
     model = model_factory(cfg.model, splits.num_labels).build(cfg.train.seed, 0.1)
-    result = train(model, get_task("classification"), TrainData(pool, val_data, tokenizer.pad_token_id), cfg.train,
+    result = train(model, get_task(TaskConfig()), TrainData(pool, val_data, tokenizer.pad_token_id), cfg.train,
                    resolve_runtime("cpu", "fp32"))
     assert len(result.history) == 8
     storage = optuna.storages.InMemoryStorage()

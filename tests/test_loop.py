@@ -28,13 +28,13 @@ from llm_doe.finetune.loop import evaluate as loop_evaluate
 from llm_doe.finetune.model import ModelFactory, load_tokenizer, model_factory
 from llm_doe.finetune.runtime import native_bf16, resolve_runtime
 from llm_doe.finetune.tasks import get_task
-from llm_doe.schema import DataConfig, ModelConfig, TrainConfig
+from llm_doe.schema import DataConfig, ModelConfig, TaskConfig, TrainConfig
 
 TINY_MODEL = ModelConfig(kind="tiny", name_or_path="tiny-bert", tokenizer="sentence-transformers/all-MiniLM-L6-v2")
 DATA = DataConfig(source="tweets", text_column="text", label_column="sentiment", labels=["negative", "positive"],
                   encoding="latin-1", train_size=160, val_size=64, test_size=200, max_length=64)
 CPU = resolve_runtime("cpu", "fp32")  # the loop's own behaviour, the same on every machine
-TASK = get_task("classification")
+TASK = get_task(TaskConfig())
 
 
 def fit(model, train_data, val_data, cfg, rt=CPU, *, pad_id, report=None, should_stop=None, checkpoint_dir=None,

@@ -263,7 +263,7 @@ def _train_smoke(tmp_path, folder, stop_after: int | None = None, **identity):
     from llm_doe.finetune.tasks import get_task
 
     cfg = compose_config(["+study=smoke", *TINY, *store_args(tmp_path)]).config
-    task = get_task(cfg.task.name)
+    task = get_task(cfg.task)
     prepared = task.prepare(cfg.model, cfg.data)
     model = prepared.factory.build(cfg.train.seed, cfg.model.dropout)
     steps = iter(range(1, 100))

@@ -13,20 +13,24 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from llm_doe.finetune.tasks.base import Task
+    from llm_doe.schema import TaskConfig
 
 #: Each task's metrics and their directions, ``val_loss`` first.
 TASK_METRICS: dict[str, dict[str, str]] = {
     "classification": {"val_loss": "minimize", "accuracy": "maximize", "f1": "maximize", "roc_auc": "maximize"},
+    "causal_lm": {"val_loss": "minimize", "perplexity": "minimize"},
 }
 _CLASSES = {
     "classification": "llm_doe.finetune.tasks.classification:ClassificationTask",
+    "causal_lm": "llm_doe.finetune.tasks.causal_lm:CausalLMTask",
 }
-_INSTANCES: dict[str, Task] = {}
+_INSTANCES: dict[tuple[str, str], Task] = {}
 
 
-def get_task(name: str) -> Task:
-    """The task called ``name`` (one instance per process)."""
-    if name not in _INSTANCES:
-        module, _, attr = _CLASSES[name].partition(":")
-        _INSTANCES[name] = getattr(importlib.import_module(module), attr)()
-    return _INSTANCES[name]
+def get_task(cfg: TaskConfig) -> Task:
+    """The task ``cfg`` configures (one instance per process and configuration)."""
+    key = (cfg.name, repr(cfg))
+    if key not in _INSTANCES:
+        module, _, attr = _CLASSES[cfg.name].partition(":")
+        _INSTANCES[key] = getattr(importlib.import_module(module), attr)(cfg)
+    return _INSTANCES[key]

@@ -22,7 +22,7 @@ from typing import Any, ClassVar, Protocol
 import numpy as np
 import torch
 
-from llm_doe.schema import DataConfig, ModelConfig
+from llm_doe.schema import DataConfig, ModelConfig, TaskConfig
 
 
 class EncodedData(Protocol):
@@ -60,12 +60,15 @@ class Evaluator(ABC):
 
 
 class Task(ABC):
-    """One kind of fine-tuning."""
+    """One kind of fine-tuning, configured by ``task.*``."""
 
     #: The config name (``task=NAME``).
     name: ClassVar[str]
     #: Each metric and its direction, ``val_loss`` first.
     metrics: ClassVar[dict[str, str]]
+
+    def __init__(self, cfg: TaskConfig) -> None:
+        self.cfg = cfg
 
     @abstractmethod
     def prepare(self, model_cfg: ModelConfig, data_cfg: DataConfig) -> Prepared:
