@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from llm_doe.artifacts import upload_trial_artifacts
 from llm_doe.experiment import flatten
+from llm_doe.finetune import peft as peft_methods
 from llm_doe.finetune.checkpoint import CheckpointPlan
 from llm_doe.finetune.loop import Diverged, Hooks, Interrupted, Selection, TrainData, train
 from llm_doe.finetune.runtime import resolve_runtime
@@ -162,7 +163,7 @@ class Objective:
         resolved = OmegaConf.to_container(cfg_dc, resolve=True)
         # The trial's own sections, one attribute per key (pandas columns, dashboard table);
         # study-wide sections (storage, sampler, ...) are recorded once on the study.
-        trial_sections = {k: resolved[k] for k in ("model", "data", "train")}
+        trial_sections = {k: resolved[k] for k in ("task", "model", "data", "train", "peft")}
         config_attrs = {key: value if not isinstance(value, (list, dict)) else str(value)
                         for key, value in flatten(trial_sections, "config.").items()}
         set_user_attrs(trial, {**worker, **config_attrs})  # one write for ~45 attributes
@@ -182,11 +183,14 @@ class Objective:
             plan = CheckpointPlan(self.checkpoints_dir / str(origin_number(frozen)), cfg.runtime.checkpoint_every_s,
                                   checkpoint_identity(trial.study, frozen, params))
         model = result = factory = None
+        sizes: dict[str, int] = {}
         failure: BaseException | None = None
         try:
             prepared = task.prepare(cfg.model, cfg.data)
             factory = prepared.factory
-            model = factory.build(cfg.train.seed, cfg.model.dropout)
+            # The adapters are drawn from the trial's seed too: build() seeded the RNG.
+            model = peft_methods.wrap(factory.build(cfg.train.seed, cfg.model.dropout), cfg.peft, task.name)
+            sizes = peft_methods.param_counts(model)
             runtime = resolve_runtime(cfg.runtime.device, cfg.train.precision, cfg.runtime.log_every_steps, self.progress)
             result = train(model, task, TrainData(prepared.train, prepared.val, prepared.pad_id), cfg.train, runtime,
                            select=Selection(metric, maximize),
@@ -207,7 +211,9 @@ class Objective:
             failure = err
         finally:
             if factory is not None and model is not None:
-                factory.release(model)  # the next trial's build() reuses its memory
+                # Unwrapped, so the next trial's build() starts from the pretrained weights again
+                # (and reuses this model's memory).
+                factory.release(peft_methods.unwrap(model))
             del model
 
         if plan is not None:
@@ -229,6 +235,7 @@ class Objective:
         attrs: dict[str, Any] = {name: _finite_or_none(result.best[name]) for name in task.metrics}
         for name, value in result.cost.items():
             attrs[name] = _finite_or_none(float(value)) if isinstance(value, float) else value
+        attrs.update(sizes)
         attrs["best_step"] = result.best_step
         if result.resumed_from_step:
             attrs["resumed_from_step"] = result.resumed_from_step

@@ -257,6 +257,7 @@ class Config:
     workers: int = 1
     confirm: ConfirmConfig = field(default_factory=ConfirmConfig)
     final: FinalConfig = field(default_factory=FinalConfig)
+    peft: PeftConfig = field(default_factory=PeftConfig)
 
 
 SAMPLERS = ("tpe", "random", "qmc", "grid", "gp", "cmaes")
@@ -265,6 +266,7 @@ SCHEDULERS = ("linear", "cosine", "constant_with_warmup")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
+PEFT_METHODS = ("none", "lora", "ia3", "prefix", "prompt")
 TEXT_SOURCES = ("tweets", "csv", "hub")
 CHAT_SOURCES = ("chat_pairs", "jsonl")
 
@@ -348,6 +350,17 @@ def validate(cfg: Config) -> None:
     mb = t.micro_batch_size
     _check(mb is None or mb == "auto" or (isinstance(mb, int) and not isinstance(mb, bool) and 1 <= mb <= t.batch_size),
            "train.micro_batch_size", f"must be null, auto or an integer in [1, train.batch_size], got {mb!r}")
+
+    p = cfg.peft
+    _check(p.method in PEFT_METHODS, "peft.method", f"must be one of {'|'.join(PEFT_METHODS)}, got {p.method!r}")
+    _check(p.r >= 1, "peft.r", f"must be >= 1, got {p.r}")
+    if p.alpha is not None:
+        _check(p.alpha > 0, "peft.alpha", f"must be > 0 or null, got {p.alpha}")
+    _check(p.alpha_ratio > 0, "peft.alpha_ratio", f"must be > 0, got {p.alpha_ratio}")
+    _check(0.0 <= p.dropout < 1.0, "peft.dropout", f"must be in [0, 1), got {p.dropout}")
+    _check(p.num_virtual_tokens >= 1, "peft.num_virtual_tokens", f"must be >= 1, got {p.num_virtual_tokens}")
+    _check(isinstance(p.target_modules, (str, list)) and bool(p.target_modules), "peft.target_modules",
+           "must be attention, attention_mlp, all_linear or a non-empty list of module names")
 
     _check(cfg.sampler.name in SAMPLERS, "sampler.name", f"must be one of {'|'.join(SAMPLERS)}, got {cfg.sampler.name!r}")
     _check(cfg.pruner.name in PRUNERS, "pruner.name", f"must be one of {'|'.join(PRUNERS)}, got {cfg.pruner.name!r}")
