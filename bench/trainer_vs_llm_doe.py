@@ -343,8 +343,9 @@ class OursSide:
         name = f"ours_r{repeat}"
         real_adamw, real_evaluate = torch.optim.AdamW, loop.evaluate
         if "bf16-eval" in self.args.ablate:
-            def evaluate_bf16(model: Any, data: Any, batch_size: int, pad_id: int, rt: Any) -> Any:
-                return real_evaluate(model, data, batch_size, pad_id, dataclasses.replace(rt, dtype=torch.bfloat16))
+            def evaluate_bf16(model: Any, task: Any, data: Any, batch_size: int, pad_id: int, rt: Any) -> Any:
+                return real_evaluate(model, task, data, batch_size, pad_id,
+                                     dataclasses.replace(rt, dtype=torch.bfloat16))
 
             loop.evaluate = evaluate_bf16
         if "fused-adamw" in self.args.ablate:

@@ -68,7 +68,9 @@ def main() -> int:
     import torch
 
     import llm_doe.artifacts as artifacts
+    import llm_doe.finetune.checkpoint as checkpoint
     import llm_doe.finetune.loop as loop
+    import llm_doe.finetune.tasks.classification as classification
     import llm_doe.finetune.model as model_mod
     import llm_doe.objective as objective
     from llm_doe.search import main as search_main
@@ -77,17 +79,14 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     patch(model_mod.ModelFactory, "build", "model copy (ModelFactory.build)")
     patch(loop, "evaluate", "evaluate (loop.evaluate)")
-    patch(loop, "save_checkpoint", "checkpoint write (loop.save_checkpoint)")
-    # Versions that write checkpoints in a background thread: the loop pays for the snapshot
-    # (save) and for waiting on the last write (wait); the write itself competes for the CPU
-    # with training, so it shows in train_time_s rather than here.
-    writer = getattr(loop, "_CheckpointWriter", None)
-    if writer is not None:
-        patch(writer, "save", "checkpoint snapshot (_CheckpointWriter.save)")
-        patch(writer, "wait", "checkpoint wait (_CheckpointWriter.wait)")
-    patch(loop, "collate", "collate (training batches)")
+    # Checkpoints are written in a background thread: the loop pays for the snapshot (save)
+    # and for waiting on the last write (wait); the write itself competes for the CPU with
+    # training, so it shows in train_time_s rather than here.
+    patch(checkpoint.CheckpointWriter, "save", "checkpoint snapshot (CheckpointWriter.save)")
+    patch(checkpoint.CheckpointWriter, "wait", "checkpoint wait (CheckpointWriter.wait)")
+    patch(classification.ClassificationTask, "collate", "collate (training and eval batches)")
     patch(objective, "upload_trial_artifacts", "artifact upload (upload_trial_artifacts)")
-    patch(artifacts, "_roc_png", "  of which: ROC png (matplotlib)", part_of=True)
+    patch(classification, "roc_png", "  of which: ROC png (matplotlib)", part_of=True)
     patch(optuna.artifacts, "upload_artifact", "  of which: optuna upload_artifact", part_of=True)
     patch(artifacts, "upload_artifact", "  of which: optuna upload_artifact", part_of=True)
     patch(optuna.trial.Trial, "set_user_attr", "optuna set_user_attr")

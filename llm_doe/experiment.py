@@ -7,7 +7,7 @@ the same search space. Resuming a study (``llm_doe.search``), confirming it
 would mix experiments under one name, so all three refuse it here, before anything is
 written, naming the first key that differs.
 
-Experiment settings (compared): every ``model.*``, ``data.*`` and ``train.*`` key except the
+Experiment settings (compared): every ``task.*``, ``model.*``, ``data.*``, ``train.*`` and ``peft.*`` key except the
 searched parameters, a sub-study's scientific values and :data:`RUNTIME_KEYS`; and
 ``study.metric``, ``study.direction`` and, where given, ``study.space``.
 
@@ -32,7 +32,7 @@ from llm_doe.schema import Config, ConfigError, resolved_direction
 #: between runs of one experiment (say, a GPU box after a laptop).
 RUNTIME_KEYS = frozenset({"train.precision", "train.compile", "train.micro_batch_size", "train.eval_batch_size"})
 #: The config sections whose every key (but the runtime ones) defines the experiment.
-SECTIONS = ("model", "data", "train")
+SECTIONS = ("task", "model", "data", "train", "peft")
 #: What ``llm_doe.search`` tells a user whose resume would change the experiment.
 NEW_STUDY_HINT = "use another study.name to run a different experiment"
 

@@ -27,7 +27,6 @@ exit status 2.
 
 from __future__ import annotations
 
-import csv
 import datetime as _dt
 import json
 import logging
@@ -136,10 +135,10 @@ def best_optimizer_step(trial: FrozenTrial, cfg: Config, n_train: int, storage: 
     """The optimizer step of the trial's best evaluation, and where the number comes from.
 
     From the trial's ``metrics.json`` when its artifacts are at hand, else computed the way the
-    training loop places evaluations (:func:`~llm_doe.finetune.loop.eval_points`); the trial's
+    training loop places evaluations (:func:`~llm_doe.finetune.batching.eval_points`); the trial's
     full step count when it recorded no best evaluation.
     """
-    from llm_doe.finetune.loop import eval_points
+    from llm_doe.finetune.batching import eval_points
 
     best = trial.user_attrs.get("best_step")
     if not isinstance(best, int) or best < 1:
@@ -156,8 +155,7 @@ def best_optimizer_step(trial: FrozenTrial, cfg: Config, n_train: int, storage: 
 def make_plan(composed: Composed) -> FinalPlan:
     """Every check of the export, and the loads that can fail, before anything is written."""
     from llm_doe.confirm import check_same_experiment, experiment_config, open_parent
-    from llm_doe.finetune.data import encoded_splits
-    from llm_doe.finetune.model import load_tokenizer, model_factory
+    from llm_doe.finetune.tasks import get_task
     from llm_doe.space import apply_params
     from llm_doe.study import check_writable
 
@@ -179,9 +177,7 @@ def make_plan(composed: Composed) -> FinalPlan:
         raise ConfigError("final.output_dir", f"{out} is a file")
     check_writable(out, "final.output_dir")
     check_writable(composed.run_dir, "hydra.run.dir")
-    tokenizer, tok_key = load_tokenizer(trial_cfg.model)
-    train_data, _, splits = encoded_splits(trial_cfg.data, tokenizer, tok_key)
-    model_factory(trial_cfg.model, splits.num_labels)
+    train_data = get_task(trial_cfg.task).prepare(trial_cfg.model, trial_cfg.data).train
     max_steps, source = best_optimizer_step(trial, trial_cfg, len(train_data), storage)
     confirmation = None
     try:
@@ -201,23 +197,6 @@ def _masked(trial_dc: DictConfig) -> dict[str, Any]:
     return resolved
 
 
-def _write_roc(folder: Path, labels: Any, probs: Any, title: str) -> bool:
-    import numpy as np
-
-    from llm_doe.artifacts import _roc_png
-    from llm_doe.finetune.metrics import roc_points
-
-    if probs.size == 0 or len(np.unique(labels)) < 2:
-        return False
-    points = roc_points(labels, probs)
-    with open(folder / "roc.csv", "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["fpr", "tpr", "threshold"])
-        writer.writerows(zip(points["fpr"], points["tpr"], points["threshold"]))
-    _roc_png(points, folder / "roc.png", title)
-    return True
-
-
 def _md_table(header: list[str], rows: list[list[Any]]) -> list[str]:
     def cell(value: Any) -> str:
         if isinstance(value, float):
@@ -231,7 +210,7 @@ def _md_table(header: list[str], rows: list[list[Any]]) -> list[str]:
 
 
 def model_card(plan: FinalPlan, *, sizes: dict[str, int], label_names: list[str], metrics: dict[str, Any],
-               trained_on: str, evaluations: int) -> str:
+               trained_on: str, evaluations: int, metric_names: list[str] | None = None) -> str:
     """The model card (Hugging Face's convention: README.md in the model folder)."""
     from llm_doe.notes import _distribution
 
@@ -257,7 +236,8 @@ def model_card(plan: FinalPlan, *, sizes: dict[str, int], label_names: list[str]
                   f"{evaluations} times; the test metrics are optimistic to the extent earlier looks informed "
                   "this choice.", ""]
     lines += ["## Test metrics", ""]
-    lines += _md_table(["metric", "value"], [[k, metrics[k]] for k in ("accuracy", "f1", "roc_auc", "test_loss")])
+    names = [k for k in (metric_names or ["test_loss", "accuracy", "f1", "roc_auc"]) if k != "test_loss"]
+    lines += _md_table(["metric", "value"], [[k, metrics[k]] for k in (*names, "test_loss")])
     lines += ["", f"{sizes['test']} test examples; ROC curve in `roc.png` / `roc.csv`, all figures in "
               "`test_metrics.json`.", "", "## Data", "",
               f"- Source: {source}; text column `{d.text_column}`, label column `{d.label_column}`.",
@@ -341,12 +321,8 @@ def _schedule_sentence(plan: FinalPlan, metrics: dict[str, Any]) -> str:
 
 def run(composed: Composed) -> int:
     """Check, train, test once, export. Returns the exit status."""
-    import numpy as np
     import torch
 
-    from llm_doe.finetune.data import Split, encode, encoded_splits
-    from llm_doe.finetune.loop import evaluate, resolve_runtime, train
-    from llm_doe.finetune.model import load_tokenizer, model_factory
     from llm_doe.runner import setup_logging, write_run_dir
     from llm_doe.study import FINISHED
 
@@ -356,13 +332,54 @@ def run(composed: Composed) -> int:
     setup_logging(composed.run_dir)
     if cfg.runtime.num_threads is not None:
         torch.set_num_threads(cfg.runtime.num_threads)
-    tokenizer, tok_key = load_tokenizer(cfg.model)
-    train_data, _, splits = encoded_splits(cfg.data, tokenizer, tok_key)
+    trained = _train(plan)
+    metrics = trained.metrics
+    previous = plan.parent.user_attrs.get("final_exports") or []
+    files = _export(plan, trained, evaluations=len(previous) + 1)
+    tested = [k for k in trained.metric_names if k != "test_loss"] + ["test_loss"]
+    record = {"trial": plan.trial.number, "chosen_by": plan.chosen_by, "output_dir": str(plan.output_dir.absolute()),
+              "trained_on": metrics["trained_on"], "optimizer_steps": metrics["optimizer_steps"],
+              "test": {k: metrics[k] for k in (*tested, "n_test")},
+              "at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    plan.parent.set_user_attr("final_exports", _clean([*previous, record]))
+    finished = len(plan.parent.get_trials(deepcopy=False, states=FINISHED))
+    figures = " ".join(f"{'loss' if k == 'test_loss' else k}={metrics[k]:.4f}" for k in tested)
+    log.info("final: test split (%d examples, read once): %s (trial #%d of %d finished trials)", metrics["n_test"],
+             figures, plan.trial.number, finished)
+    log.info("final: wrote %s (model, tokenizer, config.yaml, test_metrics.json, %sREADME.md)", plan.output_dir,
+             "".join(f"{name}, " for name in files))
+    return 0
+
+
+@dataclass
+class _Trained:
+    """The final model, what it was trained and tested on, and its test figures."""
+
+    model: Any
+    task: Any
+    prepared: Any
+    payload: Any  # the task's evaluation payload on the test split
+    metrics: dict[str, Any]
+    metric_names: list[str]  # the task's metrics, val_loss as test_loss
+    sizes: dict[str, int]
+    trained_on: str
+
+
+def _train(plan: FinalPlan) -> _Trained:
+    """Train the chosen configuration as the trial did (or on train+val, replaying the trial's
+    schedule), then evaluate it once on the test split."""
+    from llm_doe.finetune.loop import Budget, Hooks, Selection, TrainData, evaluate, train
+    from llm_doe.finetune.runtime import resolve_runtime
+    from llm_doe.finetune.tasks import get_task
+
+    cfg = plan.config
+    task = get_task(cfg.task)
+    prepared = task.prepare(cfg.model, cfg.data)
+    splits, train_data = prepared.splits, prepared.train
     sizes = {"train": len(splits.train), "val": len(splits.val)}
     if cfg.final.use_val:
-        merged = Split(texts=[*splits.train.texts, *splits.val.texts],
-                       labels=np.concatenate([splits.train.labels, splits.val.labels]))
-        train_data = encode(merged, tokenizer, cfg.data.max_length)
+        merged = task.join(splits.train, splits.val)
+        train_data = task.encode(merged, prepared, cfg.data)
         trained_on = f"train+val ({len(merged)} examples)"
     else:
         trained_on = f"the train split ({len(train_data)} examples)"
@@ -370,22 +387,22 @@ def run(composed: Composed) -> int:
              plan.trial.number, plan.chosen_by, " ".join(f"{k}={v}" for k, v in plan.trial.params.items()),
              trained_on, f"{plan.max_steps} of the trial's {plan.schedule_steps} scheduled optimizer steps "
              f"({plan.steps_source})")
-    model = model_factory(cfg.model, splits.num_labels).build(cfg.train.seed, cfg.model.dropout)
+    model = prepared.factory.build(cfg.train.seed, cfg.model.dropout)
     runtime = resolve_runtime(cfg.runtime.device, cfg.train.precision, cfg.runtime.log_every_steps, cfg.runtime.progress)
-    pad_id = tokenizer.pad_token_id or 0
     started = time.perf_counter()
-    result = train(model, train_data, None, cfg.train, runtime, pad_id=pad_id, metric=cfg.study.metric,
-                   max_steps=plan.max_steps, schedule_steps=plan.schedule_steps, desc="final")
-
+    result = train(model, task, TrainData(train_data, None, prepared.pad_id), cfg.train, runtime,
+                   select=Selection(cfg.study.metric), hooks=Hooks(desc="final"),
+                   budget=Budget(plan.max_steps, plan.schedule_steps))
     test = splits.test  # the one read of the held-out split in the whole study
     sizes["test"] = len(test)
     # In fp32 whatever the training ran in: the figures are those of the exported fp32 weights
     # as anyone loading the folder computes them (bf16 could flip a near-tie prediction).
-    test_metrics, probs = evaluate(model, encode(test, tokenizer, cfg.data.max_length), cfg.train.eval_batch_size,
-                                   pad_id, replace(runtime, dtype=None))
+    test_metrics, payload = evaluate(model, task, task.encode(test, prepared, cfg.data), cfg.train.eval_batch_size,
+                                     prepared.pad_id, replace(runtime, dtype=None))
+    names = ["test_loss" if k == "val_loss" else k for k in task.metrics]
     metrics: dict[str, Any] = {
-        "test_loss": test_metrics["val_loss"], "accuracy": test_metrics["accuracy"], "f1": test_metrics["f1"],
-        "roc_auc": test_metrics["roc_auc"], "n_test": len(test), "study": plan.parent.study_name,
+        **{("test_loss" if k == "val_loss" else k): test_metrics[k] for k in task.metrics},
+        "n_test": len(test), "study": plan.parent.study_name,
         "trial": plan.trial.number, "chosen_by": plan.chosen_by, "params": plan.trial.params,
         "trained_on": "train+val" if cfg.final.use_val else "train", "n_train": len(train_data),
         "optimizer_steps": int(result.cost["optimizer_steps"]), "examples_seen": int(result.cost["examples_seen"]),
@@ -395,10 +412,13 @@ def run(composed: Composed) -> int:
         "label_names": list(splits.label_names), "split_sizes": sizes,
         "test_split_reads_in_this_process": splits.test_reads,
     }
-    previous = plan.parent.user_attrs.get("final_exports") or []
-    evaluations = len(previous) + 1
+    return _Trained(model, task, prepared, payload, metrics, names, sizes, trained_on)
 
-    # Written to a temporary folder next to the target, then moved: an export is whole or absent.
+
+def _export(plan: FinalPlan, trained: _Trained, evaluations: int) -> list[str]:
+    """Write the export to a temporary folder next to the target, then move it: an export is
+    whole or absent. Returns the names of the task's files in it (``roc.csv``, ...)."""
+    cfg, model, metrics = plan.config, trained.model, trained.metrics
     out = plan.output_dir
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
@@ -406,20 +426,20 @@ def run(composed: Composed) -> int:
         umask = os.umask(0)
         os.umask(umask)
         staging.chmod(0o777 & ~umask)  # mkdtemp's 0700 would make the export private to this user
-        model.config.id2label = dict(enumerate(splits.label_names))
-        model.config.label2id = {n: i for i, n in enumerate(splits.label_names)}
+        trained.task.prepare_export(model, trained.prepared)
         model.to("cpu").eval()
         model.save_pretrained(staging)
-        saved_tokenizer = tokenizer.__class__.from_pretrained(tok_key)
+        saved_tokenizer = trained.prepared.tokenizer.__class__.from_pretrained(trained.prepared.tokenizer_key)
         saved_tokenizer.model_max_length = cfg.data.max_length  # truncation=True then cuts where training did
         saved_tokenizer.save_pretrained(staging)
         (staging / "config.yaml").write_text(OmegaConf.to_yaml(_masked(plan.trial_config)), encoding="utf-8")
-        has_roc = _write_roc(staging, test.labels, probs, f"{plan.parent.study_name} trial {plan.trial.number}: "
-                                                          "ROC on the test split")
-        metrics["roc_curve"] = "roc.csv" if has_roc else None
+        files = [p.name for p in trained.task.write_artifacts(
+            trained.payload, staging, f"{plan.parent.study_name} trial {plan.trial.number}", "on the test split")]
+        metrics["roc_curve"] = "roc.csv" if "roc.csv" in files else None
         (staging / "test_metrics.json").write_text(json.dumps(_clean(metrics), indent=1), encoding="utf-8")
-        card = model_card(plan, sizes=sizes, label_names=list(splits.label_names), metrics=metrics,
-                          trained_on=trained_on, evaluations=evaluations)
+        card = model_card(plan, sizes=trained.sizes, label_names=list(trained.prepared.splits.label_names),
+                          metrics=metrics, trained_on=trained.trained_on, evaluations=evaluations,
+                          metric_names=trained.metric_names)
         (staging / MODEL_CARD).write_text(card, encoding="utf-8")
         for path in staging.iterdir():  # some writers (safetensors) leave their files private (0600)
             path.chmod(0o666 & ~umask)
@@ -429,18 +449,7 @@ def run(composed: Composed) -> int:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    record = {"trial": plan.trial.number, "chosen_by": plan.chosen_by, "output_dir": str(out.absolute()),
-              "trained_on": metrics["trained_on"], "optimizer_steps": metrics["optimizer_steps"],
-              "test": {k: metrics[k] for k in ("accuracy", "f1", "roc_auc", "test_loss", "n_test")},
-              "at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
-    plan.parent.set_user_attr("final_exports", _clean([*previous, record]))
-    finished = len(plan.parent.get_trials(deepcopy=False, states=FINISHED))
-    log.info("final: test split (%d examples, read once): accuracy=%.4f f1=%.4f roc_auc=%.4f loss=%.4f "
-             "(trial #%d of %d finished trials)", len(test), metrics["accuracy"], metrics["f1"], metrics["roc_auc"],
-             metrics["test_loss"], plan.trial.number, finished)
-    log.info("final: wrote %s (model, tokenizer, config.yaml, test_metrics.json, %sREADME.md)", out,
-             "roc.csv, roc.png, " if has_roc else "")
-    return 0
+    return files
 
 
 def _clean(value: Any) -> Any:

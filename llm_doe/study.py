@@ -29,6 +29,7 @@ from sqlalchemy.exc import ArgumentError
 
 from llm_doe.analysis import rdb_backend
 from llm_doe.experiment import NEW_STUDY_HINT, check_same_experiment
+from llm_doe.finetune.tasks import TASK_METRICS
 from llm_doe.schema import (
     Config,
     ConfigError,
@@ -379,6 +380,11 @@ def open_study(cfg: Config, storage: optuna.storages.BaseStorage, sampler: optun
             study.set_user_attr(key, value)
         study.set_user_attr("space", space_to_json(space))
         study.set_user_attr("metric", cfg.study.metric)
+        # What the trials report, for readers that must not guess (the analysis, the report):
+        # the task and each of its metrics with its direction.
+        study.set_user_attr("task", cfg.task.name)
+        study.set_user_attr("metric_directions", dict(TASK_METRICS[cfg.task.name]))
+        study.set_metric_names([cfg.study.metric])  # optuna-dashboard names the objective
         # Tells this study from an earlier one of the same name (a deleted store, recreated):
         # a trial's checkpoint records it and is resumed only by a trial of this study.
         study.set_user_attr("uuid", uuid.uuid4().hex)

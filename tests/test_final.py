@@ -19,8 +19,11 @@ from llm_doe.confirm import main as confirm
 from llm_doe.final import best_optimizer_step
 from llm_doe.final import main as final
 from llm_doe.finetune.data import Encoded, encoded_splits, load_splits
-from llm_doe.finetune.loop import resolve_runtime, train
+from llm_doe.finetune.loop import TrainData, train
 from llm_doe.finetune.model import load_tokenizer, model_factory
+from llm_doe.finetune.runtime import resolve_runtime
+from llm_doe.finetune.tasks import get_task
+from llm_doe.schema import TaskConfig
 from llm_doe.search import compose_config
 from tests.conftest import REPO, TINY, searched_lr_study, store_args
 
@@ -140,7 +143,8 @@ def test_best_step_fallback_places_evaluations_as_the_loop_does(tmp_path):
     ids = [*train_data.input_ids, *val_data.input_ids][:200]
     pool = Encoded(ids, np.concatenate([train_data.labels, val_data.labels])[:200], np.array([len(x) for x in ids]))
     model = model_factory(cfg.model, splits.num_labels).build(cfg.train.seed, 0.1)
-    result = train(model, pool, val_data, cfg.train, resolve_runtime("cpu", "fp32"), pad_id=tokenizer.pad_token_id)
+    result = train(model, get_task(TaskConfig()), TrainData(pool, val_data, tokenizer.pad_token_id), cfg.train,
+                   resolve_runtime("cpu", "fp32"))
     assert len(result.history) == 8
     storage = optuna.storages.InMemoryStorage()
     for record in result.history:

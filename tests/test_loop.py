@@ -11,26 +11,44 @@ import torch
 from transformers import GPT2Config, GPT2ForSequenceClassification, LlamaConfig, LlamaForSequenceClassification
 
 from llm_doe.finetune import loop as loop_module
+from llm_doe.finetune.batching import batch_order, eval_points
+from llm_doe.finetune.checkpoint import CheckpointError, CheckpointPlan
 from llm_doe.finetune.data import Encoded, encoded_splits
 from llm_doe.finetune.loop import (
-    CheckpointError,
+    Budget,
     Diverged,
+    Hooks,
     Interrupted,
-    batch_order,
-    eval_points,
-    evaluate,
-    native_bf16,
+    Selection,
+    TrainData,
     param_groups,
-    resolve_runtime,
     train,
 )
+from llm_doe.finetune.loop import evaluate as loop_evaluate
 from llm_doe.finetune.model import ModelFactory, load_tokenizer, model_factory
-from llm_doe.schema import DataConfig, ModelConfig, TrainConfig
+from llm_doe.finetune.runtime import native_bf16, resolve_runtime
+from llm_doe.finetune.tasks import get_task
+from llm_doe.schema import DataConfig, ModelConfig, TaskConfig, TrainConfig
 
 TINY_MODEL = ModelConfig(kind="tiny", name_or_path="tiny-bert", tokenizer="sentence-transformers/all-MiniLM-L6-v2")
 DATA = DataConfig(source="tweets", text_column="text", label_column="sentiment", labels=["negative", "positive"],
                   encoding="latin-1", train_size=160, val_size=64, test_size=200, max_length=64)
 CPU = resolve_runtime("cpu", "fp32")  # the loop's own behaviour, the same on every machine
+TASK = get_task(TaskConfig())
+
+
+def fit(model, train_data, val_data, cfg, rt=CPU, *, pad_id, report=None, should_stop=None, checkpoint_dir=None,
+        checkpoint_every_s=0.0, checkpoint_identity=None, max_steps=None, schedule_steps=None):
+    """The loop's typed arguments, from the keywords these tests read best with."""
+    plan = None if checkpoint_dir is None else CheckpointPlan(checkpoint_dir, checkpoint_every_s, checkpoint_identity)
+    return train(model, TASK, TrainData(train_data, val_data, pad_id), cfg, rt, select=Selection(),
+                 hooks=Hooks(report, should_stop), checkpoint=plan, budget=Budget(max_steps, schedule_steps))
+
+
+def evaluate(model, data, batch_size, pad_id, rt):
+    """The classification evaluation: its metrics and class probabilities."""
+    metrics, payload = loop_evaluate(model, TASK, data, batch_size, pad_id, rt)
+    return metrics, payload["probs"]
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +62,7 @@ def _run(setup, report=None, **overrides):
     tokenizer, train_data, val_data, factory = setup
     cfg = TrainConfig(**{"learning_rate": 3e-3, "num_epochs": 1, "evals_per_epoch": 4, **overrides})
     model = factory.build(cfg.seed, 0.1)
-    return train(model, train_data, val_data, cfg, CPU, pad_id=tokenizer.pad_token_id, report=report)
+    return fit(model, train_data, val_data, cfg, CPU, pad_id=tokenizer.pad_token_id, report=report)
 
 
 def test_reports_every_eval_with_increasing_steps(setup):
@@ -55,7 +73,7 @@ def test_reports_every_eval_with_increasing_steps(setup):
     assert result.stop_reason == "completed"
     assert result.cost["optimizer_steps"] == 10 and result.cost["examples_seen"] == 160
     assert result.best["val_loss"] == min(v for _, v in seen)
-    assert result.best_probs.shape == (64, 2)
+    assert result.best_payload["probs"].shape == (64, 2)
 
 
 def test_report_returning_true_stops_training(setup):
@@ -99,7 +117,7 @@ def test_bf16_autocast_runs_on_cpu(setup):
     cfg = TrainConfig(learning_rate=3e-3, num_epochs=1, evals_per_epoch=1, precision="bf16")
     rt = resolve_runtime("cpu", "bf16")
     assert rt.dtype == torch.bfloat16
-    result = train(factory.build(0, 0.1), train_data, val_data, cfg, rt, pad_id=tokenizer.pad_token_id)
+    result = fit(factory.build(0, 0.1), train_data, val_data, cfg, rt, pad_id=tokenizer.pad_token_id)
     assert np.isfinite(result.history[0]["val_loss"])
     assert result.cost["precision"] == "bf16"
 
@@ -179,7 +197,7 @@ def test_dropout_and_seeded_head(setup):
 def test_interrupt_checkpoints_and_resume_continues_the_same_run(setup, tmp_path):
     tokenizer, train_data, val_data, factory = setup
     cfg = TrainConfig(learning_rate=3e-3, num_epochs=2, evals_per_epoch=2, seed=5)
-    straight = train(factory.build(cfg.seed, 0.1), train_data, val_data, cfg, CPU, pad_id=tokenizer.pad_token_id)
+    straight = fit(factory.build(cfg.seed, 0.1), train_data, val_data, cfg, CPU, pad_id=tokenizer.pad_token_id)
 
     calls = {"n": 0}
 
@@ -188,13 +206,13 @@ def test_interrupt_checkpoints_and_resume_continues_the_same_run(setup, tmp_path
         return calls["n"] == 13
 
     with pytest.raises(Interrupted) as err:
-        train(factory.build(cfg.seed, 0.1), train_data, val_data, cfg, CPU, pad_id=tokenizer.pad_token_id,
+        fit(factory.build(cfg.seed, 0.1), train_data, val_data, cfg, CPU, pad_id=tokenizer.pad_token_id,
               checkpoint_dir=tmp_path, should_stop=stop_after_13_steps)
     assert err.value.step == 13 and err.value.checkpointed
     assert (tmp_path / "checkpoint.pt").is_file()
 
     seen = []
-    resumed = train(factory.build(cfg.seed, 0.1), train_data, val_data, cfg, CPU, pad_id=tokenizer.pad_token_id,
+    resumed = fit(factory.build(cfg.seed, 0.1), train_data, val_data, cfg, CPU, pad_id=tokenizer.pad_token_id,
                     checkpoint_dir=tmp_path, report=lambda step, m: seen.append(step) or False)
     assert resumed.resumed_from_step == 2
     assert seen == [3, 4]  # only evaluations after the checkpoint are reported again
@@ -209,12 +227,12 @@ def test_failed_checkpoint_write_keeps_the_previous_one(setup, tmp_path):
     cfg = TrainConfig(learning_rate=3e-3, num_epochs=1, evals_per_epoch=2)
     model = factory.build(0, 0.1)
     with pytest.raises(Interrupted):
-        train(model, train_data, val_data, cfg, CPU, pad_id=tokenizer.pad_token_id, checkpoint_dir=tmp_path,
+        fit(model, train_data, val_data, cfg, CPU, pad_id=tokenizer.pad_token_id, checkpoint_dir=tmp_path,
               should_stop=lambda: True)
     before = (tmp_path / "checkpoint.pt").read_bytes()
     (tmp_path / "checkpoint.pt.tmp").mkdir()  # the temp file cannot be written: as on a full disk
     with pytest.raises(CheckpointError, match="cannot write a checkpoint"):
-        train(factory.build(0, 0.1), train_data, val_data, cfg, CPU, pad_id=tokenizer.pad_token_id,
+        fit(factory.build(0, 0.1), train_data, val_data, cfg, CPU, pad_id=tokenizer.pad_token_id,
               checkpoint_dir=tmp_path, should_stop=lambda: True)
     assert (tmp_path / "checkpoint.pt").read_bytes() == before
 
@@ -222,9 +240,9 @@ def test_failed_checkpoint_write_keeps_the_previous_one(setup, tmp_path):
 def test_micro_batches_accumulate_to_the_same_step(setup):
     tokenizer, train_data, val_data, factory = setup
     cfg = TrainConfig(learning_rate=3e-3, num_epochs=1, evals_per_epoch=2, batch_size=16)
-    whole = train(factory.build(0, 0.0), train_data, val_data, cfg, CPU, pad_id=tokenizer.pad_token_id)
+    whole = fit(factory.build(0, 0.0), train_data, val_data, cfg, CPU, pad_id=tokenizer.pad_token_id)
     cfg_micro = TrainConfig(learning_rate=3e-3, num_epochs=1, evals_per_epoch=2, batch_size=16, micro_batch_size=4)
-    micro = train(factory.build(0, 0.0), train_data, val_data, cfg_micro, CPU, pad_id=tokenizer.pad_token_id)
+    micro = fit(factory.build(0, 0.0), train_data, val_data, cfg_micro, CPU, pad_id=tokenizer.pad_token_id)
     assert micro.cost["optimizer_steps"] == whole.cost["optimizer_steps"] == 10  # batch_size is the effective batch
     assert micro.cost["micro_batch_size"] == 4
     for a, b in zip(whole.history, micro.history):
@@ -250,11 +268,11 @@ def test_auto_micro_batch_halves_on_out_of_memory(setup):
     capped = _MemoryCap(factory.build(0, 0.0), cap=5)
     cfg = TrainConfig(learning_rate=3e-3, num_epochs=1, evals_per_epoch=1, batch_size=16, eval_batch_size=4,
                       micro_batch_size="auto")
-    result = train(capped, train_data, val_data, cfg, CPU, pad_id=tokenizer.pad_token_id)
+    result = fit(capped, train_data, val_data, cfg, CPU, pad_id=tokenizer.pad_token_id)
     assert result.cost["micro_batch_size"] == 4 and result.cost["oom_retries"] == 2  # 16 -> 8 -> 4
     assert result.cost["optimizer_steps"] == 10 and np.isfinite(result.history[0]["val_loss"])
     with pytest.raises(torch.OutOfMemoryError):  # without auto the error is the trial's failure reason
-        train(_MemoryCap(factory.build(0, 0.0), cap=5), train_data, val_data,
+        fit(_MemoryCap(factory.build(0, 0.0), cap=5), train_data, val_data,
               TrainConfig(learning_rate=3e-3, num_epochs=1, evals_per_epoch=1, eval_batch_size=4), CPU,
               pad_id=tokenizer.pad_token_id)
 
@@ -262,14 +280,14 @@ def test_auto_micro_batch_halves_on_out_of_memory(setup):
 def test_max_steps_reproduces_the_start_of_the_full_run_and_val_can_be_absent(setup):
     tokenizer, train_data, val_data, factory = setup
     cfg = TrainConfig(learning_rate=3e-3, num_epochs=2, evals_per_epoch=2, seed=3)
-    full = train(factory.build(3, 0.1), train_data, val_data, cfg, CPU, pad_id=tokenizer.pad_token_id)
+    full = fit(factory.build(3, 0.1), train_data, val_data, cfg, CPU, pad_id=tokenizer.pad_token_id)
     at_best = full.best["optimizer_step"]
     short = factory.build(3, 0.1)
-    result = train(short, train_data, None, cfg, CPU, pad_id=tokenizer.pad_token_id, max_steps=at_best)
+    result = fit(short, train_data, None, cfg, CPU, pad_id=tokenizer.pad_token_id, max_steps=at_best)
     assert result.stop_reason == "max_steps" and result.history == []
     assert result.cost["optimizer_steps"] == at_best
     again = factory.build(3, 0.1)
-    rerun = train(again, train_data, val_data, cfg, CPU, pad_id=tokenizer.pad_token_id, max_steps=at_best)
+    rerun = fit(again, train_data, val_data, cfg, CPU, pad_id=tokenizer.pad_token_id, max_steps=at_best)
     assert rerun.history[-1]["val_loss"] == pytest.approx(full.best["val_loss"], rel=1e-5)
     assert all(torch.equal(a, b) for a, b in zip(short.state_dict().values(), again.state_dict().values()))
 
@@ -279,17 +297,17 @@ def test_a_failed_background_checkpoint_fails_the_run(setup, tmp_path):
     (tmp_path / "checkpoint.pt.tmp").mkdir()  # every write fails, as on a full disk
     cfg = TrainConfig(learning_rate=3e-3, num_epochs=1, evals_per_epoch=2)
     with pytest.raises(CheckpointError, match="cannot write a checkpoint"):
-        train(factory.build(0, 0.1), train_data, val_data, cfg, CPU, pad_id=tokenizer.pad_token_id,
+        fit(factory.build(0, 0.1), train_data, val_data, cfg, CPU, pad_id=tokenizer.pad_token_id,
               checkpoint_dir=tmp_path)
 
 
 def test_checkpoints_follow_the_time_interval(setup, tmp_path):
     tokenizer, train_data, val_data, factory = setup
     cfg = TrainConfig(learning_rate=3e-3, num_epochs=1, evals_per_epoch=4)
-    train(factory.build(0, 0.1), train_data, val_data, cfg, CPU, pad_id=tokenizer.pad_token_id,
+    fit(factory.build(0, 0.1), train_data, val_data, cfg, CPU, pad_id=tokenizer.pad_token_id,
           checkpoint_dir=tmp_path / "rare", checkpoint_every_s=3600)
     assert not (tmp_path / "rare").exists()  # a short trial writes none
-    train(factory.build(0, 0.1), train_data, val_data, cfg, CPU, pad_id=tokenizer.pad_token_id,
+    fit(factory.build(0, 0.1), train_data, val_data, cfg, CPU, pad_id=tokenizer.pad_token_id,
           checkpoint_dir=tmp_path / "every", checkpoint_every_s=0)
     assert (tmp_path / "every" / "checkpoint.pt").is_file()
 
@@ -302,7 +320,7 @@ def test_a_released_model_is_rebuilt_exactly_as_a_fresh_copy(setup):
     expected = {k: v.clone() for k, v in model.state_dict().items()}
     assert any(not torch.equal(v, factory.template.state_dict()[k]) for k, v in expected.items())  # head re-drawn
     cfg = TrainConfig(learning_rate=3e-3, num_epochs=1, evals_per_epoch=1)
-    train(model, train_data, None, cfg, CPU, pad_id=tokenizer.pad_token_id)
+    fit(model, train_data, None, cfg, CPU, pad_id=tokenizer.pad_token_id)
     model.classifier.weight.grad = torch.ones_like(model.classifier.weight)  # as if a trial failed mid-step
     assert not torch.equal(model.bert.encoder.layer[0].output.dense.weight, expected["bert.encoder.layer.0.output.dense.weight"])
     model.bert.embeddings.word_embeddings.weight.requires_grad_(False)  # as if a trial froze it
@@ -343,14 +361,14 @@ def test_schedule_steps_replays_the_trials_learning_rates_on_a_larger_pool(setup
     # 160 examples, batch 16: 10 steps an epoch, a 20-step schedule with int(0.2 * 20) = 4 warmup
     # steps; an evaluation after every step records every step's rate.
     cfg = TrainConfig(learning_rate=3e-3, num_epochs=2, evals_per_epoch=10, warmup_ratio=0.2, seed=3)
-    trial = train(factory.build(3, 0.1), train_data, val_data, cfg, CPU, pad_id=tokenizer.pad_token_id)
+    trial = fit(factory.build(3, 0.1), train_data, val_data, cfg, CPU, pad_id=tokenizer.pad_token_id)
     rates = {r["optimizer_step"]: r["learning_rate"] for r in trial.history}
     assert sorted(rates) == list(range(1, 21)) and rates[20] == 0.0
 
     # The final model on train+val (224 examples: 14 steps an epoch, so 28 steps and 5 warmup
     # steps if the schedule were sized on the pool) stops at step 15, in the pool's 2nd epoch.
     pool = _join(train_data, val_data)
-    final = train(factory.build(3, 0.1), pool, val_data, dataclasses.replace(cfg, evals_per_epoch=14), CPU,
+    final = fit(factory.build(3, 0.1), pool, val_data, dataclasses.replace(cfg, evals_per_epoch=14), CPU,
                   pad_id=tokenizer.pad_token_id, max_steps=15, schedule_steps=20)
     assert final.stop_reason == "max_steps" and final.cost["optimizer_steps"] == 15
     assert final.cost["examples_seen"] == 224 + 16  # batches drawn from the larger pool
@@ -358,7 +376,7 @@ def test_schedule_steps_replays_the_trials_learning_rates_on_a_larger_pool(setup
     assert [r["learning_rate"] for r in final.history] == pytest.approx([rates[s] for s in range(1, 16)], abs=1e-12)
     assert final.last_learning_rate == pytest.approx(rates[15], abs=1e-12)
     with pytest.raises(ValueError, match="max_steps"):  # past the schedule's end no trial validated a rate
-        train(factory.build(3, 0.1), pool, None, cfg, CPU, pad_id=tokenizer.pad_token_id, max_steps=21,
+        fit(factory.build(3, 0.1), pool, None, cfg, CPU, pad_id=tokenizer.pad_token_id, max_steps=21,
               schedule_steps=20)
 
 
@@ -380,11 +398,11 @@ def test_evaluation_index_k_means_the_same_fraction_of_training_for_every_batch_
 
     def counting(*args, **kwargs):  # the real evaluation, counted
         evaluated.append(1)
-        return evaluate(*args, **kwargs)
+        return loop_evaluate(*args, **kwargs)
 
     monkeypatch.setattr(loop_module, "evaluate", counting)
     seen: list[tuple[int, float]] = []
-    result = train(factory.build(0, 0.1), two_hundred, val_data, cfg, CPU, pad_id=tokenizer.pad_token_id,
+    result = fit(factory.build(0, 0.1), two_hundred, val_data, cfg, CPU, pad_id=tokenizer.pad_token_id,
                    report=lambda step, m: seen.append((step, m["val_loss"])) or False)
     assert [s for s, _ in seen] == list(range(1, 9))  # every index, for both batch sizes
     assert [r["step"] for r in result.history] == list(range(1, 9))
@@ -405,7 +423,7 @@ def test_patience_counts_indices_since_the_best_models_last_index(setup, two_hun
     # both indices show the best model, so patience 1 stops at index 3 (step 2).
     cfg = TrainConfig(learning_rate=1e-12, num_epochs=3, evals_per_epoch=4, batch_size=128,
                       early_stopping_patience=1)
-    result = train(factory.build(0, 0.1), two_hundred, val_data, cfg, CPU, pad_id=tokenizer.pad_token_id)
+    result = fit(factory.build(0, 0.1), two_hundred, val_data, cfg, CPU, pad_id=tokenizer.pad_token_id)
     assert result.stop_reason == "early_stopping" and result.best_step == 1
     assert [(r["step"], r["optimizer_step"]) for r in result.history] == [(1, 1), (2, 1), (3, 2)]
 
@@ -414,7 +432,7 @@ def test_a_stop_at_a_repeated_index_ends_the_group_there(setup, two_hundred):
     tokenizer, _, val_data, factory = setup
     cfg = TrainConfig(learning_rate=3e-3, num_epochs=1, evals_per_epoch=4, batch_size=128)
     seen = []
-    result = train(factory.build(0, 0.1), two_hundred, val_data, cfg, CPU, pad_id=tokenizer.pad_token_id,
+    result = fit(factory.build(0, 0.1), two_hundred, val_data, cfg, CPU, pad_id=tokenizer.pad_token_id,
                    report=lambda step, m: seen.append(step) or step == 3)
     assert seen == [1, 2, 3] and result.stop_reason == "stopped_by_report" and len(result.history) == 3
 
@@ -445,5 +463,5 @@ def test_decoder_classifier_batched_and_single_probabilities_agree(setup):
     results = []
     for eval_batch_size in (16, 1):
         cfg = TrainConfig(learning_rate=1e-3, num_epochs=1, evals_per_epoch=1, eval_batch_size=eval_batch_size)
-        results.append(train(_tiny_gpt2(tokenizer.vocab_size), train_data, val_data, cfg, CPU, pad_id=PAD))
-    np.testing.assert_allclose(results[0].best_probs, results[1].best_probs, rtol=0, atol=1e-5)
+        results.append(fit(_tiny_gpt2(tokenizer.vocab_size), train_data, val_data, cfg, CPU, pad_id=PAD))
+    np.testing.assert_allclose(results[0].best_payload["probs"], results[1].best_payload["probs"], rtol=0, atol=1e-5)

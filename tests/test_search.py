@@ -13,7 +13,7 @@ from optuna.artifacts import get_all_artifact_meta
 from optuna.trial import TrialState
 
 from llm_doe.finetune.data import load_splits
-from llm_doe.finetune.loop import resolve_runtime
+from llm_doe.finetune.runtime import resolve_runtime
 from llm_doe.search import compose_config
 from tests.conftest import TINY, load, run_cli, store_args
 
@@ -258,18 +258,19 @@ def _train_smoke(tmp_path, folder, stop_after: int | None = None, **identity):
     """A tiny smoke trial's training (10 optimizer steps, evaluations at 5 and 10) with its
     checkpoints in ``folder``; stopped as by Ctrl-C after ``stop_after`` steps; ``identity``
     (``checkpoint_identity=...``, if given) stamped on its checkpoints."""
-    from llm_doe.finetune.data import encoded_splits
-    from llm_doe.finetune.loop import train
-    from llm_doe.finetune.model import load_tokenizer, model_factory
+    from llm_doe.finetune.checkpoint import CheckpointPlan
+    from llm_doe.finetune.loop import Hooks, TrainData, train
+    from llm_doe.finetune.tasks import get_task
 
     cfg = compose_config(["+study=smoke", *TINY, *store_args(tmp_path)]).config
-    tokenizer, key = load_tokenizer(cfg.model)
-    train_data, val_data, splits = encoded_splits(cfg.data, tokenizer, key)
-    model = model_factory(cfg.model, splits.num_labels).build(cfg.train.seed, cfg.model.dropout)
+    task = get_task(cfg.task)
+    prepared = task.prepare(cfg.model, cfg.data)
+    model = prepared.factory.build(cfg.train.seed, cfg.model.dropout)
     steps = iter(range(1, 100))
     stop = None if stop_after is None else (lambda: next(steps) >= stop_after)
-    return train(model, train_data, val_data, cfg.train, resolve_runtime("cpu", cfg.train.precision),
-                 pad_id=tokenizer.pad_token_id or 0, checkpoint_dir=folder, should_stop=stop, **identity)
+    return train(model, task, TrainData(prepared.train, prepared.val, prepared.pad_id), cfg.train,
+                 resolve_runtime("cpu", cfg.train.precision), hooks=Hooks(should_stop=stop),
+                 checkpoint=CheckpointPlan(folder, identity=identity.get("checkpoint_identity")))
 
 
 def _interrupt(tmp_path, folder, **identity) -> None:

@@ -22,10 +22,14 @@ import torch
 import transformers
 from torch import nn
 from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
     AutoModelForSequenceClassification,
     AutoTokenizer,
     BertConfig,
     BertForSequenceClassification,
+    LlamaConfig,
+    LlamaForCausalLM,
 )
 
 from llm_doe.schema import ConfigError, ModelConfig
@@ -187,9 +191,62 @@ def model_factory(cfg: ModelConfig, num_labels: int) -> ModelFactory:
     key = (cfg.kind, cfg.name_or_path, cfg.tokenizer, num_labels, cfg.hidden_size,
            cfg.num_layers, cfg.num_heads, cfg.intermediate_size)
     if key not in _FACTORIES:
+        if cfg.kind == "tiny_llama":
+            raise ConfigError("model", "model=tiny_llama is a causal language model: use it with task=causal_lm")
         if cfg.kind == "tiny":
             tokenizer, _ = load_tokenizer(cfg)
             _FACTORIES[key] = _tiny(cfg, tokenizer, num_labels)
         else:
             _FACTORIES[key] = _pretrained(cfg, num_labels)
+    return _FACTORIES[key]
+
+
+#: Model types with no causal language-modelling head worth the name (bidirectional encoders).
+ENCODER_TYPES = frozenset({"bert", "roberta", "xlm-roberta", "electra", "distilbert", "albert", "deberta",
+                           "deberta-v2", "mpnet", "camembert"})
+
+
+def _tiny_llama(cfg: ModelConfig, tokenizer: Any) -> ModelFactory:
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_heads,
+        max_position_embeddings=2048, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=True,
+    )
+    return ModelFactory(LlamaForCausalLM(config), fresh_modules=[""])
+
+
+def _pretrained_causal(cfg: ModelConfig) -> ModelFactory:
+    path = resolve(cfg.name_or_path)
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as err:
+        raise ConfigError("model.name_or_path", f"cannot load {cfg.name_or_path!r}: {str(err).splitlines()[0]}") from None
+    if config.model_type in ENCODER_TYPES or getattr(config, "is_encoder_decoder", False):
+        raise ConfigError("model.name_or_path", f"task=causal_lm needs a decoder language model; {cfg.name_or_path!r} "
+                                                f"is a {config.model_type!r} encoder (use model=smollm2 or model=hf "
+                                                "with a causal LM)")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path)
+    except (OSError, ValueError) as err:
+        raise ConfigError("model.name_or_path", f"cannot load {cfg.name_or_path!r} as a causal LM: "
+                                                f"{str(err).splitlines()[0]}") from None
+    model.eval()
+    return ModelFactory(model, fresh_modules=[])
+
+
+def causal_lm_factory(cfg: ModelConfig) -> ModelFactory:
+    """The cached factory of a decoder language model: pretrained, or ``model.kind=tiny_llama``
+    (a random-init Llama built in code, with the configured tokenizer)."""
+    key = ("causal_lm", cfg.kind, cfg.name_or_path, cfg.tokenizer, cfg.hidden_size, cfg.num_layers, cfg.num_heads,
+           cfg.intermediate_size)
+    if key not in _FACTORIES:
+        if cfg.kind == "tiny":
+            raise ConfigError("model", "task=causal_lm needs a decoder; model=tiny is a BERT encoder (use "
+                                       "model=tiny_llama)")
+        if cfg.kind == "tiny_llama":
+            tokenizer, _ = load_tokenizer(cfg)
+            _FACTORIES[key] = _tiny_llama(cfg, tokenizer)
+        else:
+            _FACTORIES[key] = _pretrained_causal(cfg)
     return _FACTORIES[key]

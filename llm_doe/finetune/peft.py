@@ -11,6 +11,7 @@ config onto them and refuses what cannot work, naming the key.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 from torch import nn
@@ -118,7 +119,9 @@ def wrap(model: nn.Module, cfg: PeftConfig, task: str) -> nn.Module:
         return model
     import peft
 
-    return peft.get_peft_model(model, peft_config(cfg, model, task))
+    with warnings.catch_warnings():  # peft asks transformers 5 a deprecated question; nothing to act on
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return peft.get_peft_model(model, peft_config(cfg, model, task))
 
 
 def unwrap(model: nn.Module) -> nn.Module:

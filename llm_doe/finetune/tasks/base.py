@@ -1,0 +1,117 @@
+"""The Task interface: what differs between kinds of fine-tuning, behind one seam.
+
+The training loop, the objective, ``final`` and the analysis ask the task; none of them knows
+whether a trial classifies tweets or fine-tunes a chat model. A task owns:
+
+* its metrics and their directions (``val_loss`` first: what a study reports by default);
+* how a data config becomes encoded train/validation splits and a held-out test split;
+* which model class it fine-tunes (through the model factory);
+* how examples become a batch, the training loss, and an evaluation's metrics and payload;
+* the per-trial artifacts it writes from the best evaluation's payload.
+
+A new kind of fine-tuning is a new file in this package, registered in ``tasks/__init__.py``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+import numpy as np
+import torch
+
+from llm_doe.schema import DataConfig, ModelConfig, TaskConfig
+
+
+class EncodedData(Protocol):
+    """What the loop needs of an encoded split: its size and each example's token count."""
+
+    lengths: np.ndarray
+
+    def __len__(self) -> int: ...
+
+
+@dataclass
+class Prepared:
+    """A task's data and model for a run: tokenised train/validation, the split object (which
+    guards the test split), and the factory that hands each trial a fresh model."""
+
+    tokenizer: Any
+    tokenizer_key: str
+    train: Any
+    val: Any
+    splits: Any
+    factory: Any
+    pad_id: int
+
+
+class Evaluator(ABC):
+    """Accumulates one evaluation pass, batch by batch."""
+
+    @abstractmethod
+    def update(self, logits: torch.Tensor, batch: dict[str, torch.Tensor], index: np.ndarray) -> None:
+        """Add one batch's outputs (``index``: the examples' positions in the split)."""
+
+    @abstractmethod
+    def result(self) -> tuple[dict[str, float], Any]:
+        """The metrics (``val_loss`` among them) and the payload artifacts are drawn from."""
+
+
+class Task(ABC):
+    """One kind of fine-tuning, configured by ``task.*``."""
+
+    #: The config name (``task=NAME``).
+    name: ClassVar[str]
+    #: Each metric and its direction, ``val_loss`` first.
+    metrics: ClassVar[dict[str, str]]
+
+    def __init__(self, cfg: TaskConfig) -> None:
+        self.cfg = cfg
+
+    @abstractmethod
+    def prepare(self, model_cfg: ModelConfig, data_cfg: DataConfig) -> Prepared:
+        """Tokenizer, encoded splits and model factory (cached per process: trials after the
+        first pay nothing). Raises ConfigError on bad input."""
+
+    @abstractmethod
+    def encode(self, split: Any, prepared: Prepared, data_cfg: DataConfig) -> Any:
+        """Tokenise another split (the test split, train+val) as the training splits are."""
+
+    @staticmethod
+    @abstractmethod
+    def join(*splits: Any) -> Any:
+        """One split of several (train+val for the final model)."""
+
+    @abstractmethod
+    def collate(self, data: Any, index: np.ndarray, pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
+        """Examples ``index`` of ``data`` as one padded batch on ``device``."""
+
+    @abstractmethod
+    def loss_units(self, data: Any, index: np.ndarray) -> int:
+        """What a batch's loss averages over (examples, or label tokens): micro-batches are
+        weighted by their share of it, so their sum is the batch's loss."""
+
+    @abstractmethod
+    def loss(self, logits: torch.Tensor, batch: dict[str, torch.Tensor], units: int, label_smoothing: float
+             ) -> torch.Tensor:
+        """This micro-batch's share of the batch's training loss (``units``: the whole batch's)."""
+
+    @abstractmethod
+    def evaluator(self, data: Any, model: torch.nn.Module) -> Evaluator:
+        """A fresh accumulator for one evaluation pass of ``model`` over ``data``."""
+
+    def write_artifacts(self, payload: Any, folder: Path, subject: str, when: str) -> list[Path]:
+        """Files drawn from an evaluation's payload into ``folder`` (none by default).
+
+        ``subject`` and ``when`` name the model and the evaluation in titles ("trial 3",
+        "at best eval"; "lr_sweep trial 3", "on the test split")."""
+        return []
+
+    def prepare_export(self, model: torch.nn.Module, prepared: Prepared) -> None:
+        """Set what an exported model's config must say (label names, ...) before saving it."""
+
+    def maximized(self, metric: str) -> bool:
+        """Whether larger ``metric`` is better."""
+        return self.metrics[metric] == "maximize"

@@ -1,0 +1,134 @@
+"""Supervised fine-tuning of a decoder LLM on chat data: next-token loss on the answers.
+
+Conversations (:mod:`llm_doe.finetune.chat`) are rendered with the tokenizer's chat template
+and labelled on the assistant's tokens (``task.loss_on=completion``, the default) or on every
+token (``all``). The training loss of a batch is the mean over its label tokens; the
+validation loss is the mean over every label token of the validation split (a token mean, not
+a mean of batch means), and ``perplexity`` = exp(val_loss). Batches are length-grouped and
+padded per batch; padding is never attended to and never a label.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from llm_doe.finetune.batching import attention_mask, pad, to_device
+from llm_doe.finetune.chat import (
+    IGNORE_INDEX,
+    ChatEncoded,
+    ChatSplits,
+    Conversation,
+    chatterbot_conversations,
+    encode_chat,
+    read_jsonl,
+    split_conversations,
+)
+from llm_doe.finetune.model import causal_lm_factory, load_tokenizer
+from llm_doe.finetune.tasks import TASK_METRICS
+from llm_doe.finetune.tasks.base import Evaluator, Prepared, Task
+from llm_doe.schema import DataConfig, ModelConfig
+
+_SPLITS: dict[str, ChatSplits] = {}
+_ENCODED: dict[tuple[str, str, int, str], tuple[ChatEncoded, ChatEncoded]] = {}
+
+
+def _data_key(cfg: DataConfig) -> str:
+    return repr(sorted((k, repr(v)) for k, v in asdict(cfg).items() if k != "max_length"))
+
+
+def chat_splits(cfg: DataConfig) -> ChatSplits:
+    """The configured conversations, split once per process (trials share the result)."""
+    key = _data_key(cfg)
+    if key not in _SPLITS:
+        if cfg.source == "jsonl":
+            conversations = read_jsonl(cfg.path or "", cfg.prompt_field, cfg.response_field)
+        else:
+            conversations = chatterbot_conversations()
+        _SPLITS[key] = split_conversations(conversations, train_size=cfg.train_size, val_size=cfg.val_size,
+                                           test_size=cfg.test_size, seed=cfg.seed, test_seed=cfg.test_seed)
+    return _SPLITS[key]
+
+
+def _shifted_labels(labels: list[np.ndarray], index: np.ndarray) -> int:
+    """Label tokens of ``index`` after the next-token shift (the first token predicts nothing)."""
+    return int(sum(int((labels[i][1:] != IGNORE_INDEX).sum()) for i in index))
+
+
+def _token_loss(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    """The summed next-token cross-entropy over the label tokens of a batch."""
+    shifted = logits[:, :-1].float().reshape(-1, logits.shape[-1])
+    target = labels[:, 1:].reshape(-1)
+    return nn.functional.cross_entropy(shifted, target, ignore_index=IGNORE_INDEX, reduction="sum",
+                                       label_smoothing=label_smoothing)
+
+
+class _CausalLMEvaluator(Evaluator):
+    """Token-mean validation loss over the whole split, and its perplexity."""
+
+    def __init__(self, data: ChatEncoded) -> None:
+        self.data = data
+        self.loss_sum: torch.Tensor | None = None
+        self.tokens = 0
+
+    def update(self, logits: torch.Tensor, batch: dict[str, torch.Tensor], index: np.ndarray) -> None:
+        loss = _token_loss(logits, batch["labels"])
+        self.loss_sum = loss if self.loss_sum is None else self.loss_sum + loss
+        self.tokens += _shifted_labels(self.data.labels, index)
+
+    def result(self) -> tuple[dict[str, float], Any]:
+        total = 0.0 if self.loss_sum is None else float(self.loss_sum.item())
+        val_loss = total / max(1, self.tokens)
+        perplexity = math.exp(val_loss) if val_loss < 700 else math.inf
+        return {"val_loss": val_loss, "perplexity": perplexity}, {"label_tokens": self.tokens}
+
+
+class CausalLMTask(Task):
+    """``task=causal_lm``: ``AutoModelForCausalLM`` fine-tuned on conversations."""
+
+    name = "causal_lm"
+    metrics = TASK_METRICS["causal_lm"]
+
+    def prepare(self, model_cfg: ModelConfig, data_cfg: DataConfig) -> Prepared:
+        tokenizer, key = load_tokenizer(model_cfg)
+        splits = chat_splits(data_cfg)
+        cache = (_data_key(data_cfg), key, data_cfg.max_length, self.cfg.loss_on)
+        if cache not in _ENCODED:
+            _ENCODED[cache] = (encode_chat(splits.train, tokenizer, data_cfg.max_length, self.cfg.loss_on),
+                               encode_chat(splits.val, tokenizer, data_cfg.max_length, self.cfg.loss_on))
+        train, val = _ENCODED[cache]
+        factory = causal_lm_factory(model_cfg)
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        return Prepared(tokenizer, key, train, val, splits, factory, int(pad_id or 0))
+
+    def encode(self, split: list[Conversation], prepared: Prepared, data_cfg: DataConfig) -> ChatEncoded:
+        return encode_chat(split, prepared.tokenizer, data_cfg.max_length, self.cfg.loss_on)
+
+    @staticmethod
+    def join(*splits: list[Conversation]) -> list[Conversation]:
+        return [c for s in splits for c in s]
+
+    def collate(self, data: ChatEncoded, index: np.ndarray, pad_id: int, device: torch.device
+                ) -> dict[str, torch.Tensor]:
+        batch = to_device({"input_ids": pad(data.input_ids, index, data.lengths, pad_id),
+                           "attention_mask": attention_mask(index, data.lengths),
+                           "labels": pad(data.labels, index, data.lengths, IGNORE_INDEX)}, device)
+        batch["attention_mask"] = batch["attention_mask"].long()
+        return batch
+
+    def loss_units(self, data: ChatEncoded, index: np.ndarray) -> int:
+        return max(1, _shifted_labels(data.labels, index))
+
+    def loss(self, logits: torch.Tensor, batch: dict[str, torch.Tensor], units: int, label_smoothing: float
+             ) -> torch.Tensor:
+        # The micro-batch's summed token loss over the whole batch's label tokens: the shares
+        # sum to the batch's token mean, however the batch is cut into micro-batches.
+        return _token_loss(logits, batch["labels"], label_smoothing) / units
+
+    def evaluator(self, data: ChatEncoded, model: nn.Module) -> Evaluator:
+        return _CausalLMEvaluator(data)
