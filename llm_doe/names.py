@@ -7,9 +7,23 @@ this module stays free of heavy imports (it is loaded by ``import llm_doe``).
 
 from __future__ import annotations
 
-#: The final metrics every trial records (at its best evaluation).
-METRICS = ("val_loss", "accuracy", "f1", "roc_auc")
+from collections.abc import Mapping
+from typing import Any
+
+from llm_doe.finetune.tasks import TASK_METRICS  # plain data: no torch
+
+#: The final metrics of the default task's trials (classification), at their best evaluation.
+METRICS = tuple(TASK_METRICS["classification"])
+#: Every metric any task records: what the analysis reads of the trials' attributes.
+ALL_METRICS = tuple(dict.fromkeys(m for metrics in TASK_METRICS.values() for m in metrics))
 #: Seeds: searched as nuisance parameters or set by the confirmation; labels, not quantities.
 SEED_PARAMS = ("train.seed", "data.seed")
 #: ``python -m llm_doe.confirm`` writes its runs to this linked study, in the same store.
 CONFIRM_SUFFIX = "-confirm"
+
+
+def study_metrics(study_attrs: Mapping[str, Any]) -> tuple[str, ...]:
+    """The metrics a study's trials record: its task's, as the study recorded them
+    (``metric_directions``); a study written before tasks existed is a classification study."""
+    directions = study_attrs.get("metric_directions")
+    return tuple(directions) if isinstance(directions, Mapping) and directions else METRICS

@@ -63,7 +63,8 @@ def study_note(table: pd.DataFrame) -> str:
     except ValueError:
         lines.append("No trial has completed yet.")
     else:
-        metrics = ", ".join(f"{m} {_cell(best[m])}" for m in analysis.METRICS if m in best.index and m != metric)
+        metrics = ", ".join(f"{m} {_cell(best[m])}" for m in analysis.study_metrics(table.attrs["study_user_attrs"])
+                            if m in best.index and m != metric)
         lines.append(f"Trial **#{int(best['number'])}**: `{metric}` = **{_cell(best['value'])}** ({metrics}).")
         lines += ["", "| parameter | value |", "|---|---|"]
         lines += [f"| `{p}` | {_cell(best[p])} |" for p in space if p in best.index]

@@ -122,7 +122,7 @@ def render_report(storage: analysis.StudyRef, study_name: str | None = None, *,
     except ValueError as err:
         parts.append(_section("Best trial", _unavailable("The best trial", err)))
     else:
-        metrics = ", ".join(f"{m} {best[m]:.4g}" for m in analysis.METRICS
+        metrics = ", ".join(f"{m} {best[m]:.4g}" for m in analysis.study_metrics(trials.attrs["study_user_attrs"])
                             if m != metric and m in best.index and pd.notna(best[m]))
         summary = (f"<p>Trial <b>#{int(best['number'])}</b>: <code>{html.escape(metric)}</code> = "
                    f"<b>{best['value']:.4g}</b> ({html.escape(metrics)}); "

@@ -43,8 +43,8 @@ from llm_doe.analysis.checks import (
     trial_counts_text,
 )
 from llm_doe.analysis.confirmation import (
-    CONFIRM_QUANTITIES,
     confirm_params,
+    confirm_quantities,
     confirmation_display,
     confirmation_name,
     confirmation_stats,
@@ -64,7 +64,7 @@ from llm_doe.analysis.plots import (
 )
 from llm_doe.analysis.scientific import scientific_curves, scientific_isolation, scientific_substudies
 from llm_doe.analysis.tables import compare, load_artifacts, load_curves, load_roc, load_trials, space_of
-from llm_doe.names import CONFIRM_SUFFIX, METRICS, SEED_PARAMS
+from llm_doe.names import CONFIRM_SUFFIX, METRICS, SEED_PARAMS, study_metrics
 
 # The names report.py used while this package was one module; they go once it uses the public ones.
 _fmt = fmt
@@ -72,7 +72,6 @@ _default_param = default_param
 _complete = complete_trials
 
 __all__ = [
-    "CONFIRM_QUANTITIES",
     "CONFIRM_SUFFIX",
     "METRICS",
     "SEED_PARAMS",
@@ -83,6 +82,7 @@ __all__ = [
     "compare",
     "complete_trials",
     "confirm_params",
+    "confirm_quantities",
     "confirmation_display",
     "confirmation_name",
     "confirmation_stats",
@@ -113,6 +113,7 @@ __all__ = [
     "scientific_isolation",
     "scientific_substudies",
     "space_of",
+    "study_metrics",
     "study_names",
     "study_warnings",
     "to_python",

@@ -19,10 +19,13 @@ import pandas as pd
 from llm_doe.analysis._common import fmt, param_columns, to_python
 from llm_doe.analysis._source import StudyRef, study_names
 from llm_doe.analysis.tables import load_trials
-from llm_doe.names import CONFIRM_SUFFIX, METRICS, SEED_PARAMS
+from llm_doe.names import CONFIRM_SUFFIX, SEED_PARAMS, study_metrics
 
-#: What a confirmation summarises per configuration: the objective, then the final metrics.
-CONFIRM_QUANTITIES = ("value", *METRICS)
+
+
+def confirm_quantities(runs: pd.DataFrame) -> tuple[str, ...]:
+    """What a confirmation summarises per configuration: the objective, then the task's metrics."""
+    return ("value", *study_metrics(runs.attrs.get("study_user_attrs") or {}))
 
 
 def confirmation_name(study_name: str) -> str:
@@ -114,10 +117,11 @@ def confirmation_stats(runs: pd.DataFrame, *, direction: str | None = None, alph
     done, pair = _completed_runs(runs)
     params = [c for c in param_columns(runs) if c not in SEED_PARAMS] if runs.attrs.get("space") else []
     columns = [*params, "n", "values", "seeds"]
-    for q in CONFIRM_QUANTITIES:
+    quantities = confirm_quantities(runs)
+    for q in quantities:
         columns += [f"{q}_mean", f"{q}_std", f"{q}_ci_low", f"{q}_ci_high"]
     columns += ["n_paired", "diff_vs_best", "p_value", "significant", "beats_best", "best", "rank"]
-    rows, keyed = _summaries(done, params, pair, level)
+    rows, keyed = _summaries(done, params, pair, level, quantities)
     table = pd.DataFrame.from_dict(rows, orient="index", columns=columns)
     table.index.name = "trial"
     best: int | None = None
@@ -129,6 +133,7 @@ def confirmation_stats(runs: pd.DataFrame, *, direction: str | None = None, alph
         "direction": direction, "metric": runs.attrs.get("metric", "value"), "alpha": alpha, "level": level,
         "best_trial": best, "n_seeds": int(table["n"].max()) if rows else 0,
         "distinguishable": bool(others["significant"].any()) if rows else False, "params": params,
+        "metrics": list(quantities[1:]),
         "ranked_on": ranked_on,
     })
     table.attrs["summary"] = _confirmation_sentence(table)
@@ -148,7 +153,7 @@ def _completed_runs(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     return done, pair
 
 
-def _summaries(done: pd.DataFrame, params: list[str], pair: list[str], level: float
+def _summaries(done: pd.DataFrame, params: list[str], pair: list[str], level: float, quantities: tuple[str, ...]
                ) -> tuple[dict[int, dict[str, Any]], dict[int, pd.Series]]:
     """Per configuration: its row of the table (parameters, seeds, mean/std/interval of each
     quantity) and its objective keyed by seed pair (for the paired tests)."""
@@ -160,7 +165,7 @@ def _summaries(done: pd.DataFrame, params: list[str], pair: list[str], level: fl
         row["n"] = len(group)
         row["values"] = [float(v) for v in group["value"]]
         row["seeds"] = [to_python(s) for s in group["seed"]]
-        for q in CONFIRM_QUANTITIES:
+        for q in quantities:
             if q not in group.columns:
                 row.update({f"{q}_{s}": math.nan for s in ("mean", "std", "ci_low", "ci_high")})
                 continue
@@ -382,7 +387,7 @@ def confirmation_display(table: pd.DataFrame) -> pd.DataFrame:
         out[f"{level} CI"] = interval(row, "value")
         out["diff vs best"] = "-" if row["best"] else num(row["diff_vs_best"], 2)
         out["p vs best"] = "-" if row["best"] else num(row["p_value"], 2)
-        for m in METRICS:
+        for m in table.attrs.get("metrics") or study_metrics({}):
             if m != metric and f"{m}_mean" in table.columns and pd.notna(row[f"{m}_mean"]):
                 out[m] = f"{num(row[f'{m}_mean'])} {interval(row, m)}"
         rows.append(out)
