@@ -121,8 +121,9 @@ def test_real_study_matches_optuna_and_trials_dataframe(tiny):
     table = doe.load_trials(tiny["url"], tiny["name"], user_attrs=True)
     assert_matches_optuna(table, doe.load_curves(tiny["url"], tiny["name"]), study)
     frame = study.trials_dataframe()
+    assert study.metric_names == ["val_loss"]  # named for optuna-dashboard, so Optuna names the column too
     assert table["state"].tolist() == frame["state"].tolist()
-    assert table["value"].tolist() == frame["value"].tolist()
+    assert table["value"].tolist() == frame["value_val_loss"].tolist()
     assert table["train.learning_rate"].tolist() == frame["params_train.learning_rate"].tolist()
     assert table["val_loss"].tolist() == frame["user_attrs_val_loss"].tolist()
 
