@@ -87,7 +87,7 @@ def main() -> int:
         patch(writer, "wait", "checkpoint wait (_CheckpointWriter.wait)")
     patch(loop, "collate", "collate (training batches)")
     patch(objective, "upload_trial_artifacts", "artifact upload (upload_trial_artifacts)")
-    patch(artifacts, "_roc_png", "  of which: ROC png (matplotlib)", part_of=True)
+    patch(artifacts, "roc_png", "  of which: ROC png (matplotlib)", part_of=True)
     patch(optuna.artifacts, "upload_artifact", "  of which: optuna upload_artifact", part_of=True)
     patch(artifacts, "upload_artifact", "  of which: optuna upload_artifact", part_of=True)
     patch(optuna.trial.Trial, "set_user_attr", "optuna set_user_attr")

@@ -43,6 +43,9 @@ from optuna.distributions import (
     json_to_distribution,
 )
 
+from llm_doe._optuna_compat import rdb_backend, study_storage
+from llm_doe._optuna_compat import trial_id as optuna_trial_id
+
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
@@ -108,21 +111,13 @@ def _is_sqlite_file(path: Path) -> bool:
         return handle.read(16) == b"SQLite format 3\x00"
 
 
-def rdb_backend(storage: optuna.storages.BaseStorage) -> optuna.storages.RDBStorage | None:
-    """The RDBStorage behind ``storage`` (Optuna wraps it in a cache), or None for other storages."""
-    if isinstance(storage, optuna.storages.RDBStorage):
-        return storage
-    backend = getattr(storage, "_backend", None)  # optuna wraps RDB storages in a cache
-    return backend if isinstance(backend, optuna.storages.RDBStorage) else None
-
-
 def _open(ref: StudyRef) -> _Source:
     """Pick the fast SQL path where the store is an RDB, else Optuna's API."""
     import sqlalchemy
     from sqlalchemy.engine import make_url
 
     if isinstance(ref, optuna.Study):
-        return _Source(label=ref.study_name, study=ref, storage=ref._storage)
+        return _Source(label=ref.study_name, study=ref, storage=study_storage(ref))
     if isinstance(ref, optuna.storages.BaseStorage):
         rdb = rdb_backend(ref)
         if rdb is not None:
@@ -598,8 +593,8 @@ def load_artifacts(storage: StudyRef, study_name: str | None = None) -> pd.DataF
         else:
             study = _api_study(source, study_name)
             for trial in study.get_trials(deepcopy=False):
-                for meta in optuna.artifacts.get_all_artifact_meta(trial, storage=study._storage):
-                    rows.append((trial.number, trial._trial_id, meta.filename, meta.artifact_id, meta.mimetype,
+                for meta in optuna.artifacts.get_all_artifact_meta(trial, storage=study_storage(study)):
+                    rows.append((trial.number, optuna_trial_id(trial), meta.filename, meta.artifact_id, meta.mimetype,
                                  meta.encoding))
     finally:
         source.close()

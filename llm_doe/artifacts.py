@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import tempfile
 import threading
 from collections.abc import Mapping, Sequence
@@ -20,6 +19,7 @@ import optuna
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 
 from llm_doe.finetune.metrics import roc_points
+from llm_doe.formatting import json_safe
 
 
 def artifact_store(artifacts_dir: str | Path) -> FileSystemArtifactStore:
@@ -27,16 +27,6 @@ def artifact_store(artifacts_dir: str | Path) -> FileSystemArtifactStore:
     path = Path(artifacts_dir)
     path.mkdir(parents=True, exist_ok=True)
     return FileSystemArtifactStore(base_path=str(path))
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, Mapping):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
 
 
 class _RocCanvas:
@@ -77,7 +67,10 @@ class _RocCanvas:
 _ROC: list[_RocCanvas] = []
 
 
-def _roc_png(points: Mapping[str, Sequence[float]], path: Path, title: str) -> None:
+def roc_png(points: Mapping[str, Sequence[float]], path: Path, title: str) -> None:
+    """Draw a ROC curve (``points`` from :func:`~llm_doe.finetune.metrics.roc_points`) to a PNG
+    at ``path``: a trial's artifact and a final export's ``roc.png`` look the same. One reused
+    canvas per process, as a trial draws one per evaluation."""
     if not _ROC:
         _ROC.append(_RocCanvas())
     _ROC[0].save(points["fpr"], points["tpr"], title, path)
@@ -95,7 +88,7 @@ def upload_trial_artifacts(
     ids: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="llm_doe_trial_") as tmp:
         folder = Path(tmp)
-        files = {"config.yaml": config_yaml, "metrics.json": json.dumps(_json_safe(list(history)), indent=1)}
+        files = {"config.yaml": config_yaml, "metrics.json": json.dumps(json_safe(list(history)), indent=1)}
         for name, text in files.items():
             (folder / name).write_text(text, encoding="utf-8")
         if best_probs is not None and best_labels is not None and best_probs.size and len(np.unique(best_labels)) > 1:
@@ -104,7 +97,7 @@ def upload_trial_artifacts(
                 writer = csv.writer(handle)
                 writer.writerow(["fpr", "tpr", "threshold"])
                 writer.writerows(zip(points["fpr"], points["tpr"], points["threshold"]))
-            _roc_png(points, folder / "roc.png", f"trial {trial.number}: ROC at best eval")
+            roc_png(points, folder / "roc.png", f"trial {trial.number}: ROC at best eval")
         for path in sorted(folder.iterdir()):
             ids[path.name] = upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=trial)
     return ids

@@ -47,7 +47,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from llm_doe import analysis
 from llm_doe.schema import Config, ConfigError
-from llm_doe.search import Composed, cli
+from llm_doe.cli import Composed, cli
+from llm_doe.formatting import json_safe
 
 log = logging.getLogger("llm_doe")
 
@@ -158,7 +159,7 @@ def make_plan(composed: Composed) -> FinalPlan:
     from llm_doe.finetune.data import encoded_splits
     from llm_doe.finetune.model import load_tokenizer, model_factory
     from llm_doe.space import apply_params
-    from llm_doe.study import check_writable
+    from llm_doe.storage import check_writable
 
     cfg = composed.config
     if str(cfg.study.name).endswith(analysis.CONFIRM_SUFFIX):
@@ -191,19 +192,10 @@ def make_plan(composed: Composed) -> FinalPlan:
                      schedule_steps(trial_cfg, len(train_data)), confirmation)
 
 
-def _masked(trial_dc: DictConfig) -> dict[str, Any]:
-    from llm_doe.study import mask_url
-
-    resolved = OmegaConf.to_container(trial_dc, resolve=True)
-    assert isinstance(resolved, dict)
-    resolved["storage"]["url"] = mask_url(resolved["storage"]["url"])
-    return resolved
-
-
 def _write_roc(folder: Path, labels: Any, probs: Any, title: str) -> bool:
     import numpy as np
 
-    from llm_doe.artifacts import _roc_png
+    from llm_doe.artifacts import roc_png
     from llm_doe.finetune.metrics import roc_points
 
     if probs.size == 0 or len(np.unique(labels)) < 2:
@@ -213,7 +205,7 @@ def _write_roc(folder: Path, labels: Any, probs: Any, title: str) -> bool:
         writer = csv.writer(handle)
         writer.writerow(["fpr", "tpr", "threshold"])
         writer.writerows(zip(points["fpr"], points["tpr"], points["threshold"]))
-    _roc_png(points, folder / "roc.png", title)
+    roc_png(points, folder / "roc.png", title)
     return True
 
 
@@ -232,7 +224,7 @@ def _md_table(header: list[str], rows: list[list[Any]]) -> list[str]:
 def model_card(plan: FinalPlan, *, sizes: dict[str, int], label_names: list[str], metrics: dict[str, Any],
                trained_on: str, evaluations: int) -> str:
     """The model card (Hugging Face's convention: README.md in the model folder)."""
-    from llm_doe.notes import _distribution
+    from llm_doe.notes import describe_distribution
 
     cfg, parent, trial = plan.config, plan.parent, plan.trial
     name = parent.study_name
@@ -268,7 +260,7 @@ def model_card(plan: FinalPlan, *, sizes: dict[str, int], label_names: list[str]
     space = parent.user_attrs.get("space") or {}
     rows = []
     for param, text in space.items():
-        kind, extent = _distribution(optuna.distributions.json_to_distribution(text))
+        kind, extent = describe_distribution(optuna.distributions.json_to_distribution(text))
         rows.append([f"`{param}`", kind, extent])
     lines += _md_table(["parameter", "type", "range"], rows) if rows else ["(no search space recorded)"]
     from llm_doe.confirm import scientific_values
@@ -347,6 +339,7 @@ def run(composed: Composed) -> int:
     from llm_doe.finetune.loop import evaluate, resolve_runtime, train
     from llm_doe.finetune.model import load_tokenizer, model_factory
     from llm_doe.runner import setup_logging, write_run_dir
+    from llm_doe.storage import masked_config
     from llm_doe.study import FINISHED
 
     plan = make_plan(composed)
@@ -412,11 +405,11 @@ def run(composed: Composed) -> int:
         saved_tokenizer = tokenizer.__class__.from_pretrained(tok_key)
         saved_tokenizer.model_max_length = cfg.data.max_length  # truncation=True then cuts where training did
         saved_tokenizer.save_pretrained(staging)
-        (staging / "config.yaml").write_text(OmegaConf.to_yaml(_masked(plan.trial_config)), encoding="utf-8")
+        (staging / "config.yaml").write_text(OmegaConf.to_yaml(masked_config(plan.trial_config)), encoding="utf-8")
         has_roc = _write_roc(staging, test.labels, probs, f"{plan.parent.study_name} trial {plan.trial.number}: "
                                                           "ROC on the test split")
         metrics["roc_curve"] = "roc.csv" if has_roc else None
-        (staging / "test_metrics.json").write_text(json.dumps(_clean(metrics), indent=1), encoding="utf-8")
+        (staging / "test_metrics.json").write_text(json.dumps(json_safe(metrics), indent=1), encoding="utf-8")
         card = model_card(plan, sizes=sizes, label_names=list(splits.label_names), metrics=metrics,
                           trained_on=trained_on, evaluations=evaluations)
         (staging / MODEL_CARD).write_text(card, encoding="utf-8")
@@ -432,7 +425,7 @@ def run(composed: Composed) -> int:
               "trained_on": metrics["trained_on"], "optimizer_steps": metrics["optimizer_steps"],
               "test": {k: metrics[k] for k in ("accuracy", "f1", "roc_auc", "test_loss", "n_test")},
               "at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
-    plan.parent.set_user_attr("final_exports", _clean([*previous, record]))
+    plan.parent.set_user_attr("final_exports", json_safe([*previous, record]))
     finished = len(plan.parent.get_trials(deepcopy=False, states=FINISHED))
     log.info("final: test split (%d examples, read once): accuracy=%.4f f1=%.4f roc_auc=%.4f loss=%.4f "
              "(trial #%d of %d finished trials)", len(test), metrics["accuracy"], metrics["f1"], metrics["roc_auc"],
@@ -442,11 +435,6 @@ def run(composed: Composed) -> int:
     return 0
 
 
-def _clean(value: Any) -> Any:
-    """JSON-safe: NaN/inf -> None, numpy scalars -> Python."""
-    from llm_doe.confirm import _jsonable
-
-    return _jsonable(value)
 
 
 def main(argv: list[str] | None = None) -> int:

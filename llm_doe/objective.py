@@ -33,7 +33,8 @@ from llm_doe.finetune.loop import Diverged, Interrupted, resolve_runtime, train
 from llm_doe.finetune.model import load_tokenizer, model_factory
 from llm_doe.schema import Config, resolved_direction
 from llm_doe.space import SearchSpace, apply_params, suggest
-from llm_doe.study import grid_duplicate, retry_callback, set_user_attrs, worker_attrs
+from llm_doe.storage import retry_callback
+from llm_doe.study import grid_duplicate, set_user_attrs, worker_attrs
 
 log = logging.getLogger("llm_doe")
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from hydra.core.config_store import ConfigStore
 
 
 class ConfigError(ValueError):
@@ -247,11 +246,6 @@ SAMPLERS = ("tpe", "random", "qmc", "grid", "gp", "cmaes")
 PRUNERS = ("median", "percentile", "hyperband", "successive_halving", "wilcoxon", "none")
 SCHEDULERS = ("linear", "cosine", "constant_with_warmup")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-
-
-def register_configs() -> None:
-    """Put the schema in Hydra's ConfigStore; conf/config.yaml lists it first."""
-    ConfigStore.instance().store(name="base_config", node=Config)
 
 
 def resolved_direction(cfg: Config) -> str:

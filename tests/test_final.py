@@ -15,13 +15,13 @@ import pytest
 from optuna.trial import TrialState
 
 from llm_doe.analysis import load_artifacts
+from llm_doe.cli import compose_config
 from llm_doe.confirm import main as confirm
 from llm_doe.final import best_optimizer_step
 from llm_doe.final import main as final
 from llm_doe.finetune.data import Encoded, encoded_splits, load_splits
 from llm_doe.finetune.loop import resolve_runtime, train
 from llm_doe.finetune.model import load_tokenizer, model_factory
-from llm_doe.search import compose_config
 from tests.conftest import REPO, TINY, searched_lr_study, store_args
 
 # Loads the export in a fresh process with the hub unreachable, predicts the test split and
@@ -31,7 +31,7 @@ import json, sys
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from llm_doe.finetune.data import load_splits
-from llm_doe.search import compose_config
+from llm_doe.cli import compose_config
 
 folder, overrides = sys.argv[1], json.loads(sys.argv[2])
 tokenizer = AutoTokenizer.from_pretrained(folder)
