@@ -61,7 +61,7 @@ def _img(fig: Any, caption: str) -> str:
 
 
 def _table(frame: pd.DataFrame, index: bool = False) -> str:
-    def fmt(value: Any) -> str:
+    def cell(value: Any) -> str:
         if isinstance(value, float):
             return "" if pd.isna(value) else f"{value:.4g}"
         if value is None or value is pd.NA or (not isinstance(value, str) and pd.isna(value)):
@@ -72,7 +72,7 @@ def _table(frame: pd.DataFrame, index: bool = False) -> str:
     head = "".join(f'<th class="text">{html.escape(str(c))}</th>' for c in frame.columns)
     rows = []
     for values in frame.itertuples(index=False):
-        cells = "".join(f'<td{" class=text" if isinstance(v, str) else ""}>{html.escape(fmt(v))}</td>'
+        cells = "".join(f'<td{" class=text" if isinstance(v, str) else ""}>{html.escape(cell(v))}</td>'
                         for v in values)
         rows.append(f"<tr>{cells}</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
