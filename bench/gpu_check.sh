@@ -119,7 +119,7 @@ WORK="$WORK" PEAK_TFLOPS="$PEAK_TFLOPS" STUDY_WALL="$STUDY_WALL" OUT="$OUT" "$PY
 import json, os, statistics, sys
 import optuna
 sys.path.insert(0, "bench")
-from llm_doe.search import compose_config
+from llm_doe.cli import compose_config
 from llm_doe.finetune.data import encoded_splits
 from llm_doe.finetune.model import load_tokenizer, model_factory
 

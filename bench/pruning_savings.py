@@ -103,7 +103,7 @@ def main() -> int:
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     torch.set_num_threads(args.threads)
     from llm_doe.schema import resolved_direction
-    from llm_doe.search import compose_config
+    from llm_doe.cli import compose_config
 
     base = overrides(args)
     cfg = compose_config(base).config

@@ -408,7 +408,7 @@ def main() -> int:
           + (f"; ablations (ours) {args.ablate}" if args.ablate else ""))
 
     # The config the llm_doe search composes: its data section gives both sides the same texts.
-    from llm_doe.search import compose_config
+    from llm_doe.cli import compose_config
 
     cfg = compose_config(["+study=lr_sweep", f"model.name_or_path={args.model}", f"data.train_size={args.train_size}",
                           f"data.val_size={args.val_size}", f"data.max_length={args.max_length}"]).config

@@ -79,7 +79,7 @@ def bench_storage(ops: int) -> None:
     print(f"{'store':>24} {'report ms':>10} {'tell ms':>9}")
     with tempfile.TemporaryDirectory() as tmp:
         from llm_doe.schema import StorageConfig
-        from llm_doe.study import make_storage
+        from llm_doe.storage import make_storage
 
         rows = {
             "sqlite (optuna default)": RDBStorage(f"sqlite:///{tmp}/s.db"),

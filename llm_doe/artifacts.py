@@ -8,7 +8,6 @@ and ``roc.png``).
 from __future__ import annotations
 
 import json
-import math
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -16,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
+
+from llm_doe.formatting import json_safe
 
 if TYPE_CHECKING:
     from llm_doe.finetune.tasks.base import Task
@@ -26,16 +27,6 @@ def artifact_store(artifacts_dir: str | Path) -> FileSystemArtifactStore:
     path = Path(artifacts_dir)
     path.mkdir(parents=True, exist_ok=True)
     return FileSystemArtifactStore(base_path=str(path))
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, Mapping):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
 
 
 def upload_trial_artifacts(
@@ -54,7 +45,7 @@ def upload_trial_artifacts(
     ids: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="llm_doe_trial_") as tmp:
         folder = Path(tmp)
-        files = {"config.yaml": config_yaml, "metrics.json": json.dumps(_json_safe(list(history)), indent=1)}
+        files = {"config.yaml": config_yaml, "metrics.json": json.dumps(json_safe(list(history)), indent=1)}
         for name, text in files.items():
             (folder / name).write_text(text, encoding="utf-8")
         if task is not None and payload is not None:

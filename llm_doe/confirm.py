@@ -25,7 +25,6 @@ import logging
 import math
 import shlex
 import sys
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,8 @@ from optuna.trial import FrozenTrial, TrialState
 from llm_doe import analysis, experiment
 from llm_doe.names import CONFIRM_SUFFIX, SEED_PARAMS
 from llm_doe.schema import Config, ConfigError, validate
-from llm_doe.search import Composed, cli
+from llm_doe.cli import Composed, cli
+from llm_doe.formatting import json_safe
 
 log = logging.getLogger("llm_doe")
 
@@ -81,22 +81,13 @@ class ConfirmPlan:
 def open_parent(composed: Composed) -> tuple[optuna.storages.BaseStorage, optuna.Study]:
     """The study store and the searched study, refusing (ConfigError) a store or study that does
     not exist, so a typo never creates an empty store."""
-    from llm_doe.report import store_of
-    from llm_doe.study import check_storage, make_storage, mask_url, storage_label
+    from llm_doe.storage import check_storage, open_store, storage_label, store_of
 
     cfg = composed.config
     name = str(cfg.study.name)
     check_storage(cfg.storage)
     store_of(cfg.storage)
-    key = "storage.journal_path" if cfg.storage.kind == "journal" else "storage.url"
-    try:
-        with warnings.catch_warnings():  # Optuna's "experimental" notes would break the one-line error contract
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            storage = make_storage(cfg.storage)
-        names = optuna.get_all_study_names(storage=storage)
-    except Exception as err:  # unreachable server, foreign file
-        message = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise ConfigError(key, f"cannot open the study store {storage_label(cfg.storage)}: {mask_url(message)}") from None
+    storage, names = open_store(cfg.storage, lambda store: optuna.get_all_study_names(storage=store))
     if name not in names:
         arms = sorted(n for n in names if n.startswith(f"{name}["))
         if arms:
@@ -249,22 +240,9 @@ def enqueue_missing(study: optuna.Study, plan: ConfirmPlan) -> tuple[int, int]:
     return new, retried
 
 
-def _jsonable(value: Any) -> Any:
-    """NaN -> None and numpy scalars -> Python, for study attributes (JSON)."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 def table_records(table: Any) -> list[dict[str, Any]]:
     """A confirmation table as JSON-able records (one per configuration, best first)."""
-    return [_jsonable(r) for r in table.reset_index().to_dict("records")]
+    return [json_safe(r) for r in table.reset_index().to_dict("records")]
 
 
 def _note(table: Any) -> str:
@@ -284,7 +262,8 @@ def _note(table: Any) -> str:
 
 
 def _provenance(argv: list[str]) -> dict[str, Any]:
-    from llm_doe.study import mask_overrides, provenance
+    from llm_doe.storage import mask_overrides
+    from llm_doe.study import provenance
 
     record = provenance(argv)
     record["command"] = shlex.join([Path(sys.executable).name, "-m", "llm_doe.confirm", *mask_overrides(argv)])
@@ -293,8 +272,9 @@ def _provenance(argv: list[str]) -> dict[str, Any]:
 
 def run(composed: Composed) -> int:
     """Plan, run the missing (configuration, seed) pairs, report. Returns the exit status."""
-    from llm_doe.runner import masked_config, optimize, setup_logging, write_run_dir
+    from llm_doe.runner import optimize, setup_logging, write_run_dir
     from llm_doe.search import prepare
+    from llm_doe.storage import masked_config
     from llm_doe.study import make_sampler, open_study
 
     plan = make_plan(composed)
@@ -308,7 +288,7 @@ def run(composed: Composed) -> int:
                     "included (set confirm.first_seed to use fresh seeds)", cfg.train.seed)
     created = plan.name not in optuna.get_all_study_names(storage=plan.storage)
     study = open_study(cfg, plan.storage, make_sampler(cfg.sampler, space), pruner, space,
-                       masked_config(plan.composed), composed.overrides, name=plan.name)
+                       masked_config(plan.composed.dict_config), composed.overrides, name=plan.name)
     if created:
         study.set_user_attr("provenance", _provenance(composed.overrides))
     study.set_user_attr("last_run", _provenance(composed.overrides))
@@ -317,7 +297,7 @@ def run(composed: Composed) -> int:
              "source_trials": [t.number for t in plan.sources],
              "source_values": {str(t.number): t.value for t in plan.sources}, "pairs": [list(p) for p in plan.pairs]}
     for key, value in attrs.items():
-        study.set_user_attr(key, _jsonable(value))
+        study.set_user_attr(key, json_safe(value))
     if len(plan.sources) < cfg.confirm.top_k:
         log.info("confirm: study %s has %d distinct COMPLETE configuration(s), fewer than confirm.top_k=%d",
                  plan.parent.study_name, len(plan.sources), cfg.confirm.top_k)
@@ -350,9 +330,9 @@ def run(composed: Composed) -> int:
                "seeds": plan.seeds, "top_k": cfg.confirm.top_k, "alpha": cfg.confirm.alpha,
                "runs_complete": int(table["n"].sum()) if len(table) else 0, "runs_planned": len(plan.pairs),
                "table": table_records(table)}
-    study.set_user_attr("confirmation", _jsonable(summary))
+    study.set_user_attr("confirmation", json_safe(summary))
     if table.attrs["best_trial"] is not None:  # what python -m llm_doe.final exports by default
-        plan.parent.set_user_attr("confirmation", _jsonable(summary))
+        plan.parent.set_user_attr("confirmation", json_safe(summary))
     try:
         from optuna_dashboard import save_note
 

@@ -45,9 +45,11 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.trial import FrozenTrial, TrialState
 
 from llm_doe import analysis
+from llm_doe.cli import Composed, cli
+from llm_doe.formatting import json_safe
 from llm_doe.names import CONFIRM_SUFFIX
 from llm_doe.schema import Config, ConfigError
-from llm_doe.search import Composed, cli
+from llm_doe.storage import masked_config
 
 log = logging.getLogger("llm_doe")
 
@@ -157,7 +159,7 @@ def make_plan(composed: Composed) -> FinalPlan:
     from llm_doe.confirm import check_same_experiment, experiment_config, open_parent
     from llm_doe.finetune.tasks import get_task
     from llm_doe.space import apply_params
-    from llm_doe.study import check_writable
+    from llm_doe.storage import check_writable
 
     cfg = composed.config
     if str(cfg.study.name).endswith(CONFIRM_SUFFIX):
@@ -188,13 +190,6 @@ def make_plan(composed: Composed) -> FinalPlan:
                      schedule_steps(trial_cfg, len(train_data)), confirmation)
 
 
-def _masked(trial_dc: DictConfig) -> dict[str, Any]:
-    from llm_doe.study import mask_url
-
-    resolved = OmegaConf.to_container(trial_dc, resolve=True)
-    assert isinstance(resolved, dict)
-    resolved["storage"]["url"] = mask_url(resolved["storage"]["url"])
-    return resolved
 
 
 def _md_table(header: list[str], rows: list[list[Any]]) -> list[str]:
@@ -212,7 +207,7 @@ def _md_table(header: list[str], rows: list[list[Any]]) -> list[str]:
 def model_card(plan: FinalPlan, *, sizes: dict[str, int], label_names: list[str], metrics: dict[str, Any],
                trained_on: str, evaluations: int, metric_names: list[str] | None = None) -> str:
     """The model card (Hugging Face's convention: README.md in the model folder)."""
-    from llm_doe.notes import _distribution
+    from llm_doe.notes import describe_distribution
 
     cfg, parent, trial = plan.config, plan.parent, plan.trial
     name = parent.study_name
@@ -249,7 +244,7 @@ def model_card(plan: FinalPlan, *, sizes: dict[str, int], label_names: list[str]
     space = parent.user_attrs.get("space") or {}
     rows = []
     for param, text in space.items():
-        kind, extent = _distribution(optuna.distributions.json_to_distribution(text))
+        kind, extent = describe_distribution(optuna.distributions.json_to_distribution(text))
         rows.append([f"`{param}`", kind, extent])
     lines += _md_table(["parameter", "type", "range"], rows) if rows else ["(no search space recorded)"]
     from llm_doe.confirm import scientific_values
@@ -341,7 +336,7 @@ def run(composed: Composed) -> int:
               "trained_on": metrics["trained_on"], "optimizer_steps": metrics["optimizer_steps"],
               "test": {k: metrics[k] for k in (*tested, "n_test")},
               "at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
-    plan.parent.set_user_attr("final_exports", _clean([*previous, record]))
+    plan.parent.set_user_attr("final_exports", json_safe([*previous, record]))
     finished = len(plan.parent.get_trials(deepcopy=False, states=FINISHED))
     figures = " ".join(f"{'loss' if k == 'test_loss' else k}={metrics[k]:.4f}" for k in tested)
     log.info("final: test split (%d examples, read once): %s (trial #%d of %d finished trials)", metrics["n_test"],
@@ -432,11 +427,11 @@ def _export(plan: FinalPlan, trained: _Trained, evaluations: int) -> list[str]:
         saved_tokenizer = trained.prepared.tokenizer.__class__.from_pretrained(trained.prepared.tokenizer_key)
         saved_tokenizer.model_max_length = cfg.data.max_length  # truncation=True then cuts where training did
         saved_tokenizer.save_pretrained(staging)
-        (staging / "config.yaml").write_text(OmegaConf.to_yaml(_masked(plan.trial_config)), encoding="utf-8")
+        (staging / "config.yaml").write_text(OmegaConf.to_yaml(masked_config(plan.trial_config)), encoding="utf-8")
         files = [p.name for p in trained.task.write_artifacts(
             trained.payload, staging, f"{plan.parent.study_name} trial {plan.trial.number}", "on the test split")]
         metrics["roc_curve"] = "roc.csv" if "roc.csv" in files else None
-        (staging / "test_metrics.json").write_text(json.dumps(_clean(metrics), indent=1), encoding="utf-8")
+        (staging / "test_metrics.json").write_text(json.dumps(json_safe(metrics), indent=1), encoding="utf-8")
         card = model_card(plan, sizes=trained.sizes, label_names=list(trained.prepared.splits.label_names),
                           metrics=metrics, trained_on=trained.trained_on, evaluations=evaluations,
                           metric_names=trained.metric_names)
@@ -452,11 +447,6 @@ def _export(plan: FinalPlan, trained: _Trained, evaluations: int) -> list[str]:
     return files
 
 
-def _clean(value: Any) -> Any:
-    """JSON-safe: NaN/inf -> None, numpy scalars -> Python."""
-    from llm_doe.confirm import _jsonable
-
-    return _jsonable(value)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,16 +14,20 @@ import optuna
 import pandas as pd
 
 from llm_doe import analysis
+from llm_doe._optuna_compat import rdb_backend, study_storage
+from llm_doe.formatting import fmt
 
 log = logging.getLogger("llm_doe")
 
 
 def _cell(value: Any) -> str:
-    text = analysis.fmt(value) if value is not None and not (isinstance(value, float) and pd.isna(value)) else "-"
+    text = fmt(value) if value is not None and not (isinstance(value, float) and pd.isna(value)) else "-"
     return text.replace("|", "\\|")
 
 
-def _distribution(dist: optuna.distributions.BaseDistribution) -> tuple[str, str]:
+def describe_distribution(dist: optuna.distributions.BaseDistribution) -> tuple[str, str]:
+    """A searched range for a Markdown table: its kind and its range with its scale (the
+    dashboard note and a final export's model card show it alike)."""
     if isinstance(dist, optuna.distributions.CategoricalDistribution):
         return "categorical", ", ".join(_cell(c) for c in dist.choices)
     kind = "int" if isinstance(dist, optuna.distributions.IntDistribution) else "float"
@@ -53,7 +57,7 @@ def study_note(table: pd.DataFrame) -> str:
                      f"`{config.get('pruner', {}).get('name')}`.")
     lines += ["", "### Search space", "", "| parameter | type | range |", "|---|---|---|"]
     for param, dist in space.items():
-        kind, extent = _distribution(dist)
+        kind, extent = describe_distribution(dist)
         lines.append(f"| `{param}` | {kind} | {extent} |")
     failures = analysis.failure_report(table)
     lines += ["", "### Trials", "", analysis.trial_counts_text(failures)]
@@ -82,7 +86,8 @@ def write_study_note(study: optuna.Study) -> None:
         from optuna_dashboard import save_note
 
         # The store's SQL when it is an RDB (fast on big studies), else Optuna's API.
-        ref = study._storage if analysis.rdb_backend(study._storage) is not None else study
+        storage = study_storage(study)
+        ref = storage if rdb_backend(storage) is not None else study
         save_note(study, study_note(analysis.load_trials(ref, study.study_name)))
     except Exception as err:  # noqa: BLE001 - the study's results matter more than its note
         log.warning("could not write the study note for optuna-dashboard: %s", err)

@@ -21,7 +21,9 @@ from typing import Any
 import pandas as pd
 
 from llm_doe import analysis
-from llm_doe.schema import ConfigError, StorageConfig
+from llm_doe.formatting import fmt
+from llm_doe.schema import ConfigError
+from llm_doe.storage import store_of
 
 USAGE = """usage: python -m llm_doe.report +study=NAME [key=value ...] [--out PATH]
 
@@ -59,7 +61,7 @@ def _img(fig: Any, caption: str) -> str:
 
 
 def _table(frame: pd.DataFrame, index: bool = False) -> str:
-    def fmt(value: Any) -> str:
+    def cell(value: Any) -> str:
         if isinstance(value, float):
             return "" if pd.isna(value) else f"{value:.4g}"
         if value is None or value is pd.NA or (not isinstance(value, str) and pd.isna(value)):
@@ -70,7 +72,7 @@ def _table(frame: pd.DataFrame, index: bool = False) -> str:
     head = "".join(f'<th class="text">{html.escape(str(c))}</th>' for c in frame.columns)
     rows = []
     for values in frame.itertuples(index=False):
-        cells = "".join(f'<td{" class=text" if isinstance(v, str) else ""}>{html.escape(fmt(v))}</td>'
+        cells = "".join(f'<td{" class=text" if isinstance(v, str) else ""}>{html.escape(cell(v))}</td>'
                         for v in values)
         rows.append(f"<tr>{cells}</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
@@ -117,6 +119,7 @@ def render_report(storage: analysis.StudyRef, study_name: str | None = None, *,
         parts.append(_section("Warnings", '<p class="ok">No failed trials; no best value on the edge of a searched '
                                           "range.</p>"))
 
+    best: pd.Series | None = None  # stays None without a COMPLETE trial with a finite value
     try:
         best = analysis.best_trial(trials)
     except ValueError as err:
@@ -126,7 +129,7 @@ def render_report(storage: analysis.StudyRef, study_name: str | None = None, *,
                             if m != metric and m in best.index and pd.notna(best[m]))
         summary = (f"<p>Trial <b>#{int(best['number'])}</b>: <code>{html.escape(metric)}</code> = "
                    f"<b>{best['value']:.4g}</b> ({html.escape(metrics)}); "
-                   + ", ".join(f"<code>{html.escape(p)}</code> = {html.escape(analysis._fmt(best[p]))}"
+                   + ", ".join(f"<code>{html.escape(p)}</code> = {html.escape(fmt(best[p]))}"
                                for p in params if p in best.index) + ".</p>")
         command = f"<p>Rerun it (a one-trial study with the same config and seeds):</p><pre>" \
                   f"{html.escape(analysis.rerun_command(trials))}</pre>"
@@ -163,7 +166,7 @@ def render_report(storage: analysis.StudyRef, study_name: str | None = None, *,
                 f"ROC of {scope} at its best evaluation, labelled by {analysis._default_param(trials)}.")
                 if not roc.empty else "<p>No trial has a ROC curve.</p>"))
 
-    if not analysis._complete(trials).empty:
+    if best is not None:
         parts.append(_section("Objective against each parameter", _img(
             analysis.plot_objective_vs_params(trials),
             f"{metric} of complete trials (hollow: pruned, at their last value); dotted lines: the searched range.")))
@@ -264,25 +267,9 @@ def build_report(storage: analysis.StudyRef, study_name: str | None, out: str | 
     return path
 
 
-def store_of(cfg: StorageConfig) -> str:
-    """The study store a search with this storage config writes, refusing one that does not exist
-    (a report must never create an empty store)."""
-    from llm_doe.study import full_url, sqlite_path
-
-    if getattr(cfg, "kind", "rdb") == "journal":
-        journal = Path(cfg.journal_path)
-        if not journal.is_file():
-            raise ConfigError("storage.journal_path", f"no study store at {journal}: run the search first")
-        return str(journal)
-    db = sqlite_path(cfg.url)
-    if db is not None and not db.is_file():
-        raise ConfigError("storage.url", f"no study store at {db}: run the search first")
-    return full_url(cfg)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status (2 = bad input or no such study, nothing written)."""
-    from llm_doe.search import compose_config
+    from llm_doe.cli import compose_config
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if "-h" in argv or "--help" in argv:

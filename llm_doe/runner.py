@@ -20,10 +20,11 @@ import optuna
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
+from llm_doe.formatting import fmt
 from llm_doe.schema import Config, resolved_direction
 
 if TYPE_CHECKING:
-    from llm_doe.search import Composed
+    from llm_doe.cli import Composed
 
 log = logging.getLogger("llm_doe")
 WORKER_ENV = "LLM_DOE_WORKER"  # set in worker processes started by workers=N
@@ -55,12 +56,6 @@ def setup_logging(run_dir: Path | None) -> None:
     optuna.logging.set_verbosity(optuna.logging.ERROR)
 
 
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
-
-
 class ProgressCallback:
     """A study progress bar and one line per finished trial."""
 
@@ -85,14 +80,15 @@ class ProgressCallback:
             self.failures += 1
             value = f"reason={trial.user_attrs.get('fail_reason', '?')}"
         elif trial.state == optuna.trial.TrialState.PRUNED:
-            value = f"pruned at eval {trial.last_step} ({self.metric}={_fmt(trial.intermediate_values.get(trial.last_step))})"
+            last = trial.intermediate_values.get(trial.last_step)
+            value = f"pruned at eval {trial.last_step} ({self.metric}={fmt(last, 4)})"
         else:
-            value = f"{self.metric}={_fmt(trial.value)}"
+            value = f"{self.metric}={fmt(trial.value, 4)}"
         try:
-            best = f"best {_fmt(study.best_value)} (#{study.best_trial.number})"
+            best = f"best {fmt(study.best_value, 4)} (#{study.best_trial.number})"
         except ValueError:
             best = "best -"
-        params = " ".join(f"{k}={_fmt(v)}" for k, v in trial.params.items())
+        params = " ".join(f"{k}={fmt(v, 4)}" for k, v in trial.params.items())
         duration = trial.duration.total_seconds() if trial.duration else float("nan")
         done = count_finished(study)
         self.bar.n = done
@@ -154,21 +150,12 @@ class StopRequest:
 
 
 def write_run_dir(composed: Composed) -> None:
-    from llm_doe.study import mask_overrides
+    from llm_doe.storage import mask_overrides, masked_config
 
     hydra_dir = composed.run_dir / ".hydra"
     hydra_dir.mkdir(parents=True, exist_ok=True)
-    (hydra_dir / "config.yaml").write_text(OmegaConf.to_yaml(masked_config(composed)))
+    (hydra_dir / "config.yaml").write_text(OmegaConf.to_yaml(masked_config(composed.dict_config)))
     (hydra_dir / "overrides.yaml").write_text(OmegaConf.to_yaml(mask_overrides(composed.overrides)))
-
-
-def masked_config(composed: Composed) -> dict[str, Any]:
-    """The resolved config with the database password masked: what may be written anywhere."""
-    from llm_doe.study import mask_url
-
-    resolved = OmegaConf.to_container(composed.dict_config, resolve=True)
-    resolved["storage"]["url"] = mask_url(resolved["storage"]["url"])  # type: ignore[index]
-    return resolved  # type: ignore[return-value]
 
 
 def optimize(composed: Composed, study: optuna.Study, space: Any) -> int:
@@ -203,15 +190,8 @@ def optimize_arms(composed: Composed, arms: list[tuple[Any, optuna.Study]]) -> i
         TrialInterrupted,
         storage_failure,
     )
-    from llm_doe.study import (
-        fail_dead_workers,
-        grid_points,
-        mask_url,
-        record_totals,
-        storage_label,
-        study_totals,
-        trial_counts,
-    )
+    from llm_doe.storage import mask_url, storage_label
+    from llm_doe.study import fail_dead_workers, grid_points, record_totals, study_totals, trial_counts
 
     cfg = composed.config
     if cfg.runtime.num_threads is not None:
@@ -376,8 +356,8 @@ def summarise(arm: Any, study: optuna.Study, cfg: Config, started: float) -> Non
     except ValueError:
         log.info("no trial completed")
         return
-    log.info("best trial #%d: %s=%s with %s", best.number, cfg.study.metric, _fmt(best.value),
-             " ".join(f"{k}={_fmt(v)}" for k, v in best.params.items()))
+    log.info("best trial #%d: %s=%s with %s", best.number, cfg.study.metric, fmt(best.value, 4),
+             " ".join(f"{k}={fmt(v, 4)}" for k, v in best.params.items()))
     try:
         report = analysis.boundary_report(analysis.load_trials(study))
     except Exception as err:  # a review aid must never fail the run

@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from hydra.core.config_store import ConfigStore
 
 from llm_doe.finetune.tasks import TASK_METRICS
 
@@ -269,11 +268,6 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 PEFT_METHODS = ("none", "lora", "ia3", "prefix", "prompt")
 TEXT_SOURCES = ("tweets", "csv", "hub")
 CHAT_SOURCES = ("chat_pairs", "jsonl")
-
-
-def register_configs() -> None:
-    """Put the schema in Hydra's ConfigStore; conf/config.yaml lists it first."""
-    ConfigStore.instance().store(name="base_config", node=Config)
 
 
 def resolved_direction(cfg: Config) -> str:

@@ -1,7 +1,7 @@
 """``python -m llm_doe.search +study=NAME [overrides...]``: compose, validate, run.
 
-A thin entry point. Hydra composes ``conf/`` with the command-line overrides (Hydra's own
-override grammar); the result becomes the typed :class:`~llm_doe.schema.Config` once, here.
+A thin entry point. :mod:`llm_doe.cli` composes ``conf/`` with the command-line overrides
+(Hydra's own override grammar) into the typed :class:`~llm_doe.schema.Config`, once.
 Every check runs before anything is written: on bad input the command prints one line,
 ``llm_doe: error: <key or file>: <what is wrong>``, and exits with status 2.
 
@@ -14,20 +14,13 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import warnings
-from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from hydra import compose, initialize_config_dir
-from hydra.errors import HydraException, MissingConfigException
-from omegaconf import DictConfig, OmegaConf, open_dict
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf import OmegaConf
 
-from llm_doe.schema import Config, ConfigError, register_configs, validate
+from llm_doe.cli import Composed, cli
+from llm_doe.schema import Config, ConfigError
 
-CONF_DIR = Path(os.environ.get("LLM_DOE_CONF_DIR", Path(__file__).resolve().parent.parent / "conf"))
 USAGE = """usage: python -m llm_doe.search +study=NAME [key=value ...] [--cfg]
 
 Runs (or resumes, to study.n_trials) the Optuna study NAME from conf/study/NAME.yaml.
@@ -41,56 +34,6 @@ Examples:
 log = logging.getLogger("llm_doe")
 
 
-@dataclass
-class Composed:
-    """The composed config, before and after typing, and where this run logs."""
-
-    dict_config: DictConfig
-    config: Config
-    run_dir: Path
-    overrides: list[str]
-
-
-def _hydra_error(err: Exception) -> ConfigError:
-    """Hydra's multi-line errors, as one line that names the key or group."""
-    if isinstance(err, MissingConfigException) and err.options is not None and err.missing_cfg_file:
-        group, _, name = err.missing_cfg_file.rpartition("/")
-        return ConfigError(group or "config", f"unknown choice {name!r}; available: {', '.join(sorted(err.options))}")
-    cause: BaseException = err
-    while cause.__cause__ is not None:
-        cause = cause.__cause__
-    if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):
-        return ConfigError(str(cause.full_key), str(cause).splitlines()[0])
-    return ConfigError("overrides", " ".join(str(err).split()))
-
-
-def compose_config(overrides: list[str]) -> Composed:
-    """Compose conf/ + overrides into the typed config. Raises ConfigError on bad input."""
-    register_configs()
-    try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="llm_doe"):
-            cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
-    except (HydraException, OmegaConfBaseException) as err:
-        raise _hydra_error(err) from None
-    choices = cfg.hydra.runtime.choices
-    if cfg.study.name is None:
-        cfg.study.name = choices.get("study") or None
-    if cfg.study.name is None:
-        raise ConfigError("study", "no study selected: add +study=NAME (one of "
-                          f"{', '.join(sorted(p.stem for p in (CONF_DIR / 'study').glob('*.yaml')))})")
-    run_dir = Path(str(cfg.hydra.run.dir))
-    with open_dict(cfg):
-        del cfg["hydra"]
-    try:
-        typed: Config = OmegaConf.to_object(cfg)  # type: ignore[assignment]
-    except OmegaConfBaseException as err:
-        key = getattr(err, "full_key", "") or "config"
-        reason = "is required (no value given)" if "Missing mandatory value" in str(err) else str(err).splitlines()[0]
-        raise ConfigError(key, reason) from None
-    validate(typed)
-    return Composed(cfg, typed, run_dir, overrides)
-
-
 def prepare(composed: Composed) -> tuple[Any, Any]:
     """Every check and every load that can fail on user input, before anything is written.
 
@@ -100,13 +43,8 @@ def prepare(composed: Composed) -> tuple[Any, Any]:
     from llm_doe.design import plan
     from llm_doe.finetune.tasks import get_task
     from llm_doe.space import check_space
-    from llm_doe.study import (
-        check_resume,
-        check_storage,
-        check_writable,
-        make_pruner,
-        make_sampler,
-    )
+    from llm_doe.storage import check_storage, check_writable
+    from llm_doe.study import check_resume, make_pruner, make_sampler
 
     cfg = composed.config
     design = plan(cfg.study.name, composed.dict_config, cfg.study.space, cfg.study.n_trials,
@@ -150,15 +88,9 @@ def run(composed: Composed) -> int:
     """Open (or resume) the study (or its scientific sub-studies) and optimise it to
     ``study.n_trials``. Returns the exit code."""
     from llm_doe.notes import write_study_note
-    from llm_doe.runner import (
-        WORKER_ENV,
-        masked_config,
-        optimize_arms,
-        run_workers,
-        setup_logging,
-        write_run_dir,
-    )
-    from llm_doe.study import make_pruner, make_sampler, make_storage, open_study
+    from llm_doe.runner import WORKER_ENV, optimize_arms, run_workers, setup_logging, write_run_dir
+    from llm_doe.storage import make_storage, masked_config
+    from llm_doe.study import make_pruner, make_sampler, open_study
 
     cfg = composed.config
     design, _ = prepare(composed)
@@ -169,7 +101,7 @@ def run(composed: Composed) -> int:
     for arm in design.arms:
         attrs = {"design": design.attrs(arm)} if design.scientific or design.caveats else {}
         study = open_study(cfg, storage, make_sampler(cfg.sampler, arm.space), make_pruner(cfg.pruner), arm.space,
-                           masked_config(composed), composed.overrides, name=arm.name, attrs=attrs)
+                           masked_config(composed.dict_config), composed.overrides, name=arm.name, attrs=attrs)
         arms.append((arm, study))
     for caveat in design.caveats:
         log.info("caveat: %s", caveat)
@@ -180,33 +112,6 @@ def run(composed: Composed) -> int:
     for _, study in arms:
         write_study_note(study)  # optuna-dashboard's study note: goal, space, best trial (never fails the run)
     return code
-
-
-def cli(argv: list[str] | None, usage: str, command: Callable[[Composed], int]) -> int:
-    """The shared shape of the entry points (search, confirm, final): ``-h``, ``--cfg`` (the
-    composed config, password masked), and bad input as one line with exit status 2."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if "-h" in argv or "--help" in argv:
-        print(usage)
-        return 0
-    show_cfg = "--cfg" in argv
-    overrides = [a for a in argv if a != "--cfg"]
-    # Heartbeats, their retry callback and the artifact store are Optuna's own "experimental"
-    # APIs, used on purpose: their warnings would only bury the study's lines.
-    import optuna
-
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    try:
-        composed = compose_config(overrides)
-        if show_cfg:
-            from llm_doe.runner import masked_config
-
-            print(OmegaConf.to_yaml(masked_config(composed)))
-            return 0
-        return command(composed)
-    except ConfigError as err:
-        print(f"llm_doe: error: {err}", file=sys.stderr)
-        return 2
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,8 +1,8 @@
-"""Storage, sampler and pruner factories; opening (or resuming) a study; provenance.
+"""Sampler and pruner factories; opening (or resuming) a study; provenance; trial counts,
+bulk attributes, grid bookkeeping and dead workers.
 
-Optuna's RDB storage is the engine: SQLite by default, any SQLAlchemy URL Optuna supports
-when many machines share a study. Everything here checks first and creates later, so a bad
-URL or an unwritable folder stops the run before a file exists.
+Stores themselves (checking, opening, masking their URLs) are :mod:`llm_doe.storage`'s; the
+private Optuna API this module needs is :mod:`llm_doe._optuna_compat`'s.
 """
 
 from __future__ import annotations
@@ -24,10 +24,8 @@ from typing import Any
 import optuna
 from omegaconf import DictConfig
 from optuna.distributions import BaseDistribution
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
 
-from llm_doe.analysis import rdb_backend
+from llm_doe import _optuna_compat as compat
 from llm_doe.experiment import NEW_STUDY_HINT, check_same_experiment
 from llm_doe.finetune.tasks import TASK_METRICS
 from llm_doe.schema import (
@@ -35,154 +33,12 @@ from llm_doe.schema import (
     ConfigError,
     PrunerConfig,
     SamplerConfig,
-    StorageConfig,
     resolved_direction,
 )
 from llm_doe.space import SearchSpace, grid_values, space_to_json
+from llm_doe.storage import mask_overrides, open_store, retry_callback, store_exists
 
-SUPPORTED_DIALECTS = ("sqlite", "postgresql", "mysql")
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-
-
-def _first_existing(path: Path) -> Path:
-    path = path.absolute()
-    while not path.exists():
-        path = path.parent
-    return path
-
-
-def check_writable(path: str | Path, key: str) -> None:
-    """Refuse a path we could not create or write, without creating anything."""
-    target = Path(path)
-    anchor = _first_existing(target)
-    if anchor == target.absolute() and not target.is_dir() and key.endswith("artifacts_dir"):
-        raise ConfigError(key, f"{target} exists and is not a folder")
-    if not anchor.is_dir() and anchor != target.absolute():
-        raise ConfigError(key, f"{anchor} is a file, so {target} cannot be created")
-    check = anchor if anchor.is_dir() else anchor.parent
-    if not os.access(check, os.W_OK | os.X_OK):
-        raise ConfigError(key, f"{target} is not writable ({check} is read-only)")
-
-
-def mask_url(url: str) -> str:
-    """The URL with its password replaced by ***, for logs and attributes."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return url
-
-
-def storage_label(cfg: StorageConfig) -> str:
-    """What to show users: the masked URL, or the journal file."""
-    return f"journal:{cfg.journal_path}" if cfg.kind == "journal" else mask_url(cfg.url)
-
-
-def full_url(cfg: StorageConfig) -> str:
-    """The URL with the password from ``storage.password_env`` when the URL carries none."""
-    parsed = make_url(cfg.url)
-    password = os.environ.get(cfg.password_env)
-    if parsed.get_backend_name() != "sqlite" and parsed.password is None and password:
-        parsed = parsed.set(password=password)
-    return parsed.render_as_string(hide_password=False)
-
-
-def sqlite_path(url: str) -> Path | None:
-    """The database file of a sqlite URL (None for other back ends)."""
-    parsed = make_url(url)
-    if parsed.get_backend_name() != "sqlite":
-        return None
-    return Path(parsed.database or "")
-
-
-def check_storage(cfg: StorageConfig) -> None:
-    """Validate the storage (and that a SQLite or journal file could be created)."""
-    if cfg.kind == "journal":
-        journal = Path(cfg.journal_path)
-        if journal.is_dir():
-            raise ConfigError("storage.journal_path", f"{journal} is a folder, not a journal file")
-        if not journal.exists():
-            check_writable(journal, "storage.journal_path")
-        elif not os.access(journal, os.R_OK | os.W_OK):
-            raise ConfigError("storage.journal_path", f"{journal} is not readable and writable")
-        return
-    try:
-        parsed = make_url(cfg.url)
-    except ArgumentError:
-        raise ConfigError("storage.url", f"{mask_url(cfg.url)!r} is not a database URL (e.g. sqlite:///studies/NAME.db)") from None
-    backend = parsed.get_backend_name()
-    if backend not in SUPPORTED_DIALECTS:
-        raise ConfigError("storage.url", f"unsupported database {backend!r}; use one of {', '.join(SUPPORTED_DIALECTS)}")
-    if backend != "sqlite":
-        try:
-            parsed.get_dialect().import_dbapi()
-        except ImportError as err:
-            raise ConfigError("storage.url", f"the driver for {parsed.drivername!r} is not installed ({err}); "
-                                             "for PostgreSQL: pip install psycopg2-binary") from None
-    if backend == "sqlite":
-        if not parsed.database or parsed.database == ":memory:":
-            raise ConfigError("storage.url", "a SQLite URL needs a file path (sqlite:///path/to/study.db); in-memory studies are lost")
-        db = Path(parsed.database)
-        if db.is_dir():
-            raise ConfigError("storage.url", f"{db} is a folder, not a database file")
-        if db.exists():
-            if not os.access(db, os.R_OK | os.W_OK):
-                raise ConfigError("storage.url", f"{db} is not readable and writable")
-        else:
-            check_writable(db, "storage.url")
-
-
-def make_storage(cfg: StorageConfig) -> optuna.storages.BaseStorage:
-    """Create the storage (and a SQLite or journal file's folder). Call after every check passed.
-
-    RDB storages get heartbeats: a trial whose worker died (SIGKILL, node lost) is failed after
-    ``grace_period`` and re-queued with the same parameters and its intermediate values by
-    Optuna's own ``RetryHeartbeatStaleTrialCallback``; the objective resumes it from its checkpoint.
-    """
-    if cfg.kind == "journal":
-        from optuna.storages.journal import JournalFileBackend
-
-        Path(cfg.journal_path).absolute().parent.mkdir(parents=True, exist_ok=True)
-        return optuna.storages.JournalStorage(JournalFileBackend(cfg.journal_path))
-    db = sqlite_path(cfg.url)
-    engine_kwargs: dict[str, Any] = {}
-    if db is not None:
-        db.absolute().parent.mkdir(parents=True, exist_ok=True)
-        # Wait on a locked database instead of failing ("database is locked").
-        engine_kwargs["connect_args"] = {"timeout": cfg.sqlite_timeout}
-    else:
-        engine_kwargs["pool_pre_ping"] = True  # survive a server that dropped idle connections
-    heartbeat: dict[str, Any] = {}
-    if cfg.heartbeat_interval is not None:
-        heartbeat = {
-            "heartbeat_interval": cfg.heartbeat_interval,
-            "grace_period": cfg.grace_period,
-            "heartbeat_stale_trial_callback": retry_callback(cfg.max_retry),
-        }
-    storage = optuna.storages.RDBStorage(full_url(cfg), engine_kwargs=engine_kwargs, **heartbeat)
-    if db is not None:
-        _sqlite_wal(storage)
-    return storage
-
-
-def _sqlite_wal(storage: optuna.storages.RDBStorage) -> None:
-    """WAL journal with synchronous=NORMAL: a commit no longer waits for an fsync (20 ms to
-    ~1 ms per report here) and readers (the dashboard, other workers) never block the writer.
-    Still crash-safe for the application; the last commits may be lost only on power loss."""
-    from sqlalchemy import event
-
-    def pragmas(dbapi_connection: Any, _record: Any) -> None:
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.close()
-
-    event.listen(storage.engine, "connect", pragmas)
-    storage.engine.dispose()  # connections opened while creating the tables get the pragmas too
-
-
-def retry_callback(max_retry: int | None = None) -> optuna.storages.RetryHeartbeatStaleTrialCallback:
-    """Optuna's re-queue of a dead trial: same params, same intermediate values."""
-    return optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry, inherit_intermediate_values=True)
 
 
 def derived_seed(seed: int, number: int) -> int:
@@ -316,11 +172,6 @@ def _version(name: str) -> str | None:
         return None
 
 
-def mask_overrides(argv: list[str]) -> list[str]:
-    """Command-line overrides with any database password masked."""
-    return [f"{a.split('=', 1)[0]}={mask_url(a.split('=', 1)[1])}" if "://" in a and "=" in a else a for a in argv]
-
-
 def provenance(argv: list[str]) -> dict[str, Any]:
     """Where this run came from: command, commit, versions, host (passwords masked)."""
     return {
@@ -337,21 +188,10 @@ def provenance(argv: list[str]) -> dict[str, Any]:
 def existing_study(cfg: Config, name: str) -> optuna.study.StudySummary | None:
     """The stored study ``name`` (attributes, direction), read without creating anything: None
     when the store or the study does not exist yet."""
-    if cfg.storage.kind == "journal":
-        if not Path(cfg.storage.journal_path).exists():
-            return None
-        key = "storage.journal_path"
-    else:
-        db = sqlite_path(cfg.storage.url)
-        if db is not None and not db.exists():
-            return None
-        key = "storage.url"
-    try:
-        storage = make_storage(cfg.storage)
-        summaries = optuna.get_all_study_summaries(storage=storage, include_best_trial=False)
-    except Exception as err:  # unreachable server, foreign file: say so before running anything
-        message = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise ConfigError(key, f"cannot open the study store {storage_label(cfg.storage)}: {mask_url(message)}") from None
+    if not store_exists(cfg.storage):
+        return None
+    _, summaries = open_store(cfg.storage, lambda storage: optuna.get_all_study_summaries(
+        storage=storage, include_best_trial=False))
     return next((summary for summary in summaries if summary.study_name == name), None)
 
 
@@ -420,7 +260,7 @@ def set_user_attrs(trial: optuna.Trial, attrs: Mapping[str, Any]) -> None:
         return
     if _rdb_bulk_upsert(trial, attrs):
         # What Trial.set_user_attr does after writing: the live trial sees its attributes.
-        cached = getattr(trial, "_cached_frozen_trial", None)
+        cached = compat.cached_frozen_trial(trial)
         if cached is not None:
             cached.user_attrs.update(attrs)
         return
@@ -433,15 +273,14 @@ def _rdb_bulk_upsert(trial: optuna.Trial, attrs: dict[str, Any]) -> bool:
     import json
     import sqlite3
 
-    storage = rdb_backend(trial.storage)
+    storage = compat.rdb_backend(trial.storage)
     if storage is None:
         return False
     dialect = storage.engine.name
     if dialect == "sqlite" and sqlite3.sqlite_version_info < (3, 24, 0):  # no ON CONFLICT before 3.24
         return False
     try:
-        from optuna.storages._rdb import models
-        from optuna.storages._rdb.storage import _create_scoped_session
+        models = compat.rdb_models()
         if dialect == "sqlite":
             from sqlalchemy.dialects.sqlite import insert
         elif dialect == "postgresql":
@@ -449,7 +288,7 @@ def _rdb_bulk_upsert(trial: optuna.Trial, attrs: dict[str, Any]) -> bool:
         else:
             return False
         model = models.TrialUserAttributeModel
-        trial_id = trial._trial_id
+        trial_id = compat.trial_id(trial)
         rows = [{"trial_id": trial_id, "key": key, "value_json": json.dumps(value)} for key, value in attrs.items()]
         # PostgreSQL: one multi-row INSERT, one round trip to the server. SQLite (in-process):
         # executemany of a one-row statement, compiled once per engine instead of per row count.
@@ -457,12 +296,12 @@ def _rdb_bulk_upsert(trial: optuna.Trial, attrs: dict[str, Any]) -> bool:
         stmt = insert(model) if many else insert(model).values(rows)
         stmt = stmt.on_conflict_do_update(index_elements=[model.trial_id, model.key],
                                           set_={"value_json": stmt.excluded.value_json})
-        scope = _create_scoped_session(storage.scoped_session, True)
+        scope = compat.rdb_session(storage)
     except (ImportError, AttributeError, TypeError):  # Optuna's internals moved: the public way
         return False
     with scope as session:
         try:  # Optuna internals that may move between versions: fall back while nothing is written
-            state = models.TrialModel.find_or_raise_by_id(trial_id, session).state
+            state = compat.trial_state_row(session, trial_id)
             check = storage.check_trial_is_updatable
         except (TypeError, AttributeError):
             return False
@@ -623,7 +462,7 @@ def _starting(trial: optuna.trial.FrozenTrial) -> bool:
 
 def heartbeats_on(study: optuna.Study) -> bool:
     """Whether the study's store fails the trials of dead workers itself (RDB heartbeats)."""
-    interval = getattr(study._storage, "get_heartbeat_interval", None)
+    interval = getattr(compat.study_storage(study), "get_heartbeat_interval", None)
     return interval is not None and interval() is not None
 
 
@@ -642,7 +481,7 @@ def fail_and_requeue(study: optuna.Study, numbers: Sequence[int], max_retry: int
     (Optuna's ``RetryHeartbeatStaleTrialCallback``, as ``fail_stale_trials`` does), for a
     worker known to be gone: ``fail_dead_workers`` on its host, or by hand for a lost host.
     Returns the numbers this call failed (a trial another process failed first is skipped)."""
-    storage = study._storage
+    storage = compat.study_storage(study)
     study_id = storage.get_study_id_from_name(study.study_name)
     running = {t.number: t for t in study.get_trials(deepcopy=True, states=(optuna.trial.TrialState.RUNNING,))}
     failed = []

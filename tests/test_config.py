@@ -7,8 +7,9 @@ from pathlib import Path
 import optuna
 import pytest
 
+from llm_doe.cli import CONF_DIR, compose_config
 from llm_doe.schema import resolved_direction
-from llm_doe.search import CONF_DIR, compose_config, main, prepare
+from llm_doe.search import main, prepare
 from llm_doe.space import build_space
 from tests.conftest import TINY, run_cli, store_args
 

@@ -14,9 +14,9 @@ from optuna.trial import TrialState
 from scipy import stats
 
 from llm_doe import analysis
+from llm_doe.cli import compose_config
 from llm_doe.confirm import main as confirm
 from llm_doe.finetune.data import load_splits
-from llm_doe.search import compose_config
 from llm_doe.search import main as search
 from tests.conftest import REPO, TINY, searched_lr_study, store_args
 

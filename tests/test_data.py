@@ -149,7 +149,7 @@ def test_label_names_name_the_label_values_and_are_checked(tmp_path):
     (["data.labels=[0,1]", "data.label_names={2:a}"], "key(s) ['2'] are not in data.labels"),
 ])
 def test_bad_label_names_are_refused_when_the_config_is_composed(overrides, message, tmp_path):
-    from llm_doe.search import compose_config
+    from llm_doe.cli import compose_config
 
     with pytest.raises(ConfigError) as err:
         compose_config(["+study=smoke", "data=csv", f"data.path={tmp_path}/x.csv", *overrides])

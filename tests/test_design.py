@@ -9,10 +9,11 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from llm_doe.cli import compose_config
 from llm_doe.design import Arm
 from llm_doe.runner import summarise
-from llm_doe.search import compose_config, main
-from llm_doe.study import make_storage
+from llm_doe.search import main
+from llm_doe.storage import make_storage
 from tests.conftest import TINY, store_args
 
 SCIENTIFIC = ("++study.space={train.weight_decay:{role:scientific,type:categorical,choices:[0.0,0.1]},"

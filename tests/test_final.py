@@ -15,6 +15,7 @@ import pytest
 from optuna.trial import TrialState
 
 from llm_doe.analysis import load_artifacts
+from llm_doe.cli import compose_config
 from llm_doe.confirm import main as confirm
 from llm_doe.final import best_optimizer_step
 from llm_doe.final import main as final
@@ -24,7 +25,6 @@ from llm_doe.finetune.model import load_tokenizer, model_factory
 from llm_doe.finetune.runtime import resolve_runtime
 from llm_doe.finetune.tasks import get_task
 from llm_doe.schema import TaskConfig
-from llm_doe.search import compose_config
 from tests.conftest import REPO, TINY, searched_lr_study, store_args
 
 # Loads the export in a fresh process with the hub unreachable, predicts the test split and
@@ -34,7 +34,7 @@ import json, sys
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from llm_doe.finetune.data import load_splits
-from llm_doe.search import compose_config
+from llm_doe.cli import compose_config
 
 folder, overrides = sys.argv[1], json.loads(sys.argv[2])
 tokenizer = AutoTokenizer.from_pretrained(folder)

@@ -12,9 +12,9 @@ import pytest
 from optuna.artifacts import get_all_artifact_meta
 from optuna.trial import TrialState
 
+from llm_doe.cli import compose_config
 from llm_doe.finetune.data import load_splits
 from llm_doe.finetune.runtime import resolve_runtime
-from llm_doe.search import compose_config
 from tests.conftest import TINY, load, run_cli, store_args
 
 DIVERGE_STUDY = """# @package _global_

@@ -9,8 +9,8 @@ from optuna.distributions import (
     IntDistribution,
 )
 
+from llm_doe.cli import compose_config
 from llm_doe.schema import ConfigError
-from llm_doe.search import compose_config
 from llm_doe.space import apply_params, build_space, check_space, grid_values
 
 SAME = [

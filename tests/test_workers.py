@@ -14,7 +14,8 @@ import pytest
 from optuna.trial import TrialState
 
 from llm_doe.schema import StorageConfig
-from llm_doe.study import _rdb_bulk_upsert, make_storage, set_user_attrs
+from llm_doe.storage import make_storage
+from llm_doe.study import _rdb_bulk_upsert, set_user_attrs
 from tests.conftest import TINY, load, run_cli, store_args
 from tests.pg import postgres_server
 

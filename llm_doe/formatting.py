@@ -1,0 +1,42 @@
+"""How numbers are shown and how values become JSON, the same in every command and note.
+
+A neutral home (it imports nothing of the package, and only numpy) so the runner's log lines, the dashboard
+note, the report, confirm's and final's records share one formatter and one JSON sanitiser
+instead of near-copies.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+
+def fmt(value: Any, digits: int = 3) -> str:
+    """A value as text: floats (numpy's too) to ``digits`` significant digits, the rest as ``str``.
+
+    Three digits for tables and notes (a reader compares, not copies); the progress and summary
+    log lines use four.
+    """
+    if isinstance(value, np.generic):  # a numpy scalar: its Python value
+        value = value.item()
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` as JSON can hold it: NaN and infinities -> None (JSON has neither), numpy
+    scalars -> Python, mapping keys -> str, tuples -> lists; recursively. For study attributes
+    and the files a trial or an export writes."""
+    if isinstance(value, Mapping):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

@@ -1,0 +1,26 @@
+"""llm_doe.formatting: the one number formatter and the one JSON sanitiser."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+
+from llm_doe.formatting import fmt, json_safe
+
+
+def test_fmt_rounds_floats_and_numpy_scalars_and_leaves_the_rest():
+    assert fmt(0.000123456) == "0.000123"
+    assert fmt(0.000123456, 4) == "0.0001235"
+    assert fmt(np.float32(0.5)) == "0.5"
+    assert fmt(np.int64(3)) == "3"
+    assert fmt(16) == "16" and fmt("cosine") == "cosine" and fmt(None) == "None" and fmt(True) == "True"
+
+
+def test_json_safe_turns_what_json_cannot_hold_into_what_it_can():
+    value = {"loss": float("nan"), 1: [np.float64(0.25), (np.int64(2), math.inf)], "ok": "x"}
+    safe = json_safe(value)
+    assert safe == {"loss": None, "1": [0.25, [2, None]], "ok": "x"}
+    assert type(safe["1"][0]) is float and type(safe["1"][1][0]) is int
+    assert json.loads(json.dumps(safe, allow_nan=False)) == safe
