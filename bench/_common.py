@@ -10,11 +10,10 @@ import os
 import resource
 import statistics
 import sys
+import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
-
-import warnings
 
 REPO = Path(__file__).resolve().parent.parent
 # Optuna's ExperimentalWarning and transformers' notices would bury the tables.

@@ -102,8 +102,8 @@ def main() -> int:
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     torch.set_num_threads(args.threads)
-    from llm_doe.schema import resolved_direction
     from llm_doe.cli import compose_config
+    from llm_doe.schema import resolved_direction
 
     base = overrides(args)
     cfg = compose_config(base).config

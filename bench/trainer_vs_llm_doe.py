@@ -330,15 +330,13 @@ class OursSide:
         ]
 
     def run(self, repeat: int) -> tuple[list[dict[str, Any]], float]:
-        import optuna
-
-        from llm_doe.search import main
-
         import dataclasses
 
+        import optuna
         import torch
 
         import llm_doe.finetune.loop as loop
+        from llm_doe.search import main
 
         name = f"ours_r{repeat}"
         real_adamw, real_evaluate = torch.optim.AdamW, loop.evaluate

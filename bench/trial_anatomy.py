@@ -70,8 +70,8 @@ def main() -> int:
     import llm_doe.artifacts as artifacts
     import llm_doe.finetune.checkpoint as checkpoint
     import llm_doe.finetune.loop as loop
-    import llm_doe.finetune.tasks.classification as classification
     import llm_doe.finetune.model as model_mod
+    import llm_doe.finetune.tasks.classification as classification
     import llm_doe.objective as objective
     from llm_doe.search import main as search_main
 

@@ -34,10 +34,10 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.trial import FrozenTrial, TrialState
 
 from llm_doe import analysis, experiment
-from llm_doe.names import CONFIRM_SUFFIX, SEED_PARAMS
-from llm_doe.schema import Config, ConfigError, validate
 from llm_doe.cli import Composed, cli
 from llm_doe.formatting import json_safe
+from llm_doe.names import CONFIRM_SUFFIX, SEED_PARAMS
+from llm_doe.schema import Config, ConfigError, validate
 
 log = logging.getLogger("llm_doe")
 

@@ -147,7 +147,7 @@ def render_report(storage: analysis.StudyRef, study_name: str | None = None, *,
     else:
         parts.append(_section("Learning curves", _img(
             analysis.plot_learning_curves(curves),
-            f"{metric} at each evaluation; colour: {analysis._default_param(trials)}; dashed: pruned.")))
+            f"{metric} at each evaluation; colour: {analysis.default_param(trials)}; dashed: pruned.")))
 
     if artifacts_dir is None:
         parts.append(_section("ROC curves", "<p>No artifacts folder given.</p>"))
@@ -163,7 +163,7 @@ def render_report(storage: analysis.StudyRef, study_name: str | None = None, *,
             scope = "every trial" if numbers is None else f"the {len(numbers)} best complete trials"
             parts.append(_section("ROC curves", _img(
                 analysis.plot_roc_curves(roc),
-                f"ROC of {scope} at its best evaluation, labelled by {analysis._default_param(trials)}.")
+                f"ROC of {scope} at its best evaluation, labelled by {analysis.default_param(trials)}.")
                 if not roc.empty else "<p>No trial has a ROC curve.</p>"))
 
     if best is not None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-
 from llm_doe.finetune.tasks import TASK_METRICS
 
 

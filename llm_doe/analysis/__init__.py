@@ -29,7 +29,7 @@ public is re-exported here, so ``from llm_doe import analysis; analysis.load_tri
 
 from __future__ import annotations
 
-from llm_doe.analysis._common import complete_trials, default_param, fmt, param_columns, to_python
+from llm_doe.analysis._common import complete_trials, default_param, param_columns, to_python
 from llm_doe.analysis._source import StudyRef, rdb_backend, study_names
 from llm_doe.analysis.checks import (
     best_config,
@@ -64,12 +64,8 @@ from llm_doe.analysis.plots import (
 )
 from llm_doe.analysis.scientific import scientific_curves, scientific_isolation, scientific_substudies
 from llm_doe.analysis.tables import compare, load_artifacts, load_curves, load_roc, load_trials, space_of
+from llm_doe.formatting import fmt
 from llm_doe.names import CONFIRM_SUFFIX, METRICS, SEED_PARAMS, study_metrics
-
-# The names report.py used while this package was one module; they go once it uses the public ones.
-_fmt = fmt
-_default_param = default_param
-_complete = complete_trials
 
 __all__ = [
     "CONFIRM_SUFFIX",

@@ -19,14 +19,6 @@ def to_python(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
-def fmt(value: Any) -> str:
-    """A value for people to read: floats to three significant digits, the rest as text."""
-    value = to_python(value)
-    if isinstance(value, float):
-        return f"{value:.3g}"
-    return str(value)
-
-
 def param_columns(table: pd.DataFrame) -> list[str]:
     """The searched parameters (from ``.attrs["space"]``) that the table has columns for."""
     space = table.attrs.get("space") or {}

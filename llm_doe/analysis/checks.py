@@ -18,8 +18,9 @@ import optuna
 import pandas as pd
 from optuna.distributions import FloatDistribution, IntDistribution
 
-from llm_doe.analysis._common import complete_trials, default_param, fmt, is_maximized, param_columns, to_python
+from llm_doe.analysis._common import complete_trials, default_param, is_maximized, param_columns, to_python
 from llm_doe.analysis.tables import space_of
+from llm_doe.formatting import fmt
 from llm_doe.names import SEED_PARAMS
 
 

@@ -16,11 +16,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from llm_doe.analysis._common import fmt, param_columns, to_python
+from llm_doe.analysis._common import param_columns, to_python
 from llm_doe.analysis._source import StudyRef, study_names
 from llm_doe.analysis.tables import load_trials
+from llm_doe.formatting import fmt
 from llm_doe.names import CONFIRM_SUFFIX, SEED_PARAMS, study_metrics
-
 
 
 def confirm_quantities(runs: pd.DataFrame) -> tuple[str, ...]:

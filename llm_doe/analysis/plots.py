@@ -17,10 +17,11 @@ import numpy as np
 import pandas as pd
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution, json_to_distribution
 
-from llm_doe.analysis._common import complete_trials, default_param, fmt, param_columns
+from llm_doe.analysis._common import complete_trials, default_param, param_columns
 from llm_doe.analysis.checks import best_trial
 from llm_doe.analysis.confirmation import confirm_params
 from llm_doe.analysis.tables import space_of
+from llm_doe.formatting import fmt
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

@@ -20,7 +20,6 @@ from optuna.trial import TrialState, create_trial
 import llm_doe as doe
 from tests.conftest import REPO, build_synthetic, quiet_optuna
 
-
 # --------------------------------------------------------------------------------------------
 # Equality with Optuna's own API
 # --------------------------------------------------------------------------------------------
