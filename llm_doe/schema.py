@@ -218,6 +218,10 @@ class TaskConfig:
     name: str = "classification"
     # causal_lm: the loss on the assistant's tokens only (completion) or on every token (all).
     loss_on: str = "completion"
+    # causal_lm: greedy answers of the best model to this many validation prompts (0 = none),
+    # stored per trial as generations.csv, each at most sample_max_new_tokens tokens long.
+    sample_prompts: int = 4
+    sample_max_new_tokens: int = 48
 
 
 @dataclass
@@ -290,6 +294,9 @@ def validate(cfg: Config) -> None:
            f"must be 'pretrained', 'tiny' or 'tiny_llama', got {m.kind!r}")
     _check(cfg.task.loss_on in ("completion", "all"), "task.loss_on",
            f"must be completion or all, got {cfg.task.loss_on!r}")
+    _check(cfg.task.sample_prompts >= 0, "task.sample_prompts", f"must be >= 0, got {cfg.task.sample_prompts}")
+    _check(cfg.task.sample_max_new_tokens >= 1, "task.sample_max_new_tokens",
+           f"must be >= 1, got {cfg.task.sample_max_new_tokens}")
     _check(bool(m.name_or_path), "model.name_or_path", "must not be empty")
     if m.dropout is not None:
         _check(0.0 <= m.dropout < 1.0, "model.dropout", f"must be in [0, 1), got {m.dropout}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 
@@ -9,6 +11,7 @@ import numpy as np
 import optuna
 import pytest
 import torch
+from optuna.artifacts import FileSystemArtifactStore, get_all_artifact_meta
 
 from llm_doe.finetune.loop import TrainData, evaluate, train
 from llm_doe.finetune.runtime import resolve_runtime
@@ -67,10 +70,12 @@ def test_padding_is_neither_attended_nor_a_label(prepared):
 
 
 def test_sft_smoke_trials_record_loss_perplexity_and_sizes(tmp_path):
-    assert main([*SFT, *store_args(tmp_path, "sft"), "study.n_trials=2", "peft=lora", "peft.r=4"]) == 0
+    assert main([*SFT, *store_args(tmp_path, "sft"), "study.n_trials=2"]) == 0  # LoRA r=4 (the study's)
     study = optuna.load_study(study_name="sft", storage=f"sqlite:///{tmp_path}/sft.db")
     assert study.user_attrs["task"] == "causal_lm"
     assert study.user_attrs["metric_directions"] == {"val_loss": "minimize", "perplexity": "minimize"}
+    store = FileSystemArtifactStore(str(tmp_path / "art"))
+    prompts = []
     for trial in study.trials:
         assert trial.state == optuna.trial.TrialState.COMPLETE
         attrs = trial.user_attrs
@@ -78,6 +83,13 @@ def test_sft_smoke_trials_record_loss_perplexity_and_sizes(tmp_path):
         assert 0 < attrs["trainable_params"] < attrs["total_params"]
         assert attrs["config.peft.method"] == "lora" and "accuracy" not in attrs
         assert sorted(trial.intermediate_values) == [1, 2]
+        metas = {m.filename: m for m in get_all_artifact_meta(trial, storage=study._storage)}
+        assert set(metas) == {"config.yaml", "metrics.json", "generations.csv"}  # no ROC for a language model
+        with store.open_reader(metas["generations.csv"].artifact_id) as reader:
+            rows = list(csv.DictReader(io.StringIO(reader.read().decode("utf-8"))))
+        assert len(rows) == 4 and all(set(r) == {"prompt", "reference", "generated"} for r in rows)
+        prompts.append([r["prompt"] for r in rows])
+    assert prompts[0] == prompts[1]  # every trial answers the same validation prompts
 
 
 def test_jsonl_chat_files_train_in_either_layout(tmp_path):

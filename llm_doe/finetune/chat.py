@@ -24,7 +24,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -186,6 +186,7 @@ class ChatEncoded:
     labels: list[np.ndarray]
     lengths: np.ndarray
     dropped: int = 0  # conversations whose answer was cut off entirely by max_length
+    conversations: list[Conversation] = field(default_factory=list)  # the encoded ones, in order
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -229,6 +230,7 @@ def encode_chat(conversations: list[Conversation], tokenizer: Any, max_length: i
     """
     ids_out: list[np.ndarray] = []
     labels_out: list[np.ndarray] = []
+    kept: list[Conversation] = []
     dropped = 0
     for conversation in conversations:
         text, spans = completion_spans(tokenizer, conversation)
@@ -248,8 +250,16 @@ def encode_chat(conversations: list[Conversation], tokenizer: Any, max_length: i
             continue
         ids_out.append(ids)
         labels_out.append(labels)
+        kept.append(conversation)
     if dropped:
         log.warning("%d of %d conversations dropped: their answer starts after data.max_length=%d tokens",
                     dropped, len(conversations), max_length)
     lengths = np.fromiter((len(x) for x in ids_out), dtype=np.int64, count=len(ids_out))
-    return ChatEncoded(ids_out, labels_out, lengths, dropped)
+    return ChatEncoded(ids_out, labels_out, lengths, dropped, kept)
+
+
+def prompt_and_reference(tokenizer: Any, conversation: Conversation) -> tuple[str, str]:
+    """The text a model is asked to continue (everything before the last answer, with the
+    template's cue for the assistant) and that answer, for sample generations."""
+    last = max(i for i, m in enumerate(conversation) if m["role"] == "assistant")
+    return render(tokenizer, conversation[:last], add_generation_prompt=True), conversation[last]["content"]

@@ -376,8 +376,10 @@ class _Run:
             raise Diverged(f"non-finite validation loss at optimizer step {st.step}")
         self.running.zero_()
         st.running_sum, st.running_n = 0.0, 0
-        st.eval_time += time.perf_counter() - t_eval
         improved = not st.best or _better(metrics[metric], st.best[metric], self.select.maximize)
+        if improved:  # what the task keeps of the best model beyond its metrics (sample generations)
+            payload = self.task.on_best(self.model, self.data.val, self.data.pad_id, self.rt, payload)
+        st.eval_time += time.perf_counter() - t_eval
         learning_rate = self.scheduler.get_last_lr()[0]
         for repeat in range(indices):
             eval_index = len(st.history) + 1

@@ -57,11 +57,8 @@ def smollm2_path() -> str:
     if (target / "config.json").is_file() and (target / "tokenizer_config.json").is_file():
         return str(target)
     source = gguf_path()
-    try:
-        import gguf  # noqa: F401 - transformers needs it to read the file
-    except ImportError:
-        raise ConfigError("model.name_or_path", f"reading {GGUF_FILE} needs the package gguf: pip install gguf") \
-            from None
+    if importlib.util.find_spec("gguf") is None:  # transformers reads the file with it
+        raise ConfigError("model.name_or_path", f"reading {GGUF_FILE} needs the package gguf: pip install gguf")
     log.info("converting %s to a plain checkpoint in %s (once; about 20 s and 516 MiB)", source.name, target)
     started = time.perf_counter()
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -102,6 +102,11 @@ class Task(ABC):
     def evaluator(self, data: Any, model: torch.nn.Module) -> Evaluator:
         """A fresh accumulator for one evaluation pass of ``model`` over ``data``."""
 
+    def on_best(self, model: torch.nn.Module, data: Any, pad_id: int, rt: Any, payload: Any) -> Any:
+        """The payload of a new best evaluation, with whatever the task keeps of that model
+        (the loop calls it only then, so costly extras are paid for improvements alone)."""
+        return payload
+
     def write_artifacts(self, payload: Any, folder: Path, subject: str, when: str) -> list[Path]:
         """Files drawn from an evaluation's payload into ``folder`` (none by default).
 

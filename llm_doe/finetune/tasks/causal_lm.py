@@ -10,8 +10,10 @@ padded per batch; padding is never attended to and never a label.
 
 from __future__ import annotations
 
+import csv
 import math
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,6 +28,7 @@ from llm_doe.finetune.chat import (
     Conversation,
     chatterbot_conversations,
     encode_chat,
+    prompt_and_reference,
     read_jsonl,
     split_conversations,
 )
@@ -93,9 +96,11 @@ class CausalLMTask(Task):
 
     name = "causal_lm"
     metrics = TASK_METRICS["causal_lm"]
+    tokenizer: Any = None  # set by prepare(): sample generations decode with it
 
     def prepare(self, model_cfg: ModelConfig, data_cfg: DataConfig) -> Prepared:
         tokenizer, key = load_tokenizer(model_cfg)
+        self.tokenizer = tokenizer
         splits = chat_splits(data_cfg)
         cache = (_data_key(data_cfg), key, data_cfg.max_length, self.cfg.loss_on)
         if cache not in _ENCODED:
@@ -132,3 +137,38 @@ class CausalLMTask(Task):
 
     def evaluator(self, data: ChatEncoded, model: nn.Module) -> Evaluator:
         return _CausalLMEvaluator(data)
+
+    @torch.inference_mode()
+    def on_best(self, model: nn.Module, data: ChatEncoded, pad_id: int, rt: Any, payload: Any) -> Any:
+        """Greedy answers of the new best model to the first ``task.sample_prompts`` validation
+        prompts (the same prompts in every trial), at most ``task.sample_max_new_tokens`` each."""
+        count = min(self.cfg.sample_prompts, len(data.conversations))
+        if count == 0 or self.tokenizer is None:
+            return payload
+        was_training = model.training
+        model.eval()
+        rows = []
+        for conversation in data.conversations[:count]:
+            prompt, reference = prompt_and_reference(self.tokenizer, conversation)
+            encoded = self.tokenizer(prompt, add_special_tokens=False, return_tensors="pt")
+            inputs = {k: encoded[k].to(rt.device) for k in ("input_ids", "attention_mask")}
+            with rt.autocast():
+                out = model.generate(**inputs, max_new_tokens=self.cfg.sample_max_new_tokens, do_sample=False,
+                                     pad_token_id=pad_id, temperature=None, top_p=None, top_k=None)
+            answer = self.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+            question = next(m["content"] for m in reversed(conversation[:-1]) if m["role"] == "user")
+            rows.append({"prompt": question, "reference": reference, "generated": answer.strip()})
+        model.train(was_training)
+        return {**payload, "generations": rows}
+
+    def write_artifacts(self, payload: Any, folder: Path, subject: str, when: str) -> list[Path]:
+        """``generations.csv``: prompt, reference answer and the model's greedy answer."""
+        rows = (payload or {}).get("generations")
+        if not rows:
+            return []
+        path = folder / "generations.csv"
+        with open(path, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=["prompt", "reference", "generated"])
+            writer.writeheader()
+            writer.writerows(rows)
+        return [path]
