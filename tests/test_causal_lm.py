@@ -123,3 +123,35 @@ def test_bad_sft_input_stops_with_one_line(tmp_path, capsys, override, key, word
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"llm_doe: error: {key}:") and words in err[0], err
     assert not (tmp_path / "bad.db").exists()
+
+
+def test_final_exports_a_merged_model_and_its_adapter_that_agree(tmp_path):
+    """The merged export loads with from_pretrained and pipeline; the adapter on the same base
+    (rebuilt from the trial's seed) computes the same logits; the card shows test perplexity and
+    sample generations."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
+
+    from llm_doe.cli import compose_config
+    from llm_doe.final import main as final
+
+    args = [*SFT, *store_args(tmp_path, "f"), "study.n_trials=1"]
+    assert main(args) == 0
+    out = tmp_path / "export"
+    assert final([*args, f"final.output_dir={out}"]) == 0
+    merged = AutoModelForCausalLM.from_pretrained(out).eval()
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    cfg = compose_config(args).config
+    base = get_task(cfg.task).prepare(cfg.model, cfg.data).factory.build(cfg.train.seed, cfg.model.dropout)
+    adapted = PeftModel.from_pretrained(base, out / "adapter").eval()
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": "Hello there"}], add_generation_prompt=True,
+                                        return_tensors="pt", return_dict=True)
+    with torch.inference_mode():
+        torch.testing.assert_close(adapted(**ids).logits, merged(**ids).logits, atol=1e-4, rtol=1e-4)
+    reply = pipeline("text-generation", model=str(out))([{"role": "user", "content": "Hi"}], max_new_tokens=4)
+    assert reply[0]["generated_text"][-1]["role"] == "assistant"
+    metrics = json.loads((out / "test_metrics.json").read_text())
+    assert metrics["perplexity"] == pytest.approx(math.exp(metrics["test_loss"]))
+    card = (out / "README.md").read_text()
+    assert "pipeline_tag: text-generation" in card and "## Sample generations (test split, greedy)" in card
+    assert "ROC" not in card and (out / "generations.csv").is_file()

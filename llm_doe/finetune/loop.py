@@ -256,6 +256,13 @@ class _Run:
                     break
             if self.data.val is None or stop_reason == "max_steps":
                 self.st.train_time += time.perf_counter() - self.t_train
+            if self.data.val is not None and self.st.best_payload is not None:
+                # What the task keeps of the trained model beyond its metrics (sample generations),
+                # once per run, whatever the number of evaluations: counted as evaluation time.
+                t_eval = time.perf_counter()
+                self.st.best_payload = self.task.finish(self.model, self.data.val, self.data.pad_id, self.rt,
+                                                        self.st.best_payload)
+                self.st.eval_time += time.perf_counter() - t_eval
         finally:
             if bar is not None:
                 bar.close()
@@ -376,10 +383,8 @@ class _Run:
             raise Diverged(f"non-finite validation loss at optimizer step {st.step}")
         self.running.zero_()
         st.running_sum, st.running_n = 0.0, 0
-        improved = not st.best or _better(metrics[metric], st.best[metric], self.select.maximize)
-        if improved:  # what the task keeps of the best model beyond its metrics (sample generations)
-            payload = self.task.on_best(self.model, self.data.val, self.data.pad_id, self.rt, payload)
         st.eval_time += time.perf_counter() - t_eval
+        improved = not st.best or _better(metrics[metric], st.best[metric], self.select.maximize)
         learning_rate = self.scheduler.get_last_lr()[0]
         for repeat in range(indices):
             eval_index = len(st.history) + 1

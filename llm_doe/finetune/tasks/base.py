@@ -15,7 +15,7 @@ A new kind of fine-tuning is a new file in this package, registered in ``tasks/_
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
@@ -45,6 +45,18 @@ class Prepared:
     splits: Any
     factory: Any
     pad_id: int
+
+
+@dataclass
+class CardText:
+    """What a task says in an exported model's card (``README.md``); the rest is the study's."""
+
+    pipeline_tag: str  # Hugging Face's task name: text-classification, text-generation
+    title: str  # "fine-tuned text classifier"
+    files_note: str  # the task's files beside the figures ("ROC curve in `roc.png` / `roc.csv`; ")
+    data_lines: list[str]  # the "## Data" section's bullets
+    usage: list[str]  # a Python snippet that loads and uses the export
+    extra: list[str] = field(default_factory=list)  # sections after the test metrics (sample generations)
 
 
 class Evaluator(ABC):
@@ -102,9 +114,9 @@ class Task(ABC):
     def evaluator(self, data: Any, model: torch.nn.Module) -> Evaluator:
         """A fresh accumulator for one evaluation pass of ``model`` over ``data``."""
 
-    def on_best(self, model: torch.nn.Module, data: Any, pad_id: int, rt: Any, payload: Any) -> Any:
-        """The payload of a new best evaluation, with whatever the task keeps of that model
-        (the loop calls it only then, so costly extras are paid for improvements alone)."""
+    def finish(self, model: torch.nn.Module, data: Any, pad_id: int, rt: Any, payload: Any) -> Any:
+        """The best evaluation's payload with whatever the task keeps of the trained model (the
+        loop calls it once, after training; ``final`` after its test evaluation)."""
         return payload
 
     def write_artifacts(self, payload: Any, folder: Path, subject: str, when: str) -> list[Path]:
@@ -116,6 +128,10 @@ class Task(ABC):
 
     def prepare_export(self, model: torch.nn.Module, prepared: Prepared) -> None:
         """Set what an exported model's config must say (label names, ...) before saving it."""
+
+    @abstractmethod
+    def card(self, data_cfg: DataConfig, prepared: Prepared, sizes: dict[str, int], payload: Any) -> CardText:
+        """The model card's task-specific parts (``payload``: the test evaluation's)."""
 
     def maximized(self, metric: str) -> bool:
         """Whether larger ``metric`` is better."""

@@ -34,7 +34,7 @@ from llm_doe.finetune.chat import (
 )
 from llm_doe.finetune.model import causal_lm_factory, load_tokenizer
 from llm_doe.finetune.tasks import TASK_METRICS
-from llm_doe.finetune.tasks.base import Evaluator, Prepared, Task
+from llm_doe.finetune.tasks.base import CardText, Evaluator, Prepared, Task
 from llm_doe.schema import DataConfig, ModelConfig
 
 _SPLITS: dict[str, ChatSplits] = {}
@@ -139,9 +139,10 @@ class CausalLMTask(Task):
         return _CausalLMEvaluator(data)
 
     @torch.inference_mode()
-    def on_best(self, model: nn.Module, data: ChatEncoded, pad_id: int, rt: Any, payload: Any) -> Any:
-        """Greedy answers of the new best model to the first ``task.sample_prompts`` validation
-        prompts (the same prompts in every trial), at most ``task.sample_max_new_tokens`` each."""
+    def finish(self, model: nn.Module, data: ChatEncoded, pad_id: int, rt: Any, payload: Any) -> Any:
+        """Greedy answers of the trained model to the first ``task.sample_prompts`` prompts of
+        ``data`` (the same prompts in every trial), at most ``task.sample_max_new_tokens`` each:
+        one bounded sample per run, whatever the number of evaluations."""
         count = min(self.cfg.sample_prompts, len(data.conversations))
         if count == 0 or self.tokenizer is None:
             return payload
@@ -172,3 +173,32 @@ class CausalLMTask(Task):
             writer.writeheader()
             writer.writerows(rows)
         return [path]
+
+    def card(self, data_cfg: DataConfig, prepared: Prepared, sizes: dict[str, int], payload: Any) -> CardText:
+        d = data_cfg
+        source = (f"the chat file `{d.path}`" if d.source == "jsonl" else
+                  "the English conversations of `chatterbot-corpus` (BSD, shipped on PyPI)")
+        data_lines = [
+            f"- Source: {source}, rendered with the tokenizer's chat template.",
+            f"- Loss on {'the answers (assistant turns) only' if self.cfg.loss_on == 'completion' else 'every token'}"
+            f"; conversations truncated to {d.max_length} tokens.",
+            f"- Split (seeded, `data.seed={d.seed}`, grouped by prompt so no prompt's answers straddle splits; the "
+            f"test split is cut first): train {sizes['train']}, validation {sizes['val']}, test {sizes['test']} "
+            "conversations."]
+        usage = ["from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline", "",
+                 "folder = \"path/to/this/folder\"",
+                 "chat = pipeline(\"text-generation\", model=folder)",
+                 "print(chat([{\"role\": \"user\", \"content\": \"What is AI?\"}], max_new_tokens=48))",
+                 "# the adapter alone, on the base model it was trained on:",
+                 "# from peft import PeftModel",
+                 "# model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(BASE), folder + \"/adapter\")"]
+        extra: list[str] = []
+        rows = (payload or {}).get("generations") or []
+        if rows:
+            extra = ["## Sample generations (test split, greedy)", "", "| prompt | reference | generated |",
+                     "|---|---|---|"]
+            extra += ["| " + " | ".join(str(r[k]).replace("|", "\\|").replace("\n", " ") for k in
+                                        ("prompt", "reference", "generated")) + " |" for r in rows]
+            extra += [""]
+        return CardText("text-generation", "supervised fine-tuned chat model", "sample generations in "
+                        "`generations.csv`, ", data_lines, usage, extra)

