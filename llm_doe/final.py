@@ -173,6 +173,10 @@ def make_plan(composed: Composed) -> FinalPlan:
     check_same_experiment(composed, parent)
     trial_dc = apply_params(experiment_config(composed, parent), trial.params)
     trial_cfg: Config = OmegaConf.to_object(trial_dc)  # type: ignore[assignment]
+    if trial_cfg.data.test_size == 0:
+        raise ConfigError("data.test_size", f"is 0 in study {parent.study_name!r}: it held out no test split, so "
+                                            "there is nothing to test the final model on once (run a study with a "
+                                            "test split, data.test_size > 0)")
     out = Path(cfg.final.output_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not cfg.final.overwrite:
         raise ConfigError("final.output_dir", f"{out} already holds an export tested on the test split, which is "

@@ -248,3 +248,16 @@ def test_label_names_name_the_classes_of_an_export_from_a_csv_labelled_0_1(tmp_p
     assert json.loads((out / "test_metrics.json").read_text())["label_names"] == ["negative", "positive"]
     answers = pipeline("text-classification", model=str(out), device="cpu")(["what a great day", "awful, just awful"])
     assert answers and {a["label"] for a in answers} <= {"negative", "positive"}
+
+
+def test_a_study_without_a_test_split_has_nothing_to_export(tmp_path, capsys):
+    """data.test_size=0 holds out nothing: final refuses before training rather than report
+    metrics on an empty split."""
+    from llm_doe.search import main as search
+
+    args = ["+study=smoke", *TINY, *store_args(tmp_path, "nt"), "data.test_size=0", "study.n_trials=1"]
+    assert search(args) == 0
+    out = tmp_path / "export"
+    assert final([*args, f"final.output_dir={out}"]) == 2
+    assert "data.test_size: is 0 in study 'nt'" in _one_line_error(capsys)
+    assert not out.exists()
