@@ -35,6 +35,8 @@ Writes studies/NAME/report.html (self-contained HTML) for the study that
 
 #: ROC curves drawn at most (the best trials): a figure of hundreds of curves shows nothing.
 MAX_ROC_CURVES = 12
+#: Trials whose sample generations are set side by side (the best complete ones).
+MAX_GENERATION_TRIALS = 3
 #: Rows of the trials table at most (the first trials by number); the rest are counted.
 MAX_TABLE_ROWS = 1000
 
@@ -76,6 +78,27 @@ def _table(frame: pd.DataFrame, index: bool = False) -> str:
                         for v in values)
         rows.append(f"<tr>{cells}</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+def _generations_section(storage: Any, name: str, trials: Any, artifacts_dir: Any) -> str:
+    """The best complete trials' answers to the same validation prompts, side by side."""
+    title = "Sample generations of the best trials"
+    if artifacts_dir is None:
+        return _section(title, "<p>No artifacts folder given.</p>")
+    maximize = trials.attrs["direction"] == "maximize"
+    done = trials[trials["state"] == "COMPLETE"].sort_values("value", ascending=not maximize)
+    numbers = done["number"].head(MAX_GENERATION_TRIALS).tolist()
+    try:
+        rows = analysis.load_generations(storage, name, artifacts_dir=artifacts_dir, numbers=numbers)
+    except (FileNotFoundError, OSError) as err:
+        return _section(title, _unavailable("Sample generations", err))
+    if rows.empty:
+        return _section(title, "<p>No trial has sample generations.</p>")
+    side = rows.pivot_table(index=["prompt", "reference"], columns="trial", values="generated", aggfunc="first")
+    side = side[[n for n in numbers if n in side.columns]]
+    side.columns = [f"trial #{n}" for n in side.columns]
+    return _section(title, _table(side.reset_index()) + "<p class=\"meta\">Greedy answers of each trial's trained "
+                           "model to the same validation prompts, best trial first.</p>")
 
 
 def _section(title: str, body: str) -> str:
@@ -149,7 +172,12 @@ def render_report(storage: analysis.StudyRef, study_name: str | None = None, *,
             analysis.plot_learning_curves(curves),
             f"{metric} at each evaluation; colour: {analysis.default_param(trials)}; dashed: pruned.")))
 
-    if artifacts_dir is None:
+    task = attrs["study_user_attrs"].get("task", "classification")
+    if task == "causal_lm":
+        parts.append(_generations_section(storage, name, trials, artifacts_dir))
+    elif task != "classification":
+        pass  # a task with neither ROC nor generations shows no artifact section
+    elif artifacts_dir is None:
         parts.append(_section("ROC curves", "<p>No artifacts folder given.</p>"))
     else:
         try:

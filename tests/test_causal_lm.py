@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import html
 import io
 import json
 import math
@@ -13,9 +14,11 @@ import pytest
 import torch
 from optuna.artifacts import FileSystemArtifactStore, get_all_artifact_meta
 
+import llm_doe as doe
 from llm_doe.finetune.loop import TrainData, evaluate, train
 from llm_doe.finetune.runtime import resolve_runtime
 from llm_doe.finetune.tasks import get_task
+from llm_doe.report import render_report
 from llm_doe.schema import DataConfig, ModelConfig, TaskConfig, TrainConfig
 from llm_doe.search import main
 from tests.conftest import store_args
@@ -90,6 +93,11 @@ def test_sft_smoke_trials_record_loss_perplexity_and_sizes(tmp_path):
         assert len(rows) == 4 and all(set(r) == {"prompt", "reference", "generated"} for r in rows)
         prompts.append([r["prompt"] for r in rows])
     assert prompts[0] == prompts[1]  # every trial answers the same validation prompts
+    side = doe.load_generations(study._storage, "sft", artifacts_dir=tmp_path / "art")
+    assert sorted(side["trial"].unique()) == [0, 1] and len(side) == 8
+    page = render_report(f"sqlite:///{tmp_path}/sft.db", "sft", artifacts_dir=tmp_path / "art")
+    assert "<h2>Sample generations of the best trials</h2>" in page and "<h2>ROC curves</h2>" not in page
+    assert html.escape(prompts[0][0]) in page and "perplexity" in page
 
 
 def test_jsonl_chat_files_train_in_either_layout(tmp_path):

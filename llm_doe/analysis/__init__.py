@@ -63,7 +63,15 @@ from llm_doe.analysis.plots import (
     plot_scientific_isolation,
 )
 from llm_doe.analysis.scientific import scientific_curves, scientific_isolation, scientific_substudies
-from llm_doe.analysis.tables import compare, load_artifacts, load_curves, load_roc, load_trials, space_of
+from llm_doe.analysis.tables import (
+    compare,
+    load_artifacts,
+    load_curves,
+    load_generations,
+    load_roc,
+    load_trials,
+    space_of,
+)
 from llm_doe.formatting import fmt
 from llm_doe.names import CONFIRM_SUFFIX, METRICS, SEED_PARAMS, study_metrics
 
@@ -92,6 +100,7 @@ __all__ = [
     "load_artifacts",
     "load_confirmation",
     "load_curves",
+    "load_generations",
     "load_roc",
     "load_trials",
     "paired_p_value",

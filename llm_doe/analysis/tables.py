@@ -10,7 +10,7 @@ nothing but the frame. Where the rows come from (SQL or Optuna's API) is
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -256,6 +256,53 @@ def _artifact_store(artifacts_dir: str | os.PathLike[str] | Any, attrs: Mapping[
                             "artifacts_dir= (the study's storage.artifacts_dir)")
 
 
+def _trial_csvs(storage: StudyRef, study_name: str | None, trials: pd.DataFrame, filename: str,
+                artifacts_dir: Any, numbers: Iterable[int] | None) -> Iterator[tuple[int, pd.DataFrame]]:
+    """(trial number, frame) for each trial's CSV artifact called ``filename`` (its latest)."""
+    metas = load_artifacts(storage, study_name)
+    metas = metas[metas["filename"] == filename].drop_duplicates("trial", keep="last")
+    if numbers is not None:
+        metas = metas[metas["trial"].isin(list(numbers))]
+    store = _artifact_store(artifacts_dir, trials.attrs, metas["artifact_id"].iloc[0] if len(metas) else None)
+    for number, artifact_id in zip(metas["trial"], metas["artifact_id"]):
+        try:
+            with store.open_reader(artifact_id) as handle:
+                frame = pd.read_csv(handle, keep_default_na=False) if filename != "roc.csv" else pd.read_csv(handle)
+        except _MISSING_ARTIFACT:
+            raise FileNotFoundError(f"trial {number}'s {filename} (artifact {artifact_id}) is missing from the "
+                                    "study's artifact store") from None
+        yield int(number), frame
+
+
+def load_generations(storage: StudyRef, study_name: str | None = None, *,
+                     artifacts_dir: str | os.PathLike[str] | Any | None = None,
+                     numbers: Iterable[int] | None = None) -> pd.DataFrame:
+    """Each SFT trial's sample generations (its ``generations.csv`` artifact), in long form.
+
+    Args:
+        storage: As for :func:`load_trials`.
+        study_name: As for :func:`load_trials`.
+        artifacts_dir: As for :func:`load_roc`.
+        numbers: Only these trials (default: every trial that has generations).
+
+    Returns:
+        Columns ``trial``, ``prompt``, ``reference``, ``generated``, ``state``, ``value``;
+        ``attrs`` as for :func:`load_trials`. Every trial answers the same prompts, so
+        ``frame.pivot(index="prompt", columns="trial", values="generated")`` sets them side by side.
+    """
+    trials = load_trials(storage, study_name)
+    by_number = trials.set_index("number")
+    parts = [rows.assign(trial=number)
+             for number, rows in _trial_csvs(storage, study_name, trials, "generations.csv", artifacts_dir, numbers)]
+    columns = ["trial", "prompt", "reference", "generated"]
+    out = pd.concat(parts, ignore_index=True)[columns] if parts else pd.DataFrame({c: [] for c in columns})
+    out = out.astype({"trial": "int64"})
+    out["state"] = out["trial"].map(by_number["state"]).astype(str)
+    out["value"] = out["trial"].map(by_number["value"]) if "value" in by_number else np.nan
+    out.attrs.update(trials.attrs)
+    return out
+
+
 def load_roc(storage: StudyRef, study_name: str | None = None, *,
              artifacts_dir: str | os.PathLike[str] | Any | None = None,
              numbers: Iterable[int] | None = None) -> pd.DataFrame:
@@ -276,23 +323,12 @@ def load_roc(storage: StudyRef, study_name: str | None = None, *,
         Columns ``trial``, ``fpr``, ``tpr``, ``threshold``, ``auc`` (area under that curve),
         ``state``, ``value`` and one column per parameter; ``attrs`` as for :func:`load_trials`.
     """
-    metas = load_artifacts(storage, study_name)
-    metas = metas[metas["filename"] == "roc.csv"].drop_duplicates("trial", keep="last")
-    if numbers is not None:
-        metas = metas[metas["trial"].isin(list(numbers))]
     trials = load_trials(storage, study_name)
-    store = _artifact_store(artifacts_dir, trials.attrs, metas["artifact_id"].iloc[0] if len(metas) else None)
     by_number = trials.set_index("number")
     params = list(trials.attrs["space"]) + [c for c in param_columns(trials) if c not in trials.attrs["space"]]
     parts = []
-    for number, artifact_id in zip(metas["trial"], metas["artifact_id"]):
-        try:
-            with store.open_reader(artifact_id) as handle:
-                points = pd.read_csv(handle)
-        except _MISSING_ARTIFACT:
-            raise FileNotFoundError(f"trial {number}'s roc.csv (artifact {artifact_id}) is missing from the "
-                                    "study's artifact store") from None
-        points.insert(0, "trial", int(number))
+    for number, points in _trial_csvs(storage, study_name, trials, "roc.csv", artifacts_dir, numbers):
+        points.insert(0, "trial", number)
         fpr, tpr = points["fpr"].to_numpy(float), points["tpr"].to_numpy(float)
         points["auc"] = float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2)) if len(fpr) > 1 else np.nan
         parts.append(points)
