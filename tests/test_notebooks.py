@@ -16,7 +16,11 @@ NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 
 
 # The study each notebook is written for (its parameter defaults) and what the test runs it on.
-DEFAULTS = {"scientific_study.ipynb": "weight_decay_effect"}
+DEFAULTS = {"scientific_study.ipynb": "weight_decay_effect", "sft_study.ipynb": "lora_sft"}
+SFT_SPACE = ("++study.space={train.learning_rate:{type:float,low:1.0e-4,high:3.0e-3,log:true},"
+             "peft.r:{type:categorical,choices:[2,4]}}")
+#: The study of the test's tiny run each notebook reads.
+RUNS_ON = {"scientific_study.ipynb": "wd", "sft_study.ipynb": "sft"}
 SCIENTIFIC = ("++study.space={train.weight_decay:{role:scientific,type:categorical,choices:[0.0,0.1]},"
               "train.learning_rate:{type:float,low:1.0e-4,high:3.0e-3,log:true}}")
 
@@ -26,8 +30,11 @@ def studies(tmp_path_factory) -> dict[str, dict[str, Any]]:
     tmp = tmp_path_factory.mktemp("nb")
     assert main(["+study=lr_sweep", *TINY, *store_args(tmp, "lr"), "study.n_trials=3"]) == 0
     assert main(["+study=lr_sweep", *TINY, *store_args(tmp, "wd"), SCIENTIFIC, "study.n_trials=4"]) == 0
+    assert main(["+study=sft_smoke", *store_args(tmp, "sft"), "study.n_trials=3", "data.train_size=32",
+                 "data.val_size=16", "data.test_size=16", "data.max_length=64", "runtime.progress=false",
+                 "runtime.num_threads=1", SFT_SPACE]) == 0
     return {name: {"storage": f"sqlite:///{tmp}/{name}.db", "study_name": name, "artifacts_dir": str(tmp / "art"),
-                   "tmp": tmp} for name in ("lr", "wd")}
+                   "tmp": tmp} for name in ("lr", "wd", "sft")}
 
 
 def test_there_are_notebooks():
@@ -54,12 +61,12 @@ def test_notebook_is_committed_clean_with_a_parameters_cell(path: Path):
 def test_notebook_runs_against_a_tiny_study(path: Path, studies, kernel, tmp_path):
     import papermill
 
-    study = studies["wd" if path.name in DEFAULTS else "lr"]
+    study = studies[RUNS_ON.get(path.name, "lr")]
     out = tmp_path / path.name
     # Raises PapermillExecutionError on the first cell error.
     papermill.execute_notebook(str(path), str(out), kernel_name=kernel, cwd=str(path.parent), progress_bar=False,
                                parameters={k: study[k] for k in ("storage", "study_name", "artifacts_dir")
-                                           if path.name not in DEFAULTS or k != "artifacts_dir"},
+                                           if path.name != "scientific_study.ipynb" or k != "artifacts_dir"},
                                execution_timeout=300)
     nb = nbformat.read(out, as_version=4)
     code = [c for c in nb.cells if c.cell_type == "code"]
@@ -71,6 +78,15 @@ def test_notebook_runs_against_a_tiny_study(path: Path, studies, kernel, tmp_pat
                          for o in c.outputs)
         assert "train.learning_rate" in text and "python -m llm_doe.search" in text
         assert f"study.name={study['study_name']}_trial" in text  # the rerun command
+
+    if path.name == "sft_study.ipynb":
+        images = [c for c in code if any("image/png" in o.get("data", {}) for o in c.outputs)]
+        assert len(images) == 3  # loss curves, perplexity curves, objective against learning rate and rank
+        text = "\n".join(str(o.get("text", "")) + str(o.get("data", {}).get("text/plain", "")) for c in code
+                         for o in c.outputs)
+        assert "peft.r" in text and "perplexity" in text and "trainable_params" in text
+        assert "generated" in text or "reference" in text  # the generations side by side
+        assert "roc" not in text.lower()
 
     if path.name == "scientific_study.ipynb":
         images = [c for c in code if any("image/png" in o.get("data", {}) for o in c.outputs)]
