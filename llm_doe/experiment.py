@@ -30,7 +30,8 @@ from llm_doe.schema import Config, ConfigError, resolved_direction
 
 #: Settings that say where and how fast a run goes, not what it learns: they may differ
 #: between runs of one experiment (say, a GPU box after a laptop).
-RUNTIME_KEYS = frozenset({"train.precision", "train.compile", "train.micro_batch_size", "train.eval_batch_size"})
+RUNTIME_KEYS = frozenset({"train.precision", "train.compile", "train.micro_batch_size", "train.eval_batch_size",
+                          "task.sample_prompts", "task.sample_max_new_tokens"})
 #: The config sections whose every key (but the runtime ones) defines the experiment.
 SECTIONS = ("task", "model", "data", "train", "peft")
 #: What ``llm_doe.search`` tells a user whose resume would change the experiment.
@@ -74,7 +75,11 @@ def experiment_diffs(config: DictConfig, cfg: Config, stored: StoredStudy,
         current = OmegaConf.to_container(config, resolve=True)
         assert isinstance(current, dict)
         skip = set(attrs.get("space") or {}) | set(scientific_values(attrs)) | RUNTIME_KEYS | ignore
-        before = flatten({k: recorded.get(k) or {} for k in SECTIONS})
+        # A section a study recorded no config for (written before it existed: task, peft) held
+        # its defaults then: compare with those, or e.g. peft=lora would resume a full-FT study.
+        defaults = OmegaConf.to_container(OmegaConf.structured(Config))
+        assert isinstance(defaults, dict)
+        before = flatten({k: recorded.get(k) or (defaults[k] if k not in recorded else {}) for k in SECTIONS})
         now = flatten({k: current.get(k) or {} for k in SECTIONS})
         diffs = [(k, now[k], before[k]) for k in now if k in before and k not in skip and now[k] != before[k]]
     head = []  # what the study optimises first: a changed metric also changes the direction

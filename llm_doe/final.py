@@ -173,6 +173,10 @@ def make_plan(composed: Composed) -> FinalPlan:
     check_same_experiment(composed, parent)
     trial_dc = apply_params(experiment_config(composed, parent), trial.params)
     trial_cfg: Config = OmegaConf.to_object(trial_dc)  # type: ignore[assignment]
+    if trial_cfg.peft.method in ("prefix", "prompt"):
+        raise ConfigError("peft.method", f"is {trial_cfg.peft.method!r} in trial {trial.number}: its learned "
+                                         "tokens cannot be merged into weights that from_pretrained and pipeline load "
+                                         "(export a lora, ia3 or full fine-tuning trial)")
     if trial_cfg.data.test_size == 0:
         raise ConfigError("data.test_size", f"is 0 in study {parent.study_name!r}: it held out no test split, so "
                                             "there is nothing to test the final model on once (run a study with a "
@@ -409,14 +413,12 @@ def _save_model(model: Any, staging: Path, method: str) -> Any:
     """The model to save as plain transformers weights; a PEFT model's adapter is saved first to
     ``adapter/`` (loads with ``PeftModel.from_pretrained(base, folder / "adapter")``), and LoRA or
     IA3 is merged into the base weights (loads with ``from_pretrained(folder)`` and ``pipeline``).
-    Prefix and prompt tuning cannot merge: the folder then holds the base weights beside it."""
+    Prefix and prompt tuning cannot merge: :func:`make_plan` refuses them."""
     model = model.to("cpu").eval()
     if method == "none":
         return model
     model.save_pretrained(staging / "adapter")
-    if method in ("lora", "ia3"):
-        return model.merge_and_unload()
-    return model.get_base_model()
+    return model.merge_and_unload()
 
 
 def _export(plan: FinalPlan, trained: _Trained, evaluations: int) -> list[str]:

@@ -218,7 +218,6 @@ def open_study(cfg: Config, storage: optuna.storages.BaseStorage, sampler: optun
     if "space" not in study.user_attrs:
         for key, value in (attrs or {}).items():
             study.set_user_attr(key, value)
-        study.set_user_attr("space", space_to_json(space))
         study.set_user_attr("metric", cfg.study.metric)
         # What the trials report, for readers that must not guess (the analysis, the report):
         # the task and each of its metrics with its direction.
@@ -230,6 +229,9 @@ def open_study(cfg: Config, storage: optuna.storages.BaseStorage, sampler: optun
         study.set_user_attr("uuid", uuid.uuid4().hex)
         study.set_user_attr("config", dict(resolved))
         study.set_user_attr("provenance", provenance(argv))
+        # Last: "space" marks a study whose creation completed (a creator killed halfway leaves
+        # none, and the next run writes everything again).
+        study.set_user_attr("space", space_to_json(space))
     study.set_user_attr("last_run", provenance(argv))
     return study
 

@@ -84,6 +84,7 @@ def test_sft_smoke_trials_record_loss_perplexity_and_sizes(tmp_path):
         attrs = trial.user_attrs
         assert attrs["perplexity"] == pytest.approx(math.exp(attrs["val_loss"]))
         assert 0 < attrs["trainable_params"] < attrs["total_params"]
+        assert attrs["train_tokens_per_second"] > 0
         assert attrs["config.peft.method"] == "lora" and "accuracy" not in attrs
         assert sorted(trial.intermediate_values) == [1, 2]
         metas = {m.filename: m for m in get_all_artifact_meta(trial, storage=study._storage)}
@@ -125,6 +126,7 @@ def test_jsonl_chat_files_train_in_either_layout(tmp_path):
     (["data=tweets"], "data.source", "task=causal_lm reads data=chat_pairs|jsonl"),
     (["data=jsonl", "data.path=/nonexistent.jsonl"], "data.path", "no such file"),
     (["peft=lora", "peft.target_modules=[qkv_proj]"], "peft.target_modules", "no module 'qkv_proj'"),
+    (["data.max_length=24"], "data.max_length", "24 tokens leave no train conversation"),
 ])
 def test_bad_sft_input_stops_with_one_line(tmp_path, capsys, override, key, words):
     assert main([*SFT, *store_args(tmp_path, "bad"), *override]) == 2
@@ -163,3 +165,20 @@ def test_final_exports_a_merged_model_and_its_adapter_that_agree(tmp_path):
     card = (out / "README.md").read_text()
     assert "pipeline_tag: text-generation" in card and "## Sample generations (test split, greedy)" in card
     assert "ROC" not in card and (out / "generations.csv").is_file()
+
+
+def test_prompt_tuning_trains_and_final_refuses_what_cannot_merge(tmp_path, capsys):
+    """Prompt tuning's virtual tokens lengthen the logits: the loss must take the input's own
+    positions. Its learned tokens cannot be merged into plain weights, so final says so."""
+    from llm_doe.final import main as final
+
+    args = [*SFT, *store_args(tmp_path, "p"), "study.n_trials=1", "peft=prompt", "peft.num_virtual_tokens=4"]
+    assert main(args) == 0
+    trial = optuna.load_study(study_name="p", storage=f"sqlite:///{tmp_path}/p.db").trials[0]
+    assert trial.state == optuna.trial.TrialState.COMPLETE, trial.user_attrs.get("fail_reason")
+    assert trial.user_attrs["trainable_params"] == 4 * 64  # 4 virtual tokens of the hidden size
+    capsys.readouterr()
+    assert final([*args, f"final.output_dir={tmp_path / 'out'}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("llm_doe: error: peft.method: is 'prompt' in trial 0")
+    assert not (tmp_path / "out").exists()

@@ -119,3 +119,17 @@ def test_a_target_module_the_model_lacks_is_refused_with_what_it_has():
     assert "gate_proj" in err.value.message and "q_proj," in err.value.message
     with pytest.raises(ConfigError, match="unknown preset 'mlp'"):
         doe_peft.check(PeftConfig(method="lora", target_modules="mlp"), tiny_llama(), "causal_lm")
+
+
+def test_prompt_tuning_on_a_classifier_gives_back_the_template_structure():
+    """peft wraps the head it trains beside the prompt; unwrapping puts the original back, so the
+    factory can reuse the model and the next trial's build starts from the template."""
+    factory: ModelFactory = model_factory(TINY_BERT, 2)
+    model = factory.build(seed=1, dropout=None)
+    keys = set(model.state_dict())
+    back = doe_peft.unwrap(doe_peft.wrap(model, PeftConfig(method="prompt", num_virtual_tokens=4), "classification"))
+    assert set(back.state_dict()) == keys
+    factory.release(back)
+    again = factory.build(seed=1, dropout=None)
+    fresh = factory.build(seed=1, dropout=None)
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), fresh.state_dict().values()))

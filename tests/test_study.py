@@ -61,3 +61,24 @@ def test_wilcoxon_n_startup_steps_protects_exactly_the_first_n_evaluations(start
 def test_a_negative_warm_up_is_a_config_error():
     with pytest.raises(ConfigError, match="pruner.n_warmup_steps"):
         make_pruner(PrunerConfig(name="median", n_warmup_steps=-1))
+
+
+def test_a_study_recorded_before_task_and_peft_existed_compares_them_to_their_defaults():
+    """Its config has no task or peft section: it ran classification with full fine-tuning, so a
+    resume with peft=lora is another experiment, while the defaults resume it."""
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from llm_doe.cli import compose_config
+    from llm_doe.experiment import experiment_diffs
+
+    old = compose_config(["+study=smoke"])
+    recorded = OmegaConf.to_container(old.dict_config, resolve=True)
+    del recorded["task"], recorded["peft"]
+    stored = SimpleNamespace(study_name="smoke", user_attrs={"config": recorded, "metric": "val_loss"},
+                             directions=[optuna.study.StudyDirection.MINIMIZE])
+    assert experiment_diffs(old.dict_config, old.config, stored) == []
+    lora = compose_config(["+study=smoke", "peft=lora"])
+    keys = [k for k, _, _ in experiment_diffs(lora.dict_config, lora.config, stored)]
+    assert "peft.method" in keys

@@ -12,6 +12,7 @@ compares equal amounts of training. What is task-specific (batches, loss, metric
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import sys
 import time
@@ -38,6 +39,7 @@ from llm_doe.finetune.tasks.base import Task
 from llm_doe.schema import TrainConfig
 
 Report = Callable[[int, dict[str, float]], bool]
+log = logging.getLogger("llm_doe")
 
 
 class Diverged(RuntimeError):
@@ -256,13 +258,8 @@ class _Run:
                     break
             if self.data.val is None or stop_reason == "max_steps":
                 self.st.train_time += time.perf_counter() - self.t_train
-            if self.data.val is not None and self.st.best_payload is not None:
-                # What the task keeps of the trained model beyond its metrics (sample generations),
-                # once per run, whatever the number of evaluations: counted as evaluation time.
-                t_eval = time.perf_counter()
-                self.st.best_payload = self.task.finish(self.model, self.data.val, self.data.pad_id, self.rt,
-                                                        self.st.best_payload)
-                self.st.eval_time += time.perf_counter() - t_eval
+            if self.data.val is not None and self.st.best_payload is not None and stop_reason != "stopped_by_report":
+                self._finish()
         finally:
             if bar is not None:
                 bar.close()
@@ -272,6 +269,18 @@ class _Run:
                     self.writer.wait()  # the caller may remove the folder next: no write may be left running
         return TrainResult(self.st.history, self.st.best_step, self.st.best, stop_reason, self.st.best_payload,
                            self._cost(), self.resumed_from, self.scheduler.get_last_lr()[0])
+
+    def _finish(self) -> None:
+        """What the task keeps of the trained model beyond its metrics (sample generations of the
+        model as training left it), once per run whatever the number of evaluations, counted as
+        evaluation time; never for a pruned run, and never at the price of the run's result."""
+        t_eval = time.perf_counter()
+        try:
+            self.st.best_payload = self.task.finish(self.model, self.data.val, self.data.pad_id, self.rt,
+                                                    self.st.best_payload)
+        except Exception as err:  # noqa: BLE001 - an extra, not the result: keep the metrics
+            log.warning("skipped the task's after-training extras (%s: %s)", type(err).__name__, err)
+        self.st.eval_time += time.perf_counter() - t_eval
 
     def _epoch(self, epoch: int, bar: Any) -> str:
         st = self.st
@@ -417,6 +426,7 @@ class _Run:
             "eval_time_s": st.eval_time,
             "optimizer_steps": st.step,
             "examples_seen": st.examples,
+            "train_tokens_per_second": st.tokens / st.train_time if st.train_time > 0 else 0.0,
             "peak_memory_mb": peak_memory_mb(self.rt.device),
             "micro_batch_size": st.micro_batch_size,
             "oom_retries": st.oom_retries,

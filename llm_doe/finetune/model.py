@@ -136,6 +136,8 @@ class ModelFactory:
         caller must not use ``model`` afterwards."""
         if type(model) is not type(self.template) or self._spare:
             return
+        if model.state_dict().keys() != self.template.state_dict().keys():
+            return  # not the template's structure (a wrapper left behind): build() copies afresh
         if any(t.device.type != "cpu" for t in (*model.parameters(), *model.buffers())):
             return
         hooks = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")

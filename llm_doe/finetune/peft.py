@@ -131,7 +131,14 @@ def unwrap(model: nn.Module) -> nn.Module:
     if not isinstance(model, peft.PeftModel):
         return model
     if model.peft_config[model.active_adapter].is_prompt_learning:
-        return model.get_base_model()
+        base = model.get_base_model()
+        # The head peft trains beside the prompt sits in a ModulesToSaveWrapper: put the
+        # original module back, so the base model has the template's structure again.
+        for name, module in list(base.named_modules()):
+            if hasattr(module, "original_module") and hasattr(module, "modules_to_save"):
+                parent_name, _, child = name.rpartition(".")
+                setattr(base.get_submodule(parent_name) if parent_name else base, child, module.original_module)
+        return base
     return model.unload()
 
 

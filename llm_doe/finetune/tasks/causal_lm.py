@@ -35,7 +35,7 @@ from llm_doe.finetune.chat import (
 from llm_doe.finetune.model import causal_lm_factory, load_tokenizer
 from llm_doe.finetune.tasks import TASK_METRICS
 from llm_doe.finetune.tasks.base import CardText, Evaluator, Prepared, Task
-from llm_doe.schema import DataConfig, ModelConfig
+from llm_doe.schema import ConfigError, DataConfig, ModelConfig
 
 _SPLITS: dict[str, ChatSplits] = {}
 _ENCODED: dict[tuple[str, str, int, str], tuple[ChatEncoded, ChatEncoded]] = {}
@@ -64,7 +64,9 @@ def _shifted_labels(labels: list[np.ndarray], index: np.ndarray) -> int:
 
 
 def _token_loss(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
-    """The summed next-token cross-entropy over the label tokens of a batch."""
+    """The summed next-token cross-entropy over the label tokens of a batch. Prompt tuning puts
+    its virtual tokens before the input, so only the last ``labels.shape[1]`` positions count."""
+    logits = logits[:, -labels.shape[1]:]
     shifted = logits[:, :-1].float().reshape(-1, logits.shape[-1])
     target = labels[:, 1:].reshape(-1)
     return nn.functional.cross_entropy(shifted, target, ignore_index=IGNORE_INDEX, reduction="sum",
@@ -104,9 +106,17 @@ class CausalLMTask(Task):
         splits = chat_splits(data_cfg)
         cache = (_data_key(data_cfg), key, data_cfg.max_length, self.cfg.loss_on)
         if cache not in _ENCODED:
-            _ENCODED[cache] = (encode_chat(splits.train, tokenizer, data_cfg.max_length, self.cfg.loss_on),
-                               encode_chat(splits.val, tokenizer, data_cfg.max_length, self.cfg.loss_on))
+            try:
+                _ENCODED[cache] = (encode_chat(splits.train, tokenizer, data_cfg.max_length, self.cfg.loss_on),
+                                   encode_chat(splits.val, tokenizer, data_cfg.max_length, self.cfg.loss_on))
+            except ValueError as err:  # a chat template that cannot tell the answers apart
+                raise ConfigError("task.loss_on", str(err)) from None
         train, val = _ENCODED[cache]
+        for part, encoded in (("train", train), ("val", val)):
+            if len(encoded) == 0:
+                raise ConfigError("data.max_length", f"{data_cfg.max_length} tokens leave no {part} conversation "
+                                                     "with an answer to learn from (the chat template's own tokens "
+                                                     "count too): raise it")
         factory = causal_lm_factory(model_cfg)
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         return Prepared(tokenizer, key, train, val, splits, factory, int(pad_id or 0))
