@@ -33,10 +33,11 @@ from llm_doe.finetune.checkpoint import CheckpointPlan
 from llm_doe.finetune.loop import Diverged, Hooks, Interrupted, Selection, TrainData, train
 from llm_doe.finetune.runtime import resolve_runtime
 from llm_doe.finetune.tasks import get_task
+from llm_doe.liveness import worker_attrs
 from llm_doe.schema import Config, resolved_direction
 from llm_doe.space import SearchSpace, apply_params, suggest
 from llm_doe.storage import retry_callback
-from llm_doe.study import grid_duplicate, set_user_attrs, worker_attrs
+from llm_doe.study import grid_duplicate, set_user_attrs
 
 log = logging.getLogger("llm_doe")
 

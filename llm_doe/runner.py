@@ -184,6 +184,7 @@ def optimize_arms(composed: Composed, arms: list[tuple[Any, optuna.Study]]) -> i
     import torch
 
     from llm_doe.artifacts import artifact_store
+    from llm_doe.liveness import fail_dead_workers
     from llm_doe.objective import (
         Objective,
         TrialFailed,
@@ -191,7 +192,7 @@ def optimize_arms(composed: Composed, arms: list[tuple[Any, optuna.Study]]) -> i
         storage_failure,
     )
     from llm_doe.storage import mask_url, storage_label
-    from llm_doe.study import fail_dead_workers, grid_points, record_totals, study_totals, trial_counts
+    from llm_doe.study import grid_points, record_totals, study_totals, trial_counts
 
     cfg = composed.config
     if cfg.runtime.num_threads is not None:
@@ -326,7 +327,7 @@ def _unverifiable(runners: list[Any]) -> bool:
     """A worker with nothing to start, on a store without heartbeats, does not wait for trials
     whose worker runs on another host: it cannot tell whether that worker is alive. One line
     says which trials, whose, and how to clear them; True if it should stop."""
-    from llm_doe.study import unverifiable_trials
+    from llm_doe.liveness import unverifiable_trials
 
     blocked = [trial for runner in runners for trial in unverifiable_trials(runner[1])]
     if not blocked:
