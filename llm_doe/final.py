@@ -218,8 +218,6 @@ def _md_table(header: list[str], rows: list[list[Any]]) -> list[str]:
 def model_card(plan: FinalPlan, *, sizes: dict[str, int], card: CardText, metrics: dict[str, Any],
                trained_on: str, evaluations: int, metric_names: list[str] | None = None) -> str:
     """The model card (Hugging Face's convention: README.md in the model folder)."""
-    from llm_doe.notes import describe_distribution
-
     cfg, parent, trial = plan.config, plan.parent, plan.trial
     name = parent.study_name
     m, t = cfg.model, cfg.train
@@ -245,36 +243,9 @@ def model_card(plan: FinalPlan, *, sizes: dict[str, int], card: CardText, metric
     lines += _md_table(["metric", "value"], [[k, metrics[k]] for k in (*names, "test_loss")])
     lines += ["", f"{sizes['test']} test examples; {card.files_note}all figures in `test_metrics.json`.", "",
               *card.extra, "## Data", "", *card.data_lines, "", "## Search", ""]
-    space = parent.user_attrs.get("space") or {}
-    rows = []
-    for param, text in space.items():
-        kind, extent = describe_distribution(optuna.distributions.json_to_distribution(text))
-        rows.append([f"`{param}`", kind, extent])
-    lines += _md_table(["parameter", "type", "range"], rows) if rows else ["(no search space recorded)"]
-    from llm_doe.confirm import scientific_values
-
-    scientific = scientific_values(parent)
-    if scientific:
-        lines += ["", "A scientific sub-study: " + ", ".join(f"`{k}` = {v}" for k, v in scientific.items())
-                  + " held for all its trials."]
-    counts: dict[str, int] = {}
-    for tr in parent.get_trials(deepcopy=False):
-        counts[tr.state.name] = counts.get(tr.state.name, 0) + 1
-    direction = parent.direction.name.lower()
-    lines += ["", f"Objective: {direction} `{metric}` (its best value over each trial's evaluations on the "
-              f"validation split). {sum(counts.values())} trials: "
-              + ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items())) + ".", ""]
+    lines += _card_search(parent, metric)
     lines += ["## Confirmation", ""]
-    table = plan.confirmation
-    if table is not None and len(table):
-        shown = analysis.confirmation_display(table).reset_index()
-        lines += [f"The best configurations re-run with {table.attrs['n_seeds']} seeds each (study "
-                  f"`{table.attrs['study_name']}`):", ""]
-        lines += _md_table([str(c) for c in shown.columns], shown.to_numpy().tolist())
-        lines += ["", f"**{table.attrs['summary']}**", ""]
-    else:
-        lines += ["No confirmation with several seeds was run (`python -m llm_doe.confirm`): the choice rests on "
-                  "one training seed per configuration.", ""]
+    lines += _card_confirmation(plan.confirmation)
     lines += ["## The chosen configuration", "",
               f"Trial #{trial.number} ({plan.chosen_by}): `{metric}` = {trial.value:.4g} on validation "
               f"(best evaluation {trial.user_attrs.get('best_step', '-')}).", ""]
@@ -297,6 +268,45 @@ def model_card(plan: FinalPlan, *, sizes: dict[str, int], card: CardText, metric
               f"- Exported {_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')} by "
               "`python -m llm_doe.final`."]
     return "\n".join(lines) + "\n"
+
+
+def _card_search(parent: optuna.Study, metric: str) -> list[str]:
+    """The model card's search section, after its heading: the space, a sub-study's scientific
+    values, the objective and the trial counts."""
+    from llm_doe.confirm import scientific_values
+    from llm_doe.notes import describe_distribution
+
+    space = parent.user_attrs.get("space") or {}
+    rows = []
+    for param, text in space.items():
+        kind, extent = describe_distribution(optuna.distributions.json_to_distribution(text))
+        rows.append([f"`{param}`", kind, extent])
+    lines = _md_table(["parameter", "type", "range"], rows) if rows else ["(no search space recorded)"]
+    scientific = scientific_values(parent)
+    if scientific:
+        lines += ["", "A scientific sub-study: " + ", ".join(f"`{k}` = {v}" for k, v in scientific.items())
+                  + " held for all its trials."]
+    counts: dict[str, int] = {}
+    for tr in parent.get_trials(deepcopy=False):
+        counts[tr.state.name] = counts.get(tr.state.name, 0) + 1
+    direction = parent.direction.name.lower()
+    lines += ["", f"Objective: {direction} `{metric}` (its best value over each trial's evaluations on the "
+              f"validation split). {sum(counts.values())} trials: "
+              + ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items())) + ".", ""]
+    return lines
+
+
+def _card_confirmation(table: Any) -> list[str]:
+    """The model card's confirmation section, after its heading: the seeds' table and verdict,
+    or that none was run."""
+    if table is not None and len(table):
+        shown = analysis.confirmation_display(table).reset_index()
+        lines = [f"The best configurations re-run with {table.attrs['n_seeds']} seeds each (study "
+                 f"`{table.attrs['study_name']}`):", ""]
+        lines += _md_table([str(c) for c in shown.columns], shown.to_numpy().tolist())
+        return lines + ["", f"**{table.attrs['summary']}**", ""]
+    return ["No confirmation with several seeds was run (`python -m llm_doe.confirm`): the choice rests on "
+            "one training seed per configuration.", ""]
 
 
 def _schedule_sentence(plan: FinalPlan, metrics: dict[str, Any]) -> str:

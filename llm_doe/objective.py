@@ -19,7 +19,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import optuna
 import sqlalchemy.exc
@@ -30,13 +30,17 @@ from llm_doe.artifacts import upload_trial_artifacts
 from llm_doe.experiment import flatten
 from llm_doe.finetune import peft as peft_methods
 from llm_doe.finetune.checkpoint import CheckpointPlan
-from llm_doe.finetune.loop import Diverged, Hooks, Interrupted, Selection, TrainData, train
+from llm_doe.finetune.loop import Diverged, Hooks, Interrupted, Selection, TrainData, TrainResult, train
 from llm_doe.finetune.runtime import resolve_runtime
 from llm_doe.finetune.tasks import get_task
+from llm_doe.liveness import worker_attrs
 from llm_doe.schema import Config, resolved_direction
 from llm_doe.space import SearchSpace, apply_params, suggest
 from llm_doe.storage import retry_callback
-from llm_doe.study import grid_duplicate, set_user_attrs, worker_attrs
+from llm_doe.study import grid_duplicate, set_user_attrs
+
+if TYPE_CHECKING:
+    from llm_doe.finetune.tasks.base import Task
 
 log = logging.getLogger("llm_doe")
 
@@ -137,6 +141,26 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> float:
         started = time.perf_counter()
+        frozen = self._claim(trial)
+        params, cfg_dc, cfg = self._configure(trial)
+        task = get_task(cfg.task)
+        plan = None
+        if self.checkpoints_dir is not None:
+            plan = CheckpointPlan(self.checkpoints_dir / str(origin_number(frozen)), cfg.runtime.checkpoint_every_s,
+                                  checkpoint_identity(trial.study, frozen, params))
+        history: list[dict[str, float]] = []
+        result, sizes, failure = self._train(trial, cfg, task, plan, history, started)
+        if plan is not None:
+            shutil.rmtree(plan.folder, ignore_errors=True)  # the trial is over: its checkpoint is not needed
+        config_yaml = OmegaConf.to_yaml(cfg_dc, resolve=True)
+        if failure is not None:
+            self._record_failure(trial, failure, started, config_yaml, history, task)
+        assert result is not None
+        return self._record_result(trial, result, sizes, cfg.study.metric, task, config_yaml, started)
+
+    def _claim(self, trial: optuna.Trial) -> optuna.trial.FrozenTrial:
+        """The trial as stored, once it is known to be one the study still needs: a trial past
+        the study's total, or a grid configuration another trial covers, fails as surplus."""
         active = trial.study.get_trials(deepcopy=False, states=ACTIVE)  # one read for both uses
         frozen = next(t for t in active if t.number == trial.number)
         if self.n_trials is not None:
@@ -154,6 +178,10 @@ class Objective:
                 trial.set_user_attr("surplus", True)
                 trial.set_user_attr("fail_reason", f"duplicate: trial {same.number} has the same grid configuration")
                 raise TrialFailed("duplicate")
+        return frozen
+
+    def _configure(self, trial: optuna.Trial) -> tuple[dict[str, Any], DictConfig, Config]:
+        """Sample the trial's parameters and record its worker and its own config sections."""
         worker = worker_attrs()
         try:
             params = suggest(trial, self.space)
@@ -168,10 +196,16 @@ class Objective:
         config_attrs = {key: value if not isinstance(value, (list, dict)) else str(value)
                         for key, value in flatten(trial_sections, "config.").items()}
         set_user_attrs(trial, {**worker, **config_attrs})  # one write for ~45 attributes
+        return params, cfg_dc, cfg
+
+    def _train(self, trial: optuna.Trial, cfg: Config, task: Task, plan: CheckpointPlan | None,
+               history: list[dict[str, float]], started: float
+               ) -> tuple[TrainResult | None, dict[str, int], Exception | None]:
+        """Fine-tune the trial's model, reporting each evaluation to the trial (``history``
+        collects them): the result, the parameter counts, and the failure that ended it, if any.
+        An interrupted trial is re-queued and raises TrialInterrupted."""
         metric = cfg.study.metric
         maximize = resolved_direction(cfg) == "maximize"
-        task = get_task(cfg.task)
-        history: list[dict[str, float]] = []
 
         def report(step: int, metrics: dict[str, float]) -> bool:
             history.append({"step": step, **metrics})
@@ -179,13 +213,9 @@ class Objective:
                                self.storage_retry_s)
             return with_storage_retry(trial.should_prune, f"asking the pruner at step {step}", self.storage_retry_s)
 
-        plan = None
-        if self.checkpoints_dir is not None:
-            plan = CheckpointPlan(self.checkpoints_dir / str(origin_number(frozen)), cfg.runtime.checkpoint_every_s,
-                                  checkpoint_identity(trial.study, frozen, params))
         model = result = factory = None
         sizes: dict[str, int] = {}
-        failure: BaseException | None = None
+        failure: Exception | None = None
         try:
             prepared = task.prepare(cfg.model, cfg.data)
             factory = prepared.factory
@@ -216,23 +246,25 @@ class Objective:
                 # (and reuses this model's memory).
                 factory.release(peft_methods.unwrap(model))
             del model
+        return result, sizes, failure
 
-        if plan is not None:
-            shutil.rmtree(plan.folder, ignore_errors=True)  # the trial is over: its checkpoint is not needed
-        config_yaml = OmegaConf.to_yaml(cfg_dc, resolve=True)
-        if failure is not None:
-            reason = self._fail_reason(failure)
-            set_user_attrs(trial, {"fail_reason": reason, "duration_s": time.perf_counter() - started})
-            log.debug("trial %d failed:\n%s", trial.number, "".join(traceback.format_exception(failure)))
-            failure.__traceback__ = None  # frames hold the model's tensors: let them go now
-            if isinstance(failure, torch.OutOfMemoryError):
-                gc.collect()
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
-            upload_trial_artifacts(self.artifact_store, trial, config_yaml, history, task)
-            raise TrialFailed(reason) from failure
+    def _record_failure(self, trial: optuna.Trial, failure: Exception, started: float, config_yaml: str,
+                        history: list[dict[str, float]], task: Task) -> NoReturn:
+        """Record why the trial failed and the files it got so far; raise TrialFailed."""
+        reason = self._fail_reason(failure)
+        set_user_attrs(trial, {"fail_reason": reason, "duration_s": time.perf_counter() - started})
+        log.debug("trial %d failed:\n%s", trial.number, "".join(traceback.format_exception(failure)))
+        failure.__traceback__ = None  # frames hold the model's tensors: let them go now
+        if isinstance(failure, torch.OutOfMemoryError):
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        upload_trial_artifacts(self.artifact_store, trial, config_yaml, history, task)
+        raise TrialFailed(reason) from failure
 
-        assert result is not None
+    def _record_result(self, trial: optuna.Trial, result: TrainResult, sizes: dict[str, int], metric: str,
+                       task: Task, config_yaml: str, started: float) -> float:
+        """Record the finished trial's metrics, cost and files; its value (or TrialPruned)."""
         attrs: dict[str, Any] = {name: _finite_or_none(result.best[name]) for name in task.metrics}
         for name, value in result.cost.items():
             attrs[name] = _finite_or_none(float(value)) if isinstance(value, float) else value

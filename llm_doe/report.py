@@ -142,23 +142,8 @@ def render_report(storage: analysis.StudyRef, study_name: str | None = None, *,
         parts.append(_section("Warnings", '<p class="ok">No failed trials; no best value on the edge of a searched '
                                           "range.</p>"))
 
-    best: pd.Series | None = None  # stays None without a COMPLETE trial with a finite value
-    try:
-        best = analysis.best_trial(trials)
-    except ValueError as err:
-        parts.append(_section("Best trial", _unavailable("The best trial", err)))
-    else:
-        metrics = ", ".join(f"{m} {best[m]:.4g}" for m in analysis.study_metrics(trials.attrs["study_user_attrs"])
-                            if m != metric and m in best.index and pd.notna(best[m]))
-        summary = (f"<p>Trial <b>#{int(best['number'])}</b>: <code>{html.escape(metric)}</code> = "
-                   f"<b>{best['value']:.4g}</b> ({html.escape(metrics)}); "
-                   + ", ".join(f"<code>{html.escape(p)}</code> = {html.escape(fmt(best[p]))}"
-                               for p in params if p in best.index) + ".</p>")
-        command = f"<p>Rerun it (a one-trial study with the same config and seeds):</p><pre>" \
-                  f"{html.escape(analysis.rerun_command(trials))}</pre>"
-        config = f"<details open><summary>Its config</summary><pre>" \
-                 f"{html.escape(str(analysis.best_config(trials, as_yaml=True)))}</pre></details>"
-        parts.append(_section("Best trial", summary + command + config))
+    best_html, best = _best_section(trials, params, metric)
+    parts.append(best_html)
 
     confirmation = _confirmation_section(storage, name)
     if confirmation:
@@ -175,24 +160,8 @@ def render_report(storage: analysis.StudyRef, study_name: str | None = None, *,
     task = attrs["study_user_attrs"].get("task", "classification")
     if task == "causal_lm":
         parts.append(_generations_section(storage, name, trials, artifacts_dir))
-    elif task != "classification":
-        pass  # a task with neither ROC nor generations shows no artifact section
-    elif artifacts_dir is None:
-        parts.append(_section("ROC curves", "<p>No artifacts folder given.</p>"))
-    else:
-        try:
-            done = trials[trials["state"] == "COMPLETE"]
-            done = done.sort_values("value", ascending=attrs["direction"] != "maximize")
-            numbers = None if len(trials) <= MAX_ROC_CURVES else done["number"].head(MAX_ROC_CURVES).tolist()
-            roc = analysis.load_roc(storage, name, artifacts_dir=artifacts_dir, numbers=numbers)
-        except (FileNotFoundError, OSError) as err:
-            parts.append(_section("ROC curves", _unavailable("ROC curves", err)))
-        else:
-            scope = "every trial" if numbers is None else f"the {len(numbers)} best complete trials"
-            parts.append(_section("ROC curves", _img(
-                analysis.plot_roc_curves(roc),
-                f"ROC of {scope} at its best evaluation, labelled by {analysis.default_param(trials)}.")
-                if not roc.empty else "<p>No trial has a ROC curve.</p>"))
+    elif task == "classification":  # a task with neither ROC nor generations shows no artifact section
+        parts.append(_roc_section(storage, name, trials, artifacts_dir))
 
     if best is not None:
         parts.append(_section("Objective against each parameter", _img(
@@ -221,6 +190,45 @@ def render_report(storage: analysis.StudyRef, study_name: str | None = None, *,
             f"<h1>Study <code>{html.escape(name)}</code></h1>\n"
             f"<p class=\"meta\">store {html.escape(str(attrs['storage']))} · written {created} by llm_doe.report</p>\n"
             + "\n".join(parts) + "</body></html>\n")
+
+
+def _best_section(trials: pd.DataFrame, params: list[str], metric: str) -> tuple[str, pd.Series | None]:
+    """The best trial's section: its values, how to rerun it, its config; and the trial itself
+    (None without a COMPLETE trial with a finite value)."""
+    try:
+        best = analysis.best_trial(trials)
+    except ValueError as err:
+        return _section("Best trial", _unavailable("The best trial", err)), None
+    metrics = ", ".join(f"{m} {best[m]:.4g}" for m in analysis.study_metrics(trials.attrs["study_user_attrs"])
+                        if m != metric and m in best.index and pd.notna(best[m]))
+    summary = (f"<p>Trial <b>#{int(best['number'])}</b>: <code>{html.escape(metric)}</code> = "
+               f"<b>{best['value']:.4g}</b> ({html.escape(metrics)}); "
+               + ", ".join(f"<code>{html.escape(p)}</code> = {html.escape(fmt(best[p]))}"
+                           for p in params if p in best.index) + ".</p>")
+    command = f"<p>Rerun it (a one-trial study with the same config and seeds):</p><pre>" \
+              f"{html.escape(analysis.rerun_command(trials))}</pre>"
+    config = f"<details open><summary>Its config</summary><pre>" \
+             f"{html.escape(str(analysis.best_config(trials, as_yaml=True)))}</pre></details>"
+    return _section("Best trial", summary + command + config), best
+
+
+def _roc_section(storage: analysis.StudyRef, name: str, trials: pd.DataFrame,
+                 artifacts_dir: str | os.PathLike[str] | None) -> str:
+    """The ROC curves of the best complete trials (all of them in a small study)."""
+    if artifacts_dir is None:
+        return _section("ROC curves", "<p>No artifacts folder given.</p>")
+    try:
+        done = trials[trials["state"] == "COMPLETE"]
+        done = done.sort_values("value", ascending=trials.attrs["direction"] != "maximize")
+        numbers = None if len(trials) <= MAX_ROC_CURVES else done["number"].head(MAX_ROC_CURVES).tolist()
+        roc = analysis.load_roc(storage, name, artifacts_dir=artifacts_dir, numbers=numbers)
+    except (FileNotFoundError, OSError) as err:
+        return _section("ROC curves", _unavailable("ROC curves", err))
+    scope = "every trial" if numbers is None else f"the {len(numbers)} best complete trials"
+    return _section("ROC curves", _img(
+        analysis.plot_roc_curves(roc),
+        f"ROC of {scope} at its best evaluation, labelled by {analysis.default_param(trials)}.")
+        if not roc.empty else "<p>No trial has a ROC curve.</p>")
 
 
 def _confirmation_section(storage: analysis.StudyRef, name: str) -> str:

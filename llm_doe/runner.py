@@ -183,25 +183,15 @@ def optimize_arms(composed: Composed, arms: list[tuple[Any, optuna.Study]]) -> i
     """
     import torch
 
-    from llm_doe.artifacts import artifact_store
-    from llm_doe.objective import (
-        Objective,
-        TrialFailed,
-        TrialInterrupted,
-        storage_failure,
-    )
+    from llm_doe.objective import TrialFailed, TrialInterrupted, storage_failure
     from llm_doe.storage import mask_url, storage_label
-    from llm_doe.study import fail_dead_workers, grid_points, record_totals, study_totals, trial_counts
+    from llm_doe.study import record_totals, trial_counts
 
     cfg = composed.config
     if cfg.runtime.num_threads is not None:
         torch.set_num_threads(cfg.runtime.num_threads)
     n_total = sum(arm.n_trials for arm, _ in arms)
-
-    def finished(counts: dict[TrialState, int]) -> int:
-        return counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
-
-    done = sum(finished(trial_counts(study)) for _, study in arms)
+    done = sum(_finished(trial_counts(study)) for _, study in arms)
     if done >= n_total:
         log.info("study %s already has %d/%d finished trials in %s: nothing to run (raise study.n_trials to "
                  "run more)", cfg.study.name, done, n_total, storage_label(cfg.storage))
@@ -214,15 +204,7 @@ def optimize_arms(composed: Composed, arms: list[tuple[Any, optuna.Study]]) -> i
                  "; ".join(arm.name for arm, _ in arms))
 
     stop = StopRequest()
-    store = artifact_store(cfg.storage.artifacts_dir)
-    checkpoints = Path(cfg.storage.checkpoints_dir) if cfg.runtime.checkpoint else None
-    runners = []
-    for arm, study in arms:
-        folder = None if checkpoints is None else checkpoints if len(arms) == 1 else checkpoints / _slug(arm.name)
-        objective = Objective(arm.config, arm.space, store, progress=cfg.runtime.progress, checkpoints_dir=folder,
-                              should_stop=stop, n_trials=arm.n_trials, storage_retry_s=cfg.storage.retry_seconds)
-        runners.append((arm, study, objective, ProgressCallback(study, arm.n_trials, cfg.study.metric,
-                                                                cfg.runtime.progress and len(arms) == 1)))
+    runners = _runners(cfg, arms, stop)
     failures = FailureLimit(cfg.study.max_failures)
     started = time.perf_counter()
     deadline = None if cfg.study.timeout is None else started + cfg.study.timeout
@@ -231,35 +213,9 @@ def optimize_arms(composed: Composed, arms: list[tuple[Any, optuna.Study]]) -> i
     with stop:
         try:
             while not stop() and not failures.tripped:
-                if deadline is not None and time.perf_counter() >= deadline:
-                    log.info("study.timeout of %ss reached: stopping cleanly", cfg.study.timeout)
+                if _budget_spent(cfg, arms, deadline):
                     break
-                if cfg.study.max_train_steps is not None:
-                    spent = sum(study_totals(study)["optimizer_steps"] for _, study in arms)
-                    if spent >= cfg.study.max_train_steps:
-                        log.info("compute budget reached: %d optimizer steps spent (study.max_train_steps=%d): "
-                                 "stopping cleanly", spent, cfg.study.max_train_steps)
-                        break
-                open_arms = []
-                for runner in runners:
-                    arm, study = runner[0], runner[1]
-                    optuna.storages.fail_stale_trials(study)
-                    for number in fail_dead_workers(study, cfg.storage.max_retry):
-                        log.warning("trial %d: its worker is gone; marked FAIL and re-queued", number)
-                    counts = trial_counts(study)
-                    if finished(counts) >= arm.n_trials or arm.name in exhausted:
-                        continue
-                    if cfg.sampler.name == "grid" and grid_exhausted(study, arm.space, counts[TrialState.WAITING]):
-                        exhausted.add(arm.name)
-                        log.info("grid exhausted: all %d configurations ran; %s", len(grid_points(arm.space)),
-                                 f"study.n_trials={arm.n_trials} is more than the grid" if len(arms) == 1 else
-                                 f"{arm.name}'s {arm.n_trials} trials are more than its grid")
-                        continue
-                    under_way = finished(counts) + counts[TrialState.RUNNING]
-                    if counts[TrialState.WAITING] or under_way < arm.n_trials:
-                        open_arms.append((under_way, len(open_arms), runner))
-                    else:
-                        open_arms.append((None, len(open_arms), runner))  # all its work runs elsewhere
+                open_arms = _open_arms(cfg, runners, exhausted)
                 if not open_arms:
                     break
                 startable = [item for item in open_arms if item[0] is not None]
@@ -304,6 +260,74 @@ def optimize_arms(composed: Composed, arms: list[tuple[Any, optuna.Study]]) -> i
     return 0
 
 
+def _finished(counts: dict[TrialState, int]) -> int:
+    return counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
+
+
+def _runners(cfg: Config, arms: list[tuple[Any, optuna.Study]], stop: StopRequest
+             ) -> list[tuple[Any, optuna.Study, Any, ProgressCallback]]:
+    """(arm, study, objective, progress) for each arm; each arm checkpoints in its own folder."""
+    from llm_doe.artifacts import artifact_store
+    from llm_doe.objective import Objective
+
+    store = artifact_store(cfg.storage.artifacts_dir)
+    checkpoints = Path(cfg.storage.checkpoints_dir) if cfg.runtime.checkpoint else None
+    runners = []
+    for arm, study in arms:
+        folder = None if checkpoints is None else checkpoints if len(arms) == 1 else checkpoints / _slug(arm.name)
+        objective = Objective(arm.config, arm.space, store, progress=cfg.runtime.progress, checkpoints_dir=folder,
+                              should_stop=stop, n_trials=arm.n_trials, storage_retry_s=cfg.storage.retry_seconds)
+        runners.append((arm, study, objective, ProgressCallback(study, arm.n_trials, cfg.study.metric,
+                                                                cfg.runtime.progress and len(arms) == 1)))
+    return runners
+
+
+def _budget_spent(cfg: Config, arms: list[tuple[Any, optuna.Study]], deadline: float | None) -> bool:
+    """Whether ``study.timeout`` or ``study.max_train_steps`` says to stop (logged once, here)."""
+    from llm_doe.study import study_totals
+
+    if deadline is not None and time.perf_counter() >= deadline:
+        log.info("study.timeout of %ss reached: stopping cleanly", cfg.study.timeout)
+        return True
+    if cfg.study.max_train_steps is not None:
+        spent = sum(study_totals(study)["optimizer_steps"] for _, study in arms)
+        if spent >= cfg.study.max_train_steps:
+            log.info("compute budget reached: %d optimizer steps spent (study.max_train_steps=%d): "
+                     "stopping cleanly", spent, cfg.study.max_train_steps)
+            return True
+    return False
+
+
+def _open_arms(cfg: Config, runners: list[Any], exhausted: set[str]) -> list[tuple[int | None, int, Any]]:
+    """The arms with trials left, as (trials finished or under way, position, runner); None
+    for an arm whose remaining work all runs elsewhere. Stale trials and those of dead workers
+    are failed and re-queued first; an exhausted grid arm is added to ``exhausted``."""
+    from llm_doe.liveness import fail_dead_workers
+    from llm_doe.study import grid_points, trial_counts
+
+    open_arms: list[tuple[int | None, int, Any]] = []
+    for runner in runners:
+        arm, study = runner[0], runner[1]
+        optuna.storages.fail_stale_trials(study)
+        for number in fail_dead_workers(study, cfg.storage.max_retry):
+            log.warning("trial %d: its worker is gone; marked FAIL and re-queued", number)
+        counts = trial_counts(study)
+        if _finished(counts) >= arm.n_trials or arm.name in exhausted:
+            continue
+        if cfg.sampler.name == "grid" and grid_exhausted(study, arm.space, counts[TrialState.WAITING]):
+            exhausted.add(arm.name)
+            log.info("grid exhausted: all %d configurations ran; %s", len(grid_points(arm.space)),
+                     f"study.n_trials={arm.n_trials} is more than the grid" if len(runners) == 1 else
+                     f"{arm.name}'s {arm.n_trials} trials are more than its grid")
+            continue
+        under_way = _finished(counts) + counts[TrialState.RUNNING]
+        if counts[TrialState.WAITING] or under_way < arm.n_trials:
+            open_arms.append((under_way, len(open_arms), runner))
+        else:
+            open_arms.append((None, len(open_arms), runner))  # all its work runs elsewhere
+    return open_arms
+
+
 def grid_exhausted(study: optuna.Study, space: Any, waiting: int) -> bool:
     """sampler=grid: whether every configuration ran, runs or waits to run (no trial to start).
 
@@ -326,7 +350,7 @@ def _unverifiable(runners: list[Any]) -> bool:
     """A worker with nothing to start, on a store without heartbeats, does not wait for trials
     whose worker runs on another host: it cannot tell whether that worker is alive. One line
     says which trials, whose, and how to clear them; True if it should stop."""
-    from llm_doe.study import unverifiable_trials
+    from llm_doe.liveness import unverifiable_trials
 
     blocked = [trial for runner in runners for trial in unverifiable_trials(runner[1])]
     if not blocked:

@@ -286,8 +286,19 @@ def _check(ok: bool, key: str, message: str) -> None:
 
 
 def validate(cfg: Config) -> None:
-    """Check what the types cannot: ranges and choices. Raises ConfigError."""
-    m, d, t, s = cfg.model, cfg.data, cfg.train, cfg.study
+    """Check what the types cannot: ranges and choices. Raises ConfigError (the first
+    failing check, in the order of the sections below)."""
+    _validate_task_and_model(cfg)
+    _validate_data(cfg)
+    _validate_train(cfg)
+    _validate_peft(cfg)
+    _validate_search(cfg)
+    _validate_runtime(cfg)
+
+
+def _validate_task_and_model(cfg: Config) -> None:
+    """task.* and model.*."""
+    m = cfg.model
     _check(cfg.task.name in TASK_METRICS, "task.name", f"must be one of {'|'.join(TASK_METRICS)}, got "
                                                        f"{cfg.task.name!r}")
     _check(m.kind in ("pretrained", "tiny", "tiny_llama"), "model.kind",
@@ -304,6 +315,10 @@ def validate(cfg: Config) -> None:
         _check(getattr(m, key) >= 1, f"model.{key}", "must be >= 1")
     _check(m.hidden_size % m.num_heads == 0, "model.hidden_size", "must be a multiple of model.num_heads")
 
+
+def _validate_data(cfg: Config) -> None:
+    """data.*: the source the task reads, sizes, seeds, labels."""
+    d = cfg.data
     sources = CHAT_SOURCES if cfg.task.name == "causal_lm" else TEXT_SOURCES
     _check(d.source in sources, "data.source", f"task={cfg.task.name} reads data={'|'.join(sources)}, got "
                                                f"{d.source!r}")
@@ -333,6 +348,10 @@ def validate(cfg: Config) -> None:
             unknown = sorted(str(k) for k in d.label_names if str(k) not in {str(v) for v in d.labels})
             _check(not unknown, "data.label_names", f"key(s) {unknown} are not in data.labels {list(d.labels)}")
 
+
+def _validate_train(cfg: Config) -> None:
+    """train.*."""
+    t = cfg.train
     _check(t.learning_rate > 0, "train.learning_rate", f"must be > 0, got {t.learning_rate}")
     _check(t.batch_size >= 1, "train.batch_size", f"must be >= 1, got {t.batch_size}")
     _check(t.eval_batch_size >= 1, "train.eval_batch_size", f"must be >= 1, got {t.eval_batch_size}")
@@ -351,6 +370,9 @@ def validate(cfg: Config) -> None:
     _check(mb is None or mb == "auto" or (isinstance(mb, int) and not isinstance(mb, bool) and 1 <= mb <= t.batch_size),
            "train.micro_batch_size", f"must be null, auto or an integer in [1, train.batch_size], got {mb!r}")
 
+
+def _validate_peft(cfg: Config) -> None:
+    """peft.*."""
     p = cfg.peft
     _check(p.method in PEFT_METHODS, "peft.method", f"must be one of {'|'.join(PEFT_METHODS)}, got {p.method!r}")
     _check(p.r >= 1, "peft.r", f"must be >= 1, got {p.r}")
@@ -362,10 +384,13 @@ def validate(cfg: Config) -> None:
     _check(isinstance(p.target_modules, (str, list)) and bool(p.target_modules), "peft.target_modules",
            "must be attention, attention_mlp, all_linear or a non-empty list of module names")
 
+
+def _validate_search(cfg: Config) -> None:
+    """sampler.*, pruner.* and study.*: what the search optimises and how long."""
+    s = cfg.study
     _check(cfg.sampler.name in SAMPLERS, "sampler.name", f"must be one of {'|'.join(SAMPLERS)}, got {cfg.sampler.name!r}")
     _check(cfg.pruner.name in PRUNERS, "pruner.name", f"must be one of {'|'.join(PRUNERS)}, got {cfg.pruner.name!r}")
     _check(0 < cfg.pruner.percentile < 100, "pruner.percentile", "must be in (0, 100)")
-
     _check(bool(s.name), "study.name", "must not be empty (pick a study with +study=NAME)")
     _check(s.n_trials >= 1, "study.n_trials", f"must be >= 1, got {s.n_trials}")
     metrics = TASK_METRICS[cfg.task.name]
@@ -380,6 +405,9 @@ def validate(cfg: Config) -> None:
         _check(s.max_train_steps >= 1, "study.max_train_steps", "must be >= 1 or null")
     _check(s.scientific_points >= 2, "study.scientific_points", "must be >= 2")
 
+
+def _validate_runtime(cfg: Config) -> None:
+    """runtime.*, workers, storage.*, confirm.* and final.*: where and how runs go."""
     _check(cfg.runtime.device in ("auto", "cpu", "cuda") or cfg.runtime.device.startswith("cuda:"),
            "runtime.device", f"must be auto, cpu or cuda[:N], got {cfg.runtime.device!r}")
     if cfg.runtime.num_threads is not None:

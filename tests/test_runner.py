@@ -4,8 +4,6 @@ parallel samplers never replay a stream, and a dead worker never hangs a journal
 from __future__ import annotations
 
 import math
-import os
-import platform
 import signal
 import subprocess
 import sys
@@ -18,6 +16,7 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
+import llm_doe.liveness
 import llm_doe.study
 from llm_doe.schema import SamplerConfig
 from llm_doe.study import make_sampler
@@ -156,35 +155,12 @@ def test_a_resumed_study_draws_new_learning_rates(search, tmp_path, sampler):
     assert len(rates) == 4 and len(set(rates)) == 4, rates
 
 
-def test_worker_alive_tells_dead_and_reused_pids_on_this_host(tmp_path):
-    from llm_doe.study import worker_alive, worker_attrs
-
-    study = optuna.create_study(storage=f"sqlite:///{tmp_path}/w.db", study_name="w")
-    host = platform.node()
-    child = subprocess.Popen([sys.executable, "-c", "pass"])
-    child.wait()
-
-    def trial_with(attrs: dict) -> optuna.trial.FrozenTrial:
-        trial = study.ask()
-        for key, value in attrs.items():
-            trial.set_user_attr(key, value)
-        return study.trials[trial.number]
-
-    me = worker_attrs()
-    assert me["worker"] == f"{host}:{os.getpid()}" and isinstance(me["worker_started"], int)
-    assert worker_alive(trial_with(me)) is True
-    assert worker_alive(trial_with({**me, "worker_started": me["worker_started"] - 1})) is False  # pid reused
-    assert worker_alive(trial_with({"worker": f"{host}:{child.pid}"})) is False
-    assert worker_alive(trial_with({"worker": f"elsewhere.{host}:{os.getpid()}"})) is None
-    assert worker_alive(trial_with({})) is None
-
-
 def _journal(path: Path) -> JournalStorage:
     return JournalStorage(JournalFileBackend(str(path)))
 
 
 def test_a_trial_running_on_another_host_does_not_hang_a_journal_study(search, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(llm_doe.study, "STARTING_S", 0.0)  # the foreign trial has long recorded its worker
+    monkeypatch.setattr(llm_doe.liveness, "STARTING_S", 0.0)  # the foreign trial has long recorded its worker
     journal = tmp_path / "j.journal"
     store = ["storage=journal", f"storage.journal_path={journal}"]
     assert search(*store, "study.n_trials=1") == 0

@@ -1,0 +1,82 @@
+"""What makes two runs the same experiment: experiment_diffs and check_same_experiment on
+configs composed as the commands compose them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from omegaconf import OmegaConf
+from optuna.study import StudyDirection
+
+from llm_doe.cli import Composed, compose_config
+from llm_doe.experiment import check_same_experiment, experiment_diffs, flatten, scientific_values
+from llm_doe.schema import ConfigError
+
+SMOKE = ["+study=smoke", "model=tiny"]
+DEFAULTS = compose_config(SMOKE).config
+MAX_LENGTH, WEIGHT_DECAY = DEFAULTS.data.max_length, DEFAULTS.train.weight_decay
+
+
+@dataclass
+class Stored:
+    """A stored study as the check reads it (an ``optuna.Study`` or a ``StudySummary``)."""
+
+    study_name: str
+    user_attrs: dict[str, Any]
+    directions: list[Any] = field(default_factory=lambda: [StudyDirection.MINIMIZE])
+
+
+def stored(composed: Composed, **attrs: Any) -> Stored:
+    """``composed`` as the search records it: its resolved config and metric (and ``attrs``)."""
+    config = OmegaConf.to_container(composed.dict_config, resolve=True)
+    return Stored("smoke", {"config": config, "metric": composed.config.study.metric, **attrs})
+
+
+@pytest.fixture(scope="module")
+def smoke() -> Stored:
+    return stored(compose_config(SMOKE), space={"train.learning_rate": "(recorded distribution)"})
+
+
+def test_the_same_config_and_runtime_settings_are_the_same_experiment(smoke):
+    again = compose_config([*SMOKE, "workers=2", "runtime.device=cpu", "train.eval_batch_size=8", "sampler.seed=9",
+                            "study.n_trials=7", "train.learning_rate=1e-3"])  # the last is the searched parameter
+    assert experiment_diffs(again.dict_config, again.config, smoke) == []
+    check_same_experiment(again.dict_config, again.config, smoke, hint="fine")
+
+
+def test_changed_settings_are_listed_metric_first(smoke):
+    other = compose_config([*SMOKE, "train.weight_decay=0.05", "data.max_length=32", "study.metric=accuracy"])
+    diffs = experiment_diffs(other.dict_config, other.config, smoke)
+    assert diffs[:2] == [("study.metric", "accuracy", "val_loss"), ("study.direction", "maximize", "minimize")]
+    assert sorted(diffs[2:]) == [("data.max_length", 32, MAX_LENGTH), ("train.weight_decay", 0.05, WEIGHT_DECAY)]
+    assert experiment_diffs(other.dict_config, other.config, smoke, frozenset({"data.max_length"}))[2:] == \
+        [d for d in diffs[2:] if d[0] != "data.max_length"]
+    with pytest.raises(ConfigError, match=r"study.metric: is 'accuracy' here but 'val_loss' in study 'smoke' "
+                                          r"\(and 3 more: study.direction, .*\): use another name"):
+        check_same_experiment(other.dict_config, other.config, smoke, hint="use another name")
+
+
+def test_a_changed_space_is_refused_naming_the_parameters(smoke):
+    recorded = Stored("smoke", {**smoke.user_attrs, "space": {"train.learning_rate": "a", "train.seed": "b"}})
+    composed = compose_config(SMOKE)
+    with pytest.raises(ConfigError, match=r"study.space: differs .* \(in train.learning_rate, train.seed\): hint"):
+        check_same_experiment(composed.dict_config, composed.config, recorded, hint="hint",
+                              space={"train.learning_rate": "other"})
+
+
+def test_a_sub_studys_scientific_values_and_keys_one_side_lacks_are_not_compared(smoke):
+    config = {k: dict(v) if isinstance(v, dict) else v for k, v in smoke.user_attrs["config"].items()}
+    del config["peft"]  # written by an older version
+    config["train"] = {**config["train"], "weight_decay": 0.1}
+    recorded = Stored("smoke", {**smoke.user_attrs, "config": config,
+                                "design": {"scientific": {"train.weight_decay": 0.1}}})
+    other = compose_config([*SMOKE, "train.weight_decay=0.0", "peft.method=lora"])
+    assert experiment_diffs(other.dict_config, other.config, recorded) == []
+
+
+def test_flatten_and_scientific_values():
+    assert flatten({"train": {"lr": 1, "opt": {"beta": 2}}, "x": 3}) == {"train.lr": 1, "train.opt.beta": 2, "x": 3}
+    assert scientific_values({"design": {"scientific": {"train.lr": 1}}}) == {"train.lr": 1}
+    assert scientific_values({}) == scientific_values({"design": "odd"}) == {}

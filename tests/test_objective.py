@@ -1,0 +1,61 @@
+"""The Optuna objective on its own: one trial of the tiny model on a real SQLite study, driven by
+``study.optimize`` as a worker drives it; what the trial records. (The whole search, workers and
+resumes included, is tested end to end in test_search and test_runner.)"""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+import torch
+
+from llm_doe.artifacts import artifact_store
+from llm_doe.cli import compose_config
+from llm_doe.finetune.loop import Diverged
+from llm_doe.objective import Objective, TrialFailed
+from llm_doe.space import build_space
+from tests.conftest import TINY, quiet_optuna, store_args
+
+
+@pytest.fixture
+def objective(tmp_path):
+    quiet_optuna()
+    composed = compose_config(["+study=smoke", *TINY, *store_args(tmp_path)])
+    space = build_space(composed.config.study.space)
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path}/t.db", study_name="t")
+    return study, Objective(composed.dict_config, space, artifact_store(tmp_path / "art"), n_trials=1)
+
+
+def test_a_trial_records_its_value_metrics_config_and_worker(objective):
+    study, run = objective
+    study.optimize(run, n_trials=1)
+    trial = study.trials[0]
+    assert trial.state == optuna.trial.TrialState.COMPLETE
+    attrs = trial.user_attrs
+    assert trial.value == attrs["val_loss"]  # the study's metric at the best evaluation
+    assert {"accuracy", "f1", "roc_auc", "best_step", "stop_reason", "duration_s", "worker"} <= set(attrs)
+    assert attrs["stop_reason"] == "completed" and len(trial.intermediate_values) == 2  # evals_per_epoch=2
+    # the sampled value and the rest of the trial's own config, one attribute per key
+    assert attrs["config.train.learning_rate"] == trial.params["train.learning_rate"]
+    assert attrs["config.model.kind"] == "tiny" and attrs["config.data.labels"] == str(["negative", "positive"])
+    assert not any(k.startswith(("config.storage", "config.sampler")) for k in attrs)  # recorded on the study
+
+
+def test_a_trial_beyond_the_study_total_is_surplus_and_does_not_run(objective):
+    study, run = objective
+    study.enqueue_trial({"train.learning_rate": 1e-3})
+    study.ask()  # another worker's trial, still running: it covers the total of 1
+    study.optimize(run, n_trials=1, catch=(TrialFailed,))
+    surplus = study.trials[-1]
+    assert surplus.state == optuna.trial.TrialState.FAIL and surplus.user_attrs["surplus"] is True
+    assert surplus.user_attrs["fail_reason"] == "surplus: 1 trials were already running or done"
+    assert "val_loss" not in surplus.user_attrs
+
+
+@pytest.mark.parametrize(("error", "reason"), [
+    (Diverged("non-finite loss at step 7"), "diverged: non-finite loss at step 7"),
+    (torch.OutOfMemoryError("CUDA out of memory.\nTried to allocate"), "out of memory: CUDA out of memory."),
+    (ValueError("bad\nsecond line"), "ValueError: bad"),
+    (RuntimeError(), "RuntimeError"),
+])
+def test_fail_reasons_are_one_line(error, reason):
+    assert Objective._fail_reason(error) == reason
