@@ -39,6 +39,9 @@ class Toy(Task):
     def evaluator(self, data, model):
         raise NotImplementedError
 
+    def card(self, data_cfg, prepared, sizes, payload):
+        raise NotImplementedError
+
 
 def test_a_task_missing_a_method_cannot_be_built():
     class Half(Task):
@@ -55,6 +58,8 @@ def test_defaults_no_files_no_export_settings_and_directions_from_metrics(tmp_pa
     assert toy.write_artifacts({"anything": 1}, tmp_path, "trial 0", "at best eval") == []
     assert not any(tmp_path.iterdir())
     assert toy.prepare_export(object(), None) is None
+    payload = {"probs": [0.5]}
+    assert toy.finish(object(), None, 0, None, payload) is payload  # no after-training extras by default
     assert toy.maximized("exact_match") and not toy.maximized("val_loss")
 
 
