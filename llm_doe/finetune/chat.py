@@ -187,6 +187,7 @@ class ChatEncoded:
     lengths: np.ndarray
     dropped: int = 0  # conversations whose answer was cut off entirely by max_length
     conversations: list[Conversation] = field(default_factory=list)  # the encoded ones, in order
+    tokenizer: Any = field(default=None, repr=False)  # what encoded them (sample generations decode with it)
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -255,7 +256,7 @@ def encode_chat(conversations: list[Conversation], tokenizer: Any, max_length: i
         log.warning("%d of %d conversations dropped: their answer starts after data.max_length=%d tokens",
                     dropped, len(conversations), max_length)
     lengths = np.fromiter((len(x) for x in ids_out), dtype=np.int64, count=len(ids_out))
-    return ChatEncoded(ids_out, labels_out, lengths, dropped, kept)
+    return ChatEncoded(ids_out, labels_out, lengths, dropped, kept, tokenizer)
 
 
 def prompt_and_reference(tokenizer: Any, conversation: Conversation) -> tuple[str, str]:

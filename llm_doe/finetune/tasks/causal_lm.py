@@ -98,11 +98,9 @@ class CausalLMTask(Task):
 
     name = "causal_lm"
     metrics = TASK_METRICS["causal_lm"]
-    tokenizer: Any = None  # set by prepare(): sample generations decode with it
 
     def prepare(self, model_cfg: ModelConfig, data_cfg: DataConfig) -> Prepared:
         tokenizer, key = load_tokenizer(model_cfg)
-        self.tokenizer = tokenizer
         splits = chat_splits(data_cfg)
         cache = (_data_key(data_cfg), key, data_cfg.max_length, self.cfg.loss_on)
         if cache not in _ENCODED:
@@ -154,19 +152,20 @@ class CausalLMTask(Task):
         ``data`` (the same prompts in every trial), at most ``task.sample_max_new_tokens`` each:
         one bounded sample per run, whatever the number of evaluations."""
         count = min(self.cfg.sample_prompts, len(data.conversations))
-        if count == 0 or self.tokenizer is None:
+        tokenizer = data.tokenizer  # the one that encoded data (a cached task serves several models)
+        if count == 0 or tokenizer is None:
             return payload
         was_training = model.training
         model.eval()
         rows = []
         for conversation in data.conversations[:count]:
-            prompt, reference = prompt_and_reference(self.tokenizer, conversation)
-            encoded = self.tokenizer(prompt, add_special_tokens=False, return_tensors="pt")
+            prompt, reference = prompt_and_reference(tokenizer, conversation)
+            encoded = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")
             inputs = {k: encoded[k].to(rt.device) for k in ("input_ids", "attention_mask")}
             with rt.autocast():
                 out = model.generate(**inputs, max_new_tokens=self.cfg.sample_max_new_tokens, do_sample=False,
                                      pad_token_id=pad_id, temperature=None, top_p=None, top_k=None)
-            answer = self.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+            answer = tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
             question = next(m["content"] for m in reversed(conversation[:-1]) if m["role"] == "user")
             rows.append({"prompt": question, "reference": reference, "generated": answer.strip()})
         model.train(was_training)

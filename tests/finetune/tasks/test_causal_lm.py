@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import html
 import io
 import json
@@ -182,3 +183,17 @@ def test_prompt_tuning_trains_and_final_refuses_what_cannot_merge(tmp_path, caps
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("llm_doe: error: peft.method: is 'prompt' in trial 0")
     assert not (tmp_path / "out").exists()
+
+
+def test_generations_decode_with_the_tokenizer_that_encoded_the_data(prepared):
+    """One cached task serves every model of its config: a second model with another tokenizer
+    must not change how the first one's prompts are encoded and its answers decoded."""
+    task, data = prepared
+    other = dataclasses.replace(TINY_LLAMA, tokenizer="sentence-transformers/all-MiniLM-L6-v2")
+    task.prepare(other, CHAT)  # the same task instance, another tokenizer
+    assert data.val.tokenizer is data.tokenizer
+    model = data.factory.build(0, None)
+    payload = task.finish(model, data.val, data.pad_id, CPU, {})
+    prompts = [r["prompt"] for r in payload["generations"]]
+    assert prompts == [next(m["content"] for m in reversed(c[:-1]) if m["role"] == "user")
+                       for c in data.val.conversations[:4]]
