@@ -132,15 +132,17 @@ def test_interrupted_study_resumes_to_exactly_n_trials(tmp_path):
             "data.train_size=400", "train.evals_per_epoch=4"]
     proc = subprocess.Popen([sys.executable, "-m", "llm_doe.search", *args], cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # Interrupt mid-trial: two trials done and a third one that has reported its first evaluation.
+    # (Right after a trial completes the next one may not have started; a Ctrl-C then interrupts no trial.)
     deadline = time.time() + 240
-    finished = 0
     while time.time() < deadline and proc.poll() is None:
-        time.sleep(0.3)
+        time.sleep(0.2)
         try:
-            finished = len(load(tmp_path).get_trials(states=(TrialState.COMPLETE,)))
+            trials = load(tmp_path).trials
         except Exception:  # the store may not exist yet
             continue
-        if finished >= 2:
+        finished = sum(t.state == TrialState.COMPLETE for t in trials)
+        if finished >= 2 and any(t.state == TrialState.RUNNING and t.intermediate_values for t in trials):
             break
     assert proc.poll() is None, "the study ended before it could be interrupted"
     proc.send_signal(signal.SIGINT)
@@ -171,8 +173,8 @@ def test_interrupted_study_resumes_to_exactly_n_trials(tmp_path):
     origin = interrupted[0]
     retry = next(t for t in study.trials if t.system_attrs.get("failed_trial") == origin.number)
     assert retry.state == TrialState.COMPLETE
-    if origin.intermediate_values:
-        assert retry.user_attrs["resumed_from_step"] == len(origin.intermediate_values)
+    assert origin.intermediate_values
+    assert retry.user_attrs["resumed_from_step"] == len(origin.intermediate_values)
 
 
 def _files(folder) -> dict[str, str]:
