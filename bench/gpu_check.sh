@@ -131,7 +131,8 @@ cleanup; SMI_PID=""
 
 # ---------------------------------------------------------------------------- the report
 say "report"
-WORK="$WORK" PEAK_TFLOPS="$PEAK_TFLOPS" STUDY_WALL="$STUDY_WALL" OUT="$OUT" "$PY" - "${OVERRIDES[@]}" <<'PY'
+# A report that finds nothing to report must not stop the script before the SFT part (set -e).
+WORK="$WORK" PEAK_TFLOPS="$PEAK_TFLOPS" STUDY_WALL="$STUDY_WALL" OUT="$OUT" "$PY" - "${OVERRIDES[@]}" <<'PY' || echo "report exited with $?"
 import json, os, statistics, sys
 import optuna
 sys.path.insert(0, "bench")
@@ -232,7 +233,7 @@ print('\n'.join(store_overrides(Path('$WORK'), 'gpu_check_sft')))")
                    "study.timeout=$SFT_TIMEOUT" "${SFT_STORE[@]}")
     SFT_START=$SECONDS
     timeout --signal=INT $((SFT_TIMEOUT + 90)) "$PY" -m llm_doe.search "${SFT_OVERRIDES[@]}" || echo "SFT study exited with $?"
-    PEAK_TFLOPS="$PEAK_TFLOPS" STUDY_WALL="$((SECONDS - SFT_START))" OUT="$OUT" "$PY" - "${SFT_OVERRIDES[@]}" <<'PY'
+    PEAK_TFLOPS="$PEAK_TFLOPS" STUDY_WALL="$((SECONDS - SFT_START))" OUT="$OUT" "$PY" - "${SFT_OVERRIDES[@]}" <<'PY' || echo "SFT report exited with $?"
 import json, os, statistics, sys
 import optuna
 from llm_doe.cli import compose_config

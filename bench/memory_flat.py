@@ -44,8 +44,8 @@ def parse_args() -> argparse.Namespace:
                    help="tiny: +study=smoke; minilm: +study=lr_sweep; tiny_llama: +study=sft_smoke (LoRA); "
                         "smollm2: +study=lora_sft (LoRA trials on SmolLM2-135M, each a new adapter)")
     p.add_argument("--n-trials", type=int, default=20)
-    p.add_argument("--train-size", type=int, default=None, help="default: 200 (tiny: smoke's), 200 (minilm)")
-    p.add_argument("--val-size", type=int, default=None, help="default: 100")
+    p.add_argument("--train-size", type=int, default=None, help="default: 200 (smollm2: 32)")
+    p.add_argument("--val-size", type=int, default=None, help="default: 100 (smollm2: 16)")
     p.add_argument("--pruner", default=None, help="default: the study's (median); none = every trial runs fully")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="auto", help="runtime.device (auto = cuda if present)")
@@ -67,11 +67,12 @@ def main() -> int:
     study_name = {"tiny": "smoke", "minilm": "lr_sweep", "tiny_llama": "sft_smoke", "smollm2": "lora_sft"}[args.model]
     overrides = [f"+study={study_name}", f"study.n_trials={args.n_trials}", f"runtime.num_threads={args.threads}",
                  f"runtime.device={args.device}", "runtime.progress=false",
-                 f"data.train_size={args.train_size or 200}", f"data.val_size={args.val_size or 100}"]
+                 f"data.train_size={args.train_size or (32 if args.model == 'smollm2' else 200)}",
+                 f"data.val_size={args.val_size or (16 if args.model == 'smollm2' else 100)}"]
     if args.model in ("minilm", "smollm2"):
         overrides += ["train.num_epochs=1", "train.evals_per_epoch=2"]
     if args.model == "smollm2":  # a short trial: the figure is memory growth across trials, not quality
-        overrides += ["data.max_length=96", "task.sample_prompts=2", "task.sample_max_new_tokens=8"]
+        overrides += ["data.max_length=64", "task.sample_prompts=2", "task.sample_max_new_tokens=8"]
     if args.pruner:
         overrides.append(f"pruner={args.pruner}")
     overrides += args.extra

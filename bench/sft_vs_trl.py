@@ -64,7 +64,11 @@ LR = 2e-4
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--mode", choices=("defaults", "matched", "both"), default="both")
+    p.add_argument("--mode", choices=("defaults", "matched", "both"), default="both",
+                   help="both = matched first, then defaults")
+    p.add_argument("--trl-fp32", action="store_true",
+                   help="defaults mode: TRL with bf16=False (on a CPU without native bf16, TRL's default bf16=True "
+                        "autocast is emulated and many times slower; a user there would turn it off)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=2, help="torch threads, both sides (default 2)")
     p.add_argument("--train-size", type=int, default=128)
@@ -131,6 +135,8 @@ class TRLSide:
             use_cpu=True, disable_tqdm=True, seed=self.cfg.train.seed, max_length=self.args.max_length,
             logging_strategy="no", dataloader_num_workers=0,
         )
+        if self.args.trl_fp32:
+            kw.update(bf16=False)
         if self.matched:
             kw.update(bf16=False, gradient_checkpointing=False, per_device_eval_batch_size=self.cfg.train.eval_batch_size,
                       warmup_steps=self.cfg.train.warmup_ratio, weight_decay=self.cfg.train.weight_decay,
@@ -169,7 +175,8 @@ class TRLSide:
         start = time.perf_counter()
         torch.manual_seed(self.cfg.train.seed)
         model = copy.deepcopy(self.template)
-        trainer = TimedSFTTrainer(model=model, args=self.config(repeat), train_dataset=train_ds, eval_dataset=val_ds,
+        sft_config = self.config(repeat)
+        trainer = TimedSFTTrainer(model=model, args=sft_config, train_dataset=train_ds, eval_dataset=val_ds,
                                   processing_class=self.tokenizer, peft_config=lora, callbacks=[Timer()])
         if self.processed is None:
             self.processed = (trainer.train_dataset, trainer.eval_dataset)
@@ -182,7 +189,7 @@ class TRLSide:
         evals = [h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h]
         del trainer, model
         gc.collect()
-        return {"side": "TRL", "prec": "bf16" if not self.matched else "fp32", "train tok/s": tokens / train_s,
+        return {"side": "TRL", "prec": "bf16" if sft_config.bf16 else "fp32", "train tok/s": tokens / train_s,
                 "train s": train_s, "eval s": eval_s, "evals": len(evals), "trial s": wall,
                 "overhead s": wall - train_s - eval_s, "steps": timing["steps"], "val loss": evals[-1] if evals else None,
                 "train loss": out.training_loss}
@@ -217,8 +224,7 @@ COLUMNS = ["side", "repeat", "prec", "train tok/s", "train s", "eval s", "evals"
 
 
 def compare(args: argparse.Namespace, matched: bool, workdir: Path) -> list[tuple[str, str, str, bool]]:
-    label = "matched (both fp32, same eval batch/warmup/loss tokens, no gradient checkpointing)" if matched \
-        else "each side's defaults"
+    label = "matched" if matched else "defaults" + (" (TRL bf16=False)" if args.trl_fp32 else "")
     print(f"\n=== {label} ===")
     cfg, overrides = compose(args, matched)
     trl_side = TRLSide(args, cfg, workdir, matched)
@@ -283,7 +289,7 @@ def main() -> int:
           f"{args.batch_size}, max length {args.max_length}, 1 epoch, {args.evals} evals, LoRA r={args.rank} "
           f"alpha={2 * args.rank} dropout 0.05 on q/k/v/o, lr {LR}, {args.repeats} repeats")
     verdicts = []
-    modes = ["defaults", "matched"] if args.mode == "both" else [args.mode]
+    modes = ["matched", "defaults"] if args.mode == "both" else [args.mode]
     for mode in modes:
         verdicts += compare(args, mode == "matched", workdir)
     print("\ntargets (ratios within each repeat; median [min-max] over repeats; verdict on the median)")
