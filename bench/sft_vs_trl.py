@@ -34,7 +34,8 @@ Per trial:
   train tok/s   real (non-pad) tokens through the model in training / training time
                 (evaluation excluded). TRL: the tokens of its processed dataset (one epoch);
                 ours: the ``train_tokens_per_second`` attribute.
-  eval s        time in the validation passes (ours: plus its sample generations)
+  eval s        time in the validation passes (ours: plus its sample generations, which
+                ``gen s`` gives apart: the ``finish_time_s`` attribute)
   trial s       the whole trial: TRL from the model copy to the end of ``train()``; ours
                 Optuna's trial duration
   overhead s    trial s - train s - eval s (target for ours <= 0.2 s)
@@ -214,12 +215,13 @@ class OursSide:
         wall = (trial.datetime_complete - trial.datetime_start).total_seconds()
         train_s, eval_s = ua["train_time_s"], ua["eval_time_s"]
         return {"side": "llm_doe", "prec": ua.get("precision", "fp32"), "train tok/s": ua["train_tokens_per_second"],
-                "train s": train_s, "eval s": eval_s, "evals": len(trial.intermediate_values), "trial s": wall,
+                "train s": train_s, "eval s": eval_s, "gen s": ua.get("finish_time_s"),
+                "evals": len(trial.intermediate_values), "trial s": wall,
                 "overhead s": wall - train_s - eval_s, "steps": ua["optimizer_steps"], "val loss": trial.value,
                 "train loss": ua.get("train_loss")}
 
 
-COLUMNS = ["side", "repeat", "prec", "train tok/s", "train s", "eval s", "evals", "trial s", "overhead s", "steps",
+COLUMNS = ["side", "repeat", "prec", "train tok/s", "train s", "eval s", "gen s", "evals", "trial s", "overhead s", "steps",
            "val loss", "others %"]
 
 

@@ -244,6 +244,7 @@ class _Run:
             self.rng.bit_generator.state = self.st.epoch_rng
         self.running = torch.tensor(self.st.running_sum, device=rt.device)
         self.first_step_at: float | None = None
+        self.finish_time = 0.0  # the task's after-training extras (sample generations), in eval_time too
         self.t_train = time.perf_counter()
 
     def execute(self) -> TrainResult:
@@ -280,7 +281,8 @@ class _Run:
                                                     self.st.best_payload)
         except Exception as err:  # noqa: BLE001 - an extra, not the result: keep the metrics
             log.warning("skipped the task's after-training extras (%s: %s)", type(err).__name__, err)
-        self.st.eval_time += time.perf_counter() - t_eval
+        self.finish_time = time.perf_counter() - t_eval
+        self.st.eval_time += self.finish_time
 
     def _epoch(self, epoch: int, bar: Any) -> str:
         st = self.st
@@ -424,6 +426,7 @@ class _Run:
             "time_to_first_step_s": (self.first_step_at - self.started_at) if self.first_step_at else float("nan"),
             "train_time_s": st.train_time,
             "eval_time_s": st.eval_time,
+            "finish_time_s": self.finish_time,  # of eval_time_s: the task's extras after training (generations)
             "optimizer_steps": st.step,
             "examples_seen": st.examples,
             "train_tokens_per_second": st.tokens / st.train_time if st.train_time > 0 else 0.0,

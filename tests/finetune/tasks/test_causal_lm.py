@@ -86,6 +86,7 @@ def test_sft_smoke_trials_record_loss_perplexity_and_sizes(tmp_path):
         assert attrs["perplexity"] == pytest.approx(math.exp(attrs["val_loss"]))
         assert 0 < attrs["trainable_params"] < attrs["total_params"]
         assert attrs["train_tokens_per_second"] > 0
+        assert 0 < attrs["finish_time_s"] < attrs["eval_time_s"]  # the generations' time, counted in eval time
         assert attrs["config.peft.method"] == "lora" and "accuracy" not in attrs
         assert sorted(trial.intermediate_values) == [1, 2]
         metas = {m.filename: m for m in get_all_artifact_meta(trial, storage=study._storage)}
