@@ -48,7 +48,7 @@ def test_tiny_study_completes_with_values_params_and_artifacts(search, tmp_path)
         assert trial.user_attrs["config.train.learning_rate"] == trial.params["train.learning_rate"]
         assert trial.user_attrs["config.model.kind"] == "tiny"
         names = {meta.filename for meta in get_all_artifact_meta(trial, storage=study._storage)}
-        assert names == {"config.yaml", "metrics.json", "roc.csv", "roc.png"}
+        assert names == {"config.yaml", "metrics.jsonl", "roc.csv", "roc.png"}
     # the files are really in the artifact store
     assert len(list((tmp_path / "art").iterdir())) == 16
     prov = study.user_attrs["provenance"]
