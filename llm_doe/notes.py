@@ -15,9 +15,14 @@ import pandas as pd
 
 from llm_doe import analysis
 from llm_doe._optuna_compat import rdb_backend, study_storage
-from llm_doe.formatting import fmt
+from llm_doe.formatting import fmt, shell_lines
 
 log = logging.getLogger("llm_doe")
+
+
+#: Why a one-parameter study has no importance worth reading (the dashboard draws one anyway).
+ONE_PARAMETER = ("Parameter importance compares searched parameters; with one, its importance is 1.0 by "
+                 "definition and says nothing (the dashboard draws it anyway).")
 
 
 def _cell(value: Any) -> str:
@@ -59,6 +64,8 @@ def study_note(table: pd.DataFrame) -> str:
     for param, dist in space.items():
         kind, extent = describe_distribution(dist)
         lines.append(f"| `{param}` | {kind} | {extent} |")
+    if len(space) == 1:
+        lines += ["", ONE_PARAMETER]
     failures = analysis.failure_report(table)
     lines += ["", "### Trials", "", analysis.trial_counts_text(failures)]
     lines += ["", "### Best trial", ""]
@@ -72,7 +79,7 @@ def study_note(table: pd.DataFrame) -> str:
         lines.append(f"Trial **#{int(best['number'])}**: `{metric}` = **{_cell(best['value'])}** ({metrics}).")
         lines += ["", "| parameter | value |", "|---|---|"]
         lines += [f"| `{p}` | {_cell(best[p])} |" for p in space if p in best.index]
-        lines += ["", "Rerun it:", "", "```", analysis.rerun_command(table), "```"]
+        lines += ["", "Rerun it:", "", "```", shell_lines(analysis.rerun_command(table)), "```"]
     warnings = analysis.study_warnings(table)
     if warnings:
         lines += ["", "### Warnings", ""] + [f"- {w}" for w in warnings]

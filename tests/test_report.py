@@ -60,8 +60,10 @@ def test_report_is_self_contained_with_every_section(study, tmp_path, monkeypatc
     assert page.headings == ["Warnings", "Best trial", "Learning curves", "ROC curves",
                              "Objective against each parameter", "Best trial per value of train.learning_rate",
                              "Parameter importance", "Boundary check", "Failures", "Trials"]
-    # Self-contained: four figures embedded as PNG, nothing to fetch.
-    assert len(page.images) == 4
+    # Self-contained: three figures embedded as PNG, nothing to fetch; no importance plot for one
+    # parameter (1.0 by definition), one line saying why.
+    assert len(page.images) == 3
+    assert "with one, its importance is 1.0 by definition" in text
     for src in page.images:
         assert src.startswith("data:image/png;base64,")
         assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
