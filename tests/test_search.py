@@ -55,6 +55,13 @@ def test_tiny_study_completes_with_values_params_and_artifacts(search, tmp_path)
     assert "llm_doe.search" in prov["command"] and prov["versions"]["optuna"] == optuna.__version__
     assert study.user_attrs["config"]["study"]["name"] == "t"
     assert "train.learning_rate" in study.user_attrs["space"]
+    # What a person reads first in the dashboard's attribute table (JSON "space"/"config" are for code)
+    readable = ["goal", "best", *(f"space:{p}" for p in sorted(study.user_attrs["space"])), "setup"]
+    assert list(study.user_attrs)[:len(readable)] == readable
+    assert study.user_attrs["goal"] == "minimize val_loss"
+    assert study.user_attrs["best"] == f"val_loss {study.best_value:.4g} (trial #{study.best_trial.number})"
+    assert study.user_attrs["space:train.learning_rate"] == "float 0.0001 .. 0.003 (log)"
+    assert study.user_attrs["setup"].startswith("Model tiny-bert, data tweets (160 train / 64 val), 1 epoch(s)")
     totals = study.user_attrs["totals"]
     assert totals["examples_seen"] == 4 * 160 and totals["trials"] == 4
     assert totals["optimizer_steps"] == sum(t.user_attrs["optimizer_steps"] for t in study.trials)
