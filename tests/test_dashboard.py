@@ -12,6 +12,7 @@ import pytest
 from optuna.artifacts import get_all_artifact_meta
 from optuna_dashboard import get_note
 
+from llm_doe.notes import ONE_PARAMETER
 from llm_doe.search import main
 from tests.conftest import TINY, http_get, serve_dashboard, store_args
 
@@ -64,3 +65,4 @@ def test_dashboard_serves_study_trials_curves_and_every_artifact(study, dashboar
     assert f"## {study['name']}" in note and "**Goal:** minimize `val_loss`" in note
     assert "| `train.learning_rate` | float | 1e-05 .. 0.001 (log) |" in note
     assert f"Trial **#{best.number}**" in note and "python -m llm_doe.search" in note
+    assert ONE_PARAMETER in note  # the dashboard's importance of 1.0 for the one parameter says nothing
