@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -118,18 +119,17 @@ def fits_width(page: Any) -> bool:
 
 
 def preview_rows(page: Any, filename: str) -> list[str]:
-    """Open the dashboard's table preview of a trial artifact; its header cells' text."""
+    """Open the dashboard's table preview of a trial artifact; its column names."""
     card = page.locator(".MuiCard-root", has_text=filename)
     card.get_by_label("show artifact table").click()
-    dialog = page.get_by_role("dialog")
-    dialog.locator("table th").first.wait_for()
-    header = dialog.locator("table th").all_inner_texts()
-    return [h.strip() for h in header]
+    page.locator("table th").first.wait_for()
+    header = page.locator("table th").evaluate_all("cells => cells.map(c => c.textContent)")
+    return [re.sub(r"sorted (ascending|descending)$", "", h).strip() for h in header]
 
 
-def close_dialog(page: Any) -> None:
+def close_preview(page: Any) -> None:
     page.keyboard.press("Escape")
-    page.get_by_role("dialog").wait_for(state="hidden")
+    page.locator("table th").first.wait_for(state="detached")
 
 
 def test_study_page_draws_history_and_intermediate_values_named_by_the_metric(studies, dashboard, site, tmp_path):
@@ -139,7 +139,7 @@ def test_study_page_draws_history_and_intermediate_values_named_by_the_metric(st
         assert page.locator(f"{plot} .scatterlayer .trace").count() >= 1, f"{plot} drew no trace"
     page.get_by_text("Study User Attributes").wait_for()
     shoot(page, "dashboard_study_lr", tmp_path)
-    assert "val_loss" in page.locator("#plot-history .g-ytitle").inner_text()  # set_metric_names
+    assert "val_loss" in page.locator("#plot-history .g-ytitle").text_content()  # set_metric_names
     assert page.get_by_text("Objective 0").count() == 0
     # The study's attributes, as a person reads them: the goal, each searched range, the best value.
     attrs = page.locator("table", has_text="Key").first.inner_text()
@@ -159,11 +159,11 @@ def test_trial_page_shows_roc_image_and_previews_metrics_and_roc(studies, dashbo
     page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=image.element_handle())
     shoot(page, "dashboard_trial_lr", tmp_path)
     assert preview_rows(page, "roc.csv")[:3] == ["fpr", "tpr", "threshold"]
-    close_dialog(page)
+    close_preview(page)
     header = preview_rows(page, "metrics.jsonl")
     assert {"step", "val_loss", "accuracy", "roc_auc"} <= set(header)
     shoot(page, "dashboard_trial_lr_metrics_preview", tmp_path)
-    close_dialog(page)
+    close_preview(page)
     assert fits_width(page)
     assert not page.errors, page.errors
 
@@ -173,10 +173,9 @@ def test_sft_trial_page_previews_its_generations(studies, dashboard, site, tmp_p
     page = visit(site, f"studies/{dashboard['ids']['sft']}/trials?numbers={best.number}")
     page.get_by_text(f"Trial {best.number} (trial_id=").wait_for()
     assert preview_rows(page, "generations.csv") == ["prompt", "reference", "generated"]
-    dialog = page.get_by_role("dialog")
-    assert dialog.locator("table tbody tr").count() >= 1
+    assert page.locator("table tbody tr").count() >= 1
     shoot(page, "dashboard_trial_sft_generations", tmp_path)
-    close_dialog(page)
+    close_preview(page)
     assert not page.errors, page.errors
 
 
