@@ -142,7 +142,7 @@ def test_study_page_draws_history_and_intermediate_values_named_by_the_metric(st
     assert "val_loss" in page.locator("#plot-history .g-ytitle").text_content()  # set_metric_names
     assert page.get_by_text("Objective 0").count() == 0
     # The study's attributes, as a person reads them: the goal, each searched range, the best value.
-    attrs = page.locator("table", has_text="Key").first.inner_text()
+    attrs = page.locator("table", has_text="Key").first.inner_text()  # its first page: 5 rows
     assert "minimize val_loss" in attrs and "float 1e-05 .. 0.001 (log)" in attrs
     best = optuna.load_study(study_name="lr", storage=studies["url"]).best_trial
     assert f"val_loss {best.value:.4g} (trial #{best.number})" in attrs

@@ -115,7 +115,7 @@ def test_command_line_entry_point(study, tmp_path):
                           cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == f"wrote {out}"
-    assert out.read_text(encoding="utf-8").count("data:image/png;base64,") == 4
+    assert out.read_text(encoding="utf-8").count("data:image/png;base64,") == 3  # no importance: one parameter
 
 
 def test_report_reads_a_journal_store(tmp_path, monkeypatch):
