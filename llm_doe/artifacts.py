@@ -1,7 +1,7 @@
 """Per-trial files, stored through Optuna's artifact store so optuna-dashboard lists them.
 
-Each trial gets: ``config.yaml`` (the resolved trial config), ``metrics.json`` (every
-evaluation), and what its task draws from the best evaluation (classification: ``roc.csv``
+Each trial gets: ``config.yaml`` (the resolved trial config), ``metrics.jsonl`` (every
+evaluation, one JSON object a line: JSON Lines, which optuna-dashboard previews as a table), and what its task draws from the best evaluation (classification: ``roc.csv``
 and ``roc.png``).
 """
 
@@ -29,6 +29,19 @@ def artifact_store(artifacts_dir: str | Path) -> FileSystemArtifactStore:
     return FileSystemArtifactStore(base_path=str(path))
 
 
+def metrics_jsonl(history: Sequence[Mapping[str, Any]]) -> str:
+    """Every evaluation as JSON Lines (one record a line)."""
+    return "".join(json.dumps(json_safe(dict(record))) + "\n" for record in history)
+
+
+def read_metrics(text: str, filename: str) -> list[Any]:
+    """The evaluations of a ``metrics.jsonl`` (or, from studies before it, ``metrics.json``: one list)."""
+    if filename.endswith(".jsonl"):
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+    history = json.loads(text)
+    return history if isinstance(history, list) else []
+
+
 def upload_trial_artifacts(
     store: FileSystemArtifactStore,
     trial: optuna.Trial,
@@ -45,7 +58,7 @@ def upload_trial_artifacts(
     ids: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="llm_doe_trial_") as tmp:
         folder = Path(tmp)
-        files = {"config.yaml": config_yaml, "metrics.json": json.dumps(json_safe(list(history)), indent=1)}
+        files = {"config.yaml": config_yaml, "metrics.jsonl": metrics_jsonl(history)}
         for name, text in files.items():
             (folder / name).write_text(text, encoding="utf-8")
         if task is not None and payload is not None:

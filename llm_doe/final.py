@@ -45,6 +45,7 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.trial import FrozenTrial, TrialState
 
 from llm_doe import analysis
+from llm_doe.artifacts import read_metrics
 from llm_doe.cli import Composed, cli
 from llm_doe.formatting import json_safe
 from llm_doe.names import CONFIRM_SUFFIX
@@ -114,18 +115,19 @@ def choose_trial(parent: optuna.Study, wanted: int | None) -> tuple[FrozenTrial,
 
 
 def _trial_history(trial: FrozenTrial, storage: optuna.storages.BaseStorage, artifacts_dir: str) -> list[dict[str, Any]]:
-    """The trial's ``metrics.json`` (every evaluation), or [] when its artifacts are not at hand."""
+    """The trial's ``metrics.jsonl`` (``metrics.json`` in older studies: every evaluation), or []
+    when its artifacts are not at hand."""
     from optuna.artifacts import FileSystemArtifactStore, get_all_artifact_meta
 
     if not Path(artifacts_dir).is_dir():
         return []
     try:
-        metas = [m for m in get_all_artifact_meta(trial, storage=storage) if m.filename == "metrics.json"]
+        metas = [m for m in get_all_artifact_meta(trial, storage=storage)
+                 if m.filename in ("metrics.jsonl", "metrics.json")]
         if not metas:
             return []
         with FileSystemArtifactStore(artifacts_dir).open_reader(metas[-1].artifact_id) as reader:
-            history = json.loads(reader.read().decode("utf-8"))
-        return history if isinstance(history, list) else []
+            return read_metrics(reader.read().decode("utf-8"), metas[-1].filename)
     except Exception:  # noqa: BLE001 - a missing or foreign file: fall back to computing the step
         return []
 
@@ -139,7 +141,7 @@ def best_optimizer_step(trial: FrozenTrial, cfg: Config, n_train: int, storage: 
                         ) -> tuple[int, str]:
     """The optimizer step of the trial's best evaluation, and where the number comes from.
 
-    From the trial's ``metrics.json`` when its artifacts are at hand, else computed the way the
+    From the trial's ``metrics.jsonl`` when its artifacts are at hand, else computed the way the
     training loop places evaluations (:func:`~llm_doe.finetune.batching.eval_points`); the trial's
     full step count when it recorded no best evaluation.
     """
@@ -150,7 +152,7 @@ def best_optimizer_step(trial: FrozenTrial, cfg: Config, n_train: int, storage: 
         return schedule_steps(cfg, n_train), "the trial recorded no best evaluation: the full run"
     for record in _trial_history(trial, storage, cfg.storage.artifacts_dir):
         if record.get("step") == best and isinstance(record.get("optimizer_step"), int):
-            return int(record["optimizer_step"]), f"evaluation {best} in the trial's metrics.json"
+            return int(record["optimizer_step"]), f"evaluation {best} in the trial's metrics.jsonl"
     steps_per_epoch = math.ceil(n_train / cfg.train.batch_size)
     points = eval_points(steps_per_epoch, cfg.train.evals_per_epoch)
     epoch, index = divmod(best - 1, len(points))

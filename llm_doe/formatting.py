@@ -8,6 +8,7 @@ instead of near-copies.
 from __future__ import annotations
 
 import math
+import shlex
 from collections.abc import Mapping
 from typing import Any
 
@@ -25,6 +26,16 @@ def fmt(value: Any, digits: int = 3) -> str:
     if isinstance(value, float):
         return f"{value:.{digits}g}"
     return str(value)
+
+
+def shell_lines(command: str) -> str:
+    """A shell command as the same command over several lines: the program and its ``-m`` module
+    on the first, each further argument on its own, joined by backslash-newlines (a page shows
+    it without running off the edge; pasted into a shell it runs unchanged)."""
+    args = shlex.split(command)
+    head = 3 if len(args) >= 3 and args[1] == "-m" else 1
+    lines = [shlex.join(args[:head])] + [shlex.quote(arg) for arg in args[head:]]
+    return " \\\n    ".join(lines)
 
 
 def json_safe(value: Any) -> Any:

@@ -1,13 +1,16 @@
-"""The study note optuna-dashboard shows on a study's page: its goal, search space and best trial.
+"""What optuna-dashboard shows a person about a study: its note (goal, search space, best
+trial) and the study attributes written to be read there (goal, best value, each searched range,
+the setup), beside the machine-readable ``space`` and ``config`` that the code reads.
 
-Written (and refreshed) by the search at the end of every run through optuna-dashboard's own
-note API, so whoever opens the dashboard reads what the study asks and what it found without
-opening a notebook.
+The note is written (and refreshed) by the search at the end of every run through
+optuna-dashboard's own note API, so whoever opens the dashboard reads what the study asks and
+what it found without opening a notebook.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import optuna
@@ -15,9 +18,15 @@ import pandas as pd
 
 from llm_doe import analysis
 from llm_doe._optuna_compat import rdb_backend, study_storage
-from llm_doe.formatting import fmt
+from llm_doe.formatting import fmt, shell_lines
 
 log = logging.getLogger("llm_doe")
+
+
+NO_BEST = "no complete trial yet"
+#: Why a one-parameter study has no importance worth reading (the dashboard draws one anyway).
+ONE_PARAMETER = ("Parameter importance compares searched parameters; with one, its importance is 1.0 by "
+                 "definition and says nothing (the dashboard draws it anyway).")
 
 
 def _cell(value: Any) -> str:
@@ -38,6 +47,38 @@ def describe_distribution(dist: optuna.distributions.BaseDistribution) -> tuple[
     return kind, f"{_cell(dist.low)} .. {_cell(dist.high)} ({scale})"  # type: ignore[attr-defined]
 
 
+def setup_line(config: Mapping[str, Any], code: str = "") -> str:
+    """One sentence on what a study's trials train: model, data, epochs, sampler and pruner
+    (names quoted by ``code``: a backtick in Markdown)."""
+    model, data, train = config.get("model", {}), config.get("data", {}), config.get("train", {})
+    return (f"Model {code}{model.get('name_or_path')}{code}, data {code}{data.get('source')}{code} "
+            f"({data.get('train_size')} train / {data.get('val_size')} val), {train.get('num_epochs')} "
+            f"epoch(s); sampler {code}{config.get('sampler', {}).get('name')}{code}, pruner "
+            f"{code}{config.get('pruner', {}).get('name')}{code}.")
+
+
+def readable_attrs(direction: str, metric: str, space: Mapping[str, optuna.distributions.BaseDistribution],
+                   config: Mapping[str, Any]) -> dict[str, str]:
+    """The study attributes a person reads in the dashboard's table, each short plain text:
+    ``goal``, ``best`` (refreshed by :func:`write_study_note`), ``space:<parameter>`` per
+    searched parameter and ``setup``. Set before the machine-readable ones, so they come first."""
+    attrs = {"goal": f"{direction} {metric}", "best": NO_BEST}
+    for param, dist in space.items():
+        kind, extent = describe_distribution(dist)
+        attrs[f"space:{param}"] = f"{kind} {extent}".replace("\\|", "|")
+    attrs["setup"] = setup_line(config)
+    return attrs
+
+
+def best_attr(table: pd.DataFrame) -> str:
+    """The ``best`` attribute: the metric's best value and its trial, e.g. ``val_loss 0.643 (trial #2)``."""
+    try:
+        best = analysis.best_trial(table)
+    except ValueError:
+        return NO_BEST
+    return f"{table.attrs.get('metric', 'value')} {fmt(best['value'], 4)} (trial #{int(best['number'])})"
+
+
 def study_note(table: pd.DataFrame) -> str:
     """The note's Markdown for a table from :func:`llm_doe.analysis.load_trials`."""
     attrs = table.attrs
@@ -49,16 +90,14 @@ def study_note(table: pd.DataFrame) -> str:
     if metric != "value":
         goal += " (its best value over each trial's evaluations)"
     lines.append(goal + f" by searching {', '.join(f'`{p}`' for p in space) or 'nothing'}.")
-    model, data, train = config.get("model", {}), config.get("data", {}), config.get("train", {})
     if config:
-        lines.append(f"Model `{model.get('name_or_path')}`, data `{data.get('source')}` "
-                     f"({data.get('train_size')} train / {data.get('val_size')} val), {train.get('num_epochs')} "
-                     f"epoch(s); sampler `{config.get('sampler', {}).get('name')}`, pruner "
-                     f"`{config.get('pruner', {}).get('name')}`.")
+        lines.append(setup_line(config, code="`"))
     lines += ["", "### Search space", "", "| parameter | type | range |", "|---|---|---|"]
     for param, dist in space.items():
         kind, extent = describe_distribution(dist)
         lines.append(f"| `{param}` | {kind} | {extent} |")
+    if len(space) == 1:
+        lines += ["", ONE_PARAMETER]
     failures = analysis.failure_report(table)
     lines += ["", "### Trials", "", analysis.trial_counts_text(failures)]
     lines += ["", "### Best trial", ""]
@@ -72,7 +111,7 @@ def study_note(table: pd.DataFrame) -> str:
         lines.append(f"Trial **#{int(best['number'])}**: `{metric}` = **{_cell(best['value'])}** ({metrics}).")
         lines += ["", "| parameter | value |", "|---|---|"]
         lines += [f"| `{p}` | {_cell(best[p])} |" for p in space if p in best.index]
-        lines += ["", "Rerun it:", "", "```", analysis.rerun_command(table), "```"]
+        lines += ["", "Rerun it:", "", "```", shell_lines(analysis.rerun_command(table)), "```"]
     warnings = analysis.study_warnings(table)
     if warnings:
         lines += ["", "### Warnings", ""] + [f"- {w}" for w in warnings]
@@ -81,13 +120,17 @@ def study_note(table: pd.DataFrame) -> str:
 
 
 def write_study_note(study: optuna.Study) -> None:
-    """Write (or refresh) the study's dashboard note. Never fails the run: a note is a nicety."""
+    """Write (or refresh) the study's dashboard note and its ``best`` attribute. Never fails the
+    run: a note is a nicety."""
     try:
         from optuna_dashboard import save_note
 
         # The store's SQL when it is an RDB (fast on big studies), else Optuna's API.
         storage = study_storage(study)
         ref = storage if rdb_backend(storage) is not None else study
-        save_note(study, study_note(analysis.load_trials(ref, study.study_name)))
+        table = analysis.load_trials(ref, study.study_name)
+        save_note(study, study_note(table))
+        if "best" in study.user_attrs:  # a study made before the readable attributes has none
+            study.set_user_attr("best", best_attr(table))
     except Exception as err:  # noqa: BLE001 - the study's results matter more than its note
         log.warning("could not write the study note for optuna-dashboard: %s", err)

@@ -22,6 +22,7 @@ import pandas as pd
 
 from llm_doe import analysis
 from llm_doe.formatting import fmt
+from llm_doe.notes import ONE_PARAMETER
 from llm_doe.schema import ConfigError
 from llm_doe.storage import store_of
 
@@ -101,6 +102,16 @@ def _generations_section(storage: Any, name: str, trials: Any, artifacts_dir: An
                            "model to the same validation prompts, best trial first.</p>")
 
 
+def _importance(trials: Any, params: list[str]) -> str:
+    """The importance plot, or one line on why there is none (one parameter: 1.0 by definition)."""
+    if len(params) < 2:
+        return f"<p>{html.escape(ONE_PARAMETER if params else 'No searched parameter.')}</p>"
+    importances = analysis.param_importances(trials)
+    if not len(importances):
+        return "<p>Needs at least two complete trials.</p>"
+    return _img(analysis.plot_importance(importances), "Optuna's default importance evaluator (PED-ANOVA).")
+
+
 def _section(title: str, body: str) -> str:
     return f"<h2>{html.escape(title)}</h2>\n{body}\n"
 
@@ -170,10 +181,7 @@ def render_report(storage: analysis.StudyRef, study_name: str | None = None, *,
         isolated = analysis.isolation(trials)
         parts.append(_section(f"Best trial per value of {isolated.index.name}", _table(isolated, index=True)))
 
-    importances = analysis.param_importances(trials)
-    parts.append(_section("Parameter importance", _img(analysis.plot_importance(importances),
-                                                       "Optuna's default importance evaluator (PED-ANOVA).")
-                          if len(importances) else "<p>Needs at least two complete trials.</p>"))
+    parts.append(_section("Parameter importance", _importance(trials, params)))
 
     boundary = analysis.boundary_report(trials)
     parts.append(_section("Boundary check", _table(boundary) if len(boundary) else

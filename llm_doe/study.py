@@ -216,6 +216,13 @@ def open_study(cfg: Config, storage: optuna.storages.BaseStorage, sampler: optun
     study = optuna.create_study(storage=storage, sampler=sampler, pruner=pruner, study_name=name or cfg.study.name,
                                 direction=resolved_direction(cfg), load_if_exists=True)
     if "space" not in study.user_attrs:
+        from llm_doe.notes import readable_attrs
+
+        # First what a person reads in optuna-dashboard's attribute table (it lists them in the
+        # order they were first set): the goal, the best value, each range, the setup. Then the
+        # machine-readable copies the code reads ("config", "space": JSON, not for reading).
+        for key, value in readable_attrs(resolved_direction(cfg), cfg.study.metric, space, resolved).items():
+            study.set_user_attr(key, value)
         for key, value in (attrs or {}).items():
             study.set_user_attr(key, value)
         study.set_user_attr("metric", cfg.study.metric)

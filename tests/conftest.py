@@ -3,11 +3,17 @@ build a synthetic study with every trial state (for the analysis and the report)
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import shutil
+import socket
 import subprocess
 import sys
-from collections.abc import Callable
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +56,57 @@ def searched_lr_study(tmp: Path) -> dict[str, Any]:
     args = ["+study=lr_sweep", *TINY, *store_args(tmp, "lr"), "pruner=none"]
     assert main([*args, "study.n_trials=3"]) == 0
     return {"tmp": tmp, "args": args, "url": f"sqlite:///{tmp}/lr.db"}
+
+
+def http_get(url: str, timeout: float = 10) -> bytes:
+    """The body of a 200 answer from a local test server."""
+    with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - local test server
+        assert response.status == 200, url
+        return response.read()
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serve_dashboard(url: str, artifact_dir: Path) -> Iterator[str]:
+    """The real ``optuna-dashboard URL --artifact-dir DIR --host 127.0.0.1 --port P`` (a free
+    port), answering; yields its base URL and stops it afterwards."""
+    beside = Path(sys.executable).with_name("optuna-dashboard")  # the venv's console script
+    found = str(beside) if beside.exists() else shutil.which("optuna-dashboard")
+    if found is None:
+        pytest.fail("optuna-dashboard is not installed (it is a dependency: pip install -e '.[dev]')")
+    port = _free_port()
+    proc = subprocess.Popen([found, url, "--artifact-dir", str(artifact_dir), "--host", "127.0.0.1",
+                             "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 60
+        while True:
+            if proc.poll() is not None:
+                output = proc.stdout.read() if proc.stdout else ""
+                pytest.fail(f"optuna-dashboard exited with {proc.returncode}: {output}")
+            try:
+                http_get(f"{base}/api/studies", timeout=2)
+                break
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                if time.time() > deadline:
+                    pytest.fail("optuna-dashboard did not answer within 60 s")
+                time.sleep(0.3)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+        if proc.stdout:
+            proc.stdout.close()
+    assert proc.poll() is not None  # stopped
 
 
 def load(tmp: Path, name: str = "t") -> optuna.Study:

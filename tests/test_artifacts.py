@@ -9,7 +9,7 @@ import numpy as np
 import optuna
 from optuna.artifacts import download_artifact, get_all_artifact_meta
 
-from llm_doe.artifacts import artifact_store, upload_trial_artifacts
+from llm_doe.artifacts import artifact_store, read_metrics, upload_trial_artifacts
 from llm_doe.finetune.tasks import get_task
 from llm_doe.schema import TaskConfig
 
@@ -35,15 +35,23 @@ def test_a_trial_gets_its_config_its_evaluations_and_its_tasks_roc(tmp_path):
     study = optuna.create_study(storage=storage, study_name="a")
     trial = study.ask()
     ids = upload_trial_artifacts(store, trial, "train:\n  seed: 42\n", HISTORY, get_task(TaskConfig()), PAYLOAD)
-    assert sorted(ids) == ["config.yaml", "metrics.json", "roc.csv", "roc.png"]
+    assert sorted(ids) == ["config.yaml", "metrics.jsonl", "roc.csv", "roc.png"]
     files = _files(store, study.trials[0], storage, tmp_path)
     assert {name: files[name] for name in ids} == files and len(set(ids.values())) == 4
     assert files["config.yaml"] == b"train:\n  seed: 42\n"
-    # JSON that every reader parses: non-finite values are written as null
-    assert json.loads(files["metrics.json"]) == [{"step": 1, "val_loss": 0.7, "accuracy": 0.5},
-                                                 {"step": 2, "val_loss": None, "accuracy": None}]
+    # JSON Lines (one evaluation a line; optuna-dashboard previews it as a table) that every
+    # reader parses: non-finite values are written as null
+    lines = files["metrics.jsonl"].decode().splitlines()
+    assert [json.loads(line) for line in lines] == [{"step": 1, "val_loss": 0.7, "accuracy": 0.5},
+                                                    {"step": 2, "val_loss": None, "accuracy": None}]
+    assert read_metrics(files["metrics.jsonl"].decode(), "metrics.jsonl") == [json.loads(line) for line in lines]
     assert files["roc.csv"].splitlines()[0] == b"fpr,tpr,threshold"
     assert files["roc.png"][:4] == b"\x89PNG"
+
+
+def test_metrics_of_a_study_from_before_json_lines_still_read():
+    assert read_metrics('[{"step": 1, "val_loss": 0.7}]', "metrics.json") == [{"step": 1, "val_loss": 0.7}]
+    assert read_metrics('{"not": "a list"}', "metrics.json") == []
 
 
 def test_a_failed_trial_keeps_its_config_and_evaluations_so_far(tmp_path):
@@ -52,5 +60,5 @@ def test_a_failed_trial_keeps_its_config_and_evaluations_so_far(tmp_path):
     study = optuna.create_study(storage=storage, study_name="a")
     trial = study.ask()
     ids = upload_trial_artifacts(store, trial, "x: 1\n", HISTORY[:1], get_task(TaskConfig()), None)
-    assert sorted(ids) == ["config.yaml", "metrics.json"]
-    assert sorted(_files(store, study.trials[0], storage, tmp_path)) == ["config.yaml", "metrics.json"]
+    assert sorted(ids) == ["config.yaml", "metrics.jsonl"]
+    assert sorted(_files(store, study.trials[0], storage, tmp_path)) == ["config.yaml", "metrics.jsonl"]

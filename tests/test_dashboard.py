@@ -4,15 +4,7 @@ the study and its note, every trial with its intermediate values and metrics, ev
 from __future__ import annotations
 
 import json
-import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import optuna
@@ -20,28 +12,9 @@ import pytest
 from optuna.artifacts import get_all_artifact_meta
 from optuna_dashboard import get_note
 
+from llm_doe.notes import ONE_PARAMETER
 from llm_doe.search import main
-from tests.conftest import TINY, store_args
-
-
-def _dashboard_command() -> list[str]:
-    beside = Path(sys.executable).with_name("optuna-dashboard")  # the venv's console script
-    found = str(beside) if beside.exists() else shutil.which("optuna-dashboard")
-    if found is None:
-        pytest.fail("optuna-dashboard is not installed (it is a dependency: pip install -e '.[dev]')")
-    return [found]
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _get(url: str, timeout: float = 10) -> bytes:
-    with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - local test server
-        assert response.status == 200, url
-        return response.read()
+from tests.conftest import TINY, http_get, serve_dashboard, store_args
 
 
 @pytest.fixture(scope="module")
@@ -53,46 +26,18 @@ def study(tmp_path_factory) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def dashboard(study) -> Iterator[str]:
-    """``optuna-dashboard URL --artifact-dir DIR --host 127.0.0.1 --port P``, stopped at the end."""
-    port = _free_port()
-    proc = subprocess.Popen([*_dashboard_command(), study["url"], "--artifact-dir", str(study["art"]),
-                             "--host", "127.0.0.1", "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 60
-        while True:
-            if proc.poll() is not None:
-                output = proc.stdout.read() if proc.stdout else ""
-                pytest.fail(f"optuna-dashboard exited with {proc.returncode}: {output}")
-            try:
-                _get(f"{base}/api/studies", timeout=2)
-                break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                if time.time() > deadline:
-                    pytest.fail("optuna-dashboard did not answer within 60 s")
-                time.sleep(0.3)
+    with serve_dashboard(study["url"], study["art"]) as base:
         yield base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-        if proc.stdout:
-            proc.stdout.close()
-    assert proc.poll() is not None  # stopped
 
 
 def test_dashboard_serves_study_trials_curves_and_every_artifact(study, dashboard):
     optuna_study = optuna.load_study(study_name=study["name"], storage=study["url"])
-    summaries = json.loads(_get(f"{dashboard}/api/studies"))["study_summaries"]
+    summaries = json.loads(http_get(f"{dashboard}/api/studies"))["study_summaries"]
     (summary,) = [s for s in summaries if s["study_name"] == study["name"]]
     assert summary["directions"] == ["minimize"]
     study_id = summary["study_id"]
 
-    detail = json.loads(_get(f"{dashboard}/api/studies/{study_id}?after=0"))
+    detail = json.loads(http_get(f"{dashboard}/api/studies/{study_id}?after=0"))
     served = {t["number"]: t for t in detail["trials"]}
     assert sorted(served) == [t.number for t in optuna_study.trials] == [0, 1, 2]
     for trial in optuna_study.trials:
@@ -108,9 +53,9 @@ def test_dashboard_serves_study_trials_curves_and_every_artifact(study, dashboar
         served_artifacts = {a["artifact_id"]: a["filename"] for a in got["artifacts"]}
         stored = {m.artifact_id: m.filename for m in get_all_artifact_meta(trial, storage=optuna_study._storage)}
         assert served_artifacts == stored
-        assert set(stored.values()) == {"config.yaml", "metrics.json", "roc.csv", "roc.png"}
+        assert set(stored.values()) == {"config.yaml", "metrics.jsonl", "roc.csv", "roc.png"}
         for artifact_id in stored:
-            body = _get(f"{dashboard}/artifacts/{study_id}/{got['trial_id']}/{artifact_id}")
+            body = http_get(f"{dashboard}/artifacts/{study_id}/{got['trial_id']}/{artifact_id}")
             assert body == (study["art"] / artifact_id).read_bytes()
 
     # The study note the search wrote at the end of its run, as the dashboard shows it.
@@ -120,3 +65,4 @@ def test_dashboard_serves_study_trials_curves_and_every_artifact(study, dashboar
     assert f"## {study['name']}" in note and "**Goal:** minimize `val_loss`" in note
     assert "| `train.learning_rate` | float | 1e-05 .. 0.001 (log) |" in note
     assert f"Trial **#{best.number}**" in note and "python -m llm_doe.search" in note
+    assert ONE_PARAMETER in note  # the dashboard's importance of 1.0 for the one parameter says nothing

@@ -83,8 +83,8 @@ def test_final_reads_the_test_split_once_and_exports_a_folder_that_loads_offline
     assert metrics["trial"] == confirmed and metrics["chosen_by"].startswith("the confirmed best")
     assert metrics["n_test"] == 200 and metrics["trained_on"] == "train" and metrics["n_train"] == 160
     assert metrics["precision"] == resolve_runtime("cpu", "auto").precision  # what training ran in, stated
-    # Trained to the optimizer step of the trial's best evaluation, read from its metrics.json.
-    assert metrics["optimizer_steps"] == metrics["max_steps"] and "metrics.json" in metrics["steps_source"]
+    # Trained to the optimizer step of the trial's best evaluation, read from its metrics.jsonl.
+    assert metrics["optimizer_steps"] == metrics["max_steps"] and "metrics.jsonl" in metrics["steps_source"]
     assert parent.user_attrs["final_exports"][-1]["test"]["accuracy"] == metrics["accuracy"]
 
     config = (out / "config.yaml").read_text()
@@ -107,10 +107,11 @@ def test_final_reads_the_test_split_once_and_exports_a_folder_that_loads_offline
 
 
 def _metrics_json(study: dict[str, Any], number: int) -> list[dict[str, Any]]:
-    """A trial's metrics.json (every evaluation), read from the study's artifact folder."""
+    """A trial's metrics.jsonl (every evaluation), read from the study's artifact folder."""
     artifacts = load_artifacts(study["url"], "lr")
-    row = artifacts[(artifacts["trial"] == number) & (artifacts["filename"] == "metrics.json")].iloc[-1]
-    return json.loads((study["tmp"] / "art" / row["artifact_id"]).read_text())
+    row = artifacts[(artifacts["trial"] == number) & (artifacts["filename"] == "metrics.jsonl")].iloc[-1]
+    lines = (study["tmp"] / "art" / row["artifact_id"]).read_text().splitlines()
+    return [json.loads(line) for line in lines]
 
 
 def test_use_val_trains_on_train_and_val_for_the_same_steps_and_learning_rates(study):
@@ -134,7 +135,7 @@ def test_use_val_trains_on_train_and_val_for_the_same_steps_and_learning_rates(s
 
 
 def test_best_step_fallback_places_evaluations_as_the_loop_does(tmp_path):
-    """Without the trial's metrics.json, the optimizer step of evaluation k is computed: it must be
+    """Without the trial's metrics.jsonl, the optimizer step of evaluation k is computed: it must be
     the loop's, also when an epoch has fewer steps than evaluations (batch 128 on 200 examples)."""
     cfg = compose_config(["+study=lr_sweep", *TINY, *store_args(tmp_path, "x"), "train.batch_size=128",
                           "train.evals_per_epoch=4", "train.num_epochs=2"]).config

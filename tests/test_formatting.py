@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
+import subprocess
 
 import numpy as np
 
-from llm_doe.formatting import fmt, json_safe
+from llm_doe.formatting import fmt, json_safe, shell_lines
 
 
 def test_fmt_rounds_floats_and_numpy_scalars_and_leaves_the_rest():
@@ -24,3 +26,15 @@ def test_json_safe_turns_what_json_cannot_hold_into_what_it_can():
     assert safe == {"loss": None, "1": [0.25, [2, None]], "ok": "x"}
     assert type(safe["1"][0]) is float and type(safe["1"][1][0]) is int
     assert json.loads(json.dumps(safe, allow_nan=False)) == safe
+
+
+def test_shell_lines_wraps_a_command_that_bash_runs_unchanged():
+    command = shlex.join(["python", "-m", "llm_doe.search", "+study=lr_sweep", "model=tiny",
+                          'study.space={train.learning_rate:"choice(0.000712)"}', "storage.url=sqlite:///a b.db"])
+    text = shell_lines(command)
+    assert text.splitlines()[0] == "python -m llm_doe.search \\"
+    assert max(len(line) for line in text.splitlines()) < 70 and len(text.splitlines()) == 5
+    # bash reads the wrapped lines as the same arguments
+    out = subprocess.run(["bash", "-c", f"set -- {text}\nprintf '%s\\0' \"$@\""], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.split("\0")[:-1] == shlex.split(command)

@@ -4,6 +4,7 @@ SQLite study (the synthetic one: every trial state); served end to end in test_d
 from __future__ import annotations
 
 import logging
+import shlex
 
 import optuna
 import pytest
@@ -29,7 +30,10 @@ def test_the_note_states_the_goal_the_space_and_the_best_trial(study):
     # trial 6 (0.3) beats trial 0 (0.5); its other metrics, its parameters and how to rerun it
     assert "Trial **#6**: `val_loss` = **0.3** (accuracy 0.9, f1 0.88, roc_auc 0.93)." in note
     assert "| `train.batch_size` | 32 |" in note
-    assert "python -m llm_doe.search" in note
+    # The rerun command one argument a line (a long command ran off the page's right edge)
+    rerun = note.split("Rerun it:\n\n```\n", 1)[1].split("\n```", 1)[0]
+    assert rerun.startswith("python -m llm_doe.search \\\n    ")
+    assert len(rerun.splitlines()) == len(shlex.split(rerun.replace("\\\n", ""))) - 2
     write_study_note(study)  # refreshed, not appended
     assert get_note(study) == note
 

@@ -60,8 +60,10 @@ def test_report_is_self_contained_with_every_section(study, tmp_path, monkeypatc
     assert page.headings == ["Warnings", "Best trial", "Learning curves", "ROC curves",
                              "Objective against each parameter", "Best trial per value of train.learning_rate",
                              "Parameter importance", "Boundary check", "Failures", "Trials"]
-    # Self-contained: four figures embedded as PNG, nothing to fetch.
-    assert len(page.images) == 4
+    # Self-contained: three figures embedded as PNG, nothing to fetch; no importance plot for one
+    # parameter (1.0 by definition), one line saying why.
+    assert len(page.images) == 3
+    assert "with one, its importance is 1.0 by definition" in text
     for src in page.images:
         assert src.startswith("data:image/png;base64,")
         assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
@@ -113,7 +115,7 @@ def test_command_line_entry_point(study, tmp_path):
                           cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == f"wrote {out}"
-    assert out.read_text(encoding="utf-8").count("data:image/png;base64,") == 4
+    assert out.read_text(encoding="utf-8").count("data:image/png;base64,") == 3  # no importance: one parameter
 
 
 def test_report_reads_a_journal_store(tmp_path, monkeypatch):

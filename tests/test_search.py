@@ -48,13 +48,20 @@ def test_tiny_study_completes_with_values_params_and_artifacts(search, tmp_path)
         assert trial.user_attrs["config.train.learning_rate"] == trial.params["train.learning_rate"]
         assert trial.user_attrs["config.model.kind"] == "tiny"
         names = {meta.filename for meta in get_all_artifact_meta(trial, storage=study._storage)}
-        assert names == {"config.yaml", "metrics.json", "roc.csv", "roc.png"}
+        assert names == {"config.yaml", "metrics.jsonl", "roc.csv", "roc.png"}
     # the files are really in the artifact store
     assert len(list((tmp_path / "art").iterdir())) == 16
     prov = study.user_attrs["provenance"]
     assert "llm_doe.search" in prov["command"] and prov["versions"]["optuna"] == optuna.__version__
     assert study.user_attrs["config"]["study"]["name"] == "t"
     assert "train.learning_rate" in study.user_attrs["space"]
+    # What a person reads in the dashboard's attribute table (JSON "space"/"config" are for code);
+    # that they come first there (its first page of 5 rows), test_browser checks on the page.
+    assert {"goal", "best", "setup", *(f"space:{p}" for p in study.user_attrs["space"])} <= set(study.user_attrs)
+    assert study.user_attrs["goal"] == "minimize val_loss"
+    assert study.user_attrs["best"] == f"val_loss {study.best_value:.4g} (trial #{study.best_trial.number})"
+    assert study.user_attrs["space:train.learning_rate"] == "float 0.0001 .. 0.003 (log)"
+    assert study.user_attrs["setup"].startswith("Model tiny-bert, data tweets (160 train / 64 val), 1 epoch(s)")
     totals = study.user_attrs["totals"]
     assert totals["examples_seen"] == 4 * 160 and totals["trials"] == 4
     assert totals["optimizer_steps"] == sum(t.user_attrs["optimizer_steps"] for t in study.trials)

@@ -202,7 +202,7 @@ def load_curves(storage: StudyRef, study_name: str | None = None, *, params: boo
 
 
 def load_artifacts(storage: StudyRef, study_name: str | None = None) -> pd.DataFrame:
-    """The artifacts uploaded to each trial (``config.yaml``, ``metrics.json``, ``roc.csv``, ``roc.png``).
+    """The artifacts uploaded to each trial (``config.yaml``, ``metrics.jsonl``, ``roc.csv``, ``roc.png``).
 
     Returns:
         Columns ``trial`` (number), ``trial_id`` (Optuna's id, as in dashboard URLs),

@@ -90,7 +90,7 @@ def test_sft_smoke_trials_record_loss_perplexity_and_sizes(tmp_path):
         assert attrs["config.peft.method"] == "lora" and "accuracy" not in attrs
         assert sorted(trial.intermediate_values) == [1, 2]
         metas = {m.filename: m for m in get_all_artifact_meta(trial, storage=study._storage)}
-        assert set(metas) == {"config.yaml", "metrics.json", "generations.csv"}  # no ROC for a language model
+        assert set(metas) == {"config.yaml", "metrics.jsonl", "generations.csv"}  # no ROC for a language model
         with store.open_reader(metas["generations.csv"].artifact_id) as reader:
             rows = list(csv.DictReader(io.StringIO(reader.read().decode("utf-8"))))
         assert len(rows) == 4 and all(set(r) == {"prompt", "reference", "generated"} for r in rows)
