@@ -45,8 +45,13 @@ def study_note(table: pd.DataFrame) -> str:
     config = attrs.get("study_user_attrs", {}).get("config") or {}
     space = analysis.space_of(table)
     lines = [f"## {name}", ""]
-    goal = f"**Goal:** {attrs.get('direction') or 'optimise'} `{metric}`"
-    if metric != "value":
+    multi = analysis.is_multi_objective(table)
+    if multi:
+        goal = "**Goal:** the trade-off between " + " and ".join(
+            f"{d} `{m}`" for m, d in zip(analysis.objectives(table), attrs["directions"]))
+    else:
+        goal = f"**Goal:** {attrs.get('direction') or 'optimise'} `{metric}`"
+    if metric != "value" and not multi:
         goal += " (its best value over each trial's evaluations)"
     lines.append(goal + f" by searching {', '.join(f'`{p}`' for p in space) or 'nothing'}.")
     model, data, train = config.get("model", {}), config.get("data", {}), config.get("train", {})
@@ -54,14 +59,45 @@ def study_note(table: pd.DataFrame) -> str:
         lines.append(f"Model `{model.get('name_or_path')}`, data `{data.get('source')}` "
                      f"({data.get('train_size')} train / {data.get('val_size')} val), {train.get('num_epochs')} "
                      f"epoch(s); sampler `{config.get('sampler', {}).get('name')}`, pruner "
-                     f"`{config.get('pruner', {}).get('name')}`.")
+                     + ("none (Optuna prunes one objective only)." if multi else
+                        f"`{config.get('pruner', {}).get('name')}`."))
     lines += ["", "### Search space", "", "| parameter | type | range |", "|---|---|---|"]
     for param, dist in space.items():
         kind, extent = describe_distribution(dist)
         lines.append(f"| `{param}` | {kind} | {extent} |")
     failures = analysis.failure_report(table)
     lines += ["", "### Trials", "", analysis.trial_counts_text(failures)]
-    lines += ["", "### Best trial", ""]
+    if multi:
+        lines += _pareto_lines(table, list(space))
+    else:
+        lines += _best_lines(table, list(space), metric)
+    warnings = analysis.study_warnings(table)
+    if warnings:
+        lines += ["", "### Warnings", ""] + [f"- {w}" for w in warnings]
+    lines += ["", "_Written by llm_doe at the end of each run; edits here are replaced by the next run._"]
+    return "\n".join(lines) + "\n"
+
+
+def _pareto_lines(table: pd.DataFrame, space: list[str]) -> list[str]:
+    """A multi-objective study's section: the trials on the Pareto front, a table."""
+    lines = ["", "### Pareto front", ""]
+    front = analysis.pareto_front(table)
+    if front.empty:
+        return lines + ["No trial has completed yet."]
+    names = analysis.objectives(table)
+    lines += ["No trial beats these in every objective; pick one by what its cost buys "
+              "(`final.trial=N`, `confirm.trials=[N,...]`).", "",
+              "| trial | " + " | ".join(f"`{n}`" for n in names + [p for p in space if p in front.columns]) + " |",
+              "|---" * (1 + len(names) + len([p for p in space if p in front.columns])) + "|"]
+    for _, row in front.iterrows():
+        cells = [_cell(fmt(row[n], 4)) for n in names] + [_cell(row[p]) for p in space if p in front.columns]
+        lines.append(f"| **#{int(row['number'])}** | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _best_lines(table: pd.DataFrame, space: list[str], metric: str) -> list[str]:
+    """A single-objective study's section: the best trial, its parameters, its rerun command."""
+    lines = ["", "### Best trial", ""]
     try:
         best = analysis.best_trial(table)
     except ValueError:
@@ -73,11 +109,7 @@ def study_note(table: pd.DataFrame) -> str:
         lines += ["", "| parameter | value |", "|---|---|"]
         lines += [f"| `{p}` | {_cell(best[p])} |" for p in space if p in best.index]
         lines += ["", "Rerun it:", "", "```", analysis.rerun_command(table), "```"]
-    warnings = analysis.study_warnings(table)
-    if warnings:
-        lines += ["", "### Warnings", ""] + [f"- {w}" for w in warnings]
-    lines += ["", "_Written by llm_doe at the end of each run; edits here are replaced by the next run._"]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def write_study_note(study: optuna.Study) -> None:
