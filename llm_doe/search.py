@@ -58,6 +58,9 @@ def prepare(composed: Composed) -> tuple[Any, Any]:
     check_writable(cfg.storage.artifacts_dir, "storage.artifacts_dir")
     check_writable(composed.run_dir, "hydra.run.dir")
     pruner = make_pruner(cfg.pruner)
+    if is_multi_objective(cfg) and design.scientific:
+        raise ConfigError("study.metric", "a scientific study compares the best trial of each value: give it one "
+                                          "metric, not a list")
     if is_multi_objective(cfg) and cfg.sampler.name == "cmaes":
         raise ConfigError("sampler.name", "cmaes optimises one objective; a multi-objective study.metric needs "
                                           "tpe, gp, random, qmc or grid")
