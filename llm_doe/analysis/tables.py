@@ -22,10 +22,10 @@ from optuna.distributions import BaseDistribution, IntDistribution, json_to_dist
 from llm_doe.analysis._common import param_columns
 from llm_doe.analysis._source import Raw, StudyRef, artifact_rows, curve_rows, read_raw
 from llm_doe.analysis.pareto import pareto_mask
-from llm_doe.names import ALL_METRICS, COST_METRICS, study_metrics
+from llm_doe.names import ALL_METRICS, study_metrics
 
 _TEXT_ATTRS = ("stop_reason", "fail_reason", "precision")
-_BASE_ATTRS = (*ALL_METRICS, *COST_METRICS, "best_step", "duration_s", "pruned_at_step", "requeued", *_TEXT_ATTRS)
+_BASE_ATTRS = (*ALL_METRICS, "best_step", "duration_s", "pruned_at_step", "requeued", *_TEXT_ATTRS)
 #: How a trial stopped by Ctrl-C/SIGTERM and re-queued was marked before it carried ``requeued``.
 _REQUEUED_REASON = "interrupted "
 
@@ -113,9 +113,11 @@ def _trials_frame(raw: Raw, extra_attrs: Sequence[str]) -> pd.DataFrame:
         dist_json = space.get(name) or raw.distributions.get(name)
         if dist_json and isinstance(json_to_distribution(dist_json), IntDistribution):
             out[name] = out[name].astype("Int64")  # whole numbers stay whole where some trials lack them
-    objectives = raw.study_attrs.get("objectives") or []
-    for name in dict.fromkeys([*study_metrics(raw.study_attrs), *objectives]):  # a cost objective too
+    for name in study_metrics(raw.study_attrs):
         out[name] = pd.to_numeric(_column(keys, raw.attrs.get(name, {})), errors="coerce").astype(float)
+    if len(raw.directions) > 1:  # each objective under its name too (a cost one is no task metric)
+        for i, name in enumerate(raw.study_attrs.get("objectives") or []):
+            out.setdefault(name, out[f"values_{i}"])
     out["best_step"] = _steps(_column(keys, raw.attrs.get("best_step", {})))
     start, complete = _datetimes(base["datetime_start"]), _datetimes(base["datetime_complete"])
     measured = _column(keys, raw.attrs.get("duration_s", {}))
