@@ -37,7 +37,7 @@ from llm_doe import analysis, experiment
 from llm_doe.cli import Composed, cli
 from llm_doe.formatting import json_safe
 from llm_doe.names import CONFIRM_SUFFIX, SEED_PARAMS
-from llm_doe.schema import Config, ConfigError, validate
+from llm_doe.schema import Config, ConfigError, primary_metric, resolved_direction, validate
 
 log = logging.getLogger("llm_doe")
 
@@ -48,6 +48,7 @@ training seeds each, in the linked study NAME-confirm (same store), and reports 
 configuration the mean, standard deviation and 95% CI of the objective and metrics, with a
 paired t-test of each against the best. Pass the overrides the search ran with.
   confirm.top_k=3 confirm.seeds=5 confirm.first_seed=0 confirm.data_seeds=false confirm.alpha=0.05
+  confirm.trials=[3,7]  these trials instead of the top_k (needed by a multi-objective study)
   --cfg       print the composed config and exit
   -h, --help  this help
 Example:
@@ -156,6 +157,25 @@ def top_trials(study: optuna.Study, k: int) -> list[FrozenTrial]:
     return top
 
 
+def chosen_trials(study: optuna.Study, numbers: list[int] | None, k: int) -> list[FrozenTrial]:
+    """``confirm.trials`` (each a COMPLETE trial of the study), else the ``k`` best; a study with
+    several objectives has no "best", so it needs ``confirm.trials``. Raises ConfigError."""
+    if numbers is None:
+        if len(study.directions) > 1:
+            front = ", ".join(str(t.number) for t in sorted(study.best_trials, key=lambda t: t.number))
+            raise ConfigError("confirm.trials", f"study {study.study_name!r} has several objectives and no single "
+                                                f"ranking: list the trials to confirm, e.g. from its Pareto front "
+                                                f"(confirm.trials=[{front}])")
+        return top_trials(study, k)
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    for number in numbers:
+        state = trials[number].state.name if number in trials else None
+        if state != "COMPLETE":
+            raise ConfigError("confirm.trials", f"trial {number} of study {study.study_name!r} is "
+                                                f"{state or 'not in the study'}, not COMPLETE")
+    return [trials[n] for n in dict.fromkeys(numbers)]
+
+
 def as_spec(dist: optuna.distributions.BaseDistribution) -> dict[str, Any]:
     """An Optuna distribution as an explicit ``study.space`` spec (no roles, no grammar)."""
     if isinstance(dist, optuna.distributions.CategoricalDistribution):
@@ -187,7 +207,9 @@ def confirm_composed(base: DictConfig, composed: Composed, name: str, space: dic
         data["test_seed"] = data["seed"] if data.get("test_seed") is None else data["test_seed"]
     spec = {k: as_spec(d) for k, d in space.items() if k not in SEED_PARAMS}
     spec.update({k: dict(SEED_SPEC) for k in SEED_PARAMS})
-    study.update(name=name, n_trials=n_trials, space=spec, max_failures=1, max_train_steps=None)
+    # One objective, the quality metric: seeds vary what a configuration scores, not what it costs.
+    study.update(name=name, n_trials=n_trials, space=spec, max_failures=1, max_train_steps=None,
+                 metric=primary_metric(composed.config), direction=resolved_direction(composed.config))
     resolved["pruner"] = {"name": "none"}
     resolved["sampler"] = {"name": "random", "seed": 0}  # never asked: every run is enqueued
     resolved["workers"] = 1
@@ -207,7 +229,7 @@ def make_plan(composed: Composed) -> ConfirmPlan:
     storage, parent = open_parent(composed)
     check_same_experiment(composed, parent, ignore=frozenset(SEED_PARAMS))
     space = searched_space(composed, parent)
-    sources = top_trials(parent, cfg.confirm.top_k)
+    sources = chosen_trials(parent, cfg.confirm.trials, cfg.confirm.top_k)
     if not sources:
         raise ConfigError("study", f"study {name!r} has no COMPLETE trial to confirm: run (or finish) the search "
                                    "first")
@@ -295,14 +317,14 @@ def run(composed: Composed) -> int:
     attrs = {"parent_study": plan.parent.study_name, "top_k": cfg.confirm.top_k, "seeds": plan.seeds,
              "data_seeds": cfg.confirm.data_seeds, "alpha": cfg.confirm.alpha,
              "source_trials": [t.number for t in plan.sources],
-             "source_values": {str(t.number): t.value for t in plan.sources}, "pairs": [list(p) for p in plan.pairs]}
+             "source_values": {str(t.number): t.values[0] for t in plan.sources}, "pairs": [list(p) for p in plan.pairs]}
     for key, value in attrs.items():
         study.set_user_attr(key, json_safe(value))
-    if len(plan.sources) < cfg.confirm.top_k:
+    if cfg.confirm.trials is None and len(plan.sources) < cfg.confirm.top_k:
         log.info("confirm: study %s has %d distinct COMPLETE configuration(s), fewer than confirm.top_k=%d",
                  plan.parent.study_name, len(plan.sources), cfg.confirm.top_k)
     new, retried = enqueue_missing(study, plan)
-    log.info("confirm: top %d trial(s) of %s (%s) x seeds %s = %d runs in study %s; %d to run now%s",
+    log.info("confirm: " + ("top %d" if cfg.confirm.trials is None else "%d chosen") + " trial(s) of %s (%s) x seeds %s = %d runs in study %s; %d to run now%s",
              len(plan.sources), plan.parent.study_name, ", ".join(f"#{t.number}" for t in plan.sources),
              plan.seeds, len(plan.pairs), plan.name, new, f" ({retried} failed before, retried)" if retried else "")
 

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 from omegaconf import DictConfig, OmegaConf
 
-from llm_doe.schema import Config, ConfigError, resolved_direction
+from llm_doe.schema import Config, ConfigError, objective_metrics, primary_metric, resolved_directions
 
 #: Settings that say where and how fast a run goes, not what it learns: they may differ
 #: between runs of one experiment (say, a GPU box after a laptop).
@@ -83,13 +83,18 @@ def experiment_diffs(config: DictConfig, cfg: Config, stored: StoredStudy,
         now = flatten({k: current.get(k) or {} for k in SECTIONS})
         diffs = [(k, now[k], before[k]) for k in now if k in before and k not in skip and now[k] != before[k]]
     head = []  # what the study optimises first: a changed metric also changes the direction
-    metric = attrs.get("metric", (recorded.get("study") or {}).get("metric", cfg.study.metric))
-    if cfg.study.metric != metric:
-        head.append(("study.metric", cfg.study.metric, metric))
-    if len(stored.directions) == 1:
-        direction = stored.directions[0].name.lower()
-        if resolved_direction(cfg) != direction:
-            head.append(("study.direction", resolved_direction(cfg), direction))
+    metric = attrs.get("metric", (recorded.get("study") or {}).get("metric", primary_metric(cfg)))
+    # Every objective, in order: a study written before multi-objective studies had one.
+    stored_metrics = attrs.get("objectives") or [metric]
+    here = objective_metrics(cfg)
+    if here != list(stored_metrics):
+        head.append(("study.metric", here if len(here) > 1 else here[0],
+                     stored_metrics if len(stored_metrics) > 1 else stored_metrics[0]))
+    directions = [d.name.lower() for d in stored.directions]
+    if directions and resolved_directions(cfg) != directions:
+        mine = resolved_directions(cfg)
+        head.append(("study.direction", mine if len(mine) > 1 else mine[0],
+                     directions if len(directions) > 1 else directions[0]))
     return head + diffs
 
 

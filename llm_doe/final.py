@@ -49,7 +49,7 @@ from llm_doe.artifacts import read_metrics
 from llm_doe.cli import Composed, cli
 from llm_doe.formatting import json_safe
 from llm_doe.names import CONFIRM_SUFFIX
-from llm_doe.schema import Config, ConfigError
+from llm_doe.schema import Config, ConfigError, primary_metric
 from llm_doe.storage import masked_config
 
 if TYPE_CHECKING:
@@ -93,8 +93,8 @@ class FinalPlan:
 def choose_trial(parent: optuna.Study, wanted: int | None) -> tuple[FrozenTrial, str]:
     """``final.trial``, else the confirmed best, else the best trial. Raises ConfigError."""
     trials = {t.number: t for t in parent.get_trials(deepcopy=False)}
-    complete = sorted(n for n, t in trials.items() if t.state == TrialState.COMPLETE and t.value is not None
-                      and math.isfinite(t.value))
+    complete = sorted(n for n, t in trials.items() if t.state == TrialState.COMPLETE and t.values
+                      and all(math.isfinite(v) for v in t.values))
     if not complete:
         raise ConfigError("study", f"study {parent.study_name!r} has no COMPLETE trial: nothing to train and test "
                                    "(run or finish the search first)")
@@ -107,6 +107,10 @@ def choose_trial(parent: optuna.Study, wanted: int | None) -> tuple[FrozenTrial,
             raise ConfigError("final.trial", f"trial {wanted} of study {parent.study_name!r} is "
                                              f"{trials[wanted].state.name}, not COMPLETE (COMPLETE trials: {listed})")
         return trials[wanted], "set by final.trial"
+    if len(parent.directions) > 1:  # no single best: the user picks what the cost buys
+        front = ", ".join(str(t.number) for t in sorted(parent.best_trials, key=lambda t: t.number))
+        raise ConfigError("final.trial", f"study {parent.study_name!r} has several objectives and no single best "
+                                         f"trial: set final.trial to one of its Pareto front ({front})")
     confirmation = parent.user_attrs.get("confirmation")
     if isinstance(confirmation, dict) and confirmation.get("best_trial") in complete:
         return trials[int(confirmation["best_trial"])], f"the confirmed best, study {confirmation.get('study')}"
@@ -249,7 +253,7 @@ def model_card(plan: FinalPlan, *, sizes: dict[str, int], card: CardText, metric
     lines += ["## Confirmation", ""]
     lines += _card_confirmation(plan.confirmation)
     lines += ["## The chosen configuration", "",
-              f"Trial #{trial.number} ({plan.chosen_by}): `{metric}` = {trial.value:.4g} on validation "
+              f"Trial #{trial.number} ({plan.chosen_by}): {_trial_values(parent, trial)} on validation "
               f"(best evaluation {trial.user_attrs.get('best_step', '-')}).", ""]
     lines += _md_table(["parameter", "value"], [[f"`{k}`", v] for k, v in trial.params.items()])
     steps = metrics["optimizer_steps"]
@@ -291,11 +295,20 @@ def _card_search(parent: optuna.Study, metric: str) -> list[str]:
     counts: dict[str, int] = {}
     for tr in parent.get_trials(deepcopy=False):
         counts[tr.state.name] = counts.get(tr.state.name, 0) + 1
-    direction = parent.direction.name.lower()
-    lines += ["", f"Objective: {direction} `{metric}` (its best value over each trial's evaluations on the "
+    objectives = parent.user_attrs.get("objectives") or [metric]
+    direction = " and ".join(f"{d.name.lower()} `{m}`" for m, d in zip(objectives, parent.directions))
+    its = "its" if len(objectives) == 1 else f"`{metric}` at its"
+    lines += ["", f"Objective: {direction} ({its} best value over each trial's evaluations on the "
               f"validation split). {sum(counts.values())} trials: "
               + ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items())) + ".", ""]
     return lines
+
+
+def _trial_values(parent: optuna.Study, trial: FrozenTrial) -> str:
+    """The trial's value in words, each objective of a multi-objective study named:
+    ``val_loss = 1.234, trainable_params = 4096`` (in backquotes)."""
+    objectives = parent.user_attrs.get("objectives") or [parent.user_attrs.get("metric", "value")]
+    return ", ".join(f"`{m}` = {v:.4g}" for m, v in zip(objectives, trial.values))
 
 
 def _card_confirmation(table: Any) -> list[str]:
@@ -395,7 +408,7 @@ def _train(plan: FinalPlan) -> _Trained:
     runtime = resolve_runtime(cfg.runtime.device, cfg.train.precision, cfg.runtime.log_every_steps, cfg.runtime.progress)
     started = time.perf_counter()
     result = train(model, task, TrainData(train_data, None, prepared.pad_id), cfg.train, runtime,
-                   select=Selection(cfg.study.metric), hooks=Hooks(desc="final"),
+                   select=Selection(primary_metric(cfg)), hooks=Hooks(desc="final"),
                    budget=Budget(plan.max_steps, plan.schedule_steps))
     test = splits.test  # the one read of the held-out split in the whole study
     sizes["test"] = len(test)

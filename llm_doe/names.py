@@ -16,6 +16,13 @@ from llm_doe.finetune.tasks import TASK_METRICS  # plain data: no torch
 METRICS = tuple(TASK_METRICS["classification"])
 #: Every metric any task records: what the analysis reads of the trials' attributes.
 ALL_METRICS = tuple(dict.fromkeys(m for metrics in TASK_METRICS.values() for m in metrics))
+#: Trial attributes that measure what a trial cost, with the direction that is better: what
+#: a multi-objective ``study.metric`` may trade quality against ([val_loss, trainable_params]).
+COST_METRICS: dict[str, str] = {
+    "trainable_params": "minimize", "total_params": "minimize", "train_time_s": "minimize",
+    "eval_time_s": "minimize", "duration_s": "minimize", "peak_memory_mb": "minimize",
+    "optimizer_steps": "minimize", "examples_seen": "minimize",
+}
 #: Seeds: searched as nuisance parameters or set by the confirmation; labels, not quantities.
 SEED_PARAMS = ("train.seed", "data.seed")
 #: ``python -m llm_doe.confirm`` writes its runs to this linked study, in the same store.

@@ -47,31 +47,37 @@ def describe_distribution(dist: optuna.distributions.BaseDistribution) -> tuple[
     return kind, f"{_cell(dist.low)} .. {_cell(dist.high)} ({scale})"  # type: ignore[attr-defined]
 
 
-def setup_line(config: Mapping[str, Any], code: str = "") -> str:
+def setup_line(config: Mapping[str, Any], code: str = "", multi: bool = False) -> str:
     """One sentence on what a study's trials train: model, data, epochs, sampler and pruner
     (names quoted by ``code``: a backtick in Markdown)."""
     model, data, train = config.get("model", {}), config.get("data", {}), config.get("train", {})
+    pruner = ("none (Optuna prunes one objective only)" if multi else
+              f"{code}{config.get('pruner', {}).get('name')}{code}")
     return (f"Model {code}{model.get('name_or_path')}{code}, data {code}{data.get('source')}{code} "
             f"({data.get('train_size')} train / {data.get('val_size')} val), {train.get('num_epochs')} "
-            f"epoch(s); sampler {code}{config.get('sampler', {}).get('name')}{code}, pruner "
-            f"{code}{config.get('pruner', {}).get('name')}{code}.")
+            f"epoch(s); sampler {code}{config.get('sampler', {}).get('name')}{code}, pruner {pruner}.")
 
 
-def readable_attrs(direction: str, metric: str, space: Mapping[str, optuna.distributions.BaseDistribution],
+def readable_attrs(directions: list[str], metrics: list[str], space: Mapping[str, optuna.distributions.BaseDistribution],
                    config: Mapping[str, Any]) -> dict[str, str]:
     """The study attributes a person reads in the dashboard's table, each short plain text:
     ``goal``, ``best`` (refreshed by :func:`write_study_note`), ``space:<parameter>`` per
     searched parameter and ``setup``. Set before the machine-readable ones, so they come first."""
-    attrs = {"goal": f"{direction} {metric}", "best": NO_BEST}
+    goal = ", ".join(f"{d} {m}" for d, m in zip(directions, metrics))
+    attrs = {"goal": goal if len(metrics) == 1 else f"trade-off: {goal}", "best": NO_BEST}
     for param, dist in space.items():
         kind, extent = describe_distribution(dist)
         attrs[f"space:{param}"] = f"{kind} {extent}".replace("\\|", "|")
-    attrs["setup"] = setup_line(config)
+    attrs["setup"] = setup_line(config, multi=len(metrics) > 1)
     return attrs
 
 
 def best_attr(table: pd.DataFrame) -> str:
-    """The ``best`` attribute: the metric's best value and its trial, e.g. ``val_loss 0.643 (trial #2)``."""
+    """The ``best`` attribute: the metric's best value and its trial, e.g. ``val_loss 0.643 (trial #2)``;
+    for a multi-objective study the trials on the Pareto front."""
+    if analysis.is_multi_objective(table):
+        front = analysis.pareto_front(table)
+        return NO_BEST if front.empty else "Pareto front: " + ", ".join(f"#{int(n)}" for n in front["number"])
     try:
         best = analysis.best_trial(table)
     except ValueError:
@@ -86,12 +92,17 @@ def study_note(table: pd.DataFrame) -> str:
     config = attrs.get("study_user_attrs", {}).get("config") or {}
     space = analysis.space_of(table)
     lines = [f"## {name}", ""]
-    goal = f"**Goal:** {attrs.get('direction') or 'optimise'} `{metric}`"
-    if metric != "value":
+    multi = analysis.is_multi_objective(table)
+    if multi:
+        goal = "**Goal:** the trade-off between " + " and ".join(
+            f"{d} `{m}`" for m, d in zip(analysis.objectives(table), attrs["directions"]))
+    else:
+        goal = f"**Goal:** {attrs.get('direction') or 'optimise'} `{metric}`"
+    if metric != "value" and not multi:
         goal += " (its best value over each trial's evaluations)"
     lines.append(goal + f" by searching {', '.join(f'`{p}`' for p in space) or 'nothing'}.")
     if config:
-        lines.append(setup_line(config, code="`"))
+        lines.append(setup_line(config, code="`", multi=multi))
     lines += ["", "### Search space", "", "| parameter | type | range |", "|---|---|---|"]
     for param, dist in space.items():
         kind, extent = describe_distribution(dist)
@@ -100,7 +111,37 @@ def study_note(table: pd.DataFrame) -> str:
         lines += ["", ONE_PARAMETER]
     failures = analysis.failure_report(table)
     lines += ["", "### Trials", "", analysis.trial_counts_text(failures)]
-    lines += ["", "### Best trial", ""]
+    if multi:
+        lines += _pareto_lines(table, list(space))
+    else:
+        lines += _best_lines(table, list(space), metric)
+    warnings = analysis.study_warnings(table)
+    if warnings:
+        lines += ["", "### Warnings", ""] + [f"- {w}" for w in warnings]
+    lines += ["", "_Written by llm_doe at the end of each run; edits here are replaced by the next run._"]
+    return "\n".join(lines) + "\n"
+
+
+def _pareto_lines(table: pd.DataFrame, space: list[str]) -> list[str]:
+    """A multi-objective study's section: the trials on the Pareto front, a table."""
+    lines = ["", "### Pareto front", ""]
+    front = analysis.pareto_front(table)
+    if front.empty:
+        return lines + ["No trial has completed yet."]
+    names = analysis.objectives(table)
+    lines += ["No trial beats these in every objective; pick one by what its cost buys "
+              "(`final.trial=N`, `confirm.trials=[N,...]`).", "",
+              "| trial | " + " | ".join(f"`{n}`" for n in names + [p for p in space if p in front.columns]) + " |",
+              "|---" * (1 + len(names) + len([p for p in space if p in front.columns])) + "|"]
+    for _, row in front.iterrows():
+        cells = [_cell(fmt(row[n], 4)) for n in names] + [_cell(row[p]) for p in space if p in front.columns]
+        lines.append(f"| **#{int(row['number'])}** | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _best_lines(table: pd.DataFrame, space: list[str], metric: str) -> list[str]:
+    """A single-objective study's section: the best trial, its parameters, its rerun command."""
+    lines = ["", "### Best trial", ""]
     try:
         best = analysis.best_trial(table)
     except ValueError:
@@ -112,11 +153,7 @@ def study_note(table: pd.DataFrame) -> str:
         lines += ["", "| parameter | value |", "|---|---|"]
         lines += [f"| `{p}` | {_cell(best[p])} |" for p in space if p in best.index]
         lines += ["", "Rerun it:", "", "```", shell_lines(analysis.rerun_command(table)), "```"]
-    warnings = analysis.study_warnings(table)
-    if warnings:
-        lines += ["", "### Warnings", ""] + [f"- {w}" for w in warnings]
-    lines += ["", "_Written by llm_doe at the end of each run; edits here are replaced by the next run._"]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def write_study_note(study: optuna.Study) -> None:

@@ -34,7 +34,7 @@ from llm_doe.finetune.loop import Diverged, Hooks, Interrupted, Selection, Train
 from llm_doe.finetune.runtime import resolve_runtime
 from llm_doe.finetune.tasks import get_task
 from llm_doe.liveness import worker_attrs
-from llm_doe.schema import Config, resolved_direction
+from llm_doe.schema import Config, objective_metrics, primary_metric, resolved_direction
 from llm_doe.space import SearchSpace, apply_params, suggest
 from llm_doe.storage import retry_callback
 from llm_doe.study import grid_duplicate, set_user_attrs
@@ -139,7 +139,7 @@ class Objective:
         cfg_dc = apply_params(self.base, params)
         return cfg_dc, OmegaConf.to_object(cfg_dc)  # type: ignore[return-value]
 
-    def __call__(self, trial: optuna.Trial) -> float:
+    def __call__(self, trial: optuna.Trial) -> float | list[float]:
         started = time.perf_counter()
         frozen = self._claim(trial)
         params, cfg_dc, cfg = self._configure(trial)
@@ -156,7 +156,7 @@ class Objective:
         if failure is not None:
             self._record_failure(trial, failure, started, config_yaml, history, task)
         assert result is not None
-        return self._record_result(trial, result, sizes, cfg.study.metric, task, config_yaml, started)
+        return self._record_result(trial, result, sizes, objective_metrics(cfg), task, config_yaml, started)
 
     def _claim(self, trial: optuna.Trial) -> optuna.trial.FrozenTrial:
         """The trial as stored, once it is known to be one the study still needs: a trial past
@@ -204,11 +204,16 @@ class Objective:
         """Fine-tune the trial's model, reporting each evaluation to the trial (``history``
         collects them): the result, the parameter counts, and the failure that ended it, if any.
         An interrupted trial is re-queued and raises TrialInterrupted."""
-        metric = cfg.study.metric
+        metric = primary_metric(cfg)
         maximize = resolved_direction(cfg) == "maximize"
+        # Optuna takes no intermediate values from a multi-objective trial (trial.report raises):
+        # nothing to report, nothing to prune; the history still goes to metrics.json.
+        reporting = len(objective_metrics(cfg)) == 1
 
         def report(step: int, metrics: dict[str, float]) -> bool:
             history.append({"step": step, **metrics})
+            if not reporting:
+                return False
             with_storage_retry(lambda: trial.report(metrics[metric], step), f"reporting step {step}",
                                self.storage_retry_s)
             return with_storage_retry(trial.should_prune, f"asking the pruner at step {step}", self.storage_retry_s)
@@ -262,9 +267,10 @@ class Objective:
         upload_trial_artifacts(self.artifact_store, trial, config_yaml, history, task)
         raise TrialFailed(reason) from failure
 
-    def _record_result(self, trial: optuna.Trial, result: TrainResult, sizes: dict[str, int], metric: str,
-                       task: Task, config_yaml: str, started: float) -> float:
-        """Record the finished trial's metrics, cost and files; its value (or TrialPruned)."""
+    def _record_result(self, trial: optuna.Trial, result: TrainResult, sizes: dict[str, int], metrics: list[str],
+                       task: Task, config_yaml: str, started: float) -> float | list[float]:
+        """Record the finished trial's metrics, cost and files; its value, or its values for
+        several objectives (metrics first, then recorded costs), or TrialPruned."""
         attrs: dict[str, Any] = {name: _finite_or_none(result.best[name]) for name in task.metrics}
         for name, value in result.cost.items():
             attrs[name] = _finite_or_none(float(value)) if isinstance(value, float) else value
@@ -281,7 +287,10 @@ class Objective:
         upload_trial_artifacts(self.artifact_store, trial, config_yaml, result.history, task, result.best_payload)
         if pruned:
             raise optuna.TrialPruned(f"pruned at evaluation {len(result.history)}")
-        return float(result.best[metric])
+        if len(metrics) == 1:
+            return float(result.best[metrics[0]])
+        values = {**attrs, **result.best}
+        return [math.nan if values.get(name) is None else float(values[name]) for name in metrics]
 
     @staticmethod
     def _fail_reason(err: BaseException) -> str:

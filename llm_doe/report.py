@@ -86,9 +86,7 @@ def _generations_section(storage: Any, name: str, trials: Any, artifacts_dir: An
     title = "Sample generations of the best trials"
     if artifacts_dir is None:
         return _section(title, "<p>No artifacts folder given.</p>")
-    maximize = trials.attrs["direction"] == "maximize"
-    done = trials[trials["state"] == "COMPLETE"].sort_values("value", ascending=not maximize)
-    numbers = done["number"].head(MAX_GENERATION_TRIALS).tolist()
+    numbers = analysis.ranked_trials(trials)["number"].head(MAX_GENERATION_TRIALS).tolist()
     try:
         rows = analysis.load_generations(storage, name, artifacts_dir=artifacts_dir, numbers=numbers)
     except (FileNotFoundError, OSError) as err:
@@ -140,8 +138,12 @@ def render_report(storage: analysis.StudyRef, study_name: str | None = None, *,
     parts: list[str] = []
 
     failures = analysis.failure_report(trials)
+    multi = analysis.is_multi_objective(trials)
+    goal = " and ".join(f"{html.escape(d)} <code>{html.escape(m)}</code>" for m, d in
+                        zip(analysis.objectives(trials), attrs["directions"])) if multi else \
+        f"{html.escape(str(attrs.get('direction') or 'optimise'))} <code>{html.escape(metric)}</code>"
     parts.append(
-        f"<p><b>Goal:</b> {html.escape(str(attrs.get('direction') or 'optimise'))} <code>{html.escape(metric)}</code> "
+        f"<p><b>Goal:</b> {'the trade-off between ' if multi else ''}{goal} "
         f"by searching {', '.join(f'<code>{html.escape(p)}</code>' for p in params) or 'nothing'}.<br>"
         f"{html.escape(analysis.trial_counts_text(failures))}</p>")
 
@@ -153,8 +155,12 @@ def render_report(storage: analysis.StudyRef, study_name: str | None = None, *,
         parts.append(_section("Warnings", '<p class="ok">No failed trials; no best value on the edge of a searched '
                                           "range.</p>"))
 
-    best_html, best = _best_section(trials, params, metric)
-    parts.append(best_html)
+    if multi:
+        parts.append(_pareto_section(trials))
+        best = None
+    else:
+        best_html, best = _best_section(trials, params, metric)
+        parts.append(best_html)
 
     confirmation = _confirmation_section(storage, name)
     if confirmation:
@@ -162,7 +168,9 @@ def render_report(storage: analysis.StudyRef, study_name: str | None = None, *,
 
     curves = analysis.load_curves(storage, name)
     if curves.empty:
-        parts.append(_section("Learning curves", "<p>No trial reported an intermediate value.</p>"))
+        parts.append(_section("Learning curves", "<p>Optuna keeps no intermediate values of a multi-objective study: "
+                                                 "each trial's evaluations are in its <code>metrics.json</code>.</p>"
+                              if multi else "<p>No trial reported an intermediate value.</p>"))
     else:
         parts.append(_section("Learning curves", _img(
             analysis.plot_learning_curves(curves),
@@ -181,11 +189,13 @@ def render_report(storage: analysis.StudyRef, study_name: str | None = None, *,
         isolated = analysis.isolation(trials)
         parts.append(_section(f"Best trial per value of {isolated.index.name}", _table(isolated, index=True)))
 
-    parts.append(_section("Parameter importance", _importance(trials, params)))
-
-    boundary = analysis.boundary_report(trials)
-    parts.append(_section("Boundary check", _table(boundary) if len(boundary) else
-                          "<p>No numeric parameter with a complete trial to check.</p>"))
+    if multi:
+        parts.append(_importance_per_objective(trials))
+    else:
+        parts.append(_section("Parameter importance", _importance(trials, params)))
+        boundary = analysis.boundary_report(trials)
+        parts.append(_section("Boundary check", _table(boundary) if len(boundary) else
+                              "<p>No numeric parameter with a complete trial to check.</p>"))
     parts.append(_section("Failures", _table(failures.to_frame("count"), index=True)))
 
     shown = trials.head(MAX_TABLE_ROWS).drop(columns=["datetime_start", "datetime_complete"])
@@ -220,14 +230,44 @@ def _best_section(trials: pd.DataFrame, params: list[str], metric: str) -> tuple
     return _section("Best trial", summary + command + config), best
 
 
+def _pareto_section(trials: pd.DataFrame) -> str:
+    """A multi-objective study's answer: the trials no other beats in every objective, a table
+    and the plane of the first two objectives, and how to take one further."""
+    title = "Pareto front"
+    front = analysis.pareto_front(trials)
+    if front.empty:
+        return _section(title, "<p>No trial has completed yet.</p>")
+    names = analysis.objectives(trials)
+    intro = (f"<p>{len(front)} trial(s) that no other trial beats in every objective "
+             f"({', '.join(html.escape(n) for n in names)}): each buys its quality with its cost. Pick one for "
+             "<code>python -m llm_doe.final final.trial=N</code> or <code>python -m llm_doe.confirm "
+             "confirm.trials=[N,...]</code>.</p>")
+    figure = _img(analysis.plot_pareto(trials), f"{names[0]} against {names[1]}: red on the front, grey dominated.")
+    first = int(front["number"].iloc[0])
+    command = (f"<p>Rerun trial #{first} (best {html.escape(names[0])} on the front):</p>"
+               f"<pre>{html.escape(analysis.rerun_command(trials, first))}</pre>")
+    return _section(title, intro + _table(front) + figure + command)
+
+
+def _importance_per_objective(trials: pd.DataFrame) -> str:
+    """Optuna's importance of each parameter for each objective (PED-ANOVA), one column each."""
+    columns = {name: analysis.param_importances(analysis.objective_view(trials, name))
+               for name in analysis.objectives(trials)}
+    table = pd.DataFrame(columns)
+    if table.empty:
+        return _section("Parameter importance", "<p>Needs at least two complete trials.</p>")
+    return _section("Parameter importance per objective", _table(table, index=True)
+                    + "<p class=\"meta\">Optuna's default importance evaluator (PED-ANOVA), one objective at a "
+                      "time.</p>")
+
+
 def _roc_section(storage: analysis.StudyRef, name: str, trials: pd.DataFrame,
                  artifacts_dir: str | os.PathLike[str] | None) -> str:
     """The ROC curves of the best complete trials (all of them in a small study)."""
     if artifacts_dir is None:
         return _section("ROC curves", "<p>No artifacts folder given.</p>")
     try:
-        done = trials[trials["state"] == "COMPLETE"]
-        done = done.sort_values("value", ascending=trials.attrs["direction"] != "maximize")
+        done = analysis.ranked_trials(trials)
         numbers = None if len(trials) <= MAX_ROC_CURVES else done["number"].head(MAX_ROC_CURVES).tolist()
         roc = analysis.load_roc(storage, name, artifacts_dir=artifacts_dir, numbers=numbers)
     except (FileNotFoundError, OSError) as err:

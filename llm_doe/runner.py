@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
 from llm_doe.formatting import fmt
-from llm_doe.schema import Config, resolved_direction
+from llm_doe.schema import Config, objective_metrics, resolved_directions
 
 if TYPE_CHECKING:
     from llm_doe.cli import Composed
@@ -59,12 +59,12 @@ def setup_logging(run_dir: Path | None) -> None:
 class ProgressCallback:
     """A study progress bar and one line per finished trial."""
 
-    def __init__(self, study: optuna.Study, total: int, metric: str, enabled: bool) -> None:
+    def __init__(self, study: optuna.Study, total: int, metrics: list[str], enabled: bool) -> None:
         from tqdm.auto import tqdm
 
         from llm_doe.study import count_finished
 
-        self.total, self.metric = total, metric
+        self.total, self.metric, self.metrics = total, metrics[0], metrics
         self.bar = tqdm(total=total, initial=count_finished(study), desc=f"study {study.study_name}",
                         unit="trial", disable=None if enabled else True, dynamic_ncols=True)
         self.failures = 0
@@ -83,11 +83,15 @@ class ProgressCallback:
             last = trial.intermediate_values.get(trial.last_step)
             value = f"pruned at eval {trial.last_step} ({self.metric}={fmt(last, 4)})"
         else:
-            value = f"{self.metric}={fmt(trial.value, 4)}"
-        try:
-            best = f"best {fmt(study.best_value, 4)} (#{study.best_trial.number})"
-        except ValueError:
-            best = "best -"
+            value = " ".join(f"{m}={fmt(v, 4)}" for m, v in zip(self.metrics, trial.values or ()))
+        if len(self.metrics) > 1:  # no single best: the Pareto front so far
+            front = sorted(t.number for t in study.best_trials)
+            best = f"Pareto front {', '.join(f'#{n}' for n in front) or '-'}"
+        else:
+            try:
+                best = f"best {fmt(study.best_value, 4)} (#{study.best_trial.number})"
+            except ValueError:
+                best = "best -"
         params = " ".join(f"{k}={fmt(v, 4)}" for k, v in trial.params.items())
         duration = trial.duration.total_seconds() if trial.duration else float("nan")
         done = count_finished(study)
@@ -197,7 +201,8 @@ def optimize_arms(composed: Composed, arms: list[tuple[Any, optuna.Study]]) -> i
                  "run more)", cfg.study.name, done, n_total, storage_label(cfg.storage))
         return 0
     log.info("study %s: %d/%d trials finished, %s %s, sampler=%s pruner=%s, store %s, logs %s", cfg.study.name, done,
-             n_total, resolved_direction(cfg), cfg.study.metric, cfg.sampler.name, cfg.pruner.name,
+             n_total, "/".join(resolved_directions(cfg)), "/".join(objective_metrics(cfg)), cfg.sampler.name,
+             cfg.pruner.name if len(objective_metrics(cfg)) == 1 else "none",
              storage_label(cfg.storage), composed.run_dir)
     if len(arms) > 1:
         log.info("%d scientific values, %d trials each: %s", len(arms), arms[0][0].n_trials,
@@ -277,7 +282,7 @@ def _runners(cfg: Config, arms: list[tuple[Any, optuna.Study]], stop: StopReques
         folder = None if checkpoints is None else checkpoints if len(arms) == 1 else checkpoints / _slug(arm.name)
         objective = Objective(arm.config, arm.space, store, progress=cfg.runtime.progress, checkpoints_dir=folder,
                               should_stop=stop, n_trials=arm.n_trials, storage_retry_s=cfg.storage.retry_seconds)
-        runners.append((arm, study, objective, ProgressCallback(study, arm.n_trials, cfg.study.metric,
+        runners.append((arm, study, objective, ProgressCallback(study, arm.n_trials, objective_metrics(cfg),
                                                                 cfg.runtime.progress and len(arms) == 1)))
     return runners
 
@@ -375,12 +380,22 @@ def summarise(arm: Any, study: optuna.Study, cfg: Config, started: float) -> Non
              "examples, %.0fs training, %.0fs evaluating", study.study_name,
              counts[TrialState.COMPLETE] + counts[TrialState.PRUNED], arm.n_trials, time.perf_counter() - started,
              totals["optimizer_steps"], totals["examples_seen"], totals["train_time_s"], totals["eval_time_s"])
+    metrics = objective_metrics(cfg)
+    if len(metrics) > 1:  # no single best trial: the trade-off, and no boundary check (it needs one)
+        front = sorted(study.best_trials, key=lambda t: t.number)
+        if not front:
+            log.info("no trial completed")
+        for trial in front:
+            log.info("Pareto front: trial #%d: %s with %s", trial.number,
+                     " ".join(f"{m}={fmt(v, 4)}" for m, v in zip(metrics, trial.values)),
+                     " ".join(f"{k}={fmt(v, 4)}" for k, v in trial.params.items()))
+        return
     try:
         best = study.best_trial
     except ValueError:
         log.info("no trial completed")
         return
-    log.info("best trial #%d: %s=%s with %s", best.number, cfg.study.metric, fmt(best.value, 4),
+    log.info("best trial #%d: %s=%s with %s", best.number, metrics[0], fmt(best.value, 4),
              " ".join(f"{k}={fmt(v, 4)}" for k, v in best.params.items()))
     try:
         report = analysis.boundary_report(analysis.load_trials(study))

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from llm_doe.finetune.tasks import TASK_METRICS
+from llm_doe.names import COST_METRICS
 
 
 class ConfigError(ValueError):
@@ -154,8 +155,10 @@ class StudyConfig:
     # null = the name of the +study=NAME file.
     name: Optional[str] = None
     n_trials: int = 8
-    direction: Optional[str] = None
-    metric: str = "val_loss"
+    # One metric, or a list for a multi-objective study (quality first, then costs:
+    # [val_loss, trainable_params]); one direction per metric, null = each metric's own.
+    direction: Any = None
+    metric: Any = "val_loss"
     space: dict[str, Any] = field(default_factory=dict)
     # Stop the study after this many failed trials in one run.
     max_failures: int = 5
@@ -194,6 +197,9 @@ class ConfirmConfig:
     data_seeds: bool = False
     # Significance level of the paired t-tests against the best configuration.
     alpha: float = 0.05
+    # The trials to re-run, by number, instead of the top_k best (a multi-objective study
+    # has no single ranking: it needs them).
+    trials: Optional[list[int]] = None
 
 
 @dataclass
@@ -273,11 +279,39 @@ TEXT_SOURCES = ("tweets", "csv", "hub")
 CHAT_SOURCES = ("chat_pairs", "jsonl")
 
 
+def objective_metrics(cfg: Config) -> list[str]:
+    """What the study optimises: ``study.metric`` as a list (one name for a single objective)."""
+    metric = cfg.study.metric
+    return [str(m) for m in metric] if isinstance(metric, (list, tuple)) else [str(metric)]
+
+
+def primary_metric(cfg: Config) -> str:
+    """The quality metric: the only one, or the first of several (what the training loop selects
+    each trial's best evaluation by, and what a single-objective confirmation compares)."""
+    return objective_metrics(cfg)[0]
+
+
+def metric_direction(task: str, metric: str) -> str:
+    """A metric's own direction: the task's (accuracy up, loss down), costs down."""
+    return TASK_METRICS[task].get(metric) or COST_METRICS.get(metric, "minimize")
+
+
+def resolved_directions(cfg: Config) -> list[str]:
+    """One direction per objective metric: as given, else each metric's own."""
+    given = cfg.study.direction
+    metrics = objective_metrics(cfg)
+    if given is None:
+        return [metric_direction(cfg.task.name, m) for m in metrics]
+    return [str(d) for d in given] if isinstance(given, (list, tuple)) else [str(given)] * len(metrics)
+
+
 def resolved_direction(cfg: Config) -> str:
-    """The study direction: as given, else what the metric implies."""
-    if cfg.study.direction is not None:
-        return cfg.study.direction
-    return TASK_METRICS[cfg.task.name].get(cfg.study.metric, "minimize")
+    """The direction of the quality metric (:func:`primary_metric`): as given, else its own."""
+    return resolved_directions(cfg)[0]
+
+
+def is_multi_objective(cfg: Config) -> bool:
+    return len(objective_metrics(cfg)) > 1
 
 
 def _check(ok: bool, key: str, message: str) -> None:
@@ -393,17 +427,42 @@ def _validate_search(cfg: Config) -> None:
     _check(0 < cfg.pruner.percentile < 100, "pruner.percentile", "must be in (0, 100)")
     _check(bool(s.name), "study.name", "must not be empty (pick a study with +study=NAME)")
     _check(s.n_trials >= 1, "study.n_trials", f"must be >= 1, got {s.n_trials}")
-    metrics = TASK_METRICS[cfg.task.name]
-    _check(s.metric in metrics, "study.metric", f"must be one of task {cfg.task.name}'s metrics "
-                                                f"{'|'.join(metrics)}, got {s.metric!r}")
-    if s.direction is not None:
-        _check(s.direction in ("minimize", "maximize"), "study.direction", f"must be minimize or maximize, got {s.direction!r}")
+    _validate_objectives(cfg)
     _check(s.max_failures >= 1, "study.max_failures", "must be >= 1")
     if s.timeout is not None:
         _check(s.timeout > 0, "study.timeout", "must be > 0 seconds or null")
     if s.max_train_steps is not None:
         _check(s.max_train_steps >= 1, "study.max_train_steps", "must be >= 1 or null")
     _check(s.scientific_points >= 2, "study.scientific_points", "must be >= 2")
+
+
+def _validate_objectives(cfg: Config) -> None:
+    """study.metric (a task metric, or a list: a task metric first, then task metrics or costs)
+    and study.direction (one per metric)."""
+    s = cfg.study
+    metrics = TASK_METRICS[cfg.task.name]
+    if not isinstance(s.metric, (list, tuple)):
+        _check(isinstance(s.metric, str) and s.metric in metrics, "study.metric",
+               f"must be one of task {cfg.task.name}'s metrics {'|'.join(metrics)}, or a list of them and costs "
+               f"({'|'.join(COST_METRICS)}) for a multi-objective study, got {s.metric!r}")
+    else:
+        names = list(s.metric)
+        _check(len(names) >= 1, "study.metric", "must not be an empty list")
+        _check(names[0] in metrics, "study.metric", f"must start with a quality metric of task {cfg.task.name} "
+                                                    f"({'|'.join(metrics)}), got {names[0]!r}")
+        for name in names[1:]:
+            _check(name in metrics or name in COST_METRICS, "study.metric",
+                   f"{name!r} is neither a metric of task {cfg.task.name} ({'|'.join(metrics)}) nor a recorded "
+                   f"cost ({'|'.join(COST_METRICS)})")
+        _check(len(set(names)) == len(names), "study.metric", f"names a metric twice: {names}")
+    if s.direction is None:
+        return
+    n = len(objective_metrics(cfg))
+    given = list(s.direction) if isinstance(s.direction, (list, tuple)) else [s.direction]
+    if isinstance(s.direction, (list, tuple)) or n > 1:
+        _check(len(given) == n, "study.direction", f"needs one direction per metric ({n}), got {given}")
+    for d in given:
+        _check(d in ("minimize", "maximize"), "study.direction", f"must be minimize or maximize, got {d!r}")
 
 
 def _validate_runtime(cfg: Config) -> None:
@@ -427,6 +486,9 @@ def _validate_runtime(cfg: Config) -> None:
     _check(0 <= c.first_seed and c.first_seed + c.seeds <= 2**31, "confirm.first_seed",
            f"seeds must lie in [0, 2**31), got first_seed={c.first_seed}")
     _check(0.0 < c.alpha < 1.0, "confirm.alpha", f"must be in (0, 1), got {c.alpha}")
+    if c.trials is not None:
+        _check(len(c.trials) >= 1 and all(isinstance(t, int) and t >= 0 for t in c.trials), "confirm.trials",
+               f"must be a list of trial numbers >= 0 or null, got {c.trials}")
     if cfg.final.trial is not None:
         _check(cfg.final.trial >= 0, "final.trial", f"must be a trial number >= 0 or null, got {cfg.final.trial}")
     _check(bool(cfg.final.output_dir), "final.output_dir", "must not be empty")

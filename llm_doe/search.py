@@ -19,7 +19,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from llm_doe.cli import Composed, cli
-from llm_doe.schema import Config, ConfigError
+from llm_doe.schema import Config, ConfigError, PrunerConfig, is_multi_objective, objective_metrics
 
 USAGE = """usage: python -m llm_doe.search +study=NAME [key=value ...] [--cfg]
 
@@ -58,6 +58,12 @@ def prepare(composed: Composed) -> tuple[Any, Any]:
     check_writable(cfg.storage.artifacts_dir, "storage.artifacts_dir")
     check_writable(composed.run_dir, "hydra.run.dir")
     pruner = make_pruner(cfg.pruner)
+    if is_multi_objective(cfg) and design.scientific:
+        raise ConfigError("study.metric", "a scientific study compares the best trial of each value: give it one "
+                                          "metric, not a list")
+    if is_multi_objective(cfg) and cfg.sampler.name == "cmaes":
+        raise ConfigError("sampler.name", "cmaes optimises one objective; a multi-objective study.metric needs "
+                                          "tpe, gp, random, qmc or grid")
     # Data and weights load now: a missing file or model stops the run here, and the first
     # trial finds them cached.
     prepared = get_task(cfg.task).prepare(cfg.model, cfg.data)
@@ -97,10 +103,15 @@ def run(composed: Composed) -> int:
     write_run_dir(composed)
     setup_logging(composed.run_dir)
     storage = make_storage(cfg.storage)
+    pruner_cfg = cfg.pruner
+    if is_multi_objective(cfg):
+        log.info("multi-objective study (%s): Optuna's pruners take one objective, so every trial runs to the end "
+                 "(pruner.name=%s not used)", ", ".join(objective_metrics(cfg)), cfg.pruner.name)
+        pruner_cfg = PrunerConfig(name="none")
     arms = []
     for arm in design.arms:
         attrs = {"design": design.attrs(arm)} if design.scientific or design.caveats else {}
-        study = open_study(cfg, storage, make_sampler(cfg.sampler, arm.space), make_pruner(cfg.pruner), arm.space,
+        study = open_study(cfg, storage, make_sampler(cfg.sampler, arm.space), make_pruner(pruner_cfg), arm.space,
                            masked_config(composed.dict_config), composed.overrides, name=arm.name, attrs=attrs)
         arms.append((arm, study))
     for caveat in design.caveats:

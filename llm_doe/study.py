@@ -33,7 +33,9 @@ from llm_doe.schema import (
     ConfigError,
     PrunerConfig,
     SamplerConfig,
-    resolved_direction,
+    objective_metrics,
+    primary_metric,
+    resolved_directions,
 )
 from llm_doe.space import SearchSpace, grid_values, space_to_json
 from llm_doe.storage import mask_overrides, open_store, store_exists
@@ -214,23 +216,24 @@ def open_study(cfg: Config, storage: optuna.storages.BaseStorage, sampler: optun
     """Create the study (``name``, default ``study.name``) or load it to resume; record
     provenance (and ``attrs``) on first creation, and each run's command."""
     study = optuna.create_study(storage=storage, sampler=sampler, pruner=pruner, study_name=name or cfg.study.name,
-                                direction=resolved_direction(cfg), load_if_exists=True)
+                                directions=resolved_directions(cfg), load_if_exists=True)
     if "space" not in study.user_attrs:
         from llm_doe.notes import readable_attrs
 
         # First what a person reads in optuna-dashboard's attribute table (it lists them in the
         # order they were first set): the goal, the best value, each range, the setup. Then the
         # machine-readable copies the code reads ("config", "space": JSON, not for reading).
-        for key, value in readable_attrs(resolved_direction(cfg), cfg.study.metric, space, resolved).items():
+        for key, value in readable_attrs(resolved_directions(cfg), objective_metrics(cfg), space, resolved).items():
             study.set_user_attr(key, value)
         for key, value in (attrs or {}).items():
             study.set_user_attr(key, value)
-        study.set_user_attr("metric", cfg.study.metric)
+        study.set_user_attr("metric", primary_metric(cfg))  # the quality metric: what readers plot
+        study.set_user_attr("objectives", objective_metrics(cfg))  # every objective, in order
         # What the trials report, for readers that must not guess (the analysis, the report):
         # the task and each of its metrics with its direction.
         study.set_user_attr("task", cfg.task.name)
         study.set_user_attr("metric_directions", dict(TASK_METRICS[cfg.task.name]))
-        study.set_metric_names([cfg.study.metric])  # optuna-dashboard names the objective
+        study.set_metric_names(objective_metrics(cfg))  # optuna-dashboard names the objectives
         # Tells this study from an earlier one of the same name (a deleted store, recreated):
         # a trial's checkpoint records it and is resumed only by a trial of this study.
         study.set_user_attr("uuid", uuid.uuid4().hex)

@@ -16,11 +16,12 @@ NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 
 
 # The study each notebook is written for (its parameter defaults) and what the test runs it on.
-DEFAULTS = {"scientific_study.ipynb": "weight_decay_effect", "sft_study.ipynb": "lora_sft"}
+DEFAULTS = {"scientific_study.ipynb": "weight_decay_effect", "sft_study.ipynb": "lora_sft",
+            "pareto_study.ipynb": "lora_tradeoff"}
 SFT_SPACE = ("++study.space={train.learning_rate:{type:float,low:1.0e-4,high:3.0e-3,log:true},"
              "peft.r:{type:categorical,choices:[2,4]}}")
 #: The study of the test's tiny run each notebook reads.
-RUNS_ON = {"scientific_study.ipynb": "wd", "sft_study.ipynb": "sft"}
+RUNS_ON = {"scientific_study.ipynb": "wd", "sft_study.ipynb": "sft", "pareto_study.ipynb": "mo"}
 SCIENTIFIC = ("++study.space={train.weight_decay:{role:scientific,type:categorical,choices:[0.0,0.1]},"
               "train.learning_rate:{type:float,low:1.0e-4,high:3.0e-3,log:true}}")
 
@@ -33,8 +34,12 @@ def studies(tmp_path_factory) -> dict[str, dict[str, Any]]:
     assert main(["+study=sft_smoke", *store_args(tmp, "sft"), "study.n_trials=3", "data.train_size=32",
                  "data.val_size=16", "data.test_size=16", "data.max_length=64", "runtime.progress=false",
                  "runtime.num_threads=1", SFT_SPACE]) == 0
+    # Two objectives: validation loss against trainable parameters (pareto_study.ipynb).
+    assert main(["+study=sft_smoke", *store_args(tmp, "mo"), "study.n_trials=3", "data.train_size=32",
+                 "data.val_size=16", "data.test_size=16", "data.max_length=64", "runtime.progress=false",
+                 "runtime.num_threads=1", SFT_SPACE, "study.metric=[val_loss,trainable_params]"]) == 0
     return {name: {"storage": f"sqlite:///{tmp}/{name}.db", "study_name": name, "artifacts_dir": str(tmp / "art"),
-                   "tmp": tmp} for name in ("lr", "wd", "sft")}
+                   "tmp": tmp} for name in ("lr", "wd", "sft", "mo")}
 
 
 def test_there_are_notebooks():
@@ -78,6 +83,12 @@ def test_notebook_runs_against_a_tiny_study(path: Path, studies, kernel, tmp_pat
                          for o in c.outputs)
         assert "train.learning_rate" in text and "python -m llm_doe.search" in text
         assert f"study.name={study['study_name']}_trial" in text  # the rerun command
+    if path.name == "pareto_study.ipynb":
+        images = [c for c in code if any("image/png" in o.get("data", {}) for o in c.outputs)]
+        assert len(images) == 1  # the Pareto plot
+        text = "\n".join(str(o.get("text", "")) + str(o.get("data", {}).get("text/plain", "")) for c in code
+                         for o in c.outputs)
+        assert "pareto" in text and "trainable_params" in text and f"study.name={study['study_name']}_trial" in text
 
     if path.name == "sft_study.ipynb":
         images = [c for c in code if any("image/png" in o.get("data", {}) for o in c.outputs)]

@@ -17,12 +17,13 @@ Two kinds of functions, so notebooks hold no logic and plots do no I/O:
 * checks and plots take those DataFrames: :func:`boundary_report`, :func:`failure_report`,
   :func:`isolation`, :func:`param_importances`, :func:`plot_learning_curves`,
   :func:`plot_roc_curves`, :func:`plot_objective_vs_params`, :func:`plot_importance`,
-  :func:`plot_confirmation`, :func:`plot_scientific_isolation`.
+  :func:`plot_confirmation`, :func:`plot_scientific_isolation`; for a multi-objective study
+  :func:`pareto_front` and :func:`plot_pareto` (``load_trials`` marks the front: ``pareto``).
   The study's search space, direction and metric travel with a table in ``DataFrame.attrs``.
 
 The modules, one concern each: ``_source`` (reading a store: SQL or Optuna's API), ``tables``
 (the loaders), ``checks`` (the playbook's checks), ``confirmation`` (seeds and paired tests),
-``scientific`` (sub-studies per scientific value) and ``plots`` (figures, no I/O). Everything
+``scientific`` (sub-studies per scientific value), ``pareto`` (several objectives) and ``plots`` (figures, no I/O). Everything
 public is re-exported here, so ``from llm_doe import analysis; analysis.load_trials(...)`` and
 ``import llm_doe as doe; doe.load_trials(...)`` read the same.
 """
@@ -52,6 +53,16 @@ from llm_doe.analysis.confirmation import (
     format_confirmation,
     load_confirmation,
     paired_p_value,
+)
+from llm_doe.analysis.pareto import (
+    is_multi_objective,
+    objective_view,
+    objectives,
+    pareto_front,
+    pareto_mask,
+    pareto_text,
+    plot_pareto,
+    ranked_trials,
 )
 from llm_doe.analysis.plots import (
     figure_png,
@@ -96,6 +107,7 @@ __all__ = [
     "figure_png",
     "fmt",
     "format_confirmation",
+    "is_multi_objective",
     "isolation",
     "load_artifacts",
     "load_confirmation",
@@ -103,15 +115,22 @@ __all__ = [
     "load_generations",
     "load_roc",
     "load_trials",
+    "objective_view",
+    "objectives",
     "paired_p_value",
     "param_columns",
     "param_importances",
+    "pareto_front",
+    "pareto_mask",
+    "pareto_text",
     "plot_confirmation",
     "plot_importance",
     "plot_learning_curves",
     "plot_objective_vs_params",
+    "plot_pareto",
     "plot_roc_curves",
     "plot_scientific_isolation",
+    "ranked_trials",
     "rdb_backend",
     "rerun_command",
     "scientific_curves",

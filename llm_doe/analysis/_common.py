@@ -28,15 +28,22 @@ def param_columns(table: pd.DataFrame) -> list[str]:
 def is_maximized(table: pd.DataFrame) -> bool:
     """Whether the table's single objective is maximised (the checks need one direction)."""
     direction = table.attrs.get("direction")
+    if len(table.attrs.get("directions") or ()) > 1:
+        raise ValueError("a multi-objective study has no single best trial: see pareto_front(trials) and "
+                         "plot_pareto(trials)")
     if direction not in ("minimize", "maximize"):
         raise ValueError("the checks need a single-objective table from load_trials() (direction in .attrs)")
     return direction == "maximize"
 
 
 def complete_trials(table: pd.DataFrame) -> pd.DataFrame:
-    """The COMPLETE trials with a finite value: the ones whose values compete."""
-    done = table[(table["state"] == "COMPLETE") & np.isfinite(table["value"].astype(float))]
-    return done
+    """The COMPLETE trials with a finite value (every value, for several objectives): the ones
+    whose values compete."""
+    columns = ["value"] if "value" in table.columns else [c for c in table.columns if c.startswith("values_")]
+    ok = table["state"] == "COMPLETE"
+    for column in columns:
+        ok &= np.isfinite(table[column].astype(float))
+    return table[ok]
 
 
 def default_param(table: pd.DataFrame) -> str:

@@ -21,6 +21,7 @@ from optuna.distributions import BaseDistribution, IntDistribution, json_to_dist
 
 from llm_doe.analysis._common import param_columns
 from llm_doe.analysis._source import Raw, StudyRef, artifact_rows, curve_rows, read_raw
+from llm_doe.analysis.pareto import pareto_mask
 from llm_doe.names import ALL_METRICS, study_metrics
 
 _TEXT_ATTRS = ("stop_reason", "fail_reason", "precision")
@@ -76,7 +77,9 @@ def _space_json(raw: Raw) -> dict[str, str]:
 def _attrs(raw: Raw) -> dict[str, Any]:
     direction = raw.directions[0] if len(raw.directions) == 1 else None
     return {"study_name": raw.study_name, "storage": raw.source, "directions": list(raw.directions),
-            "direction": direction, "metric": raw.study_attrs.get("metric", "value"), "space": _space_json(raw),
+            "direction": direction, "metric": raw.study_attrs.get("metric", "value"),
+            "objectives": list(raw.study_attrs.get("objectives") or [raw.study_attrs.get("metric", "value")]),
+            "space": _space_json(raw),
             "study_user_attrs": raw.study_attrs}
 
 
@@ -112,6 +115,9 @@ def _trials_frame(raw: Raw, extra_attrs: Sequence[str]) -> pd.DataFrame:
             out[name] = out[name].astype("Int64")  # whole numbers stay whole where some trials lack them
     for name in study_metrics(raw.study_attrs):
         out[name] = pd.to_numeric(_column(keys, raw.attrs.get(name, {})), errors="coerce").astype(float)
+    if len(raw.directions) > 1:  # each objective under its name too (a cost one is no task metric)
+        for i, name in enumerate(raw.study_attrs.get("objectives") or []):
+            out.setdefault(name, out[f"values_{i}"])
     out["best_step"] = _steps(_column(keys, raw.attrs.get("best_step", {})))
     start, complete = _datetimes(base["datetime_start"]), _datetimes(base["datetime_complete"])
     measured = _column(keys, raw.attrs.get("duration_s", {}))
@@ -128,6 +134,8 @@ def _trials_frame(raw: Raw, extra_attrs: Sequence[str]) -> pd.DataFrame:
     out["datetime_start"], out["datetime_complete"] = start, complete
     frame = pd.DataFrame(out)
     frame.attrs.update(_attrs(raw))
+    if len(raw.directions) > 1:  # no single best: which trials no other one beats in every objective
+        frame["pareto"] = pareto_mask(frame)
     return frame
 
 
