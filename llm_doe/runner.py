@@ -20,6 +20,7 @@ import optuna
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
+from llm_doe.constraints import describe as describe_constraints
 from llm_doe.formatting import fmt
 from llm_doe.schema import Config, resolved_direction
 
@@ -84,6 +85,7 @@ class ProgressCallback:
             value = f"pruned at eval {trial.last_step} ({self.metric}={fmt(last, 4)})"
         else:
             value = f"{self.metric}={fmt(trial.value, 4)}"
+        value += describe_constraints(trial)
         try:
             best = f"best {fmt(study.best_value, 4)} (#{study.best_trial.number})"
         except ValueError:
@@ -377,8 +379,8 @@ def summarise(arm: Any, study: optuna.Study, cfg: Config, started: float) -> Non
              totals["optimizer_steps"], totals["examples_seen"], totals["train_time_s"], totals["eval_time_s"])
     try:
         best = study.best_trial
-    except ValueError:
-        log.info("no trial completed")
+    except ValueError:  # Optuna's best trial is a feasible one
+        log.info("no feasible trial completed" if cfg.study.constraints else "no trial completed")
         return
     log.info("best trial #%d: %s=%s with %s", best.number, cfg.study.metric, fmt(best.value, 4),
              " ".join(f"{k}={fmt(v, 4)}" for k, v in best.params.items()))
