@@ -20,9 +20,7 @@ are retried) and reports again. Bad input stops before anything is written, with
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import shlex
 import sys
 from dataclasses import dataclass
@@ -140,21 +138,10 @@ def check_same_experiment(composed: Composed, parent: optuna.Study, *, ignore: f
 
 
 def top_trials(study: optuna.Study, k: int) -> list[FrozenTrial]:
-    """The ``k`` best COMPLETE trials with distinct parameters, best first (ties: earlier trial)."""
-    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
-    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if t.value is not None and math.isfinite(t.value)]
-    done.sort(key=lambda t: (-t.value if maximize else t.value, t.number))  # type: ignore[operator]
-    seen: set[str] = set()
-    top: list[FrozenTrial] = []
-    for trial in done:
-        key = json.dumps(trial.params, sort_keys=True, default=str)
-        if key not in seen:
-            seen.add(key)
-            top.append(trial)
-        if len(top) == k:
-            break
-    return top
+    """The ``k`` best COMPLETE feasible trials with distinct parameters, best first (ties: earlier trial)."""
+    from llm_doe.study import ranked_trials
+
+    return ranked_trials(study)[:k]
 
 
 def chosen_trials(study: optuna.Study, numbers: list[int] | None, k: int) -> list[FrozenTrial]:
@@ -195,7 +182,7 @@ def confirm_composed(base: DictConfig, composed: Composed, name: str, space: dic
     against the searched study's name first (same store, same artifacts folder, so
     optuna-dashboard shows both), then renamed, its space the study's searched distributions
     plus the seeds, no pruning (every run goes to the end), no compute budget (top_k x seeds is
-    the budget), one worker, and checkpoints in a folder of its own (trial numbers restart at 0)."""
+    the budget), no warm start or enqueued points of the search, one worker, and checkpoints in a folder of its own (trial numbers restart at 0)."""
     resolved = OmegaConf.to_container(base, resolve=True)
     assert isinstance(resolved, dict)
     storage = resolved["storage"]
@@ -208,8 +195,9 @@ def confirm_composed(base: DictConfig, composed: Composed, name: str, space: dic
     spec = {k: as_spec(d) for k, d in space.items() if k not in SEED_PARAMS}
     spec.update({k: dict(SEED_SPEC) for k in SEED_PARAMS})
     # One objective, the quality metric: seeds vary what a configuration scores, not what it costs.
-    study.update(name=name, n_trials=n_trials, space=spec, max_failures=1, max_train_steps=None,
+    study.update(name=name, n_trials=n_trials, space=spec, max_failures=1, max_train_steps=None, enqueue=[],
                  metric=primary_metric(composed.config), direction=resolved_direction(composed.config))
+    study["warm_start"]["study_name"] = None  # its runs are the (configuration, seed) pairs, nothing else
     resolved["pruner"] = {"name": "none"}
     resolved["sampler"] = {"name": "random", "seed": 0}  # never asked: every run is enqueued
     resolved["workers"] = 1
@@ -231,8 +219,9 @@ def make_plan(composed: Composed) -> ConfirmPlan:
     space = searched_space(composed, parent)
     sources = chosen_trials(parent, cfg.confirm.trials, cfg.confirm.top_k)
     if not sources:
-        raise ConfigError("study", f"study {name!r} has no COMPLETE trial to confirm: run (or finish) the search "
-                                   "first")
+        feasible = " feasible" if parent.user_attrs.get("constraints") else ""
+        raise ConfigError("study", f"study {name!r} has no{feasible} COMPLETE trial to confirm: run (or finish) the "
+                                   "search first" + (" or relax study.constraints in a new study" if feasible else ""))
     seeds = list(range(cfg.confirm.first_seed, cfg.confirm.first_seed + cfg.confirm.seeds))
     pairs = [(t.number, s, s if cfg.confirm.data_seeds else cfg.data.seed) for s in seeds for t in sources]
     confirm_name = name + CONFIRM_SUFFIX

@@ -9,7 +9,7 @@ written, naming the first key that differs.
 
 Experiment settings (compared): every ``task.*``, ``model.*``, ``data.*``, ``train.*`` and ``peft.*`` key except the
 searched parameters, a sub-study's scientific values and :data:`RUNTIME_KEYS`; and
-``study.metric``, ``study.direction`` and, where given, ``study.space``.
+``study.metric``, ``study.direction``, ``study.constraints`` and, where given, ``study.space``.
 
 Runtime settings (free to differ): :data:`RUNTIME_KEYS`, ``runtime.*`` (device, threads,
 progress, checkpoints), ``workers``, ``storage.*`` (where the study lives, retry and
@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 from omegaconf import DictConfig, OmegaConf
 
+from llm_doe import constraints
 from llm_doe.schema import Config, ConfigError, objective_metrics, primary_metric, resolved_directions
 
 #: Settings that say where and how fast a run goes, not what it learns: they may differ
@@ -95,6 +96,9 @@ def experiment_diffs(config: DictConfig, cfg: Config, stored: StoredStudy,
         mine = resolved_directions(cfg)
         head.append(("study.direction", mine if len(mine) > 1 else mine[0],
                      directions if len(directions) > 1 else directions[0]))
+    bounds = constraints.diff(cfg.study.constraints, attrs)  # which trials may be the best
+    if bounds is not None:
+        head.append(("study.constraints", *bounds))
     return head + diffs
 
 

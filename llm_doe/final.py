@@ -44,7 +44,7 @@ import optuna
 from omegaconf import DictConfig, OmegaConf
 from optuna.trial import FrozenTrial, TrialState
 
-from llm_doe import analysis
+from llm_doe import analysis, constraints
 from llm_doe.artifacts import read_metrics
 from llm_doe.cli import Composed, cli
 from llm_doe.formatting import json_safe
@@ -98,6 +98,10 @@ def choose_trial(parent: optuna.Study, wanted: int | None) -> tuple[FrozenTrial,
     if not complete:
         raise ConfigError("study", f"study {parent.study_name!r} has no COMPLETE trial: nothing to train and test "
                                    "(run or finish the search first)")
+    feasible = [n for n in complete if constraints.is_feasible(trials[n])]
+    if not feasible and wanted is None:
+        raise ConfigError("study", f"study {parent.study_name!r} has no feasible COMPLETE trial (every one violates "
+                                   "study.constraints): pick one with final.trial, or search again with other bounds")
     if wanted is not None:
         listed = ", ".join(map(str, complete[:20])) + (", ..." if len(complete) > 20 else "")
         if wanted not in trials:
@@ -106,16 +110,18 @@ def choose_trial(parent: optuna.Study, wanted: int | None) -> tuple[FrozenTrial,
         if wanted not in complete:
             raise ConfigError("final.trial", f"trial {wanted} of study {parent.study_name!r} is "
                                              f"{trials[wanted].state.name}, not COMPLETE (COMPLETE trials: {listed})")
-        return trials[wanted], "set by final.trial"
+        failed = constraints.violated(trials[wanted].constraints)  # the user's choice: said, not refused
+        return trials[wanted], "set by final.trial" + (f" (infeasible: it violates {', '.join(failed)})"
+                                                       if failed else "")
     if len(parent.directions) > 1:  # no single best: the user picks what the cost buys
         front = ", ".join(str(t.number) for t in sorted(parent.best_trials, key=lambda t: t.number))
         raise ConfigError("final.trial", f"study {parent.study_name!r} has several objectives and no single best "
                                          f"trial: set final.trial to one of its Pareto front ({front})")
     confirmation = parent.user_attrs.get("confirmation")
-    if isinstance(confirmation, dict) and confirmation.get("best_trial") in complete:
+    if isinstance(confirmation, dict) and confirmation.get("best_trial") in feasible:
         return trials[int(confirmation["best_trial"])], f"the confirmed best, study {confirmation.get('study')}"
-    best = parent.best_trial
-    return best, "the best trial of the search"
+    best = parent.best_trial  # Optuna's best trial is the best feasible one
+    return best, "the best trial of the search" + (" (feasible)" if best.constraints else "")
 
 
 def _trial_history(trial: FrozenTrial, storage: optuna.storages.BaseStorage, artifacts_dir: str) -> list[dict[str, Any]]:

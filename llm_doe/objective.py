@@ -26,6 +26,7 @@ import sqlalchemy.exc
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from llm_doe import constraints
 from llm_doe.artifacts import upload_trial_artifacts
 from llm_doe.experiment import flatten
 from llm_doe.finetune import peft as peft_methods
@@ -38,6 +39,7 @@ from llm_doe.schema import Config, objective_metrics, primary_metric, resolved_d
 from llm_doe.space import SearchSpace, apply_params, suggest
 from llm_doe.storage import retry_callback
 from llm_doe.study import grid_duplicate, set_user_attrs
+from llm_doe.warm_start import duplicate_of
 
 if TYPE_CHECKING:
     from llm_doe.finetune.tasks.base import Task
@@ -156,7 +158,8 @@ class Objective:
         if failure is not None:
             self._record_failure(trial, failure, started, config_yaml, history, task)
         assert result is not None
-        return self._record_result(trial, result, sizes, objective_metrics(cfg), task, config_yaml, started)
+        return self._record_result(trial, result, sizes, objective_metrics(cfg), task, config_yaml, started,
+                                   cfg.study.constraints)
 
     def _claim(self, trial: optuna.Trial) -> optuna.trial.FrozenTrial:
         """The trial as stored, once it is known to be one the study still needs: a trial past
@@ -171,6 +174,12 @@ class Objective:
                 trial.set_user_attr("surplus", True)
                 trial.set_user_attr("fail_reason", f"surplus: {self.n_trials} trials were already running or done")
                 raise TrialFailed("surplus")
+        same = duplicate_of(trial.study, frozen)
+        if same is not None:
+            # Two processes enqueued one warm-start point at once: it runs once, as the earlier trial.
+            trial.set_user_attr("surplus", True)
+            trial.set_user_attr("fail_reason", f"duplicate: trial {same.number} holds the same enqueued point")
+            raise TrialFailed("duplicate")
         if self.base.sampler.name == "grid":
             same = grid_duplicate(trial.study, frozen, self.space)
             if same is not None:
@@ -268,8 +277,9 @@ class Objective:
         raise TrialFailed(reason) from failure
 
     def _record_result(self, trial: optuna.Trial, result: TrainResult, sizes: dict[str, int], metrics: list[str],
-                       task: Task, config_yaml: str, started: float) -> float | list[float]:
-        """Record the finished trial's metrics, cost and files; its value, or its values for
+                       task: Task, config_yaml: str, started: float, bounds: dict[str, Any]) -> float | list[float]:
+        """Record the finished trial's metrics, cost and files, and its constraints (Optuna's
+        ``set_constraint``, read by the samplers and ``best_trial``); its value, or its values for
         several objectives (metrics first, then recorded costs), or TrialPruned."""
         attrs: dict[str, Any] = {name: _finite_or_none(result.best[name]) for name in task.metrics}
         for name, value in result.cost.items():
@@ -283,7 +293,11 @@ class Objective:
         if pruned:
             attrs["pruned_at_step"] = len(result.history)
         attrs["duration_s"] = time.perf_counter() - started
+        if bounds:
+            attrs.update(constraints.trial_attrs(bounds, attrs))
         set_user_attrs(trial, attrs)
+        for name, value in constraints.values(bounds, attrs).items():
+            trial.set_constraint(name, value)
         upload_trial_artifacts(self.artifact_store, trial, config_yaml, result.history, task, result.best_payload)
         if pruned:
             raise optuna.TrialPruned(f"pruned at evaluation {len(result.history)}")

@@ -197,6 +197,10 @@ def render_report(storage: analysis.StudyRef, study_name: str | None = None, *,
         parts.append(_section("Boundary check", _table(boundary) if len(boundary) else
                               "<p>No numeric parameter with a complete trial to check.</p>"))
     parts.append(_section("Failures", _table(failures.to_frame("count"), index=True)))
+    if analysis.constrained(trials):
+        parts.append(_section("Constraints", _table(analysis.constraint_report(trials), index=True)
+                              + '<p class="meta">study.constraints: finished trials that violate a bound are '
+                                "infeasible and never the best trial; worst: the most violating value recorded.</p>"))
 
     shown = trials.head(MAX_TABLE_ROWS).drop(columns=["datetime_start", "datetime_complete"])
     more = f"<p>First {MAX_TABLE_ROWS} of {len(trials)} trials.</p>" if len(trials) > MAX_TABLE_ROWS else ""

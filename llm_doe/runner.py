@@ -20,6 +20,7 @@ import optuna
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
+from llm_doe.constraints import describe as describe_constraints
 from llm_doe.formatting import fmt
 from llm_doe.schema import Config, objective_metrics, resolved_directions
 
@@ -92,6 +93,7 @@ class ProgressCallback:
                 best = f"best {fmt(study.best_value, 4)} (#{study.best_trial.number})"
             except ValueError:
                 best = "best -"
+        value += describe_constraints(trial)
         params = " ".join(f"{k}={fmt(v, 4)}" for k, v in trial.params.items())
         duration = trial.duration.total_seconds() if trial.duration else float("nan")
         done = count_finished(study)
@@ -392,8 +394,8 @@ def summarise(arm: Any, study: optuna.Study, cfg: Config, started: float) -> Non
         return
     try:
         best = study.best_trial
-    except ValueError:
-        log.info("no trial completed")
+    except ValueError:  # Optuna's best trial is a feasible one
+        log.info("no feasible trial completed" if cfg.study.constraints else "no trial completed")
         return
     log.info("best trial #%d: %s=%s with %s", best.number, metrics[0], fmt(best.value, 4),
              " ".join(f"{k}={fmt(v, 4)}" for k, v in best.params.items()))

@@ -151,6 +151,18 @@ class StorageConfig:
 
 
 @dataclass
+class WarmStartConfig:
+    """``study.warm_start``: start with the best configurations of an earlier study."""
+
+    # The earlier study; null = no warm start.
+    study_name: Optional[str] = None
+    # Its store: a storage URL or a .db / .journal path; null = this study's store (storage.*).
+    storage: Optional[str] = None
+    # How many of its best COMPLETE (feasible) distinct configurations run first.
+    top_k: int = 3
+
+
+@dataclass
 class StudyConfig:
     # null = the name of the +study=NAME file.
     name: Optional[str] = None
@@ -167,6 +179,12 @@ class StudyConfig:
     max_train_steps: Optional[int] = None
     # Quasi-random points taken from a continuous scientific range.
     scientific_points: int = 3
+    # Parameter dicts keyed by config path ({train.learning_rate: 3.0e-4}) that run first.
+    enqueue: list[Any] = field(default_factory=list)
+    warm_start: WarmStartConfig = field(default_factory=WarmStartConfig)
+    # Recorded trial attribute -> {max: X, min: Y} (either or both): trials outside are
+    # infeasible, never the best (llm_doe/constraints.py checks the entries).
+    constraints: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -434,6 +452,10 @@ def _validate_search(cfg: Config) -> None:
     if s.max_train_steps is not None:
         _check(s.max_train_steps >= 1, "study.max_train_steps", "must be >= 1 or null")
     _check(s.scientific_points >= 2, "study.scientific_points", "must be >= 2")
+    _check(s.warm_start.top_k >= 1, "study.warm_start.top_k", f"must be >= 1, got {s.warm_start.top_k}")
+    from llm_doe import constraints  # it imports this module: checked here, defined there
+
+    constraints.check(s.constraints, cfg.task.name, cfg.sampler.name)
 
 
 def _validate_objectives(cfg: Config) -> None:

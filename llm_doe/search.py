@@ -93,6 +93,7 @@ def check_peft(config: Any, space: Any, template: Any) -> None:
 def run(composed: Composed) -> int:
     """Open (or resume) the study (or its scientific sub-studies) and optimise it to
     ``study.n_trials``. Returns the exit code."""
+    from llm_doe import constraints, warm_start
     from llm_doe.notes import write_study_note
     from llm_doe.runner import WORKER_ENV, optimize_arms, run_workers, setup_logging, write_run_dir
     from llm_doe.storage import make_storage, masked_config
@@ -100,6 +101,8 @@ def run(composed: Composed) -> int:
 
     cfg = composed.config
     design, _ = prepare(composed)
+    worker = os.environ.get(WORKER_ENV) is not None  # a worker process of workers=N: its parent enqueued
+    warm = warm_start.plan(cfg, design.arms) if not worker else warm_start.WarmPlan()
     write_run_dir(composed)
     setup_logging(composed.run_dir)
     storage = make_storage(cfg.storage)
@@ -116,7 +119,15 @@ def run(composed: Composed) -> int:
         arms.append((arm, study))
     for caveat in design.caveats:
         log.info("caveat: %s", caveat)
-    if cfg.workers > 1 and os.environ.get(WORKER_ENV) is None:
+    note = constraints.sampler_note(cfg.study.constraints, cfg.sampler.name)
+    if note and not worker:
+        log.info("constraints: %s", note)
+    for line in warm.notes:
+        log.info("warm start: %s", line)
+    for arm, study in arms:
+        for line in warm_start.enqueue(study, warm.points.get(arm.name, []), arm.n_trials):
+            log.info(line)
+    if cfg.workers > 1 and not worker:
         code = run_workers(composed, [study for _, study in arms])
     else:
         code = optimize_arms(composed, arms)

@@ -211,16 +211,28 @@ def make_storage(cfg: StorageConfig) -> optuna.storages.BaseStorage:
 def _sqlite_wal(storage: optuna.storages.RDBStorage) -> None:
     """WAL journal with synchronous=NORMAL: a commit no longer waits for an fsync (20 ms to
     ~1 ms per report here) and readers (the dashboard, other workers) never block the writer.
-    Still crash-safe for the application; the last commits may be lost only on power loss."""
+    Still crash-safe for the application; the last commits may be lost only on power loss.
+
+    Every transaction begins with ``BEGIN IMMEDIATE``: Python's sqlite3 runs a SELECT outside any
+    transaction, so Optuna's read-then-write steps were not atomic on SQLite (its ``FOR UPDATE``
+    is a no-op there). Two workers starting together both popped the same WAITING trial (an
+    enqueued or re-queued one) and ran it twice. Taking the write lock at BEGIN makes each step
+    atomic; other processes wait for it (the busy timeout), and readers outside these engines (the
+    dashboard) are not blocked (WAL). SQLAlchemy's documented recipe for pysqlite."""
     from sqlalchemy import event
 
     def pragmas(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # the driver's own implicit BEGIN off: we emit it below
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
 
+    def begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
     event.listen(storage.engine, "connect", pragmas)
+    event.listen(storage.engine, "begin", begin)
     storage.engine.dispose()  # connections opened while creating the tables get the pragmas too
 
 

@@ -25,6 +25,7 @@ from omegaconf import DictConfig
 from optuna.distributions import BaseDistribution
 
 from llm_doe import _optuna_compat as compat
+from llm_doe import constraints
 from llm_doe.experiment import NEW_STUDY_HINT, check_same_experiment
 from llm_doe.finetune.tasks import TASK_METRICS
 from llm_doe.liveness import fail_and_requeue  # noqa: F401 - re-exported: the README's lost-host command
@@ -234,6 +235,8 @@ def open_study(cfg: Config, storage: optuna.storages.BaseStorage, sampler: optun
         study.set_user_attr("task", cfg.task.name)
         study.set_user_attr("metric_directions", dict(TASK_METRICS[cfg.task.name]))
         study.set_metric_names(objective_metrics(cfg))  # optuna-dashboard names the objectives
+        # The bounds every trial is held to (compared on resume: trials carry their constraint values).
+        study.set_user_attr(constraints.STUDY_ATTR, constraints.normalise(cfg.study.constraints))
         # Tells this study from an earlier one of the same name (a deleted store, recreated):
         # a trial's checkpoint records it and is resumed only by a trial of this study.
         study.set_user_attr("uuid", uuid.uuid4().hex)
@@ -244,6 +247,26 @@ def open_study(cfg: Config, storage: optuna.storages.BaseStorage, sampler: optun
         study.set_user_attr("space", space_to_json(space))
     study.set_user_attr("last_run", provenance(argv))
     return study
+
+
+def ranked_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """The COMPLETE feasible trials with a finite value and distinct parameters, best first (ties:
+    the earlier trial): what ``confirm`` re-runs and what a warm start takes from a study."""
+    import json
+    import math
+
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    done = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+            if t.value is not None and math.isfinite(t.value) and constraints.is_feasible(t)]
+    done.sort(key=lambda t: (-t.value if maximize else t.value, t.number))  # type: ignore[operator]
+    seen: set[str] = set()
+    top: list[optuna.trial.FrozenTrial] = []
+    for trial in done:
+        key = json.dumps(trial.params, sort_keys=True, default=str)
+        if key not in seen:
+            seen.add(key)
+            top.append(trial)
+    return top
 
 
 def count_finished(study: optuna.Study) -> int:

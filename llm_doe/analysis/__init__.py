@@ -15,6 +15,7 @@ Two kinds of functions, so notebooks hold no logic and plots do no I/O:
   :func:`compare`, :func:`load_confirmation`, :func:`confirmation_table`,
   :func:`scientific_isolation`, :func:`scientific_curves`;
 * checks and plots take those DataFrames: :func:`boundary_report`, :func:`failure_report`,
+  :func:`constraint_report`,
   :func:`isolation`, :func:`param_importances`, :func:`plot_learning_curves`,
   :func:`plot_roc_curves`, :func:`plot_objective_vs_params`, :func:`plot_importance`,
   :func:`plot_confirmation`, :func:`plot_scientific_isolation`; for a multi-objective study
@@ -23,7 +24,7 @@ Two kinds of functions, so notebooks hold no logic and plots do no I/O:
 
 The modules, one concern each: ``_source`` (reading a store: SQL or Optuna's API), ``tables``
 (the loaders), ``checks`` (the playbook's checks), ``confirmation`` (seeds and paired tests),
-``scientific`` (sub-studies per scientific value), ``pareto`` (several objectives) and ``plots`` (figures, no I/O). Everything
+``scientific`` (sub-studies per scientific value), ``pareto`` (several objectives), ``feasibility`` (constrained studies) and ``plots`` (figures, no I/O). Everything
 public is re-exported here, so ``from llm_doe import analysis; analysis.load_trials(...)`` and
 ``import llm_doe as doe; doe.load_trials(...)`` read the same.
 """
@@ -36,6 +37,7 @@ from llm_doe.analysis.checks import (
     best_config,
     best_trial,
     boundary_report,
+    competing_trials,
     failure_report,
     isolation,
     param_importances,
@@ -54,6 +56,7 @@ from llm_doe.analysis.confirmation import (
     load_confirmation,
     paired_p_value,
 )
+from llm_doe.analysis.feasibility import constrained, constraint_report
 from llm_doe.analysis.pareto import (
     is_multi_objective,
     objective_view,
@@ -95,6 +98,7 @@ __all__ = [
     "best_trial",
     "boundary_report",
     "compare",
+    "competing_trials",
     "complete_trials",
     "confirm_params",
     "confirm_quantities",
@@ -102,6 +106,8 @@ __all__ = [
     "confirmation_name",
     "confirmation_stats",
     "confirmation_table",
+    "constrained",
+    "constraint_report",
     "default_param",
     "failure_report",
     "figure_png",

@@ -19,15 +19,26 @@ import pandas as pd
 from optuna.distributions import FloatDistribution, IntDistribution
 
 from llm_doe.analysis._common import complete_trials, default_param, is_maximized, param_columns, to_python
+from llm_doe.analysis.feasibility import constrained, constraint_warnings, feasible_mask, infeasible_count
 from llm_doe.analysis.tables import space_of
 from llm_doe.formatting import fmt
 from llm_doe.names import SEED_PARAMS
 
 
-def best_trial(table: pd.DataFrame) -> pd.Series:
-    """The best COMPLETE trial's row (pruned trials stop early, so their values do not compete)."""
+def competing_trials(table: pd.DataFrame) -> pd.DataFrame:
+    """The trials whose values compete for the best: COMPLETE, finite and, in a constrained
+    study, feasible (as Optuna's ``study.best_trial`` has it)."""
     done = complete_trials(table)
+    return done[feasible_mask(done)]
+
+
+def best_trial(table: pd.DataFrame) -> pd.Series:
+    """The best COMPLETE (and feasible) trial's row (pruned trials stop early, so their values do
+    not compete; infeasible ones broke a bound of ``study.constraints``)."""
+    done = competing_trials(table)
     if done.empty:
+        if constrained(table) and not complete_trials(table).empty:
+            raise ValueError("no feasible COMPLETE trial: every one violates study.constraints")
         raise ValueError("no COMPLETE trial with a finite value")
     index = done["value"].idxmax() if is_maximized(table) else done["value"].idxmin()
     return done.loc[index]
@@ -67,7 +78,7 @@ def boundary_report(table: pd.DataFrame, *, margin: float = 0.1, top_k: int = 5)
         empty), ``near_edge``, ``top_k_near_edge`` (fraction), ``advice``.
     """
     columns = ["param", "low", "high", "log", "best", "position", "edge", "near_edge", "top_k_near_edge", "advice"]
-    done = complete_trials(table)
+    done = competing_trials(table)
     if done.empty:
         return _boundary_frame([], columns)
     best = best_trial(table)
@@ -110,7 +121,9 @@ def failure_report(table: pd.DataFrame) -> pd.Series:
         ``trials``, ``complete``, ``pruned``, ``failed`` (FAIL, re-queued ones excluded),
         ``diverged`` (failed with a ``diverged: ...`` reason), ``requeued`` (FAIL, interrupted
         and re-queued), ``running`` (running or waiting), and ``failed_fraction``,
-        ``diverged_fraction``, ``pruned_fraction`` (of the trials that are not re-queued).
+        ``diverged_fraction``, ``pruned_fraction`` (of the trials that are not re-queued); for a
+        constrained study also ``infeasible`` (finished trials that violate ``study.constraints``)
+        and ``infeasible_fraction`` (of the finished trials).
     """
     n = len(table)
     requeued = table["requeued"].astype(bool) if "requeued" in table else pd.Series(False, index=table.index)
@@ -129,13 +142,18 @@ def failure_report(table: pd.DataFrame) -> pd.Series:
     counted = n - counts["requeued"]
     for name in ("failed", "diverged", "pruned"):
         counts[f"{name}_fraction"] = counts[name] / counted if counted else 0.0
+    if constrained(table):  # finished trials that broke a bound of study.constraints
+        infeasible, of = infeasible_count(table)
+        counts["infeasible"] = infeasible
+        counts["infeasible_fraction"] = infeasible / of if of else 0.0
     return pd.Series(counts, name="trials", dtype=object)
 
 
 def trial_counts_text(failures: pd.Series) -> str:
     """One sentence of :func:`failure_report`'s counts (the study note and the report say it)."""
     requeued = f", {failures['requeued']} interrupted (re-queued)" if failures.get("requeued") else ""
-    return (f"{failures['trials']} trials: {failures['complete']} complete, {failures['pruned']} pruned, "
+    infeasible = f" ({failures['infeasible']} of them infeasible)" if failures.get("infeasible") else ""
+    return (f"{failures['trials']} trials: {failures['complete']} complete, {failures['pruned']} pruned{infeasible}, "
             f"{failures['failed']} failed ({failures['diverged']} diverged){requeued}, {failures['running']} running.")
 
 
@@ -154,11 +172,11 @@ def isolation(table: pd.DataFrame, param: str | None = None, *, bins: int | None
             they take more than 10 values.
 
     Returns:
-        Indexed by value (or range): ``trials`` (COMPLETE trials there), ``best_value``,
+        Indexed by value (or range): ``trials`` (COMPLETE, feasible trials there), ``best_value``,
         ``best_trial``, and the best trial's other parameters.
     """
     param = param or default_param(table)
-    done = complete_trials(table)
+    done = competing_trials(table)
     dist = space_of(table).get(param) if table.attrs.get("space") else None
     key: pd.Series = done[param]
     numeric = isinstance(dist, (FloatDistribution, IntDistribution))
@@ -214,7 +232,7 @@ def param_importances(table: pd.DataFrame, *, evaluator: optuna.importance.BaseI
 
 def study_warnings(table: pd.DataFrame, *, margin: float = 0.1) -> list[str]:
     """The review's warnings in words: best trials on a range edge, failed or diverged trials,
-    trials that ran in different precisions."""
+    infeasible trials (and which constraint they broke), trials that ran in different precisions."""
     notes = []
     failures = failure_report(table)
     if failures["failed"]:
@@ -224,7 +242,8 @@ def study_warnings(table: pd.DataFrame, *, margin: float = 0.1) -> list[str]:
                      + ": see fail_reason; a space that cannot train should shrink"
                      + (f" ({failures['requeued']} interrupted and re-queued trial(s) not counted)"
                         if failures["requeued"] else ""))
-    if table.attrs.get("direction") and not complete_trials(table).empty:
+    notes += constraint_warnings(table)
+    if table.attrs.get("direction") and not competing_trials(table).empty:
         for advice in boundary_report(table, margin=margin).query("near_edge")["advice"]:
             notes.append(advice)
     if complete_trials(table).empty:
@@ -298,8 +317,14 @@ def rerun_command(table: pd.DataFrame, number: int | None = None) -> str:
         head, overrides = args[:head_end], args[head_end:]
     else:
         head, overrides = ["python", "-m", "llm_doe.search"], [f"+study={name}"]
-    keep = [a for a in overrides if not re.match(r"^\+{0,2}study\.(name|n_trials)=", a) and a != "--cfg"]
+    keep = [a for a in overrides if not re.match(r"^\+{0,2}study\.(name|n_trials|enqueue|warm_start)[.=]", a)
+            and a != "--cfg"]
     space = ",".join(f'{p}:"choice({_choice_literal(row[p])})"' for p in param_columns(table)
                      if not pd.isna(row[p]))
+    # The study's warm start (from its file) has no place in a one-point rerun: its points lie
+    # outside the narrowed space.
+    recorded = (table.attrs.get("study_user_attrs", {}).get("config") or {}).get("study") or {}
+    warm = ["study.enqueue=[]"] if recorded.get("enqueue") else []
+    warm += ["study.warm_start.study_name=null"] if (recorded.get("warm_start") or {}).get("study_name") else []
     return shlex.join([*head, *keep, f"study.name={name}_trial{trial_number}", "study.n_trials=1",
-                       f"study.space={{{space}}}"])
+                       f"study.space={{{space}}}", *warm])

@@ -21,6 +21,7 @@ from optuna.distributions import BaseDistribution, IntDistribution, json_to_dist
 
 from llm_doe.analysis._common import param_columns
 from llm_doe.analysis._source import Raw, StudyRef, artifact_rows, curve_rows, read_raw
+from llm_doe.analysis.feasibility import PREFIX as CONSTRAINT_PREFIX
 from llm_doe.analysis.pareto import pareto_mask
 from llm_doe.names import ALL_METRICS, study_metrics
 
@@ -128,6 +129,8 @@ def _trials_frame(raw: Raw, extra_attrs: Sequence[str]) -> pd.DataFrame:
         out[name] = _column(keys, raw.attrs.get(name, {})).astype(object)
     out["requeued"] = _requeued(out["number"], out["state"], _column(keys, raw.attrs.get("requeued", {})),
                                 out["fail_reason"], raw.retried)
+    if raw.constraints or raw.study_attrs.get("constraints"):
+        out.update(_constraint_columns(keys, raw.constraints))
     for name in extra_attrs:
         if name not in out:
             out[name] = _column(keys, raw.attrs.get(name, {}))
@@ -137,6 +140,21 @@ def _trials_frame(raw: Raw, extra_attrs: Sequence[str]) -> pd.DataFrame:
     if len(raw.directions) > 1:  # no single best: which trials no other one beats in every objective
         frame["pareto"] = pareto_mask(frame)
     return frame
+
+
+def _constraint_columns(keys: pd.Series, constraints: Mapping[Any, Mapping[str, float]]) -> dict[str, pd.Series]:
+    """A constrained study's ``feasible``, ``violated`` and ``constraint.<name>`` columns
+    (see :mod:`llm_doe.analysis.feasibility`); NA for trials with no constraint values."""
+    names = sorted({name for values in constraints.values() for name in values})
+    feasible = [None if k not in constraints else all(v <= 0 for v in constraints[k].values()) for k in keys]
+    violated = [None if k not in constraints else ", ".join(n for n, v in constraints[k].items() if v > 0) or None
+                for k in keys]
+    out = {"feasible": pd.Series(feasible, index=keys.index, dtype="boolean"),
+           "violated": pd.Series(violated, index=keys.index, dtype=object)}
+    for name in names:
+        out[f"{CONSTRAINT_PREFIX}{name}"] = pd.Series([constraints.get(k, {}).get(name, np.nan) for k in keys],
+                                                      index=keys.index, dtype=float)
+    return out
 
 
 def load_trials(storage: StudyRef, study_name: str | None = None, *,
@@ -150,7 +168,9 @@ def load_trials(storage: StudyRef, study_name: str | None = None, *,
     objective's own timing, else the trial's start-to-finish time), ``pruned_at_step`` (the
     evaluation a pruned trial stopped at), ``stop_reason``, ``fail_reason``, ``requeued`` (a FAIL
     trial that was interrupted or went stale and was re-queued: it goes on as another trial, so
-    it is no failure), ``datetime_start``, ``datetime_complete``. The study's name, direction(s),
+    it is no failure), ``datetime_start``, ``datetime_complete``; a study with
+    ``study.constraints`` also ``feasible``, ``violated`` (the violated constraints' names) and
+    ``constraint.<name>`` (Optuna's constraint values, > 0 when violated). The study's name, direction(s),
     metric, search space (parameter -> Optuna distribution JSON) and user attributes ride along
     in ``DataFrame.attrs`` for the checks and plots below.
 
