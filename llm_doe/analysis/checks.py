@@ -281,6 +281,18 @@ def _choice_literal(value: Any) -> str:
     return f"'{text}'"
 
 
+def _search_overrides(table: pd.DataFrame) -> tuple[list[str], list[str]]:
+    """The study's own command (from its provenance), as its head (``python -m llm_doe.search``)
+    and its overrides, so a suggested command keeps every setting the user gave (a
+    ``hydra.searchpath``, ``model=...``) and passes the same-experiment check."""
+    command = (table.attrs.get("study_user_attrs", {}).get("provenance") or {}).get("command")
+    if command:
+        args = shlex.split(command)
+        head_end = args.index("llm_doe.search") + 1 if "llm_doe.search" in args else 0
+        return args[:head_end], [a for a in args[head_end:] if a != "--cfg"]
+    return ["python", "-m", "llm_doe.search"], [f"+study={table.attrs.get('study_name', 'study')}"]
+
+
 def rerun_command(table: pd.DataFrame, number: int | None = None) -> str:
     """The exact command that reruns the best trial (or trial ``number``) as a one-trial study.
 
@@ -291,15 +303,22 @@ def rerun_command(table: pd.DataFrame, number: int | None = None) -> str:
     row = best_trial(table) if number is None else table.set_index("number").loc[number].rename(number)
     trial_number = int(row["number"]) if "number" in row.index else int(row.name)  # type: ignore[arg-type]
     name = table.attrs.get("study_name", "study")
-    command = (table.attrs.get("study_user_attrs", {}).get("provenance") or {}).get("command")
-    if command:
-        args = shlex.split(command)
-        head_end = args.index("llm_doe.search") + 1 if "llm_doe.search" in args else 0
-        head, overrides = args[:head_end], args[head_end:]
-    else:
-        head, overrides = ["python", "-m", "llm_doe.search"], [f"+study={name}"]
-    keep = [a for a in overrides if not re.match(r"^\+{0,2}study\.(name|n_trials)=", a) and a != "--cfg"]
+    head, overrides = _search_overrides(table)
+    keep = [a for a in overrides if not re.match(r"^\+{0,2}study\.(name|n_trials)=", a)]
     space = ",".join(f'{p}:"choice({_choice_literal(row[p])})"' for p in param_columns(table)
                      if not pd.isna(row[p]))
     return shlex.join([*head, *keep, f"study.name={name}_trial{trial_number}", "study.n_trials=1",
                        f"study.space={{{space}}}"])
+
+
+def confirm_command(table: pd.DataFrame, *, top_k: int = 3, seeds: int = 5) -> str:
+    """The command that confirms the study's best configurations with several seeds: the
+    search's own command (every override kept, so ``python -m llm_doe.confirm`` finds the same
+    experiment) run by ``llm_doe.confirm``, with ``confirm.top_k`` and ``confirm.seeds`` unless
+    the search's command already set them."""
+    head, overrides = _search_overrides(table)
+    head = [*head[:-1], "llm_doe.confirm"] if head else ["python", "-m", "llm_doe.confirm"]
+    given = {a.lstrip("+").split("=", 1)[0] for a in overrides}
+    extra = [f"{key}={value}" for key, value in (("confirm.top_k", top_k), ("confirm.seeds", seeds))
+             if key not in given]
+    return shlex.join([*head, *overrides, *extra])

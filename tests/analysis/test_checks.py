@@ -161,3 +161,29 @@ def test_best_config_and_rerun_command_reproduce_the_best_trial(tiny):
     rerun = optuna.load_study(study_name=f"{tiny['name']}_trial{int(best['number'])}", storage=tiny["url"])
     assert rerun.trials[0].params["train.learning_rate"] == best["train.learning_rate"]
     assert rerun.trials[0].value == pytest.approx(best["value"], rel=1e-6)
+
+
+def test_confirm_command_keeps_the_searchs_overrides_and_really_confirms(tmp_path):
+    """The suggested confirm command is the search's own (a study found through the user's
+    ``hydra.searchpath`` included), so it runs, and passes the same-experiment check."""
+    from llm_doe.confirm import main as confirm_main
+    from tests.conftest import REPO, TINY, store_args
+
+    conf = tmp_path / "conf" / "study"
+    conf.mkdir(parents=True)
+    (conf / "mine.yaml").write_text((REPO / "conf" / "study" / "smoke.yaml").read_text().replace("name: smoke",
+                                                                                                  "name: mine"))
+    searchpath = f"hydra.searchpath=[file://{tmp_path / 'conf'}]"
+    args = [searchpath, "+study=mine", *TINY, *store_args(tmp_path, "mine"), "study.n_trials=2"]
+    assert main(args) == 0
+    table = doe.load_trials(f"sqlite:///{tmp_path}/mine.db", "mine")
+    command = shlex.split(doe.confirm_command(table, top_k=1, seeds=1))
+    assert command[:3] == ["python", "-m", "llm_doe.confirm"]
+    assert searchpath in command and "+study=mine" in command  # what the rerun command keeps too
+    assert "confirm.top_k=1" in command and "confirm.seeds=1" in command
+    assert searchpath in shlex.split(doe.rerun_command(table))
+    assert confirm_main(command[3:]) == 0
+    confirmation = doe.confirmation_table(f"sqlite:///{tmp_path}/mine.db", "mine")
+    assert confirmation.attrs["n_seeds"] == 1
+    text = doe.format_confirmation(None, "mine", command=doe.confirm_command(table))
+    assert text.startswith("No confirmation study yet: python -m llm_doe.confirm 'hydra.searchpath=")
