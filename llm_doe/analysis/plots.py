@@ -276,6 +276,5 @@ def plot_scientific_isolation(curves: pd.DataFrame, *, ax: Axes | None = None) -
     ax.set_xlabel("evaluation")
     ax.set_ylabel(curves.attrs.get("metric", "value"))
     ax.set_title(f"{curves.attrs.get('study_name', '')}: best trial per scientific value")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
+    ax.legend(fontsize=8)  # the figure's constrained layout fits it (tight_layout() here warned in notebooks)
     return fig
