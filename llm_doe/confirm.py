@@ -41,15 +41,15 @@ from llm_doe.schema import Config, ConfigError, validate
 
 log = logging.getLogger("llm_doe")
 
-USAGE = """usage: python -m llm_doe.confirm +study=NAME [key=value ...] [--cfg]
+USAGE = """usage: python -m llm_doe.confirm +study=NAME [key=value ...] [--cfg job|hydra|all]
 
 Re-runs the top confirm.top_k configurations of the finished study NAME with confirm.seeds
 training seeds each, in the linked study NAME-confirm (same store), and reports per
 configuration the mean, standard deviation and 95% CI of the objective and metrics, with a
 paired t-test of each against the best. Pass the overrides the search ran with.
   confirm.top_k=3 confirm.seeds=5 confirm.first_seed=0 confirm.data_seeds=false confirm.alpha=0.05
-  --cfg       print the composed config and exit
-  -h, --help  this help
+  --cfg PART  print the composed config (job), Hydra's settings (hydra) or both (all)
+  -h, --help  this help and the config groups
 Example:
   python -m llm_doe.confirm +study=lr_sweep confirm.top_k=3 confirm.seeds=5
 """
