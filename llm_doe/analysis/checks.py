@@ -224,6 +224,16 @@ def study_warnings(table: pd.DataFrame, *, margin: float = 0.1) -> list[str]:
                      + ": see fail_reason; a space that cannot train should shrink"
                      + (f" ({failures['requeued']} interrupted and re-queued trial(s) not counted)"
                         if failures["requeued"] else ""))
+    if "predicted_classes" in table:
+        # A trial that predicts one class for every validation example learned nothing, however its
+        # loss compares: count them as the playbook counts infeasible trials.
+        finished = table[table["state"].isin(["COMPLETE", "PRUNED"])]
+        constant = finished.loc[finished["predicted_classes"] == 1, "number"].tolist()
+        if constant:
+            shown = ", ".join(f"#{n}" for n in constant[:10]) + (", ..." if len(constant) > 10 else "")
+            notes.append(f"{len(constant)} of {len(finished)} finished trials learned nothing ({shown}): each "
+                         "predicts one class for every validation example (a constant predictor, accuracy = "
+                         "the majority share); their learning rate or schedule does not train")
     if table.attrs.get("direction") and not complete_trials(table).empty:
         for advice in boundary_report(table, margin=margin).query("near_edge")["advice"]:
             notes.append(advice)

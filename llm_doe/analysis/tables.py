@@ -21,10 +21,11 @@ from optuna.distributions import BaseDistribution, IntDistribution, json_to_dist
 
 from llm_doe.analysis._common import param_columns
 from llm_doe.analysis._source import Raw, StudyRef, artifact_rows, curve_rows, read_raw
+from llm_doe.finetune.tasks import PREDICTED_CLASSES  # plain data: no torch
 from llm_doe.names import ALL_METRICS, study_metrics
 
 _TEXT_ATTRS = ("stop_reason", "fail_reason", "precision")
-_BASE_ATTRS = (*ALL_METRICS, "best_step", "duration_s", "pruned_at_step", "requeued", *_TEXT_ATTRS)
+_BASE_ATTRS = (*ALL_METRICS, PREDICTED_CLASSES, "best_step", "duration_s", "pruned_at_step", "requeued", *_TEXT_ATTRS)
 #: How a trial stopped by Ctrl-C/SIGTERM and re-queued was marked before it carried ``requeued``.
 _REQUEUED_REASON = "interrupted "
 
@@ -112,6 +113,8 @@ def _trials_frame(raw: Raw, extra_attrs: Sequence[str]) -> pd.DataFrame:
             out[name] = out[name].astype("Int64")  # whole numbers stay whole where some trials lack them
     for name in study_metrics(raw.study_attrs):
         out[name] = pd.to_numeric(_column(keys, raw.attrs.get(name, {})), errors="coerce").astype(float)
+    if raw.attrs.get(PREDICTED_CLASSES):  # classifiers: 1 = a constant predictor (study_warnings)
+        out[PREDICTED_CLASSES] = _steps(_column(keys, raw.attrs[PREDICTED_CLASSES]))
     out["best_step"] = _steps(_column(keys, raw.attrs.get("best_step", {})))
     start, complete = _datetimes(base["datetime_start"]), _datetimes(base["datetime_complete"])
     measured = _column(keys, raw.attrs.get("duration_s", {}))

@@ -8,6 +8,7 @@ import shlex
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import optuna
 import pytest
 import yaml
@@ -187,3 +188,27 @@ def test_confirm_command_keeps_the_searchs_overrides_and_really_confirms(tmp_pat
     assert confirmation.attrs["n_seeds"] == 1
     text = doe.format_confirmation(None, "mine", command=doe.confirm_command(table))
     assert text.startswith("No confirmation study yet: python -m llm_doe.confirm 'hydra.searchpath=")
+
+
+@pytest.mark.parametrize("path", ["sql", "api"])
+def test_trials_that_predict_one_class_are_counted_as_learning_nothing(tmp_path, path):
+    """A trial whose best evaluation predicts one class for every example (accuracy = majority
+    share) learned nothing: study_warnings counts them (the note and the report show it)."""
+    url = f"sqlite:///{tmp_path}/c.db"
+    study = optuna.create_study(storage=url, study_name="c")
+    x = FloatDistribution(0.0, 1.0)
+    for i, classes in enumerate([1, 2, 1, 2, None]):
+        attrs = {"accuracy": 0.585 if classes == 1 else 0.8}
+        if classes is not None:  # a trial from before the count was recorded
+            attrs["predicted_classes"] = classes
+        study.add_trial(create_trial(value=0.6 - i / 100, params={"x": i / 5}, distributions={"x": x},
+                                     user_attrs=attrs))
+    table = doe.load_trials(url if path == "sql" else study, "c")
+    assert table["predicted_classes"].tolist()[:4] == [1, 2, 1, 2] and pd.isna(table["predicted_classes"].iloc[4])
+    (warning,) = [w for w in doe.study_warnings(table) if "learned nothing" in w]
+    assert warning.startswith("2 of 5 finished trials learned nothing (#0, #2)")
+    from llm_doe.notes import study_note
+
+    assert warning in study_note(table)
+    old = doe.load_trials(url, "c").drop(columns="predicted_classes")  # studies from before: no warning
+    assert not [w for w in doe.study_warnings(old) if "learned nothing" in w]
