@@ -35,7 +35,7 @@ from llm_doe.finetune.runtime import resolve_runtime
 from llm_doe.finetune.tasks import PREDICTED_CLASSES, get_task
 from llm_doe.formatting import fmt
 from llm_doe.liveness import worker_attrs
-from llm_doe.schema import Config, resolved_direction
+from llm_doe.schema import Config, applicable, resolved_direction
 from llm_doe.space import SearchSpace, apply_params, suggest
 from llm_doe.storage import retry_callback
 from llm_doe.study import grid_duplicate, set_user_attrs
@@ -153,7 +153,8 @@ class Objective:
         result, sizes, failure = self._train(trial, cfg, task, plan, history, started)
         if plan is not None:
             shutil.rmtree(plan.folder, ignore_errors=True)  # the trial is over: its checkpoint is not needed
-        config_yaml = OmegaConf.to_yaml(cfg_dc, resolve=True)
+        # What a person reads: only the keys that apply (no in-code model sizes for a pretrained model).
+        config_yaml = OmegaConf.to_yaml(OmegaConf.create(applicable(OmegaConf.to_container(cfg_dc, resolve=True))))
         if failure is not None:
             self._record_failure(trial, failure, started, config_yaml, history, task)
         assert result is not None

@@ -261,16 +261,23 @@ def _set_path(tree: dict[str, Any], path: str, value: Any) -> None:
     tree[parts[-1]] = value
 
 
-def best_config(table: pd.DataFrame, number: int | None = None, *, as_yaml: bool = False) -> dict[str, Any] | str:
-    """The full resolved config of the best trial (or trial ``number``): the study's config with
-    that trial's parameters applied, as the trial ran it (YAML text with ``as_yaml``)."""
+def best_config(table: pd.DataFrame, number: int | None = None, *, as_yaml: bool = False,
+                full: bool = False) -> dict[str, Any] | str:
+    """The resolved config of the best trial (or trial ``number``): the study's config with that
+    trial's parameters applied, as the trial ran it (YAML text with ``as_yaml``). Keys that do not
+    apply to its choices (a pretrained model's in-code sizes, LoRA settings without PEFT) are left
+    out, as in the trial's ``config.yaml``; ``full=True`` keeps every key."""
     import copy
+
+    from llm_doe.schema import applicable
 
     row = best_trial(table) if number is None else table.set_index("number").loc[number].rename(number)
     config = copy.deepcopy(table.attrs.get("study_user_attrs", {}).get("config") or {})
     for name in param_columns(table):
         if not pd.isna(row[name]):
             _set_path(config, name, to_python(row[name]))
+    if not full:
+        config = applicable(config)
     if as_yaml:
         import yaml
 

@@ -212,3 +212,18 @@ def test_trials_that_predict_one_class_are_counted_as_learning_nothing(tmp_path,
     assert warning in study_note(table)
     old = doe.load_trials(url, "c").drop(columns="predicted_classes")  # studies from before: no warning
     assert not [w for w in doe.study_warnings(old) if "learned nothing" in w]
+
+
+def test_best_config_of_a_pretrained_model_lists_no_in_code_sizes(tiny):
+    """A MiniLM study's best config once listed the tiny model's hidden_size, num_layers, ...:
+    only what applies is shown; ``full=True`` keeps the stored copy's every key."""
+    import copy
+
+    table = doe.load_trials(tiny["url"], tiny["name"])
+    table.attrs = copy.deepcopy(table.attrs)
+    table.attrs["study_user_attrs"]["config"]["model"].update(kind="pretrained", name_or_path="minilm")
+    shown = doe.best_config(table)
+    assert "hidden_size" not in shown["model"] and "num_layers" not in shown["model"]
+    assert "hidden_size:" not in doe.best_config(table, as_yaml=True)
+    assert shown["peft"] == {"method": "none"} and shown["task"] == {"name": "classification"}
+    assert doe.best_config(table, full=True)["model"]["hidden_size"] == 64
