@@ -9,6 +9,7 @@ schema, the training code and the analysis stay importable without it.
 
 from __future__ import annotations
 
+import difflib
 import os
 import sys
 import warnings
@@ -41,9 +42,11 @@ class Composed:
     config: Config
     run_dir: Path
     overrides: list[str]
+    #: Hydra's own section of the composition (``hydra.run.dir``, ``hydra.searchpath``, ...): ``--cfg hydra``.
+    hydra: DictConfig | None = None
 
 
-def _hydra_error(err: Exception) -> ConfigError:
+def _hydra_error(err: Exception, overrides: list[str]) -> ConfigError:
     """Hydra's multi-line errors, as one line that names the key or group."""
     if isinstance(err, MissingConfigException) and err.options is not None and err.missing_cfg_file:
         group, _, name = err.missing_cfg_file.rpartition("/")
@@ -52,8 +55,25 @@ def _hydra_error(err: Exception) -> ConfigError:
     while cause.__cause__ is not None:
         cause = cause.__cause__
     if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):
-        return ConfigError(str(cause.full_key), str(cause).splitlines()[0])
+        return ConfigError(str(cause.full_key), str(cause).splitlines()[0] + _did_you_mean(cause, overrides))
     return ConfigError("overrides", " ".join(str(err).split()))
+
+
+def _did_you_mean(err: OmegaConfBaseException, overrides: list[str]) -> str:
+    """``; did you mean `train.learning_rate`?`` for a mistyped key: the closest key its
+    section has (difflib), with the rest of the override's path; empty when none is close."""
+    key, parent = getattr(err, "key", None), getattr(err, "parent_node", None)
+    if not isinstance(key, str) or not isinstance(parent, DictConfig):
+        return ""
+    match = difflib.get_close_matches(key, [str(k) for k in parent.keys() if k != "hydra"], n=1)
+    if not match:
+        return ""
+    full_key = str(err.full_key)
+    prefix = full_key[: len(full_key) - len(key)]
+    # The rest of the path the user wrote after the mistyped part (trian.learning_rate -> .learning_rate).
+    written = next((o.lstrip("+~").split("=", 1)[0] for o in overrides
+                    if o.lstrip("+~").split("=", 1)[0].startswith(full_key + ".")), full_key)
+    return f"; did you mean `{prefix}{match[0]}{written[len(full_key):]}`?"
 
 
 def compose_config(overrides: list[str]) -> Composed:
@@ -63,7 +83,7 @@ def compose_config(overrides: list[str]) -> Composed:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="llm_doe"):
             cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
     except (HydraException, OmegaConfBaseException) as err:
-        raise _hydra_error(err) from None
+        raise _hydra_error(err, overrides) from None
     choices = cfg.hydra.runtime.choices
     if cfg.study.name is None:
         cfg.study.name = choices.get("study") or None
@@ -71,6 +91,7 @@ def compose_config(overrides: list[str]) -> Composed:
         raise ConfigError("study", "no study selected: add +study=NAME (one of "
                           f"{', '.join(sorted(p.stem for p in (CONF_DIR / 'study').glob('*.yaml')))})")
     run_dir = Path(str(cfg.hydra.run.dir))
+    hydra_section = OmegaConf.create({"hydra": OmegaConf.to_container(cfg.hydra, resolve=False)})
     with open_dict(cfg):
         del cfg["hydra"]
     try:
@@ -80,29 +101,84 @@ def compose_config(overrides: list[str]) -> Composed:
         reason = "is required (no value given)" if "Missing mandatory value" in str(err) else str(err).splitlines()[0]
         raise ConfigError(key, reason) from None
     validate(typed)
-    return Composed(cfg, typed, run_dir, overrides)
+    return Composed(cfg, typed, run_dir, overrides, hydra_section)
+
+
+#: ``--cfg PART``: what Hydra prints for each part.
+CFG_PARTS = ("job", "hydra", "all")
+
+
+def split_flags(argv: list[str]) -> tuple[bool, str | None, list[str]]:
+    """Hydra's own flags among the arguments, as Hydra spells them: ``--help`` / ``-h``,
+    ``--cfg job|hydra|all`` / ``-c PART`` / ``--cfg=PART`` (a bare ``--cfg``: ``job``).
+
+    Returns (help asked, the config part to print or None, the overrides). Raises ConfigError
+    for a part Hydra does not know."""
+    show_help, part, rest = False, None, []
+    args = iter(range(len(argv)))
+    for i in args:
+        arg = argv[i]
+        if arg in ("-h", "--help"):
+            show_help = True
+        elif arg in ("--cfg", "-c") or arg.startswith("--cfg="):
+            given = arg.split("=", 1)[1] if "=" in arg else None
+            if given is None and i + 1 < len(argv) and "=" not in argv[i + 1] and not argv[i + 1].startswith("-"):
+                given = argv[i + 1]
+                next(args, None)
+            part = given or "job"
+            if part not in CFG_PARTS:
+                raise ConfigError("--cfg", f"unknown part {part!r}; one of {', '.join(CFG_PARTS)}")
+        else:
+            rest.append(arg)
+    return show_help, part, rest
+
+
+def config_groups() -> str:
+    """Hydra's help section: each config group of conf/ with its options."""
+    lines = ["== Configuration groups ==", "Compose your configuration from those groups (group=option)", ""]
+    for group in sorted(p for p in CONF_DIR.iterdir() if p.is_dir()):
+        options = sorted(f.stem for f in group.glob("*.yaml"))
+        prefix = "+" if group.name == "study" else ""
+        lines.append(f"{prefix}{group.name}: {', '.join(options)}")
+    lines += ["", "== Config ==", "Override anything in the config (foo.bar=value); --cfg job prints it composed,",
+              "--cfg hydra Hydra's own settings, --cfg all both."]
+    return "\n".join(lines)
+
+
+def show_config(composed: Composed, part: str) -> str:
+    """The composed config as ``--cfg`` prints it (passwords masked): the job's, Hydra's or both."""
+    from llm_doe.storage import mask_overrides, masked_config
+
+    shown = []
+    if part in ("hydra", "all") and composed.hydra is not None:
+        text = OmegaConf.to_yaml(composed.hydra)
+        for raw, masked in zip(composed.overrides, mask_overrides(composed.overrides)):
+            if raw != masked:  # hydra.overrides and hydra.job.override_dirname repeat them
+                text = text.replace(raw.split("=", 1)[1], masked.split("=", 1)[1])
+        shown.append(text)
+    if part in ("job", "all"):
+        shown.append(OmegaConf.to_yaml(masked_config(composed.dict_config)))
+    return "".join(shown)
 
 
 def cli(argv: list[str] | None, usage: str, command: Callable[[Composed], int]) -> int:
-    """The shared shape of the entry points (search, confirm, final): ``-h``, ``--cfg`` (the
-    composed config, password masked), and bad input as one line with exit status 2."""
+    """The shared shape of the entry points (search, confirm, final): Hydra's ``--help`` and
+    ``--cfg job|hydra|all`` (the composed config, password masked), and bad input as one line
+    with exit status 2."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if "-h" in argv or "--help" in argv:
-        print(usage)
-        return 0
-    show_cfg = "--cfg" in argv
-    overrides = [a for a in argv if a != "--cfg"]
     # Heartbeats, their retry callback and the artifact store are Optuna's own "experimental"
     # APIs, used on purpose: their warnings would only bury the study's lines.
     import optuna
 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     try:
+        show_help, part, overrides = split_flags(argv)
+        if show_help:
+            print(usage.rstrip("\n") + "\n\n" + config_groups())
+            return 0
         composed = compose_config(overrides)
-        if show_cfg:
-            from llm_doe.storage import masked_config
-
-            print(OmegaConf.to_yaml(masked_config(composed.dict_config)))
+        if part is not None:
+            print(show_config(composed, part))
             return 0
         return command(composed)
     except ConfigError as err:

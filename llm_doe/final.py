@@ -57,7 +57,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("llm_doe")
 
-USAGE = """usage: python -m llm_doe.final +study=NAME [key=value ...] [--cfg]
+USAGE = """usage: python -m llm_doe.final +study=NAME [key=value ...] [--cfg job|hydra|all]
 
 Trains the chosen configuration of study NAME (final.trial, else the confirmed best, else the
 best trial), evaluates it ONCE on the held-out test split and exports it to final.output_dir
@@ -66,8 +66,8 @@ test_metrics.json, roc.csv, roc.png and a model card (README.md). Pass the searc
   final.trial=N          export trial N (a COMPLETE trial) instead
   final.use_val=true     train on train+val (the trial's optimizer steps and learning rates)
   final.overwrite=true   replace an existing export (a second look at the test split)
-  --cfg                  print the composed config and exit
-  -h, --help             this help
+  --cfg PART             print the composed config (job), Hydra's settings (hydra) or both (all)
+  -h, --help             this help and the config groups
 """
 
 MODEL_CARD = "README.md"

@@ -33,9 +33,10 @@ from llm_doe.finetune import peft as peft_methods
 from llm_doe.finetune.checkpoint import CheckpointPlan
 from llm_doe.finetune.loop import Diverged, Hooks, Interrupted, Selection, TrainData, TrainResult, train
 from llm_doe.finetune.runtime import resolve_runtime
-from llm_doe.finetune.tasks import get_task
+from llm_doe.finetune.tasks import PREDICTED_CLASSES, get_task
+from llm_doe.formatting import fmt
 from llm_doe.liveness import worker_attrs
-from llm_doe.schema import Config, objective_metrics, primary_metric, resolved_direction
+from llm_doe.schema import Config, applicable, objective_metrics, primary_metric, resolved_direction
 from llm_doe.space import SearchSpace, apply_params, suggest
 from llm_doe.storage import retry_callback
 from llm_doe.study import grid_duplicate, set_user_attrs
@@ -154,7 +155,8 @@ class Objective:
         result, sizes, failure = self._train(trial, cfg, task, plan, history, started)
         if plan is not None:
             shutil.rmtree(plan.folder, ignore_errors=True)  # the trial is over: its checkpoint is not needed
-        config_yaml = OmegaConf.to_yaml(cfg_dc, resolve=True)
+        # What a person reads: only the keys that apply (no in-code model sizes for a pretrained model).
+        config_yaml = OmegaConf.to_yaml(OmegaConf.create(applicable(OmegaConf.to_container(cfg_dc, resolve=True))))
         if failure is not None:
             self._record_failure(trial, failure, started, config_yaml, history, task)
         assert result is not None
@@ -286,6 +288,13 @@ class Objective:
             attrs[name] = _finite_or_none(float(value)) if isinstance(value, float) else value
         attrs.update(sizes)
         attrs["best_step"] = result.best_step
+        predicted = result.best.get(PREDICTED_CLASSES)
+        if predicted is not None and predicted == predicted:  # not NaN
+            attrs[PREDICTED_CLASSES] = int(predicted)
+            if predicted == 1:
+                log.warning("trial %d learned nothing: at its best evaluation it predicts one class for every "
+                            "validation example (a constant predictor; accuracy %s is the majority share)",
+                            trial.number, fmt(result.best.get("accuracy"), 4))
         if result.resumed_from_step:
             attrs["resumed_from_step"] = result.resumed_from_step
         attrs["stop_reason"] = result.stop_reason

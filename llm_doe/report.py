@@ -26,12 +26,13 @@ from llm_doe.notes import ONE_PARAMETER
 from llm_doe.schema import ConfigError
 from llm_doe.storage import store_of
 
-USAGE = """usage: python -m llm_doe.report +study=NAME [key=value ...] [--out PATH]
+USAGE = """usage: python -m llm_doe.report +study=NAME [key=value ...] [--out PATH] [--cfg job|hydra|all]
 
 Writes studies/NAME/report.html (self-contained HTML) for the study that
 `python -m llm_doe.search +study=NAME [key=value ...]` runs; same config and storage.
   --out PATH  write the report here instead
-  -h, --help  this help
+  --cfg PART  print the composed config (job), Hydra's settings (hydra) or both (all)
+  -h, --help  this help and the config groups
 """
 
 #: ROC curves drawn at most (the best trials): a figure of hundreds of curves shows nothing.
@@ -357,12 +358,9 @@ def build_report(storage: analysis.StudyRef, study_name: str | None, out: str | 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status (2 = bad input or no such study, nothing written)."""
-    from llm_doe.cli import compose_config
+    from llm_doe.cli import compose_config, config_groups, show_config, split_flags
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    if "-h" in argv or "--help" in argv:
-        print(USAGE)
-        return 0
     out: str | None = None
     overrides: list[str] = []
     args = iter(argv)
@@ -377,7 +375,15 @@ def main(argv: list[str] | None = None) -> int:
         else:
             overrides.append(arg)
     try:
-        cfg = compose_config(overrides).config
+        show_help, part, overrides = split_flags(overrides)
+        if show_help:
+            print(USAGE.rstrip("\n") + "\n\n" + config_groups())
+            return 0
+        composed = compose_config(overrides)
+        if part is not None:
+            print(show_config(composed, part))
+            return 0
+        cfg = composed.config
         store = store_of(cfg.storage)
         try:
             names = analysis.study_names(store)

@@ -164,19 +164,20 @@ def write_run_dir(composed: Composed) -> None:
     (hydra_dir / "overrides.yaml").write_text(OmegaConf.to_yaml(mask_overrides(composed.overrides)))
 
 
-def optimize(composed: Composed, study: optuna.Study, space: Any) -> int:
+def optimize(composed: Composed, study: optuna.Study, space: Any, *, review: bool = True) -> int:
     """Run one study to ``composed.config.study.n_trials`` (see :func:`optimize_arms`)."""
     from llm_doe.design import Arm
 
     cfg = composed.config
-    return optimize_arms(composed, [(Arm(study.study_name, composed.dict_config, space, cfg.study.n_trials), study)])
+    return optimize_arms(composed, [(Arm(study.study_name, composed.dict_config, space, cfg.study.n_trials), study)],
+                         review=review)
 
 
 def _slug(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_.=," else "_" for c in name)
 
 
-def optimize_arms(composed: Composed, arms: list[tuple[Any, optuna.Study]]) -> int:
+def optimize_arms(composed: Composed, arms: list[tuple[Any, optuna.Study]], *, review: bool = True) -> int:
     """This process's share of the study: trials until every arm reaches its total.
 
     Each iteration runs one trial of the arm with the fewest trials finished or under way
@@ -185,7 +186,9 @@ def optimize_arms(composed: Composed, arms: list[tuple[Any, optuna.Study]]) -> i
     workers are failed and re-queued first. When every remaining trial is already running
     elsewhere, the worker waits for those to finish or go stale instead of starting surplus
     trials, so each total is exact across workers. ``study.timeout`` and
-    ``study.max_train_steps`` stop it cleanly between trials.
+    ``study.max_train_steps`` stop it cleanly between trials. ``review=False`` (a confirmation:
+    fixed configurations run with several seeds) ends with the totals alone: no best trial of
+    one seed, no boundary check of a space nothing searched.
     """
     import torch
 
@@ -259,7 +262,7 @@ def optimize_arms(composed: Composed, arms: list[tuple[Any, optuna.Study]]) -> i
                   "resume to %d trials", signal.Signals(stop.signum or signal.SIGINT).name, n_total)
         return stop.exit_code
     for arm, study in arms:
-        summarise(arm, study, cfg, started)
+        summarise(arm, study, cfg, started, review=review)
     if failures.tripped:
         log.error("stopped: %d trials failed in this run (study.max_failures=%d); see fail_reason on the trials "
                   "and %s", failures.failures, cfg.study.max_failures, composed.run_dir / "search.log")
@@ -371,8 +374,9 @@ def _unverifiable(runners: list[Any]) -> bool:
     return True
 
 
-def summarise(arm: Any, study: optuna.Study, cfg: Config, started: float) -> None:
-    """The end-of-run lines: totals, best trial, and the playbook's boundary check (stored too)."""
+def summarise(arm: Any, study: optuna.Study, cfg: Config, started: float, *, review: bool = True) -> None:
+    """The end-of-run lines: totals, best trial, and the playbook's boundary check (stored too);
+    the totals alone without ``review``."""
     from llm_doe import analysis
     from llm_doe.study import record_totals, trial_counts
 
@@ -382,6 +386,8 @@ def summarise(arm: Any, study: optuna.Study, cfg: Config, started: float) -> Non
              "examples, %.0fs training, %.0fs evaluating", study.study_name,
              counts[TrialState.COMPLETE] + counts[TrialState.PRUNED], arm.n_trials, time.perf_counter() - started,
              totals["optimizer_steps"], totals["examples_seen"], totals["train_time_s"], totals["eval_time_s"])
+    if not review:
+        return
     metrics = objective_metrics(cfg)
     if len(metrics) > 1:  # no single best trial: the trade-off, and no boundary check (it needs one)
         front = sorted(study.best_trials, key=lambda t: t.number)

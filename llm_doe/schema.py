@@ -514,3 +514,40 @@ def _validate_runtime(cfg: Config) -> None:
     if cfg.final.trial is not None:
         _check(cfg.final.trial >= 0, "final.trial", f"must be a trial number >= 0 or null, got {cfg.final.trial}")
     _check(bool(cfg.final.output_dir), "final.output_dir", "must not be empty")
+
+
+#: Keys that mean something only for some choices: (section, the key that chooses, {choice: keys
+#: that apply}); a choice not listed keeps the section's every key.
+_ONLY_FOR: tuple[tuple[str, str, dict[str, tuple[str, ...]]], ...] = (
+    ("model", "kind", {"pretrained": ("kind", "name_or_path", "tokenizer", "dropout")}),
+    ("task", "name", {"classification": ("name",)}),
+    ("peft", "method", {"none": ("method",),
+                        "lora": ("method", "r", "alpha", "alpha_ratio", "dropout", "target_modules", "use_rslora"),
+                        "ia3": ("method", "target_modules"),
+                        "prefix": ("method", "num_virtual_tokens"), "prompt": ("method", "num_virtual_tokens")}),
+)
+#: Data keys of one source each (the rest apply to every source).
+_DATA_SOURCE_KEYS = {"path": ("csv", "jsonl"), "prompt_field": ("jsonl",), "response_field": ("jsonl",),
+                     "name": ("hub",), "config_name": ("hub",), "split": ("hub",)}
+
+
+def applicable(config: Any) -> dict[str, Any]:
+    """A resolved config (a plain dict) without the keys that do not apply to its choices: a
+    pretrained model's in-code sizes (``model.hidden_size``, ...), a classification task's SFT
+    settings, the LoRA settings of ``peft.method=none``, another data source's fields.
+
+    What people read (a trial's ``config.yaml``, the best config in the report and the notebook)
+    shows this; the study's stored ``config`` stays complete, as the same-experiment check reads it.
+    """
+    import copy
+
+    shown: dict[str, Any] = copy.deepcopy(dict(config))
+    for section, chooser, keep in _ONLY_FOR:
+        node = shown.get(section)
+        if isinstance(node, dict) and node.get(chooser) in keep:
+            shown[section] = {k: v for k, v in node.items() if k in keep[node[chooser]]}
+    data = shown.get("data")
+    if isinstance(data, dict):
+        shown["data"] = {k: v for k, v in data.items()
+                         if k not in _DATA_SOURCE_KEYS or data.get("source") in _DATA_SOURCE_KEYS[k]}
+    return shown

@@ -21,11 +21,11 @@ from omegaconf import OmegaConf
 from llm_doe.cli import Composed, cli
 from llm_doe.schema import Config, ConfigError, PrunerConfig, is_multi_objective, objective_metrics
 
-USAGE = """usage: python -m llm_doe.search +study=NAME [key=value ...] [--cfg]
+USAGE = """usage: python -m llm_doe.search +study=NAME [key=value ...] [--cfg job|hydra|all]
 
 Runs (or resumes, to study.n_trials) the Optuna study NAME from conf/study/NAME.yaml.
-  --cfg       print the composed config and exit
-  -h, --help  this help
+  --cfg PART  print the composed config (job), Hydra's settings (hydra) or both (all)
+  -h, --help  this help and the config groups
 Examples:
   python -m llm_doe.search +study=smoke
   python -m llm_doe.search +study=lr_sweep study.n_trials=12 pruner=hyperband

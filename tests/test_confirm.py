@@ -35,6 +35,10 @@ def test_confirm_runs_top_k_times_seeds_and_reports(confirmed, capsys):
     assert confirm([*args, "confirm.top_k=2", "confirm.seeds=3"]) == 0
     out = capsys.readouterr().out
     assert "val_loss mean" in out and "95% CI" in out and "p vs best" in out
+    # No search review before the verdict: one seed's "best trial" and a boundary check of a
+    # space nothing searched mean nothing in a confirmation.
+    assert "best trial #" not in out and "boundary check" not in out
+    assert "boundary" not in optuna.load_study(study_name="lr-confirm", storage=confirmed["url"]).user_attrs
 
     url = confirmed["url"]
     parent = optuna.load_study(study_name="lr", storage=url)

@@ -3,12 +3,16 @@ as users run them: parameters injected after the cell tagged ``parameters``)."""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import nbformat
 import pytest
 
+import llm_doe as doe
 from llm_doe.search import main
 from tests.conftest import REPO, TINY, store_args
 
@@ -29,7 +33,10 @@ SCIENTIFIC = ("++study.space={train.weight_decay:{role:scientific,type:categoric
 @pytest.fixture(scope="module")
 def studies(tmp_path_factory) -> dict[str, dict[str, Any]]:
     tmp = tmp_path_factory.mktemp("nb")
-    assert main(["+study=lr_sweep", *TINY, *store_args(tmp, "lr"), "study.n_trials=3"]) == 0
+    # lr_sweep where the notebook's defaults look for it, from tmp as the repository root.
+    lr = tmp / "studies" / "lr_sweep"
+    assert main(["+study=lr_sweep", *TINY, *store_args(tmp, "lr_sweep"), f"storage.url=sqlite:///{lr}.db",
+                 f"storage.artifacts_dir={lr}/artifacts", "study.n_trials=3"]) == 0
     assert main(["+study=lr_sweep", *TINY, *store_args(tmp, "wd"), SCIENTIFIC, "study.n_trials=4"]) == 0
     assert main(["+study=sft_smoke", *store_args(tmp, "sft"), "study.n_trials=3", "data.train_size=32",
                  "data.val_size=16", "data.test_size=16", "data.max_length=64", "runtime.progress=false",
@@ -38,8 +45,11 @@ def studies(tmp_path_factory) -> dict[str, dict[str, Any]]:
     assert main(["+study=sft_smoke", *store_args(tmp, "mo"), "study.n_trials=3", "data.train_size=32",
                  "data.val_size=16", "data.test_size=16", "data.max_length=64", "runtime.progress=false",
                  "runtime.num_threads=1", SFT_SPACE, "study.metric=[val_loss,trainable_params]"]) == 0
-    return {name: {"storage": f"sqlite:///{tmp}/{name}.db", "study_name": name, "artifacts_dir": str(tmp / "art"),
-                   "tmp": tmp} for name in ("lr", "wd", "sft", "mo")}
+    studies = {name: {"storage": f"sqlite:///{tmp}/{name}.db", "study_name": name, "artifacts_dir": str(tmp / "art"),
+                      "tmp": tmp} for name in ("wd", "sft", "mo")}
+    studies["lr"] = {"storage": f"sqlite:///{lr}.db", "study_name": "lr_sweep", "artifacts_dir": str(lr / "artifacts"),
+                     "tmp": tmp}
+    return studies
 
 
 def test_there_are_notebooks():
@@ -57,9 +67,11 @@ def test_notebook_is_committed_clean_with_a_parameters_cell(path: Path):
     namespace: dict[str, Any] = {}
     exec(first.source, namespace)  # noqa: S102 - our own notebook's parameter cell
     name = DEFAULTS.get(path.name, "lr_sweep")
-    assert namespace["storage"] == f"sqlite:///../studies/{name}.db" and namespace["study_name"] == name
+    # Relative to the folder papermill runs in, the repository root in the README's commands.
+    assert namespace["storage"] == f"sqlite:///studies/{name}.db" and namespace["study_name"] == name
     if "artifacts_dir" in namespace:
-        assert namespace["artifacts_dir"] == f"../studies/{name}/artifacts"
+        assert namespace["artifacts_dir"] == f"studies/{name}/artifacts"
+    assert "Relative paths are from the folder papermill runs in" in first.source
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
@@ -76,6 +88,8 @@ def test_notebook_runs_against_a_tiny_study(path: Path, studies, kernel, tmp_pat
     nb = nbformat.read(out, as_version=4)
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert all(c.execution_count is not None for c in code)
+    # No red box (a TqdmWarning from Optuna's tqdm.auto without ipywidgets, a log line): nothing on stderr.
+    assert not [o.get("text") for c in code for o in c.outputs if o.get("name") == "stderr"]
     if path.name == "compare_trials.ipynb":
         images = [c for c in code if any("image/png" in o.get("data", {}) for o in c.outputs)]
         assert len(images) == 4  # learning curves, ROC by learning rate, objective vs params, importance
@@ -83,6 +97,10 @@ def test_notebook_runs_against_a_tiny_study(path: Path, studies, kernel, tmp_pat
                          for o in c.outputs)
         assert "train.learning_rate" in text and "python -m llm_doe.search" in text
         assert f"study.name={study['study_name']}_trial" in text  # the rerun command
+        trials = doe.load_trials(study["storage"], study["study_name"])
+        assert doe.confirm_command(trials) in text  # the confirm command: the search's overrides kept
+        for advice in doe.boundary_report(trials)["advice"]:
+            assert advice in text  # the whole sentence, not cut to "..."
     if path.name == "pareto_study.ipynb":
         images = [c for c in code if any("image/png" in o.get("data", {}) for o in c.outputs)]
         assert len(images) == 1  # the Pareto plot
@@ -105,3 +123,27 @@ def test_notebook_runs_against_a_tiny_study(path: Path, studies, kernel, tmp_pat
         text = "\n".join(str(o.get("text", "")) + str(o.get("data", {}).get("text/plain", "")) for c in code
                          for o in c.outputs)
         assert "wd[train.weight_decay=0.0]" in text and "wd[train.weight_decay=0.1]" in text
+
+
+@pytest.mark.parametrize("where", ["repository root", "notebooks/ (as JupyterLab runs it)", "nbconvert"])
+def test_notebook_defaults_work_from_the_repository_root_and_from_notebooks(studies, kernel, where):
+    """``papermill notebooks/compare_trials.ipynb out.ipynb`` from the repository root, with the
+    parameter cell's defaults (``studies/lr_sweep.db``): the command as a user types it. And the
+    same defaults in a kernel started in notebooks/, as JupyterLab and ``jupyter nbconvert
+    --execute`` start it."""
+    root = studies["lr"]["tmp"]  # holds studies/lr_sweep.db and studies/lr_sweep/artifacts
+    (root / "notebooks").mkdir(exist_ok=True)
+    (root / "pyproject.toml").touch()  # what marks a repository root
+    shutil.copy(REPO / "notebooks" / "compare_trials.ipynb", root / "notebooks")
+    if where == "nbconvert":  # the README's command; nbconvert runs the kernel in notebooks/
+        command = ["-m", "jupyter", "nbconvert", "--to", "notebook", "--execute", "notebooks/compare_trials.ipynb",
+                   f"--ExecutePreprocessor.kernel_name={kernel}", "--output", "out.ipynb"]
+    else:
+        command = ["-m", "papermill", "notebooks/compare_trials.ipynb", "out.ipynb", "-k", kernel,
+                   "--no-progress-bar", *(["--cwd", "notebooks"] if where.startswith("notebooks") else [])]
+    run = subprocess.run([sys.executable, *command], cwd=root, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    nb = nbformat.read(root / ("notebooks/out.ipynb" if where == "nbconvert" else "out.ipynb"), as_version=4)
+    text = "\n".join(str(o.get("text", "")) + str(o.get("data", {}).get("text/plain", "")) for c in nb.cells
+                     if c.cell_type == "code" for o in c.outputs)
+    assert "study.name=lr_sweep_trial" in text  # it read the study the defaults name

@@ -59,3 +59,23 @@ def test_a_trial_beyond_the_study_total_is_surplus_and_does_not_run(objective):
 ])
 def test_fail_reasons_are_one_line(error, reason):
     assert Objective._fail_reason(error) == reason
+
+
+def test_a_trial_that_learned_nothing_is_recorded_and_warned(search, tmp_path, capsys):
+    """At a learning rate of ~1e-9 the tiny model stays its random init and predicts one class:
+    the trial records predicted_classes=1, the log says so, and the note and the report count it."""
+    import llm_doe as doe
+    from llm_doe.notes import study_note
+    from llm_doe.report import render_report
+
+    space = "++study.space={train.learning_rate:{type:float,low:1.0e-9,high:2.0e-9,log:true}}"
+    assert search("study.n_trials=2", space, name="flat") == 0
+    out = capsys.readouterr().out
+    assert out.count("learned nothing: at its best evaluation it predicts one class") == 2
+    url = f"sqlite:///{tmp_path}/flat.db"
+    study = optuna.load_study(study_name="flat", storage=url)
+    assert [t.user_attrs["predicted_classes"] for t in study.trials] == [1, 1]
+    table = doe.load_trials(url, "flat")
+    warning = "2 of 2 finished trials learned nothing (#0, #1)"
+    assert any(w.startswith(warning) for w in doe.study_warnings(table))
+    assert warning in study_note(table) and warning in render_report(url, "flat")

@@ -111,3 +111,24 @@ def test_the_sampler_and_pruner_files_are_named_after_their_choice():
     for group in ("sampler", "pruner"):
         for path in (CONF / group).glob("*.yaml"):
             assert _yaml(path)["name"] == path.stem, f"conf/{group}/{path.name}"
+
+
+def test_applicable_leaves_out_keys_that_do_not_apply():
+    """A MiniLM config lists no in-code model sizes, a classification task no SFT settings,
+    peft=none no LoRA settings, tweets no other source's fields; the tiny model keeps its sizes."""
+    from omegaconf import OmegaConf
+
+    from llm_doe.cli import compose_config
+    from llm_doe.schema import applicable
+
+    minilm = OmegaConf.to_container(compose_config(["+study=lr_sweep"]).dict_config, resolve=True)
+    shown = applicable(minilm)
+    assert set(shown["model"]) == {"kind", "name_or_path", "tokenizer", "dropout"}
+    assert shown["task"] == {"name": "classification"} and shown["peft"] == {"method": "none"}
+    assert "prompt_field" not in shown["data"] and "path" not in shown["data"] and "seed" in shown["data"]
+    assert shown["train"] == minilm["train"] and minilm["model"]["hidden_size"] == 64  # the input is untouched
+    tiny = OmegaConf.to_container(compose_config(["+study=smoke"]).dict_config, resolve=True)
+    assert applicable(tiny)["model"]["hidden_size"] == tiny["model"]["hidden_size"]
+    lora = OmegaConf.to_container(compose_config(["+study=sft_smoke"]).dict_config, resolve=True)
+    assert "r" in applicable(lora)["peft"] and "num_virtual_tokens" not in applicable(lora)["peft"]
+    assert "loss_on" in applicable(lora)["task"]

@@ -243,6 +243,16 @@ def study_warnings(table: pd.DataFrame, *, margin: float = 0.1) -> list[str]:
                      + (f" ({failures['requeued']} interrupted and re-queued trial(s) not counted)"
                         if failures["requeued"] else ""))
     notes += constraint_warnings(table)
+    if "predicted_classes" in table:
+        # A trial that predicts one class for every validation example learned nothing, however its
+        # loss compares: count them as the playbook counts infeasible trials.
+        finished = table[table["state"].isin(["COMPLETE", "PRUNED"])]
+        constant = finished.loc[finished["predicted_classes"] == 1, "number"].tolist()
+        if constant:
+            shown = ", ".join(f"#{n}" for n in constant[:10]) + (", ..." if len(constant) > 10 else "")
+            notes.append(f"{len(constant)} of {len(finished)} finished trials learned nothing ({shown}): each "
+                         "predicts one class for every validation example (a constant predictor, accuracy = "
+                         "the majority share); their learning rate or schedule does not train")
     if table.attrs.get("direction") and not competing_trials(table).empty:
         for advice in boundary_report(table, margin=margin).query("near_edge")["advice"]:
             notes.append(advice)
@@ -270,16 +280,23 @@ def _set_path(tree: dict[str, Any], path: str, value: Any) -> None:
     tree[parts[-1]] = value
 
 
-def best_config(table: pd.DataFrame, number: int | None = None, *, as_yaml: bool = False) -> dict[str, Any] | str:
-    """The full resolved config of the best trial (or trial ``number``): the study's config with
-    that trial's parameters applied, as the trial ran it (YAML text with ``as_yaml``)."""
+def best_config(table: pd.DataFrame, number: int | None = None, *, as_yaml: bool = False,
+                full: bool = False) -> dict[str, Any] | str:
+    """The resolved config of the best trial (or trial ``number``): the study's config with that
+    trial's parameters applied, as the trial ran it (YAML text with ``as_yaml``). Keys that do not
+    apply to its choices (a pretrained model's in-code sizes, LoRA settings without PEFT) are left
+    out, as in the trial's ``config.yaml``; ``full=True`` keeps every key."""
     import copy
+
+    from llm_doe.schema import applicable
 
     row = best_trial(table) if number is None else table.set_index("number").loc[number].rename(number)
     config = copy.deepcopy(table.attrs.get("study_user_attrs", {}).get("config") or {})
     for name in param_columns(table):
         if not pd.isna(row[name]):
             _set_path(config, name, to_python(row[name]))
+    if not full:
+        config = applicable(config)
     if as_yaml:
         import yaml
 
@@ -300,6 +317,18 @@ def _choice_literal(value: Any) -> str:
     return f"'{text}'"
 
 
+def _search_overrides(table: pd.DataFrame) -> tuple[list[str], list[str]]:
+    """The study's own command (from its provenance), as its head (``python -m llm_doe.search``)
+    and its overrides, so a suggested command keeps every setting the user gave (a
+    ``hydra.searchpath``, ``model=...``) and passes the same-experiment check."""
+    command = (table.attrs.get("study_user_attrs", {}).get("provenance") or {}).get("command")
+    if command:
+        args = shlex.split(command)
+        head_end = args.index("llm_doe.search") + 1 if "llm_doe.search" in args else 0
+        return args[:head_end], [a for a in args[head_end:] if a != "--cfg"]
+    return ["python", "-m", "llm_doe.search"], [f"+study={table.attrs.get('study_name', 'study')}"]
+
+
 def rerun_command(table: pd.DataFrame, number: int | None = None) -> str:
     """The exact command that reruns the best trial (or trial ``number``) as a one-trial study.
 
@@ -310,15 +339,8 @@ def rerun_command(table: pd.DataFrame, number: int | None = None) -> str:
     row = best_trial(table) if number is None else table.set_index("number").loc[number].rename(number)
     trial_number = int(row["number"]) if "number" in row.index else int(row.name)  # type: ignore[arg-type]
     name = table.attrs.get("study_name", "study")
-    command = (table.attrs.get("study_user_attrs", {}).get("provenance") or {}).get("command")
-    if command:
-        args = shlex.split(command)
-        head_end = args.index("llm_doe.search") + 1 if "llm_doe.search" in args else 0
-        head, overrides = args[:head_end], args[head_end:]
-    else:
-        head, overrides = ["python", "-m", "llm_doe.search"], [f"+study={name}"]
-    keep = [a for a in overrides if not re.match(r"^\+{0,2}study\.(name|n_trials|enqueue|warm_start)[.=]", a)
-            and a != "--cfg"]
+    head, overrides = _search_overrides(table)
+    keep = [a for a in overrides if not re.match(r"^\+{0,2}study\.(name|n_trials|enqueue|warm_start)[.=]", a)]
     space = ",".join(f'{p}:"choice({_choice_literal(row[p])})"' for p in param_columns(table)
                      if not pd.isna(row[p]))
     # The study's warm start (from its file) has no place in a one-point rerun: its points lie
@@ -328,3 +350,16 @@ def rerun_command(table: pd.DataFrame, number: int | None = None) -> str:
     warm += ["study.warm_start.study_name=null"] if (recorded.get("warm_start") or {}).get("study_name") else []
     return shlex.join([*head, *keep, f"study.name={name}_trial{trial_number}", "study.n_trials=1",
                        f"study.space={{{space}}}", *warm])
+
+
+def confirm_command(table: pd.DataFrame, *, top_k: int = 3, seeds: int = 5) -> str:
+    """The command that confirms the study's best configurations with several seeds: the
+    search's own command (every override kept, so ``python -m llm_doe.confirm`` finds the same
+    experiment) run by ``llm_doe.confirm``, with ``confirm.top_k`` and ``confirm.seeds`` unless
+    the search's command already set them."""
+    head, overrides = _search_overrides(table)
+    head = [*head[:-1], "llm_doe.confirm"] if head else ["python", "-m", "llm_doe.confirm"]
+    given = {a.lstrip("+").split("=", 1)[0] for a in overrides}
+    extra = [f"{key}={value}" for key, value in (("confirm.top_k", top_k), ("confirm.seeds", seeds))
+             if key not in given]
+    return shlex.join([*head, *overrides, *extra])

@@ -399,9 +399,16 @@ def confirm_params(table: pd.DataFrame) -> list[str]:
     return [c for c in table.attrs.get("params", []) if c in table.columns]
 
 
-def format_confirmation(table: pd.DataFrame | None, study_name: str | None = None) -> str:
-    """The confirmation as printed by ``python -m llm_doe.confirm``: a heading, the table, the verdict."""
+def format_confirmation(table: pd.DataFrame | None, study_name: str | None = None, *,
+                        command: str | None = None) -> str:
+    """The confirmation as printed by ``python -m llm_doe.confirm``: a heading, the table, the verdict.
+
+    With no confirmation yet (``table`` None) it says how to run one: ``command`` when given
+    (:func:`~llm_doe.analysis.confirm_command` of the search's trials: the search's own
+    overrides kept), else a template to complete with them."""
     if table is None:
+        if command:
+            return f"No confirmation study yet: {command} re-runs its best configurations with several seeds."
         name = study_name or "NAME"
         return (f"No confirmation study yet: python -m llm_doe.confirm +study={name} confirm.top_k=3 "
                 "confirm.seeds=5 (with the search's overrides) re-runs its best configurations with several seeds.")

@@ -191,9 +191,13 @@ def plot_objective_vs_params(table: pd.DataFrame, *, params: Sequence[str] | Non
                 ax.axvline(end, color="tab:grey", ls=":", lw=1)
         ax.set_xlabel(name)
         ax.set_ylabel(_metric_label(table))
-        ax.legend(fontsize="x-small")
     for ax in axes[len(params):]:
         ax.set_visible(False)
+    # One legend for all panels, below them: inside an axes it can sit on the best trial's
+    # star, and its own red star then cannot be told from the trial's.
+    handles, labels = axes[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="outside lower center", ncols=len(handles), fontsize="small", frameon=False)
     fig.suptitle(f"{table.attrs.get('study_name', '')}: objective vs parameters".lstrip(": "))
     return fig
 
@@ -272,6 +276,5 @@ def plot_scientific_isolation(curves: pd.DataFrame, *, ax: Axes | None = None) -
     ax.set_xlabel("evaluation")
     ax.set_ylabel(curves.attrs.get("metric", "value"))
     ax.set_title(f"{curves.attrs.get('study_name', '')}: best trial per scientific value")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
+    ax.legend(fontsize=8)  # the figure's constrained layout fits it (tight_layout() here warned in notebooks)
     return fig

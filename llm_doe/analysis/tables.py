@@ -23,10 +23,11 @@ from llm_doe.analysis._common import param_columns
 from llm_doe.analysis._source import Raw, StudyRef, artifact_rows, curve_rows, read_raw
 from llm_doe.analysis.feasibility import PREFIX as CONSTRAINT_PREFIX
 from llm_doe.analysis.pareto import pareto_mask
+from llm_doe.finetune.tasks import PREDICTED_CLASSES  # plain data: no torch
 from llm_doe.names import ALL_METRICS, study_metrics
 
 _TEXT_ATTRS = ("stop_reason", "fail_reason", "precision")
-_BASE_ATTRS = (*ALL_METRICS, "best_step", "duration_s", "pruned_at_step", "requeued", *_TEXT_ATTRS)
+_BASE_ATTRS = (*ALL_METRICS, PREDICTED_CLASSES, "best_step", "duration_s", "pruned_at_step", "requeued", *_TEXT_ATTRS)
 #: How a trial stopped by Ctrl-C/SIGTERM and re-queued was marked before it carried ``requeued``.
 _REQUEUED_REASON = "interrupted "
 
@@ -119,6 +120,8 @@ def _trials_frame(raw: Raw, extra_attrs: Sequence[str]) -> pd.DataFrame:
     if len(raw.directions) > 1:  # each objective under its name too (a cost one is no task metric)
         for i, name in enumerate(raw.study_attrs.get("objectives") or []):
             out.setdefault(name, out[f"values_{i}"])
+    if raw.attrs.get(PREDICTED_CLASSES):  # classifiers: 1 = a constant predictor (study_warnings)
+        out[PREDICTED_CLASSES] = _steps(_column(keys, raw.attrs[PREDICTED_CLASSES]))
     out["best_step"] = _steps(_column(keys, raw.attrs.get("best_step", {})))
     start, complete = _datetimes(base["datetime_start"]), _datetimes(base["datetime_complete"])
     measured = _column(keys, raw.attrs.get("duration_s", {}))

@@ -8,6 +8,7 @@ import shlex
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import optuna
 import pytest
 import yaml
@@ -161,3 +162,68 @@ def test_best_config_and_rerun_command_reproduce_the_best_trial(tiny):
     rerun = optuna.load_study(study_name=f"{tiny['name']}_trial{int(best['number'])}", storage=tiny["url"])
     assert rerun.trials[0].params["train.learning_rate"] == best["train.learning_rate"]
     assert rerun.trials[0].value == pytest.approx(best["value"], rel=1e-6)
+
+
+def test_confirm_command_keeps_the_searchs_overrides_and_really_confirms(tmp_path):
+    """The suggested confirm command is the search's own (a study found through the user's
+    ``hydra.searchpath`` included), so it runs, and passes the same-experiment check."""
+    from llm_doe.confirm import main as confirm_main
+    from tests.conftest import REPO, TINY, store_args
+
+    conf = tmp_path / "conf" / "study"
+    conf.mkdir(parents=True)
+    (conf / "mine.yaml").write_text((REPO / "conf" / "study" / "smoke.yaml").read_text().replace("name: smoke",
+                                                                                                  "name: mine"))
+    searchpath = f"hydra.searchpath=[file://{tmp_path / 'conf'}]"
+    args = [searchpath, "+study=mine", *TINY, *store_args(tmp_path, "mine"), "study.n_trials=2"]
+    assert main(args) == 0
+    table = doe.load_trials(f"sqlite:///{tmp_path}/mine.db", "mine")
+    command = shlex.split(doe.confirm_command(table, top_k=1, seeds=1))
+    assert command[:3] == ["python", "-m", "llm_doe.confirm"]
+    assert searchpath in command and "+study=mine" in command  # what the rerun command keeps too
+    assert "confirm.top_k=1" in command and "confirm.seeds=1" in command
+    assert searchpath in shlex.split(doe.rerun_command(table))
+    assert confirm_main(command[3:]) == 0
+    confirmation = doe.confirmation_table(f"sqlite:///{tmp_path}/mine.db", "mine")
+    assert confirmation.attrs["n_seeds"] == 1
+    text = doe.format_confirmation(None, "mine", command=doe.confirm_command(table))
+    assert text.startswith("No confirmation study yet: python -m llm_doe.confirm 'hydra.searchpath=")
+
+
+@pytest.mark.parametrize("path", ["sql", "api"])
+def test_trials_that_predict_one_class_are_counted_as_learning_nothing(tmp_path, path):
+    """A trial whose best evaluation predicts one class for every example (accuracy = majority
+    share) learned nothing: study_warnings counts them (the note and the report show it)."""
+    url = f"sqlite:///{tmp_path}/c.db"
+    study = optuna.create_study(storage=url, study_name="c")
+    x = FloatDistribution(0.0, 1.0)
+    for i, classes in enumerate([1, 2, 1, 2, None]):
+        attrs = {"accuracy": 0.585 if classes == 1 else 0.8}
+        if classes is not None:  # a trial from before the count was recorded
+            attrs["predicted_classes"] = classes
+        study.add_trial(create_trial(value=0.6 - i / 100, params={"x": i / 5}, distributions={"x": x},
+                                     user_attrs=attrs))
+    table = doe.load_trials(url if path == "sql" else study, "c")
+    assert table["predicted_classes"].tolist()[:4] == [1, 2, 1, 2] and pd.isna(table["predicted_classes"].iloc[4])
+    (warning,) = [w for w in doe.study_warnings(table) if "learned nothing" in w]
+    assert warning.startswith("2 of 5 finished trials learned nothing (#0, #2)")
+    from llm_doe.notes import study_note
+
+    assert warning in study_note(table)
+    old = doe.load_trials(url, "c").drop(columns="predicted_classes")  # studies from before: no warning
+    assert not [w for w in doe.study_warnings(old) if "learned nothing" in w]
+
+
+def test_best_config_of_a_pretrained_model_lists_no_in_code_sizes(tiny):
+    """A MiniLM study's best config once listed the tiny model's hidden_size, num_layers, ...:
+    only what applies is shown; ``full=True`` keeps the stored copy's every key."""
+    import copy
+
+    table = doe.load_trials(tiny["url"], tiny["name"])
+    table.attrs = copy.deepcopy(table.attrs)
+    table.attrs["study_user_attrs"]["config"]["model"].update(kind="pretrained", name_or_path="minilm")
+    shown = doe.best_config(table)
+    assert "hidden_size" not in shown["model"] and "num_layers" not in shown["model"]
+    assert "hidden_size:" not in doe.best_config(table, as_yaml=True)
+    assert shown["peft"] == {"method": "none"} and shown["task"] == {"name": "classification"}
+    assert doe.best_config(table, full=True)["model"]["hidden_size"] == 64

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 
@@ -66,4 +67,23 @@ def test_scientific_isolation_is_drawn_from_a_frame_alone():
     assert [line.get_label() for line in ax.get_lines()] == ["train.weight_decay=0 (#3)",
                                                               "train.weight_decay=0.1 (#1)"]
     assert ax.get_ylabel() == "val_loss" and ax.get_title() == "s: best trial per scientific value"
+    _png_ok(fig)
+
+
+def test_objective_vs_params_legend_sits_outside_every_panel(synthetic):
+    """Inside a panel the legend could cover the best trial's star (and its own star then looks
+    like the trial's): one legend for the figure, below the panels, overlapping none."""
+    table = doe.load_trials(synthetic["url"], "syn")
+    fig = doe.plot_objective_vs_params(table)
+    assert all(ax.get_legend() is None for ax in fig.axes)
+    (legend,) = fig.legends
+    best = int(doe.best_trial(table)["number"])
+    assert [t.get_text() for t in legend.get_texts()][-1] == f"best (#{best})"
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()  # constrained layout places the legend when the figure is drawn
+    renderer = canvas.get_renderer()
+    box = legend.get_window_extent(renderer)
+    for ax in fig.axes:
+        if ax.get_visible():
+            assert not box.overlaps(ax.get_window_extent(renderer)), ax.get_xlabel()
     _png_ok(fig)

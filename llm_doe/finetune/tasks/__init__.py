@@ -20,6 +20,9 @@ TASK_METRICS: dict[str, dict[str, str]] = {
     "classification": {"val_loss": "minimize", "accuracy": "maximize", "f1": "maximize", "roc_auc": "maximize"},
     "causal_lm": {"val_loss": "minimize", "perplexity": "minimize"},
 }
+#: A classifier's evaluations also record how many distinct classes it predicted (1: a constant
+#: predictor, which learned nothing); not a metric to optimise, a check.
+PREDICTED_CLASSES = "predicted_classes"
 _CLASSES = {
     "classification": "llm_doe.finetune.tasks.classification:ClassificationTask",
     "causal_lm": "llm_doe.finetune.tasks.causal_lm:CausalLMTask",

@@ -16,7 +16,7 @@ from llm_doe.finetune.batching import attention_mask, pad, to_device
 from llm_doe.finetune.data import Encoded, Split, encode, encoded_splits
 from llm_doe.finetune.metrics import classification_metrics, roc_points
 from llm_doe.finetune.model import load_tokenizer, model_factory
-from llm_doe.finetune.tasks import TASK_METRICS
+from llm_doe.finetune.tasks import PREDICTED_CLASSES, TASK_METRICS
 from llm_doe.finetune.tasks.base import CardText, Evaluator, Prepared, Task
 from llm_doe.schema import DataConfig, ModelConfig
 
@@ -39,7 +39,10 @@ class _ClassificationEvaluator(Evaluator):
     def result(self) -> tuple[dict[str, float], Any]:
         total = 0.0 if self.loss_sum is None else float(self.loss_sum.item())
         probs = self.probs.numpy()
-        metrics = {"val_loss": total / max(1, len(self.data)), **classification_metrics(self.data.labels, probs)}
+        metrics = {"val_loss": total / max(1, len(self.data)), **classification_metrics(self.data.labels, probs),
+                   # How many classes the model predicts at all: 1 is a constant predictor (accuracy the
+                   # majority share), a trial that learned nothing whatever its loss says.
+                   PREDICTED_CLASSES: float(len(np.unique(probs.argmax(axis=1)))) if len(probs) else float("nan")}
         return metrics, {"labels": self.data.labels, "probs": probs}
 
 

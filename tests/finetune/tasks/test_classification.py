@@ -76,3 +76,17 @@ def test_write_artifacts_draws_the_roc_or_nothing(tmp_path):
     single = {"labels": np.array([1, 1]), "probs": np.array([[0.5, 0.5], [0.2, 0.8]])}
     assert TASK.write_artifacts(single, tmp_path / "none", "trial 4", "at best eval") == []  # no curve: no files
     assert TASK.write_artifacts(None, tmp_path, "trial 5", "at best eval") == []  # a failed trial
+
+
+def test_the_evaluator_counts_the_classes_it_predicts():
+    """1 predicted class: a constant predictor (it learned nothing), whatever its loss."""
+    data = _encoded([1, 1, 1, 1], [0, 0, 1, 1])
+    model = torch.nn.Module()
+    model.config = type("Config", (), {"num_labels": 2})()
+    for logits, classes in ((torch.tensor([[2.0, 0.0], [1.0, 0.5], [0.3, 0.1], [0.9, 0.0]]), 1),
+                            (torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 3.0]]), 2)):
+        evaluator = TASK.evaluator(data, model)
+        index = np.arange(4)
+        evaluator.update(logits, {"labels": torch.from_numpy(data.labels)}, index)
+        metrics, _ = evaluator.result()
+        assert metrics["predicted_classes"] == classes

@@ -1,0 +1,65 @@
+"""The README tells people what to run: every command it names is installed by a set-up
+command it gives (``pip install -e ".[dev]"``, which the tests run under)."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import shlex
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+from tests.conftest import REPO
+
+README = (REPO / "README.md").read_text(encoding="utf-8")
+BIN = Path(sys.executable).parent
+#: Commands the README uses that come from the system or the scheduler, not from pip.
+SYSTEM = {"pip", "export", "srun", "bash", "python"}
+
+
+def _commands() -> list[list[str]]:
+    """Each command line of the README's bash blocks, as words (continuations joined)."""
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", README, flags=re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = line.split("  #", 1)[0].strip()
+            if not line or line.startswith("#"):
+                continue
+            words = shlex.split(line, comments=True)
+            if words[0] == "srun":
+                words = words[1:]
+            commands.append(words)
+    return commands
+
+
+def test_readme_names_the_extras_that_install_its_tools():
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    notebooks = {re.split(r"[<>=\[]", r)[0] for r in extras["notebooks"]}
+    assert {"jupyterlab", "nbconvert", "papermill", "ipywidgets"} <= notebooks
+    assert any(r.startswith("llm_doe[") and "notebooks" in r for r in extras["dev"])  # dev installs them too
+    assert 'pip install -e ".[dev]"' in README and '".[notebooks]"' in README
+
+
+def test_every_command_the_readme_runs_is_installed():
+    seen = set()
+    for words in _commands():
+        head = words[0]
+        if head == "python" and words[1] == "-m":
+            assert importlib.util.find_spec(words[2]) is not None, words
+        elif head in ("python", "bash"):
+            assert (REPO / words[1]).is_file(), words
+        elif head == "jupyter":  # jupyter SUB runs the jupyter-SUB script
+            assert (BIN / f"jupyter-{words[1]}").is_file(), f"jupyter {words[1]} is not installed"
+            seen.add(f"jupyter {words[1]}")
+        elif head not in SYSTEM:
+            assert (BIN / head).is_file(), f"{head} is not installed"
+            seen.add(head)
+    assert {"papermill", "optuna-dashboard", "jupyter lab", "jupyter nbconvert", "pytest"} <= seen
+
+
+def test_jupyter_lab_and_nbconvert_start():
+    for sub in ("lab", "nbconvert"):
+        run = subprocess.run([str(BIN / f"jupyter-{sub}"), "--version"], capture_output=True, text=True, timeout=60)
+        assert run.returncode == 0 and re.match(r"\d+\.\d+", run.stdout.strip()), (sub, run.stderr[-500:])
