@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import sys
 import warnings
 from collections.abc import Callable
@@ -46,6 +47,9 @@ class Composed:
     hydra: DictConfig | None = None
 
 
+_SWEEP_VALUE = re.compile(r"(?<![\"'\w])(choice|range|interval|glob)\(")
+
+
 def _hydra_error(err: Exception, overrides: list[str]) -> ConfigError:
     """Hydra's multi-line errors, as one line that names the key or group."""
     if isinstance(err, MissingConfigException) and err.options is not None and err.missing_cfg_file:
@@ -54,6 +58,13 @@ def _hydra_error(err: Exception, overrides: list[str]) -> ConfigError:
     cause: BaseException = err
     while cause.__cause__ is not None:
         cause = cause.__cause__
+    sweep = next((o for o in overrides if _SWEEP_VALUE.search(o.split("=", 1)[-1])), None)
+    if sweep is not None and "Unexpected type annotation" in str(cause):
+        # Hydra reads choice(...)/range(...)/interval(...) in an override's value as a sweep, and
+        # a sweep inside a dict fails with a message about ChoiceSweep's fields ("tags: Set[str]").
+        key = sweep.lstrip("+~").split("=", 1)[0]
+        return ConfigError(key, "Hydra reads an unquoted choice(...)/range(...)/interval(...) in an override as a "
+                                "sweep: quote the spec, e.g. 'study.space={train.learning_rate: \"choice(1e-4, 3e-4)\"}'")
     if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):
         return ConfigError(str(cause.full_key), str(cause).splitlines()[0] + _did_you_mean(cause, overrides))
     return ConfigError("overrides", " ".join(str(err).split()))

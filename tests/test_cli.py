@@ -91,6 +91,16 @@ def test_a_mistyped_key_suggests_the_closest_one(override, message):
     assert str(err.value).endswith(message) and "\n" not in str(err.value)
 
 
+def test_an_unquoted_space_spec_says_to_quote_it():
+    """Hydra reads choice(...) in an override's value as a sweep; inside a dict that used to fail
+    as "tags: Unexpected type annotation: Set[str]". Quoted, the same spec composes."""
+    with pytest.raises(ConfigError) as err:
+        compose_config(["+study=lr_sweep", "study.space={train.learning_rate: choice(1e-4,3e-4)}"])
+    assert str(err.value).startswith("study.space: ") and "quote the spec" in str(err.value)
+    cfg = compose_config(["+study=lr_sweep", "study.space={train.learning_rate: 'choice(1e-4,3e-4)'}"]).config
+    assert cfg.study.space["train.learning_rate"] == "choice(1e-4,3e-4)"
+
+
 def test_no_suggestion_when_nothing_is_close():
     with pytest.raises(ConfigError) as err:
         compose_config(["+study=smoke", "train.zzzz=1"])
