@@ -218,7 +218,7 @@ class Objective:
         metric = primary_metric(cfg)
         maximize = resolved_direction(cfg) == "maximize"
         # Optuna takes no intermediate values from a multi-objective trial (trial.report raises):
-        # nothing to report, nothing to prune; the history still goes to metrics.json.
+        # nothing to report, nothing to prune; the history still goes to metrics.jsonl.
         reporting = len(objective_metrics(cfg)) == 1
 
         def report(step: int, metrics: dict[str, float]) -> bool:
@@ -305,9 +305,11 @@ class Objective:
         if bounds:
             attrs.update(constraints.trial_attrs(bounds, attrs))
         set_user_attrs(trial, attrs)
+        upload_trial_artifacts(self.artifact_store, trial, config_yaml, result.history, task, result.best_payload)
+        # Last before the value: a worker that dies earlier leaves no constraint values for the
+        # re-queued copy to inherit (Optuna keeps a constraint already set).
         for name, value in constraints.values(bounds, attrs).items():
             trial.set_constraint(name, value)
-        upload_trial_artifacts(self.artifact_store, trial, config_yaml, result.history, task, result.best_payload)
         if pruned:
             raise optuna.TrialPruned(f"pruned at evaluation {len(result.history)}")
         if len(metrics) == 1:

@@ -170,7 +170,7 @@ def render_report(storage: analysis.StudyRef, study_name: str | None = None, *,
     curves = analysis.load_curves(storage, name)
     if curves.empty:
         parts.append(_section("Learning curves", "<p>Optuna keeps no intermediate values of a multi-objective study: "
-                                                 "each trial's evaluations are in its <code>metrics.json</code>.</p>"
+                                                 "each trial's evaluations are in its <code>metrics.jsonl</code>.</p>"
                               if multi else "<p>No trial reported an intermediate value.</p>"))
     else:
         parts.append(_section("Learning curves", _img(

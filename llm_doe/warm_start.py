@@ -343,6 +343,8 @@ def enqueue(study: optuna.Study, points: Sequence[Point], n_trials: int) -> list
     room = n_trials - under_way
     added: list[Point] = []
     left: list[Point] = []
+    same: list[Point] = []
+    count = len(trials)
     for point in points:
         if (point.source, _key(point.params)) in held:
             continue
@@ -350,9 +352,17 @@ def enqueue(study: optuna.Study, points: Sequence[Point], n_trials: int) -> list
             left.append(point)
             continue
         study.enqueue_trial(dict(point.params), user_attrs={ATTR: point.source}, skip_if_exists=True)
+        now = len(study.get_trials(deepcopy=False))
+        if now == count:  # Optuna skipped it: a trial (any state, any source) has these parameters
+            same.append(point)
+            continue
+        count = now
         added.append(point)
         room -= 1
     lines = []
+    if same:
+        lines.append(f"{study.study_name}: {len(same)} point(s) not enqueued: a trial of the study already has the "
+                     f"same parameters: {', '.join(p.source for p in same)}")
     if added:
         listed = "; ".join(f"{p.source} {', '.join(f'{k}={fmt(v, 4)}' for k, v in p.params.items())}" for p in added)
         lines.append(f"{study.study_name}: enqueued {len(added)} trial(s) to run first: {listed}")

@@ -173,3 +173,15 @@ def test_two_workers_run_each_enqueued_point_once(tmp_path):
     assert len([t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]) == 3
     assert proc.stdout.count("trial 0 COMPLETE") == 1, proc.stdout  # not run by both workers
     assert proc.stdout.count("enqueued 2 trial(s)") == 1  # the parent enqueues; the workers do not
+
+
+def test_a_point_a_trial_already_has_is_not_counted_as_enqueued(tmp_path):
+    """Optuna's skip_if_exists drops a point some trial (any source) already has: it takes no
+    slot and is said as not enqueued, so the point after it still finds room."""
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path}/s.db", study_name="s")
+    study.enqueue_trial({"x": 1.0})  # a trial with these parameters, from no warm start
+    points = [warm_start.Point({"x": 1.0}, "other#3"), warm_start.Point({"x": 2.0}, "config")]
+    lines = warm_start.enqueue(study, points, n_trials=2)
+    assert [t.params or t.system_attrs["fixed_params"] for t in study.trials] == [{"x": 1.0}, {"x": 2.0}]
+    assert any("enqueued 1 trial(s)" in line and "config" in line for line in lines), lines
+    assert any("already has the same parameters: other#3" in line for line in lines), lines
