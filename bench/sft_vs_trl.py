@@ -1,7 +1,7 @@
 """Side by side, in one process: TRL's ``SFTTrainer`` with ``peft_config=LoraConfig(...)`` against
 an llm_doe LoRA SFT trial, on the same model, data, batch, max length and evaluation schedule.
 
-    python bench/sft_vs_trl.py                    # 3 repeats, each side's defaults, then matched
+    python bench/sft_vs_trl.py                    # 3 repeats, matched, then each side's defaults
     python bench/sft_vs_trl.py --mode matched     # only the matched comparison
 
 The setting (the "Tune an LLM" issue's): SmolLM2-135M-Instruct (the converted packaged
