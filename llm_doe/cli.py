@@ -173,7 +173,7 @@ def show_config(composed: Composed, part: str) -> str:
 
 
 def cli(argv: list[str] | None, usage: str, command: Callable[[Composed], int]) -> int:
-    """The shared shape of the entry points (search, confirm, final): Hydra's ``--help`` and
+    """The shared shape of the entry points (search, confirm, final, report): Hydra's ``--help`` and
     ``--cfg job|hydra|all`` (the composed config, password masked), and bad input as one line
     with exit status 2."""
     argv = list(sys.argv[1:] if argv is None else argv)

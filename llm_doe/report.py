@@ -358,7 +358,7 @@ def build_report(storage: analysis.StudyRef, study_name: str | None, out: str | 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status (2 = bad input or no such study, nothing written)."""
-    from llm_doe.cli import compose_config, config_groups, show_config, split_flags
+    from llm_doe.cli import Composed, cli
 
     argv = list(sys.argv[1:] if argv is None else argv)
     out: str | None = None
@@ -374,15 +374,8 @@ def main(argv: list[str] | None = None) -> int:
             out = arg.split("=", 1)[1]
         else:
             overrides.append(arg)
-    try:
-        show_help, part, overrides = split_flags(overrides)
-        if show_help:
-            print(USAGE.rstrip("\n") + "\n\n" + config_groups())
-            return 0
-        composed = compose_config(overrides)
-        if part is not None:
-            print(show_config(composed, part))
-            return 0
+
+    def write(composed: Composed) -> int:
         cfg = composed.config
         store = store_of(cfg.storage)
         try:
@@ -394,11 +387,11 @@ def main(argv: list[str] | None = None) -> int:
                                             f"{', '.join(sorted(names)) or 'no study'}")
         path = Path(out) if out else Path("studies") / str(cfg.study.name) / "report.html"
         build_report(store, cfg.study.name, path, artifacts_dir=cfg.storage.artifacts_dir)
-    except ConfigError as err:
-        print(f"llm_doe: error: {err}", file=sys.stderr)
-        return 2
-    print(f"wrote {path}")
-    return 0
+        print(f"wrote {path}")
+        return 0
+
+    # The commands' shared shape: --help, --cfg job|hydra|all, bad input as one line and status 2.
+    return cli(overrides, USAGE, write)
 
 
 if __name__ == "__main__":
