@@ -19,7 +19,7 @@ from typing import Any
 
 import optuna
 
-from llm_doe import _optuna_compat as compat
+from llm_doe import optuna_compat as compat
 from llm_doe.storage import retry_callback
 
 

@@ -17,7 +17,7 @@ import optuna
 import pandas as pd
 
 from llm_doe import analysis
-from llm_doe._optuna_compat import rdb_backend, study_storage
+from llm_doe.optuna_compat import rdb_backend, study_storage
 from llm_doe.formatting import fmt, shell_lines
 
 log = logging.getLogger("llm_doe")

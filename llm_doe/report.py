@@ -140,21 +140,8 @@ def render_report(storage: analysis.StudyRef, study_name: str | None = None, *,
 
     failures = analysis.failure_report(trials)
     multi = analysis.is_multi_objective(trials)
-    goal = " and ".join(f"{html.escape(d)} <code>{html.escape(m)}</code>" for m, d in
-                        zip(analysis.objectives(trials), attrs["directions"])) if multi else \
-        f"{html.escape(str(attrs.get('direction') or 'optimise'))} <code>{html.escape(metric)}</code>"
-    parts.append(
-        f"<p><b>Goal:</b> {'the trade-off between ' if multi else ''}{goal} "
-        f"by searching {', '.join(f'<code>{html.escape(p)}</code>' for p in params) or 'nothing'}.<br>"
-        f"{html.escape(analysis.trial_counts_text(failures))}</p>")
-
-    warnings = analysis.study_warnings(trials)
-    if warnings:
-        items = "".join(f"<li>{html.escape(w)}</li>" for w in warnings)
-        parts.append(_section("Warnings", f'<div class="warn"><ul>{items}</ul></div>'))
-    else:
-        parts.append(_section("Warnings", '<p class="ok">No failed trials; no best value on the edge of a searched '
-                                          "range.</p>"))
+    parts.append(_goal(trials, params, failures))
+    parts.append(_warnings_section(trials))
 
     if multi:
         parts.append(_pareto_section(trials))
@@ -167,15 +154,7 @@ def render_report(storage: analysis.StudyRef, study_name: str | None = None, *,
     if confirmation:
         parts.append(confirmation)
 
-    curves = analysis.load_curves(storage, name)
-    if curves.empty:
-        parts.append(_section("Learning curves", "<p>Optuna keeps no intermediate values of a multi-objective study: "
-                                                 "each trial's evaluations are in its <code>metrics.jsonl</code>.</p>"
-                              if multi else "<p>No trial reported an intermediate value.</p>"))
-    else:
-        parts.append(_section("Learning curves", _img(
-            analysis.plot_learning_curves(curves),
-            f"{metric} at each evaluation; colour: {analysis.default_param(trials)}; dashed: pruned.")))
+    parts.append(_curves_section(storage, name, trials))
 
     task = attrs["study_user_attrs"].get("task", "classification")
     if task == "causal_lm":
@@ -213,6 +192,43 @@ def render_report(storage: analysis.StudyRef, study_name: str | None = None, *,
             f"<h1>Study <code>{html.escape(name)}</code></h1>\n"
             f"<p class=\"meta\">store {html.escape(str(attrs['storage']))} · written {created} by llm_doe.report</p>\n"
             + "\n".join(parts) + "</body></html>\n")
+
+
+def _goal(trials: pd.DataFrame, params: list[str], failures: pd.Series) -> str:
+    """The report's first paragraph: what the study optimises, over what, and its trial counts."""
+    attrs = trials.attrs
+    if analysis.is_multi_objective(trials):
+        goal = "the trade-off between " + " and ".join(
+            f"{html.escape(d)} <code>{html.escape(m)}</code>"
+            for m, d in zip(analysis.objectives(trials), attrs["directions"]))
+    else:
+        goal = (f"{html.escape(str(attrs.get('direction') or 'optimise'))} "
+                f"<code>{html.escape(attrs.get('metric', 'value'))}</code>")
+    return (f"<p><b>Goal:</b> {goal} "
+            f"by searching {', '.join(f'<code>{html.escape(p)}</code>' for p in params) or 'nothing'}.<br>"
+            f"{html.escape(analysis.trial_counts_text(failures))}</p>")
+
+
+def _warnings_section(trials: pd.DataFrame) -> str:
+    warnings = analysis.study_warnings(trials)
+    if not warnings:
+        return _section("Warnings", '<p class="ok">No failed trials; no best value on the edge of a searched '
+                                    "range.</p>")
+    items = "".join(f"<li>{html.escape(w)}</li>" for w in warnings)
+    return _section("Warnings", f'<div class="warn"><ul>{items}</ul></div>')
+
+
+def _curves_section(storage: analysis.StudyRef, name: str, trials: pd.DataFrame) -> str:
+    curves = analysis.load_curves(storage, name)
+    if not curves.empty:
+        return _section("Learning curves", _img(
+            analysis.plot_learning_curves(curves),
+            f"{trials.attrs.get('metric', 'value')} at each evaluation; colour: {analysis.default_param(trials)}; "
+            "dashed: pruned."))
+    if analysis.is_multi_objective(trials):
+        return _section("Learning curves", "<p>Optuna keeps no intermediate values of a multi-objective study: "
+                                           "each trial's evaluations are in its <code>metrics.jsonl</code>.</p>")
+    return _section("Learning curves", "<p>No trial reported an intermediate value.</p>")
 
 
 def _best_section(trials: pd.DataFrame, params: list[str], metric: str) -> tuple[str, pd.Series | None]:

@@ -205,13 +205,7 @@ def optimize_arms(composed: Composed, arms: list[tuple[Any, optuna.Study]], *, r
         log.info("study %s already has %d/%d finished trials in %s: nothing to run (raise study.n_trials to "
                  "run more)", cfg.study.name, done, n_total, storage_label(cfg.storage))
         return 0
-    log.info("study %s: %d/%d trials finished, %s %s, sampler=%s pruner=%s, store %s, logs %s", cfg.study.name, done,
-             n_total, "/".join(resolved_directions(cfg)), "/".join(objective_metrics(cfg)), cfg.sampler.name,
-             cfg.pruner.name if len(objective_metrics(cfg)) == 1 else "none",
-             storage_label(cfg.storage), composed.run_dir)
-    if len(arms) > 1:
-        log.info("%d scientific values, %d trials each: %s", len(arms), arms[0][0].n_trials,
-                 "; ".join(arm.name for arm, _ in arms))
+    _log_start(composed, arms, done, n_total)
 
     stop = StopRequest()
     runners = _runners(cfg, arms, stop)
@@ -268,6 +262,20 @@ def optimize_arms(composed: Composed, arms: list[tuple[Any, optuna.Study]], *, r
                   "and %s", failures.failures, cfg.study.max_failures, composed.run_dir / "search.log")
         return 1
     return 0
+
+
+def _log_start(composed: Composed, arms: list[tuple[Any, optuna.Study]], done: int, n_total: int) -> None:
+    """The run's first log lines: where the study stands and what it runs with."""
+    from llm_doe.storage import storage_label
+
+    cfg = composed.config
+    log.info("study %s: %d/%d trials finished, %s %s, sampler=%s pruner=%s, store %s, logs %s", cfg.study.name, done,
+             n_total, "/".join(resolved_directions(cfg)), "/".join(objective_metrics(cfg)), cfg.sampler.name,
+             cfg.pruner.name if len(objective_metrics(cfg)) == 1 else "none",
+             storage_label(cfg.storage), composed.run_dir)
+    if len(arms) > 1:
+        log.info("%d scientific values, %d trials each: %s", len(arms), arms[0][0].n_trials,
+                 "; ".join(arm.name for arm, _ in arms))
 
 
 def _finished(counts: dict[TrialState, int]) -> int:

@@ -2,7 +2,7 @@
 bulk attributes and grid bookkeeping. Dead workers on journal stores are :mod:`llm_doe.liveness`'s.
 
 Stores themselves (checking, opening, masking their URLs) are :mod:`llm_doe.storage`'s; the
-private Optuna API this module needs is :mod:`llm_doe._optuna_compat`'s.
+private Optuna API this module needs is :mod:`llm_doe.optuna_compat`'s.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import optuna
 from omegaconf import DictConfig
 from optuna.distributions import BaseDistribution
 
-from llm_doe import _optuna_compat as compat
+from llm_doe import optuna_compat as compat
 from llm_doe import constraints
 from llm_doe.experiment import NEW_STUDY_HINT, check_same_experiment
 from llm_doe.finetune.tasks import TASK_METRICS

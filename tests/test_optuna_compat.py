@@ -1,4 +1,4 @@
-"""Every private Optuna accessor of llm_doe._optuna_compat, exercised against real stores.
+"""Every private Optuna accessor of llm_doe.optuna_compat, exercised against real stores.
 
 An Optuna upgrade that renames or moves one of them fails here, by name, instead of somewhere
 in a study run (or, worse, silently in a fallback path).
@@ -11,7 +11,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from llm_doe import _optuna_compat as compat
+from llm_doe import optuna_compat as compat
 from llm_doe.schema import StorageConfig
 from llm_doe.storage import make_storage
 

@@ -32,7 +32,7 @@ public is re-exported here, so ``from llm_doe import analysis; analysis.load_tri
 from __future__ import annotations
 
 from llm_doe.analysis._common import complete_trials, default_param, param_columns, to_python
-from llm_doe.analysis._source import StudyRef, rdb_backend, study_names
+from llm_doe.analysis._source import StudyRef, study_names
 from llm_doe.analysis.checks import (
     best_config,
     best_trial,
@@ -89,6 +89,7 @@ from llm_doe.analysis.tables import (
 )
 from llm_doe.formatting import fmt
 from llm_doe.names import CONFIRM_SUFFIX, METRICS, SEED_PARAMS, study_metrics
+from llm_doe.optuna_compat import rdb_backend
 
 __all__ = [
     "CONFIRM_SUFFIX",

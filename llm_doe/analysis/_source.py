@@ -23,6 +23,8 @@ import optuna
 import pandas as pd
 from optuna.distributions import BaseDistribution, distribution_to_json, json_to_distribution
 
+from llm_doe import optuna_compat
+
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
 
@@ -77,23 +79,15 @@ def _is_sqlite_file(path: Path) -> bool:
         return handle.read(16) == b"SQLite format 3\x00"
 
 
-def rdb_backend(storage: optuna.storages.BaseStorage) -> optuna.storages.RDBStorage | None:
-    """The RDBStorage behind ``storage`` (Optuna wraps it in a cache), or None for other storages."""
-    if isinstance(storage, optuna.storages.RDBStorage):
-        return storage
-    backend = getattr(storage, "_backend", None)  # optuna wraps RDB storages in a cache
-    return backend if isinstance(backend, optuna.storages.RDBStorage) else None
-
-
 def _open(ref: StudyRef) -> _Source:
     """Pick the fast SQL path where the store is an RDB, else Optuna's API."""
     import sqlalchemy
     from sqlalchemy.engine import make_url
 
     if isinstance(ref, optuna.Study):
-        return _Source(label=ref.study_name, study=ref, storage=ref._storage)
+        return _Source(label=ref.study_name, study=ref, storage=optuna_compat.study_storage(ref))
     if isinstance(ref, optuna.storages.BaseStorage):
-        rdb = rdb_backend(ref)
+        rdb = optuna_compat.rdb_backend(ref)
         if rdb is not None:
             return _Source(label=rdb.engine.url.render_as_string(hide_password=True), engine=rdb.engine)
         return _Source(label=type(ref).__name__, storage=ref)
@@ -418,8 +412,8 @@ def artifact_rows(storage: StudyRef, study_name: str | None) -> list[tuple[Any, 
         else:
             study = _api_study(source, study_name)
             for trial in study.get_trials(deepcopy=False):
-                for meta in optuna.artifacts.get_all_artifact_meta(trial, storage=study._storage):
-                    rows.append((trial.number, trial._trial_id, meta.filename, meta.artifact_id, meta.mimetype,
+                for meta in optuna.artifacts.get_all_artifact_meta(trial, storage=optuna_compat.study_storage(study)):
+                    rows.append((trial.number, optuna_compat.trial_id(trial), meta.filename, meta.artifact_id, meta.mimetype,
                                  meta.encoding))
     finally:
         source.close()

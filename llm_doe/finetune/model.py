@@ -123,6 +123,8 @@ class ModelFactory:
         for name in self.fresh_modules:
             module = model.get_submodule(name)
             for sub in module.modules():
+                # transformers' per-module initialiser, the one from_pretrained applies to weights a
+                # checkpoint lacks; no public API initialises a single module the same way.
                 model._init_weights(sub)  # type: ignore[operator]
         if dropout is not None:
             set_dropout(model, dropout)
