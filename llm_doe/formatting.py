@@ -19,11 +19,14 @@ def fmt(value: Any, digits: int = 3) -> str:
     """A value as text: floats (numpy's too) to ``digits`` significant digits, the rest as ``str``.
 
     Three digits for tables and notes (a reader compares, not copies); the progress and summary
-    log lines use four.
+    log lines use four. A float whose integer part has more digits than that (a peak memory in MB,
+    a token count) shows its integer part, ``8500`` rather than ``8.5e+03``, up to ten million.
     """
     if isinstance(value, np.generic):  # a numpy scalar: its Python value
         value = value.item()
     if isinstance(value, float):
+        if math.isfinite(value) and 10**digits <= abs(value) < 1e7:
+            return f"{value:.0f}"
         return f"{value:.{digits}g}"
     return str(value)
 

@@ -20,6 +20,12 @@ def test_fmt_rounds_floats_and_numpy_scalars_and_leaves_the_rest():
     assert fmt(16) == "16" and fmt("cosine") == "cosine" and fmt(None) == "None" and fmt(True) == "True"
 
 
+def test_fmt_shows_large_floats_without_an_exponent():
+    assert fmt(8000.0) == "8000" and fmt(8537.4) == "8537" and fmt(np.float64(-1234.5), 4) == "-1234"
+    assert fmt(999.4) == "999" and fmt(123.456, 4) == "123.5"  # within the digits: significant digits
+    assert fmt(3.2e9) == "3.2e+09" and fmt(math.inf) == "inf" and fmt(math.nan) == "nan"
+
+
 def test_json_safe_turns_what_json_cannot_hold_into_what_it_can():
     value = {"loss": float("nan"), 1: [np.float64(0.25), (np.int64(2), math.inf)], "ok": "x"}
     safe = json_safe(value)
