@@ -63,3 +63,11 @@ def test_jupyter_lab_and_nbconvert_start():
     for sub in ("lab", "nbconvert"):
         run = subprocess.run([str(BIN / f"jupyter-{sub}"), "--version"], capture_output=True, text=True, timeout=60)
         assert run.returncode == 0 and re.match(r"\d+\.\d+", run.stdout.strip()), (sub, run.stderr[-500:])
+
+
+def test_the_layout_lists_every_module_of_the_package_and_nothing_that_is_gone():
+    layout = README.split("## Layout", 1)[1].split("```", 2)[1]
+    listed = set(re.findall(r"^(llm_doe/\S+\.py)\s", layout, flags=re.M))
+    modules = {p.relative_to(REPO).as_posix() for p in (REPO / "llm_doe").rglob("*.py")}
+    assert modules - listed == set(), "modules the README's Layout does not list"
+    assert listed - modules == set(), "files the README's Layout lists that do not exist"
