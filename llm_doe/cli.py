@@ -24,7 +24,8 @@ from hydra.errors import HydraException, MissingConfigException
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
-from llm_doe.schema import Config, ConfigError, validate
+from llm_doe.schema import Config, ConfigError
+from llm_doe.validation import validate
 
 #: The config tree: ``conf/`` beside the package, or ``$LLM_DOE_CONF_DIR``.
 CONF_DIR = Path(os.environ.get("LLM_DOE_CONF_DIR", Path(__file__).resolve().parent.parent / "conf"))

@@ -35,7 +35,8 @@ from llm_doe import analysis, experiment
 from llm_doe.cli import Composed, cli
 from llm_doe.formatting import json_safe
 from llm_doe.names import CONFIRM_SUFFIX, SEED_PARAMS
-from llm_doe.schema import Config, ConfigError, primary_metric, resolved_direction, validate
+from llm_doe.schema import Config, ConfigError, primary_metric, resolved_direction
+from llm_doe.validation import validate
 
 log = logging.getLogger("llm_doe")
 

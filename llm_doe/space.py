@@ -24,7 +24,8 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from llm_doe.schema import ConfigError, validate
+from llm_doe.schema import ConfigError
+from llm_doe.validation import validate
 
 Distribution = optuna.distributions.BaseDistribution
 SearchSpace = dict[str, Distribution]

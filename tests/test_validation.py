@@ -1,0 +1,53 @@
+"""llm_doe.validation: the checks the types cannot make, one ConfigError naming the key.
+
+The command-line side (exit 2, one line, nothing written) is tests/test_config.py's; here each
+section's checks are called on typed configs directly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from llm_doe import schema
+from llm_doe.validation import validate
+
+
+def _config(**sections: dict) -> schema.Config:
+    """The schema's defaults with a study name, and the given fields of each section replaced."""
+    cfg = schema.Config(study=schema.StudyConfig(name="t"))
+    for section, changes in sections.items():
+        setattr(cfg, section, dataclasses.replace(getattr(cfg, section), **changes))
+    return cfg
+
+
+def test_the_defaults_with_a_study_name_are_valid():
+    validate(_config())
+
+
+@pytest.mark.parametrize(("sections", "key", "says"), [
+    ({"study": {"name": ""}}, "study.name", "must not be empty"),
+    ({"task": {"name": "translation"}}, "task.name", "must be one of classification|causal_lm"),
+    ({"model": {"dropout": 1.0}}, "model.dropout", "must be in [0, 1)"),
+    ({"model": {"hidden_size": 30, "num_heads": 4}}, "model.hidden_size", "multiple of model.num_heads"),
+    ({"train": {"learning_rate": 0.0}}, "train.learning_rate", "must be > 0"),
+    ({"peft": {"method": "dora"}}, "peft.method", "dora"),
+    ({"study": {"name": "t", "n_trials": 0}}, "study.n_trials", ">= 1"),
+    ({"study": {"name": "t", "metric": "bleu"}}, "study.metric", "must be one of task classification's metrics"),
+    ({"study": {"name": "t", "timeout": 0}}, "study.timeout", "must be > 0 seconds"),
+    ({"study": {"name": "t", "scientific_points": 1}}, "study.scientific_points", ">= 2"),
+], ids=lambda v: v if isinstance(v, str) else None)
+def test_each_section_names_the_bad_key(sections, key, says):
+    with pytest.raises(schema.ConfigError) as caught:
+        validate(_config(**sections))
+    assert caught.value.key == key
+    assert says in caught.value.message
+    assert str(caught.value) == f"{key}: {caught.value.message}" and "\n" not in str(caught.value)
+
+
+def test_the_first_failing_section_is_the_one_reported():
+    # model comes before train and study in validate's order: the model key is named, once.
+    cfg = _config(model={"dropout": 2.0}, train={"learning_rate": -1.0}, study={"name": "t", "n_trials": 0})
+    with pytest.raises(schema.ConfigError, match=r"^model\.dropout: "):
+        validate(cfg)
