@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from llm_doe.analysis.feasibility import feasible_mask
+
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
@@ -171,11 +173,15 @@ def objective_view(trials: pd.DataFrame, objective: str | int = 0) -> pd.DataFra
 
 
 def ranked_trials(trials: pd.DataFrame) -> pd.DataFrame:
-    """The COMPLETE trials best first: by value for one objective; for several, the Pareto
-    front first, each part by the first objective (the quality metric)."""
+    """The COMPLETE trials best first: by value for one objective, feasible trials of a
+    constrained study before infeasible ones (which are never the best trial); for several, the
+    Pareto front (feasible only) first, each part by the first objective (the quality metric)."""
     done = trials[trials["state"] == "COMPLETE"]
     if not is_multi_objective(trials):
-        return done.sort_values("value", ascending=trials.attrs.get("direction") != "maximize", kind="stable")
+        infeasible = ~feasible_mask(done)
+        return done.assign(_infeasible=infeasible).sort_values(
+            ["_infeasible", "value"], ascending=[True, trials.attrs.get("direction") != "maximize"],
+            kind="stable").drop(columns="_infeasible")
     ascending = trials.attrs["directions"][0] != "maximize"
     front = done["pareto"] if "pareto" in done.columns else pareto_mask(trials).loc[done.index]
     return done.assign(_off=~front.astype(bool)).sort_values(["_off", "values_0"], ascending=[True, ascending],

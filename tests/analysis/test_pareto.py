@@ -81,3 +81,13 @@ def test_single_objective_tables_have_no_front():
     with pytest.raises(ValueError, match="multi-objective table"):
         doe.pareto_mask(table)
     assert doe.objective_view(table) is table
+
+
+def test_ranked_trials_put_a_constrained_studys_infeasible_trials_last():
+    # trial 1 has the best value but violates a bound: the report's best trials (ROC, generations) start at 2.
+    trials = pd.DataFrame({"number": [0, 1, 2, 3], "state": ["COMPLETE"] * 3 + ["PRUNED"],
+                           "value": [0.5, 0.1, 0.3, 0.05],
+                           "feasible": pd.Series([True, False, True, True], dtype="boolean")})
+    trials.attrs = {"direction": "minimize"}
+    assert doe.ranked_trials(trials)["number"].tolist() == [2, 0, 1]
+    assert doe.ranked_trials(trials.drop(columns="feasible"))["number"].tolist() == [1, 2, 0]
