@@ -1,5 +1,9 @@
 """The loaders: equal to what Optuna's own API returns (SQL path and API path alike), fast on big
-stores; curves, ROC curves, artifacts and compare on real and synthetic studies."""
+stores; curves, ROC curves, artifacts and compare on real and synthetic studies.
+
+``llm_doe/analysis/_source.py`` (the private reader behind the loaders: which path a reference
+takes, the SQL queries) and ``_common.py`` are tested here, through the public loaders.
+"""
 
 from __future__ import annotations
 
