@@ -262,3 +262,35 @@ def test_a_study_without_a_test_split_has_nothing_to_export(tmp_path, capsys):
     assert final([*args, f"final.output_dir={out}"]) == 2
     assert "data.test_size: is 0 in study 'nt'" in _one_line_error(capsys)
     assert not out.exists()
+
+
+def test_a_decoder_classifiers_test_metrics_do_not_depend_on_the_test_batch(tmp_path):
+    """A GPT-2 classifier pools on the last token that is not its pad id (here 2, not 0): the
+    final test pads with the tokenizer's pad id, so batches of 16 and of 1 give the same test
+    figures (padding with 0 pooled on a pad position and moved every padded example)."""
+    import torch
+    from transformers import AutoTokenizer, GPT2Config, GPT2ForSequenceClassification
+
+    from llm_doe.finetune.model import resolve
+    from llm_doe.search import main as search
+
+    folder = tmp_path / "gpt2-cls"
+    tokenizer = AutoTokenizer.from_pretrained(resolve("sentence-transformers/all-MiniLM-L6-v2"))
+    tokenizer.pad_token = "[unused1]"  # id 2: a token no tweet holds
+    torch.manual_seed(0)
+    GPT2ForSequenceClassification(GPT2Config(
+        vocab_size=len(tokenizer), n_positions=128, n_embd=32, n_layer=2, n_head=2, num_labels=2,
+        pad_token_id=tokenizer.pad_token_id)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    assert AutoTokenizer.from_pretrained(folder).pad_token_id == 2
+
+    args = ["+study=smoke", *TINY, *store_args(tmp_path, "gpt2"), "model=hf", f"model.name_or_path={folder}",
+            "data.train_size=64", "data.val_size=32", "data.test_size=64", "study.n_trials=1"]
+    assert search(args) == 0
+    figures = []
+    for batch in (16, 1):
+        out = tmp_path / f"export{batch}"
+        assert final([*args, f"train.eval_batch_size={batch}", f"final.output_dir={out}"]) == 0
+        figures.append(json.loads((out / "test_metrics.json").read_text()))
+    for key in ("test_loss", "accuracy", "roc_auc"):
+        assert figures[0][key] == pytest.approx(figures[1][key], abs=1e-5), key
