@@ -193,3 +193,21 @@ def build_synthetic(storage: Any, name: str = "syn") -> optuna.Study:
     running.set_user_attr("note", "still going")
     study.enqueue_trial({"train.learning_rate": 1e-3})  # WAITING
     return study
+
+
+def build_interrupted(storage: Any) -> optuna.Study:
+    """Five finished trials, one genuine failure, and three FAIL trials that went on as others:
+    one interrupted and marked ``requeued``, one interrupted before the mark existed (only its
+    fail_reason says so), one heartbeat-stale (only Optuna's retry chain on its successor says so)."""
+    study = optuna.create_study(storage=storage, study_name="i")
+    x = FloatDistribution(0.0, 1.0)
+    for i in range(5):
+        study.add_trial(create_trial(value=0.5 + i / 10, params={"x": i / 5}, distributions={"x": x}))
+    study.add_trial(create_trial(state=TrialState.FAIL, user_attrs={"fail_reason": "RuntimeError: boom"}))
+    study.add_trial(create_trial(state=TrialState.FAIL, user_attrs={
+        "requeued": True, "fail_reason": "interrupted at optimizer step 7; re-queued to resume from its checkpoint"}))
+    study.add_trial(create_trial(state=TrialState.FAIL, user_attrs={
+        "fail_reason": "interrupted at optimizer step 3; re-queued to resume from its checkpoint"}))
+    study.add_trial(create_trial(state=TrialState.FAIL))  # #8: stale, re-queued as #9 by Optuna
+    study.add_trial(create_trial(state=TrialState.WAITING, system_attrs={"failed_trial": 8, "retry_history": [8]}))
+    return study

@@ -64,3 +64,14 @@ def test_a_note_that_cannot_be_written_never_fails_the_run(study, monkeypatch, c
 ])
 def test_describe_distribution(dist, expected):
     assert describe_distribution(dist) == expected
+
+
+def test_the_note_counts_interrupted_trials_apart_from_failures(tmp_path):
+    from llm_doe import analysis
+    from llm_doe.notes import study_note
+    from tests.conftest import build_interrupted
+
+    url = f"sqlite:///{tmp_path}/i.db"
+    build_interrupted(url)
+    note = study_note(analysis.load_trials(url, "i"))
+    assert "1 failed (0 diverged), 3 interrupted (re-queued)" in note

@@ -149,3 +149,17 @@ def test_report_of_a_scientific_study(tmp_path):
     assert "wd[train.weight_decay=0.0]" in text and "wd[train.weight_decay=0.1]" in text
     assert "train.warmup_ratio is fixed at" in text
     assert text.count("data:image/png;base64,") == 1
+
+
+def test_interrupted_and_requeued_trials_are_shown_apart_from_failures(tmp_path):
+    """Trials stopped by Ctrl-C (or a dead worker) went on as other trials: the report counts them
+    apart, and its failure warning counts only the genuine failure, of the trials that count."""
+    from llm_doe.report import render_report
+    from tests.conftest import build_interrupted
+
+    url = f"sqlite:///{tmp_path}/i.db"
+    build_interrupted(url)
+    page = html.unescape(render_report(url, "i"))
+    assert "5 complete, 0 pruned, 1 failed (0 diverged), 3 interrupted (re-queued), 1 running." in page
+    assert "1 of 7 trials failed (14%)" in page and "4 of 10" not in page
+    assert re.search(r"<td class=text>requeued</td><td>3</td>", page)

@@ -17,7 +17,7 @@ from optuna.trial import TrialState, create_trial
 
 import llm_doe as doe
 from llm_doe.search import main
-from tests.conftest import quiet_optuna
+from tests.conftest import build_interrupted, quiet_optuna
 
 
 def test_failure_report_counts_failed_and_diverged(synthetic):
@@ -27,29 +27,11 @@ def test_failure_report_counts_failed_and_diverged(synthetic):
     assert report["diverged_fraction"] == pytest.approx(1 / 9)
 
 
-def _interrupted_study(storage: Any) -> optuna.Study:
-    """Five finished trials, one genuine failure, and three FAIL trials that went on as others:
-    one interrupted and marked ``requeued``, one interrupted before the mark existed (only its
-    fail_reason says so), one heartbeat-stale (only Optuna's retry chain on its successor says so)."""
-    study = optuna.create_study(storage=storage, study_name="i")
-    x = FloatDistribution(0.0, 1.0)
-    for i in range(5):
-        study.add_trial(create_trial(value=0.5 + i / 10, params={"x": i / 5}, distributions={"x": x}))
-    study.add_trial(create_trial(state=TrialState.FAIL, user_attrs={"fail_reason": "RuntimeError: boom"}))
-    study.add_trial(create_trial(state=TrialState.FAIL, user_attrs={
-        "requeued": True, "fail_reason": "interrupted at optimizer step 7; re-queued to resume from its checkpoint"}))
-    study.add_trial(create_trial(state=TrialState.FAIL, user_attrs={
-        "fail_reason": "interrupted at optimizer step 3; re-queued to resume from its checkpoint"}))
-    study.add_trial(create_trial(state=TrialState.FAIL))  # #8: stale, re-queued as #9 by Optuna
-    study.add_trial(create_trial(state=TrialState.WAITING, system_attrs={"failed_trial": 8, "retry_history": [8]}))
-    return study
-
-
 @pytest.mark.parametrize("path", ["sql", "api"])
 def test_interrupted_and_requeued_trials_are_not_failures(tmp_path, path):
     """Ctrl-C and dead workers re-queue their trial: counted apart, never as a failure of the space."""
     url = f"sqlite:///{tmp_path}/i.db"
-    study = _interrupted_study(url)
+    study = build_interrupted(url)
     table = doe.load_trials(url if path == "sql" else study, "i")
     assert table.loc[table["requeued"], "number"].tolist() == [6, 7, 8]
     report = doe.failure_report(table)
