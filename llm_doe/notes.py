@@ -103,6 +103,9 @@ def study_note(table: pd.DataFrame) -> str:
     lines.append(goal + f" by searching {', '.join(f'`{p}`' for p in space) or 'nothing'}.")
     if config:
         lines.append(setup_line(config, code="`", multi=multi))
+    classes = attrs.get("study_user_attrs", {}).get("classes")
+    if classes:
+        lines.append(f"Classes (id: name): {classes}.")
     lines += ["", "### Search space", "", "| parameter | type | range |", "|---|---|---|"]
     for param, dist in space.items():
         kind, extent = describe_distribution(dist)

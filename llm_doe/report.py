@@ -204,9 +204,11 @@ def _goal(trials: pd.DataFrame, params: list[str], failures: pd.Series) -> str:
     else:
         goal = (f"{html.escape(str(attrs.get('direction') or 'optimise'))} "
                 f"<code>{html.escape(attrs.get('metric', 'value'))}</code>")
+    classes = attrs.get("study_user_attrs", {}).get("classes")
     return (f"<p><b>Goal:</b> {goal} "
             f"by searching {', '.join(f'<code>{html.escape(p)}</code>' for p in params) or 'nothing'}.<br>"
-            f"{html.escape(analysis.trial_counts_text(failures))}</p>")
+            + (f"<b>Classes</b> (id: name): {html.escape(str(classes))}.<br>" if classes else "")
+            + f"{html.escape(analysis.trial_counts_text(failures))}</p>")
 
 
 def _warnings_section(trials: pd.DataFrame) -> str:

@@ -94,6 +94,7 @@ def run(composed: Composed) -> int:
     """Open (or resume) the study (or its scientific sub-studies) and optimise it to
     ``study.n_trials``. Returns the exit code."""
     from llm_doe import constraints, warm_start
+    from llm_doe.finetune.tasks import get_task
     from llm_doe.notes import write_study_note
     from llm_doe.runner import WORKER_ENV, optimize_arms, run_workers, setup_logging, write_run_dir
     from llm_doe.storage import make_storage, masked_config
@@ -111,9 +112,11 @@ def run(composed: Composed) -> int:
         log.info("multi-objective study (%s): Optuna's pruners take one objective, so every trial runs to the end "
                  "(pruner.name=%s not used)", ", ".join(objective_metrics(cfg)), cfg.pruner.name)
         pruner_cfg = PrunerConfig(name="none")
+    task = get_task(cfg.task)
+    data_attrs = task.study_attrs(task.prepare(cfg.model, cfg.data))  # loaded by prepare(): cached
     arms = []
     for arm in design.arms:
-        attrs = {"design": design.attrs(arm)} if design.scientific or design.caveats else {}
+        attrs = {**data_attrs, **({"design": design.attrs(arm)} if design.scientific or design.caveats else {})}
         study = open_study(cfg, storage, make_sampler(cfg.sampler, arm.space), make_pruner(pruner_cfg), arm.space,
                            masked_config(composed.dict_config), composed.overrides, name=arm.name, attrs=attrs)
         arms.append((arm, study))

@@ -222,12 +222,16 @@ def test_exported_folder_is_all_an_outside_user_needs(study):
 
 
 def test_label_names_name_the_classes_of_an_export_from_a_csv_labelled_0_1(tmp_path):
-    """data.label_names carries display names into id2label/label2id, the card and pipeline's
-    answer (a CSV's 0/1 used to come out as "0"/"1"); the CSV's blank label cell is dropped."""
+    """data.label_names carries display names into the study (its ``classes``, the report and the
+    dashboard note), id2label/label2id, the card and pipeline's answer (a CSV's 0/1 used to come
+    out as "0"/"1"); the CSV's blank label cell is dropped."""
     import pandas as pd
     from transformers import pipeline
 
+    from llm_doe.analysis import load_trials
     from llm_doe.finetune.data import tweets_path
+    from llm_doe.notes import study_note
+    from llm_doe.report import render_report
     from llm_doe.search import main as search
 
     raw = pd.read_csv(tweets_path(), encoding="latin-1")
@@ -239,6 +243,10 @@ def test_label_names_name_the_classes_of_an_export_from_a_csv_labelled_0_1(tmp_p
     args = ["+study=smoke", *TINY, *store_args(tmp_path, "csv01"), "data=csv", f"data.path={path}",
             "data.train_size=64", "data.val_size=32", "data.test_size=64", "data.label_names={0:negative,1:positive}"]
     assert search([*args, "study.n_trials=1"]) == 0
+    url = f"sqlite:///{tmp_path}/csv01.db"
+    assert optuna.load_study(study_name="csv01", storage=url).user_attrs["classes"] == "0: negative, 1: positive"
+    assert "<b>Classes</b> (id: name): 0: negative, 1: positive." in render_report(url, "csv01")
+    assert "Classes (id: name): 0: negative, 1: positive." in study_note(load_trials(url, "csv01"))
     out = tmp_path / "export"
     assert final([*args, f"final.output_dir={out}"]) == 0
 

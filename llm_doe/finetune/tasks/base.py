@@ -129,6 +129,11 @@ class Task(ABC):
     def prepare_export(self, model: torch.nn.Module, prepared: Prepared) -> None:
         """Set what an exported model's config must say (label names, ...) before saving it."""
 
+    def study_attrs(self, prepared: Prepared) -> dict[str, Any]:
+        """What a new study records of its prepared data, for a person to read (the dashboard's
+        attributes, the note, the report): nothing by default."""
+        return {}
+
     @abstractmethod
     def card(self, data_cfg: DataConfig, prepared: Prepared, sizes: dict[str, int], payload: Any) -> CardText:
         """The model card's task-specific parts (``payload``: the test evaluation's)."""

