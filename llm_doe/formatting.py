@@ -20,14 +20,15 @@ def fmt(value: Any, digits: int = 3) -> str:
 
     Three digits for tables and notes (a reader compares, not copies); the progress and summary
     log lines use four. A float whose integer part has more digits than that (a peak memory in MB,
-    a token count) shows its integer part, ``8500`` rather than ``8.5e+03``, up to ten million.
+    a token count) shows its integer part, ``8500`` rather than ``8.5e+03``, below ten million.
     """
     if isinstance(value, np.generic):  # a numpy scalar: its Python value
         value = value.item()
     if isinstance(value, float):
-        if math.isfinite(value) and 10**digits <= abs(value) < 1e7:
+        text = f"{value:.{digits}g}"
+        if "e+" in text and abs(value) < 1e7:  # 8.5e+03, or 999.7 rounded up to 1e+03
             return f"{value:.0f}"
-        return f"{value:.{digits}g}"
+        return text
     return str(value)
 
 

@@ -4,7 +4,7 @@ Optuna's public API lacks a few things this project needs: the storage behind a 
 trial's row id, a bulk attribute write. Each accessor below reaches into Optuna's internals
 for one of them and names, next to it, the public API it stands in for (or that there is
 none). Nothing else in the package touches an Optuna name that starts with ``_``, so an Optuna
-upgrade that moves one breaks here, and ``tests/testoptuna_compat.py`` says which.
+upgrade that moves one breaks here, and ``tests/test_optuna_compat.py`` says which.
 """
 
 from __future__ import annotations

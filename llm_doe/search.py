@@ -90,11 +90,28 @@ def check_peft(config: Any, space: Any, template: Any) -> None:
         peft_methods.check(variant, template, cfg.task.name)
 
 
+#: Settings that choose the data or its labels: a study that samples one has no single set of classes.
+DATA_IDENTITY_KEYS = frozenset({"task.name", "data.source", "data.path", "data.name", "data.config_name", "data.split",
+                                "data.text_column", "data.label_column", "data.labels", "data.label_names"})
+
+
+def data_attrs(arm: Any) -> dict[str, Any]:
+    """What a new (sub-)study records of its data for people to read (a classifier's ``classes``),
+    from the arm's own config (a scientific value may change the data); nothing when its trials
+    sample what chooses the data or its labels."""
+    from llm_doe.finetune.tasks import get_task
+
+    if DATA_IDENTITY_KEYS & set(arm.space):
+        return {}
+    cfg: Config = OmegaConf.to_object(arm.config)  # type: ignore[assignment]
+    task = get_task(cfg.task)
+    return task.study_attrs(task.prepare(cfg.model, cfg.data))  # the base config's: loaded by prepare(), cached
+
+
 def run(composed: Composed) -> int:
     """Open (or resume) the study (or its scientific sub-studies) and optimise it to
     ``study.n_trials``. Returns the exit code."""
     from llm_doe import constraints, warm_start
-    from llm_doe.finetune.tasks import get_task
     from llm_doe.notes import write_study_note
     from llm_doe.runner import WORKER_ENV, optimize_arms, run_workers, setup_logging, write_run_dir
     from llm_doe.storage import make_storage, masked_config
@@ -112,11 +129,9 @@ def run(composed: Composed) -> int:
         log.info("multi-objective study (%s): Optuna's pruners take one objective, so every trial runs to the end "
                  "(pruner.name=%s not used)", ", ".join(objective_metrics(cfg)), cfg.pruner.name)
         pruner_cfg = PrunerConfig(name="none")
-    task = get_task(cfg.task)
-    data_attrs = task.study_attrs(task.prepare(cfg.model, cfg.data))  # loaded by prepare(): cached
     arms = []
     for arm in design.arms:
-        attrs = {**data_attrs, **({"design": design.attrs(arm)} if design.scientific or design.caveats else {})}
+        attrs = {**data_attrs(arm), **({"design": design.attrs(arm)} if design.scientific or design.caveats else {})}
         study = open_study(cfg, storage, make_sampler(cfg.sampler, arm.space), make_pruner(pruner_cfg), arm.space,
                            masked_config(composed.dict_config), composed.overrides, name=arm.name, attrs=attrs)
         arms.append((arm, study))

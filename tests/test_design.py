@@ -108,3 +108,35 @@ def test_boundary_warning_after_a_study(tmp_path, caplog, best_lr, warned):
         assert any("widen the range upward" in r.message for r in caplog.records)
     else:
         assert stored == [] and not any("boundary check" in r.message for r in caplog.records)
+
+
+def test_each_sub_study_records_the_classes_of_its_own_data(tmp_path):
+    """A scientific value may change the data (here data.path): each sub-study's ``classes`` are
+    those its trials train on, not the base config's; a plain study that samples data.path
+    records none (its trials have no one set of classes)."""
+    import pandas as pd
+
+    from llm_doe.finetune.data import tweets_path
+
+    raw = pd.read_csv(tweets_path(), encoding="latin-1")
+    tweets = pd.concat([raw[raw["sentiment"] == s].head(60) for s in ("negative", "positive")])
+    paths = []
+    for prefix in ("a", "b"):
+        path = tmp_path / f"{prefix}.csv"
+        tweets.assign(sentiment=prefix + "_" + tweets["sentiment"]).to_csv(path, index=False)
+        paths.append(str(path))
+    data = ["data=csv", f"data.path={paths[0]}", "data.label_column=sentiment", "data.train_size=48",
+            "data.val_size=24", "data.test_size=24"]
+    choices = f"{{type: categorical, choices: ['{paths[0]}', '{paths[1]}']"
+    sci = ["+study=smoke", *TINY, *store_args(tmp_path, "sci"), *data, "study.n_trials=2",
+           f"+study.space.data.path={choices}, role: scientific}}"]
+    assert main(sci) == 0
+    url = f"sqlite:///{tmp_path}/sci.db"
+    classes = {s.study_name: s.user_attrs.get("classes") for s in optuna.get_all_study_summaries(url)}
+    assert classes == {f"sci[data.path={paths[0]}]": "0: a_negative, 1: a_positive",
+                       f"sci[data.path={paths[1]}]": "0: b_negative, 1: b_positive"}
+
+    plain = ["+study=smoke", *TINY, *store_args(tmp_path, "plain"), *data, "study.n_trials=1",
+             f"+study.space.data.path={choices}}}"]
+    assert main(plain) == 0
+    assert "classes" not in optuna.load_study(study_name="plain", storage=f"sqlite:///{tmp_path}/plain.db").user_attrs

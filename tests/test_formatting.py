@@ -23,6 +23,8 @@ def test_fmt_rounds_floats_and_numpy_scalars_and_leaves_the_rest():
 def test_fmt_shows_large_floats_without_an_exponent():
     assert fmt(8000.0) == "8000" and fmt(8537.4) == "8537" and fmt(np.float64(-1234.5), 4) == "-1234"
     assert fmt(999.4) == "999" and fmt(123.456, 4) == "123.5"  # within the digits: significant digits
+    assert fmt(999.7) == "1000" and fmt(9999.7, 4) == "10000" and fmt(99.96) == "100"  # rounded up a digit
+    assert fmt(9999999.4) == "9999999" and fmt(1e7) == "1e+07"
     assert fmt(3.2e9) == "3.2e+09" and fmt(math.inf) == "inf" and fmt(math.nan) == "nan"
 
 

@@ -176,13 +176,12 @@ def ranked_trials(trials: pd.DataFrame) -> pd.DataFrame:
     """The COMPLETE trials best first: by value for one objective, feasible trials of a
     constrained study before infeasible ones (which are never the best trial); for several, the
     Pareto front (feasible only) first, each part by the first objective (the quality metric)."""
-    done = trials[trials["state"] == "COMPLETE"]
+    done = trials[trials["state"] == "COMPLETE"].assign(_infeasible=lambda t: ~feasible_mask(t))
     if not is_multi_objective(trials):
-        infeasible = ~feasible_mask(done)
-        return done.assign(_infeasible=infeasible).sort_values(
-            ["_infeasible", "value"], ascending=[True, trials.attrs.get("direction") != "maximize"],
-            kind="stable").drop(columns="_infeasible")
+        return done.sort_values(["_infeasible", "value"], ascending=[True, trials.attrs.get("direction") != "maximize"],
+                                kind="stable").drop(columns="_infeasible")
     ascending = trials.attrs["directions"][0] != "maximize"
     front = done["pareto"] if "pareto" in done.columns else pareto_mask(trials).loc[done.index]
-    return done.assign(_off=~front.astype(bool)).sort_values(["_off", "values_0"], ascending=[True, ascending],
-                                                             kind="stable").drop(columns="_off")
+    return done.assign(_off=~front.astype(bool)).sort_values(
+        ["_off", "_infeasible", "values_0"], ascending=[True, True, ascending], kind="stable",
+    ).drop(columns=["_off", "_infeasible"])

@@ -91,3 +91,10 @@ def test_ranked_trials_put_a_constrained_studys_infeasible_trials_last():
     trials.attrs = {"direction": "minimize"}
     assert doe.ranked_trials(trials)["number"].tolist() == [2, 0, 1]
     assert doe.ranked_trials(trials.drop(columns="feasible"))["number"].tolist() == [1, 2, 0]
+
+    # Two objectives: off the front too, a feasible trial comes before an infeasible one.
+    two = pd.DataFrame({"number": [0, 1, 2, 3], "state": ["COMPLETE"] * 4, "values_0": [0.1, 0.2, 0.3, 0.4],
+                        "values_1": [9.0, 1.0, 9.5, 9.9], "feasible": pd.Series([True, True, False, True],
+                                                                                dtype="boolean")})
+    two.attrs = {"directions": ["minimize", "minimize"], "objectives": ["val_loss", "peak_memory_mb"]}
+    assert doe.ranked_trials(two)["number"].tolist() == [0, 1, 3, 2]
