@@ -156,10 +156,13 @@ def render_report(storage: analysis.StudyRef, study_name: str | None = None, *,
 
     parts.append(_curves_section(storage, name, trials))
 
-    task = attrs["study_user_attrs"].get("task", "classification")
-    if task == "causal_lm":
+    # The sections drawn from the trials' files, by the files a task uploads (its write_artifacts):
+    # any task that writes roc.csv gets ROC curves, generations.csv sample generations, and
+    # a task that writes neither no such section.
+    files = set(analysis.load_artifacts(storage, name)["filename"])
+    if "generations.csv" in files:
         parts.append(_generations_section(storage, name, trials, artifacts_dir))
-    elif task == "classification":  # a task with neither ROC nor generations shows no artifact section
+    if "roc.csv" in files:
         parts.append(_roc_section(storage, name, trials, artifacts_dir))
 
     if best is not None:

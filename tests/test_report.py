@@ -96,7 +96,18 @@ def test_report_warns_about_an_edge_and_failures(tmp_path, monkeypatch):
     warnings = text.split("<h2>Warnings</h2>", 1)[1].split("<h2>", 1)[0]
     assert "2 of 9 trials failed (22%), 1 of them diverged" in warnings
     assert "widen the range upward" in warnings and "train.learning_rate" in warnings
-    assert "ROC curves unavailable" in text  # no artifacts folder: said, not crashed
+    assert "<h2>ROC curves</h2>" not in text  # no trial uploaded a roc.csv: no section
+
+
+def test_a_missing_artifacts_folder_is_said_not_crashed_on(tmp_path):
+    import shutil
+
+    from llm_doe.report import render_report
+
+    assert search(["+study=smoke", *TINY, *store_args(tmp_path, "gone"), "study.n_trials=1"]) == 0
+    shutil.rmtree(tmp_path / "art")  # the trials uploaded roc.csv, then their folder went away
+    text = html.unescape(render_report(f"sqlite:///{tmp_path}/gone.db", "gone", artifacts_dir=tmp_path / "art"))
+    assert "<h2>ROC curves</h2>" in text and "ROC curves unavailable" in text
 
 
 def test_missing_store_or_study_is_a_one_line_error(study, tmp_path, monkeypatch, capsys):
