@@ -17,8 +17,8 @@ import optuna
 import pandas as pd
 
 from llm_doe import analysis
-from llm_doe.optuna_compat import rdb_backend, study_storage
 from llm_doe.formatting import fmt, shell_lines
+from llm_doe.optuna_compat import rdb_backend, study_storage
 
 log = logging.getLogger("llm_doe")
 

@@ -24,8 +24,8 @@ import optuna
 from omegaconf import DictConfig
 from optuna.distributions import BaseDistribution
 
-from llm_doe import optuna_compat as compat
 from llm_doe import constraints
+from llm_doe import optuna_compat as compat
 from llm_doe.experiment import NEW_STUDY_HINT, check_same_experiment
 from llm_doe.finetune.tasks import TASK_METRICS
 from llm_doe.liveness import fail_and_requeue  # noqa: F401 - re-exported: the README's lost-host command

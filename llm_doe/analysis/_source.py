@@ -411,10 +411,11 @@ def artifact_rows(storage: StudyRef, study_name: str | None) -> list[tuple[Any, 
                                  meta["encoding"]))
         else:
             study = _api_study(source, study_name)
+            storage = optuna_compat.study_storage(study)
             for trial in study.get_trials(deepcopy=False):
-                for meta in optuna.artifacts.get_all_artifact_meta(trial, storage=optuna_compat.study_storage(study)):
-                    rows.append((trial.number, optuna_compat.trial_id(trial), meta.filename, meta.artifact_id, meta.mimetype,
-                                 meta.encoding))
+                for meta in optuna.artifacts.get_all_artifact_meta(trial, storage=storage):
+                    rows.append((trial.number, optuna_compat.trial_id(trial), meta.filename, meta.artifact_id,
+                                 meta.mimetype, meta.encoding))
     finally:
         source.close()
     return rows

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import math
 import shlex
-from typing import Any
 
 import numpy as np
-import pandas as pd
 import optuna
+import pandas as pd
 import pytest
 import yaml
 from optuna.distributions import FloatDistribution, distribution_to_json

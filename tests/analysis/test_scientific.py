@@ -3,8 +3,6 @@ in the design's order, and the isolation table and curves of their best trials."
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import optuna
 import pytest
 from optuna.distributions import FloatDistribution, distribution_to_json
