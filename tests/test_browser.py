@@ -132,6 +132,14 @@ def close_preview(page: Any) -> None:
     page.locator("table th").first.wait_for(state="detached")
 
 
+def open_best_trial(studies: dict, dashboard: dict, site: Any, name: str) -> Any:
+    """The dashboard's page of study ``name``'s best trial, loaded."""
+    best = optuna.load_study(study_name=name, storage=studies["url"]).best_trial
+    page = visit(site, f"studies/{dashboard['ids'][name]}/trials?numbers={best.number}")
+    page.get_by_text(f"Trial {best.number} (trial_id=").wait_for()
+    return page
+
+
 def test_study_page_draws_history_and_intermediate_values_named_by_the_metric(studies, dashboard, site, tmp_path):
     page = visit(site, f"studies/{dashboard['ids']['lr']}")
     for plot in ("#plot-history", "#graph-intermediate-values"):
@@ -152,9 +160,7 @@ def test_study_page_draws_history_and_intermediate_values_named_by_the_metric(st
 
 
 def test_trial_page_shows_roc_image_and_previews_metrics_and_roc(studies, dashboard, site, tmp_path):
-    best = optuna.load_study(study_name="lr", storage=studies["url"]).best_trial
-    page = visit(site, f"studies/{dashboard['ids']['lr']}/trials?numbers={best.number}")
-    page.get_by_text(f"Trial {best.number} (trial_id=").wait_for()
+    page = open_best_trial(studies, dashboard, site, "lr")
     image = page.locator("img[alt='roc.png']")
     image.wait_for()
     page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=image.element_handle())
@@ -170,9 +176,7 @@ def test_trial_page_shows_roc_image_and_previews_metrics_and_roc(studies, dashbo
 
 
 def test_sft_trial_page_previews_its_generations(studies, dashboard, site, tmp_path):
-    best = optuna.load_study(study_name="sft", storage=studies["url"]).best_trial
-    page = visit(site, f"studies/{dashboard['ids']['sft']}/trials?numbers={best.number}")
-    page.get_by_text(f"Trial {best.number} (trial_id=").wait_for()
+    page = open_best_trial(studies, dashboard, site, "sft")
     assert preview_rows(page, "generations.csv") == ["prompt", "reference", "generated"]
     assert page.locator("table tbody tr").count() >= 1
     shoot(page, "dashboard_trial_sft_generations", tmp_path)
