@@ -191,23 +191,35 @@ def task_spec(name: str, target: str | None = None) -> TaskSpec:
 
 
 def _user_task(name: str, target: str) -> TaskSpec:
+    """``task.target`` names a ``Task`` subclass with a ``spec`` class attribute, or a ``TaskSpec``
+    whose own ``target`` names the class (a declaration kept in a light module: validation then
+    imports no torch)."""
     try:
-        cls = import_object(target)
+        found = import_object(target)
     except (ImportError, AttributeError) as err:
-        raise ConfigError("task.target", f"cannot import {target!r}: {err} (is its folder on PYTHONPATH?)") from None
-    spec = getattr(cls, "spec", None)
-    if not isinstance(cls, type) or not isinstance(spec, TaskSpec):
+        raise ConfigError("task.target", f"cannot import {target!r}: {err} (is its folder the working directory "
+                                         "or on PYTHONPATH?)") from None
+    if isinstance(found, TaskSpec):
+        if not found.target:
+            raise ConfigError("task.target", f"{target!r} is a TaskSpec without a target: set its target to the "
+                                             "Task subclass, package.module.Class")
+        spec, path = found, found.target
+    elif isinstance(found, type) and isinstance(getattr(found, "spec", None), TaskSpec):
+        # The class named is the one to build, whatever target a spec copied from another task says.
+        spec, path = found.spec, f"{found.__module__}.{found.__qualname__}"
+    else:
         raise ConfigError("task.target", f"{target!r} must be a Task subclass with a class attribute "
-                                         "spec = TaskSpec(...)")
+                                         "spec = TaskSpec(...), or a TaskSpec")
     if spec.name != name:
         raise ConfigError("task.name", f"is {name!r} but {target} declares the task {spec.name!r}: set task.name: "
                                        f"{spec.name}")
-    path = f"{cls.__module__}.{cls.__qualname__}"
     known = _TASKS.get(name)
-    if known is not None and known.target != path:
-        raise ConfigError("task.name", f"{name!r} is already the task {known.target}: give yours another name")
-    # The class named is the one to build, whatever target a spec copied from another task says.
-    return register_task(replace(spec, target=path))
+    if known is not None:
+        if known.target != path:
+            raise ConfigError("task.name", f"{name!r} is already the task {known.target}: give yours another name")
+        return known
+    keys = spec.keys if "target" in spec.keys else (*spec.keys, "target")  # a trial's config.yaml names the class
+    return register_task(replace(spec, target=path, keys=keys))
 
 
 def peft_method(name: str) -> PeftMethodSpec:

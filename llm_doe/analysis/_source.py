@@ -24,6 +24,7 @@ import pandas as pd
 from optuna.distributions import BaseDistribution, distribution_to_json, json_to_distribution
 
 from llm_doe import optuna_compat
+from llm_doe.names import study_metrics
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
@@ -221,6 +222,7 @@ def _sql_raw(source: _Source, study_name: str | None, attr_keys: Sequence[str] |
     assert source.engine is not None
     with source.engine.connect() as conn:
         sid, name, directions, study_attrs = _sql_study(conn, source.label, study_name)
+        attr_keys = _with_study_metrics(attr_keys, study_attrs)
         of_study = tr.c.study_id == sid
         trials = _frame(
             _fetch(conn, select(tr.c.trial_id, tr.c.number, tr.c.state, tr.c.datetime_start, tr.c.datetime_complete)
@@ -294,6 +296,7 @@ def _api_raw(study: optuna.Study, attr_keys: Sequence[str] | None, label: str) -
         [(t.number, t.number, t.state.name, t.datetime_start, t.datetime_complete) for t in frozen],
         columns=["key", "number", "state", "datetime_start", "datetime_complete"])
     raw = Raw(study.study_name, [d.name.lower() for d in study.directions], dict(study.user_attrs), label, trials)
+    attr_keys = _with_study_metrics(attr_keys, raw.study_attrs)
     for t in frozen:
         for i, value in enumerate(t.values or ()):
             raw.values.setdefault(i, {})[t.number] = value
@@ -309,6 +312,14 @@ def _api_raw(study: optuna.Study, attr_keys: Sequence[str] | None, label: str) -
         if t.constraints:
             raw.constraints[t.number] = dict(t.constraints)
     return raw
+
+
+def _with_study_metrics(attr_keys: Sequence[str] | None, study_attrs: dict[str, Any]) -> Sequence[str] | None:
+    """The attributes asked for and the metrics the study's task records (a user's task records
+    its own, which no list of built-in metrics names); None (every attribute) stays None."""
+    if attr_keys is None:
+        return None
+    return [*attr_keys, *(m for m in study_metrics(study_attrs) if m not in attr_keys)]
 
 
 def read_raw(storage: StudyRef, study_name: str | None, attr_keys: Sequence[str] | None) -> Raw:
