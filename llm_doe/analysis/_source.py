@@ -265,28 +265,17 @@ def _sql_raw(source: _Source, study_name: str | None, attr_keys: Sequence[str] |
 
         sy = t["system"]  # Optuna's retry chains: a re-queued trial lists the trials it retries
         for (history,) in _fetch(conn, select(sy.c.value_json).join_from(sy, tr, sy.c.trial_id == tr.c.trial_id)
-                                 .where(of_study, sy.c.key == "retry_history")):
+                                 .where(of_study, sy.c.key == optuna_compat.RETRY_HISTORY_KEY)):
             raw.retried.update(json.loads(history))
 
         # trial.set_constraint's values (system attributes "constraints:<name>"; Optuna < 4 stored
         # one list under "constraints"): what FrozenTrial.constraints returns.
+        prefix = optuna_compat.CONSTRAINTS_KEY
         rows = _fetch(conn, select(sy.c.trial_id, sy.c.key, sy.c.value_json)
-                      .join_from(sy, tr, sy.c.trial_id == tr.c.trial_id).where(of_study, sy.c.key.like(f"{_CONSTRAINTS}%")))
-        for key, akey, value_json in sorted(rows, key=lambda row: row[1] != _CONSTRAINTS):  # the old list first
-            raw.constraints.setdefault(key, {}).update(_constraint_entries(akey, json.loads(value_json)))
+                      .join_from(sy, tr, sy.c.trial_id == tr.c.trial_id).where(of_study, sy.c.key.like(f"{prefix}%")))
+        for key, akey, value_json in sorted(rows, key=lambda row: row[1] != prefix):  # the old list first
+            raw.constraints.setdefault(key, {}).update(optuna_compat.constraint_entries(akey, json.loads(value_json)))
     return raw
-
-
-_CONSTRAINTS = "constraints"
-
-
-def _constraint_entries(key: str, value: Any) -> dict[str, float]:
-    """One system attribute's constraint values by name, as ``FrozenTrial.constraints`` names them."""
-    if key == _CONSTRAINTS:
-        return {str(i): v for i, v in enumerate(value or ())}
-    if key.startswith(f"{_CONSTRAINTS}:"):
-        return {key[len(_CONSTRAINTS) + 1:]: value}
-    return {}
 
 
 def _api_raw(study: optuna.Study, attr_keys: Sequence[str] | None, label: str) -> Raw:
@@ -308,7 +297,7 @@ def _api_raw(study: optuna.Study, attr_keys: Sequence[str] | None, label: str) -
                 raw.attrs.setdefault(akey, {})[t.number] = value
         if t.state == optuna.trial.TrialState.PRUNED and t.last_step is not None:
             raw.last_step[t.number] = t.last_step
-        raw.retried.update(t.system_attrs.get("retry_history") or ())
+        raw.retried.update(optuna_compat.retry_history(t))
         if t.constraints:
             raw.constraints[t.number] = dict(t.constraints)
     return raw
