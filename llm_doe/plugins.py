@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
@@ -60,6 +60,9 @@ class TaskSpec:
     sources: tuple[str, ...] = ()
     #: The ``task.*`` keys that apply to it (what a trial's config.yaml shows).
     keys: tuple[str, ...] = ("name", "target")
+    #: ``data.*`` keys only some of its sources read, with those sources (``{"path": ("csv",)}``):
+    #: elsewhere they do not apply (a trial's config.yaml leaves them out).
+    source_keys: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     #: The ``data.*`` keys that choose its examples or their labels: a study that samples one of
     #: them has no single set of classes to record (``search.data_attrs``).
     data_keys: tuple[str, ...] = ()
@@ -79,6 +82,7 @@ class TaskSpec:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "metrics", MappingProxyType(dict(self.metrics)))
+        object.__setattr__(self, "source_keys", MappingProxyType({k: tuple(v) for k, v in self.source_keys.items()}))
         if not self.name or not isinstance(self.name, str):
             raise ValueError(f"a task needs a name, got {self.name!r}")
         if next(iter(self.metrics), None) != "val_loss":
