@@ -6,9 +6,10 @@ loads. Every consumer asks the declaration (validation, the schema's applicable 
 factory, ``final``, the objective, the report) instead of comparing names; the pattern is peft's
 ``register_peft_method`` and transformers' Auto registries: one call per plugin.
 
-* A built-in task declares itself in ``llm_doe/finetune/tasks/<name>_spec.py`` (a ``TaskSpec``
-  passed to :func:`register_task`) and implements itself in ``tasks/<name>.py`` (a ``Task``
-  subclass whose ``spec`` is that declaration); ``tasks/__init__.py`` imports the spec modules.
+* A built-in task declares itself in ``llm_doe/finetune/tasks/<name>_spec.py`` (``SPEC =
+  TaskSpec(...)``, torch-free) and implements itself in ``tasks/<name>.py`` (a ``Task`` subclass
+  with ``spec = SPEC``); ``tasks/__init__.py`` registers each ``SPEC`` (its ``BUILTIN`` tuple), and
+  ``conf/task/<name>.yaml`` makes it a choice.
 * A user's task is a ``Task`` subclass with a ``spec = TaskSpec(...)`` class attribute in the
   user's own module, selected by ``task.target: my_module.MyTask`` (a task yaml in the user's
   config directory, found through ``hydra.searchpath``): :func:`task_spec` imports it then.
@@ -164,11 +165,13 @@ def task_names() -> tuple[str, ...]:
 
 
 def task_specs() -> tuple[TaskSpec, ...]:
+    """The declarations of :func:`task_names`."""
     _builtins("task")
     return tuple(_TASKS.values())
 
 
 def peft_method_names() -> tuple[str, ...]:
+    """The declared PEFT methods."""
     _builtins("peft")
     return tuple(_PEFT_METHODS)
 
