@@ -45,6 +45,8 @@ if TYPE_CHECKING:
 ATTR = "enqueued_from"
 #: ``enqueued_from`` of a point from ``study.enqueue``.
 CONFIG_SOURCE = "config"
+#: ``study.warm_start.top_k`` when null: how many of the other study's best points run first.
+DEFAULT_TOP_K = 3
 #: Trials that hold a point: run, running or waiting to run.
 _ACTIVE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
 
@@ -160,7 +162,8 @@ def plan(cfg: Config, arms: Sequence[Arm]) -> WarmPlan:
             result.notes.append(f"study {label} has no COMPLETE (feasible) trial: nothing to start from")
         dropped: set[str] = set()
         for arm in arms:
-            result.points[arm.name] += _warm_points(arm, trials, label, warm.top_k, result.notes, dropped)
+            result.points[arm.name] += _warm_points(arm, trials, label, warm.top_k or DEFAULT_TOP_K, result.notes,
+                                                     dropped)
     for arm in arms:
         n = len(result.points[arm.name])
         if n > arm.n_trials:

@@ -1,0 +1,40 @@
+"""Stores, study names and input files that must not be written over, escaped from, or
+misnamed: each refused with one line (exit 2) before anything is written."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+from pathlib import Path
+
+import optuna
+import pytest
+
+from llm_doe.search import main
+from tests.conftest import TINY, store_args
+
+
+def _fingerprint(path: Path) -> tuple[str, int]:
+    return hashlib.sha256(path.read_bytes()).hexdigest(), path.stat().st_mtime_ns
+
+
+@pytest.mark.parametrize("name", ["../../escape", "a/b", "/abs/olute", "..", "back\\slash"])
+def test_a_study_name_that_leaves_the_studies_folder_is_refused(tmp_path, capsys, monkeypatch, name):
+    work = tmp_path / "deep" / "er"
+    work.mkdir(parents=True)
+    monkeypatch.chdir(work)
+    # The default store, artifacts, checkpoints and run folders: all studies/${study.name}...
+    code = main(["+study=smoke", *TINY, f"study.name='{name}'"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("llm_doe: error: study.name: ") and "\n" not in err, err
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["deep", "er"]  # nothing written anywhere
+
+
+@pytest.mark.parametrize("override", ["study.warm_start.top_k=2", "study.warm_start.storage=other.db"])
+def test_warm_start_settings_without_a_study_name_are_refused(tmp_path, capsys, override):
+    code = main(["+study=smoke", *TINY, *store_args(tmp_path), override])
+    err = capsys.readouterr().err.strip()
+    key = override.split("=")[0]
+    assert code == 2 and err.startswith(f"llm_doe: error: {key}: ") and "study_name" in err, err
+    assert not list(tmp_path.iterdir())
