@@ -38,3 +38,28 @@ def test_warm_start_settings_without_a_study_name_are_refused(tmp_path, capsys, 
     key = override.split("=")[0]
     assert code == 2 and err.startswith(f"llm_doe: error: {key}: ") and "study_name" in err, err
     assert not list(tmp_path.iterdir())
+
+
+def _conversations(tmp_path: Path, encoding: str) -> Path:
+    path = tmp_path / f"chats-{encoding}.jsonl"
+    lines = ['{"prompt": "Hello", "response": "Hi"}', '{"prompt": "Café?", "response": "Oui, café."}']
+    path.write_bytes("\n".join(lines).encode(encoding) + b"\n")
+    return path
+
+
+@pytest.mark.parametrize(("data", "path", "says"), [
+    ("jsonl", "latin1", ":2: not UTF-8 text (byte 0xe9 at column 16)"),
+    ("jsonl", "folder", "is a folder, not a JSONL file"),
+    ("csv", "folder", "is a folder, not a CSV file"),
+])
+def test_unreadable_data_files_are_one_line_and_exit_2(tmp_path, capsys, data, path, says):
+    given = _conversations(tmp_path, "latin-1") if path == "latin1" else tmp_path / "a_folder"
+    given.mkdir(exist_ok=True) if path == "folder" else None
+    work = tmp_path / "work"
+    work.mkdir()
+    study = ["+study=sft_smoke", "model=tiny_llama"] if data == "jsonl" else ["+study=smoke", *TINY]
+    code = main([*study, *store_args(work), f"data={data}", f"data.path={given}"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("llm_doe: error: data.path: ") and "\n" not in err, err
+    assert says in err and "no such file" not in err, err
+    assert not list(work.iterdir())
