@@ -253,7 +253,7 @@ def open_source(cfg: Config) -> optuna.Study:
         if source.kind == "rdb":
             make_url(source.url)
         store_of(source)
-        storage, names = open_store(source, lambda store: optuna.get_all_study_names(storage=store))
+        storage, names = open_store(source, lambda store: optuna.get_all_study_names(storage=store), read_only=True)
     except ArgumentError:
         raise ConfigError("study.warm_start.storage", f"{warm.storage!r} is neither a storage URL nor a .db or "
                                                       ".journal file") from None

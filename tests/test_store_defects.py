@@ -63,3 +63,90 @@ def test_unreadable_data_files_are_one_line_and_exit_2(tmp_path, capsys, data, p
     assert code == 2 and err.startswith("llm_doe: error: data.path: ") and "\n" not in err, err
     assert says in err and "no such file" not in err, err
     assert not list(work.iterdir())
+
+
+def _optuna_source(tmp_path: Path) -> Path:
+    """A finished smoke-like study written by Optuna alone (no training; SQLite's default
+    rollback journal, as a study made outside llm_doe has), its engine closed."""
+    import gc
+
+    db = tmp_path / "source" / "src.db"
+    db.parent.mkdir()
+    study = optuna.create_study(study_name="src", storage=f"sqlite:///{db}")
+    for rate in (2e-4, 5e-4, 1e-3, 2e-3):
+        study.enqueue_trial({"train.learning_rate": rate})
+    study.optimize(lambda t: abs(t.suggest_float("train.learning_rate", 1e-4, 3e-3, log=True) - 1e-3), n_trials=4)
+    del study
+    gc.collect()
+    return db
+
+
+def _tables(db: Path) -> set[str]:
+    from llm_doe.storage import sqlite_tables
+
+    return sqlite_tables(db)
+
+
+def test_a_warm_start_source_is_never_written_even_by_a_refused_run(tmp_path, capsys):
+    db = _optuna_source(tmp_path)
+    db.chmod(0o444)  # as a user would protect it (root ignores the mode: SQLite's mode=ro is what holds)
+    before = _fingerprint(db)
+    warm = ["study.warm_start.study_name=src", f"study.warm_start.storage={db}"]
+    # Refused after the source was opened and read: 4 points for 3 trials.
+    code = main(["+study=smoke", *TINY, *store_args(tmp_path / "a"), *warm, "study.warm_start.top_k=4"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("llm_doe: error: study.warm_start.top_k: 4 points"), err
+    assert _fingerprint(db) == before
+    # A run that uses the read-only source: its two best points run first; the source unchanged.
+    code = main(["+study=smoke", *TINY, *store_args(tmp_path / "b"), *warm, "study.warm_start.top_k=2",
+                 "study.n_trials=2", "pruner=none"])
+    assert code == 0, capsys.readouterr()
+    study = optuna.load_study(study_name="t", storage=f"sqlite:///{tmp_path}/b/t.db")
+    assert [t.user_attrs["enqueued_from"] for t in study.trials] == ["src#2", "src#1"]
+    assert _fingerprint(db) == before
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
+        assert con.execute("PRAGMA journal_mode").fetchone()[0] == "delete"  # as it was: not switched to WAL
+
+
+def _foreign(path: Path) -> Path:
+    with sqlite3.connect(path) as con:
+        con.execute("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)")
+        con.execute("INSERT INTO users (name) VALUES ('ada')")
+    return path
+
+
+@pytest.mark.parametrize("role", ["source", "store"])
+def test_a_sqlite_file_that_is_no_optuna_store_is_refused_and_left_untouched(tmp_path, capsys, role):
+    db = _foreign(tmp_path / "app.db")
+    before = _fingerprint(db)
+    work = tmp_path / "work"
+    work.mkdir()
+    store = store_args(work)
+    if role == "source":
+        extra = ["study.warm_start.study_name=src", f"study.warm_start.storage={db}"]
+        key = "study.warm_start.storage"
+    else:
+        store = [a for a in store if not a.startswith("storage.url")]
+        extra, key = [f"storage.url=sqlite:///{db}"], "storage.url"
+    code = main(["+study=smoke", *TINY, *store, *extra])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith(f"llm_doe: error: {key}: ") and "\n" not in err, err
+    assert "not an Optuna study store" in err and "users" in err, err
+    assert _tables(db) == {"users"} and _fingerprint(db) == before
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
+        assert con.execute("PRAGMA journal_mode").fetchone()[0] == "delete"  # not switched to WAL
+    assert not list(work.iterdir())
+
+
+def test_a_file_that_is_not_sqlite_is_refused_and_a_zero_byte_file_becomes_the_store(tmp_path, capsys):
+    text = tmp_path / "notes.db"
+    text.write_text("my notes, not a database\n" * 100)
+    store = [a for a in store_args(tmp_path) if not a.startswith("storage.url")]
+    code = main(["+study=smoke", *TINY, *store, f"storage.url=sqlite:///{text}"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("llm_doe: error: storage.url: ") and "not a SQLite database" in err, err
+    assert text.read_text() == "my notes, not a database\n" * 100
+    empty = tmp_path / "empty.db"
+    empty.touch()
+    assert main(["+study=smoke", *TINY, *store, f"storage.url=sqlite:///{empty}", "study.n_trials=1"]) == 0
+    assert len(optuna.load_study(study_name="t", storage=f"sqlite:///{empty}").trials) == 1

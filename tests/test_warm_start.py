@@ -45,7 +45,8 @@ def test_a_warm_started_search_runs_the_top_two_first_and_resume_does_not_enqueu
     assert study.trials[1].params == smoke_source["params"][second]
     assert "enqueued 2 trial(s) to run first" in capsys.readouterr().out
     rerun = doe.rerun_command(doe.load_trials(study))  # a one-point rerun enqueues nothing
-    assert "study.warm_start.study_name=null" in rerun and "warm_start.storage" not in rerun
+    assert "study.warm_start.study_name=null" in rerun and "warm_start.storage=null" in rerun
+    assert f"warm_start.storage={smoke_source['db']}" not in rerun
 
     assert main([*args, "study.n_trials=4"]) == 0  # resume: one more trial, sampled, nothing enqueued again
     study = load(tmp_path, "full")
