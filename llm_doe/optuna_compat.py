@@ -92,3 +92,16 @@ def trial_state_row(session: Session, trial_id: int) -> optuna.trial.TrialState:
     Public stand-in outside a transaction: ``storage.get_trial(trial_id).state``.
     """
     return rdb_models().TrialModel.find_or_raise_by_id(trial_id, session).state
+
+
+def rdb_reader_names() -> list[str]:
+    """The RDBStorage methods that only read the database: its public ``get_*`` methods and the
+    private readers Optuna's cache calls instead (``_get_trials``, ``_get_best_trial_id``,
+    ``_get_stale_trial_ids``).
+
+    No public API says which storage calls write. A name missing here only costs a read that
+    takes the write lock (as before); a writer listed here would lose its atomicity, so only
+    names that read are listed (``tests/test_optuna_compat.py`` checks they exist).
+    """
+    public = [name for name in dir(optuna.storages.RDBStorage) if name.startswith("get_")]
+    return [*public, "_get_trials", "_get_best_trial_id", "_get_stale_trial_ids"]

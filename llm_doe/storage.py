@@ -276,13 +276,23 @@ def _sqlite_wal(storage: optuna.storages.RDBStorage) -> None:
     ~1 ms per report here) and readers (the dashboard, other workers) never block the writer.
     Still crash-safe for the application; the last commits may be lost only on power loss.
 
-    Every transaction begins with ``BEGIN IMMEDIATE``: Python's sqlite3 runs a SELECT outside any
-    transaction, so Optuna's read-then-write steps were not atomic on SQLite (its ``FOR UPDATE``
-    is a no-op there). Two workers starting together both popped the same WAITING trial (an
-    enqueued or re-queued one) and ran it twice. Taking the write lock at BEGIN makes each step
-    atomic; other processes wait for it (the busy timeout), and readers outside these engines (the
-    dashboard) are not blocked (WAL). SQLAlchemy's documented recipe for pysqlite."""
+    Every writing transaction begins with ``BEGIN IMMEDIATE``: Python's sqlite3 runs a SELECT
+    outside any transaction, so Optuna's read-then-write steps were not atomic on SQLite (its
+    ``FOR UPDATE`` is a no-op there). Two workers starting together both popped the same WAITING
+    trial (an enqueued or re-queued one) and ran it twice. Taking the write lock at BEGIN makes
+    each step atomic; other writers wait for it (the busy timeout). A transaction of a storage
+    method that only reads (``get_*``, the trials the cache loads: see
+    :func:`~llm_doe.optuna_compat.rdb_reader_names`) begins a plain ``BEGIN``: a long read (a
+    notebook loading every trial) takes no write lock, so it never holds up the workers' writes
+    (WAL lets them commit beside it). SQLAlchemy's documented recipe for pysqlite."""
+    import functools
+    import threading
+
     from sqlalchemy import event
+
+    from llm_doe.optuna_compat import rdb_reader_names
+
+    reading = threading.local()  # how deep this thread is inside read-only storage calls
 
     def pragmas(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None  # the driver's own implicit BEGIN off: we emit it below
@@ -292,8 +302,23 @@ def _sqlite_wal(storage: optuna.storages.RDBStorage) -> None:
         cursor.close()
 
     def begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        connection.exec_driver_sql("BEGIN" if getattr(reading, "depth", 0) else "BEGIN IMMEDIATE")
 
+    def reader(method: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(method)
+        def read(*args: Any, **kwargs: Any) -> Any:
+            reading.depth = getattr(reading, "depth", 0) + 1
+            try:
+                return method(*args, **kwargs)
+            finally:
+                reading.depth -= 1
+
+        return read
+
+    for name in rdb_reader_names():
+        method = getattr(storage, name, None)
+        if callable(method):
+            setattr(storage, name, reader(method))  # this storage's own: other RDBStorages are untouched
     event.listen(storage.engine, "connect", pragmas)
     event.listen(storage.engine, "begin", begin)
     storage.engine.dispose()  # connections opened while creating the tables get the pragmas too

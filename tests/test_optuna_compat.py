@@ -84,3 +84,9 @@ def test_rdb_models_session_and_state_row(tmp_path):
         session.add(model(trial_id=compat.trial_id(trial), key="written", value_json="2"))
     # The session committed on exit: the public API sees the row.
     assert study.get_trials(deepcopy=False)[0].user_attrs["written"] == 2
+
+
+def test_rdb_reader_names_are_storage_methods():
+    for name in compat.rdb_reader_names():
+        assert callable(getattr(optuna.storages.RDBStorage, name, None)), name
+    assert {"_get_trials", "get_all_trials", "get_trial"} <= set(compat.rdb_reader_names())

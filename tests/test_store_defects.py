@@ -150,3 +150,50 @@ def test_a_file_that_is_not_sqlite_is_refused_and_a_zero_byte_file_becomes_the_s
     empty.touch()
     assert main(["+study=smoke", *TINY, *store, f"storage.url=sqlite:///{empty}", "study.n_trials=1"]) == 0
     assert len(optuna.load_study(study_name="t", storage=f"sqlite:///{empty}").trials) == 1
+
+
+def test_a_long_read_takes_no_write_lock_and_writes_still_begin_immediate(tmp_path):
+    """A reader (a notebook loading trials) holds its read transaction open while another
+    process's storage (a worker) writes: the write goes through at once; before, every
+    transaction began BEGIN IMMEDIATE and the writer waited out its busy timeout ("locked")."""
+    import threading
+    import time
+
+    from sqlalchemy import event
+
+    from llm_doe.schema import StorageConfig
+    from llm_doe.storage import make_storage
+
+    cfg = StorageConfig(url=f"sqlite:///{tmp_path}/s.db", heartbeat_interval=None, sqlite_timeout=2)
+    reader = make_storage(cfg)
+    study = optuna.create_study(study_name="s", storage=reader)
+    study.enqueue_trial({"x": 1.0})
+    study_id = reader.get_study_id_from_name("s")
+    begins: dict[str, list[str]] = {"reader": [], "writer": []}
+    inside, release = threading.Event(), threading.Event()
+
+    def hold(conn, cursor, statement, *args):
+        if statement.startswith("BEGIN"):
+            begins["reader"].append(statement)
+        elif statement.lstrip().upper().startswith("SELECT") and not inside.is_set():
+            inside.set()  # the read transaction is open: keep it open until the writer is done
+            release.wait(20)
+
+    event.listen(reader.engine, "before_cursor_execute", hold)
+    thread = threading.Thread(target=reader.get_all_trials, args=(study_id,))
+    thread.start()
+    assert inside.wait(10)
+    writer = make_storage(cfg)  # another process's storage: its own engine and connections
+    event.listen(writer.engine, "before_cursor_execute",
+                 lambda conn, cursor, statement, *a: statement.startswith("BEGIN") and begins["writer"].append(statement))
+    started = time.perf_counter()
+    try:
+        optuna.load_study(study_name="s", storage=writer).enqueue_trial({"x": 2.0})
+        took = time.perf_counter() - started
+    finally:
+        release.set()
+        thread.join(10)
+    assert took < 1.0, took  # never waited for the reader
+    assert begins["reader"] == ["BEGIN"]  # the read: no write lock
+    assert "BEGIN IMMEDIATE" in begins["writer"]  # the write: the lock at BEGIN, atomic read-then-write
+    assert len(optuna.load_study(study_name="s", storage=reader).trials) == 2
