@@ -30,7 +30,7 @@ def test_interrupt_checkpoints_and_resume_continues_the_same_run(setup, tmp_path
     seen = []
     resumed = fit(factory.build(cfg.seed, 0.1), train_data, val_data, cfg, CPU, pad_id=tokenizer.pad_token_id,
                     checkpoint_dir=tmp_path, report=lambda step, m: seen.append(step) or False)
-    assert resumed.resumed_from_step == 2
+    assert resumed.resumed_from_optimizer_step == 13  # where it stopped, in fail_reason's unit
     assert seen == [3, 4]  # only evaluations after the checkpoint are reported again
     assert resumed.cost["optimizer_steps"] == straight.cost["optimizer_steps"] == 20
     for a, b in zip(straight.history, resumed.history):
