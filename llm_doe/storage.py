@@ -90,6 +90,9 @@ def store_exists(cfg: StorageConfig) -> bool:
 def store_of(cfg: StorageConfig) -> str:
     """The study store a search with this storage config writes, refusing one that does not exist
     (a report, a confirmation or an export must never create an empty store)."""
+    path = Path(cfg.journal_path) if getattr(cfg, "kind", "rdb") == "journal" else sqlite_path(cfg.url)
+    if path is not None and path.is_dir():
+        raise ConfigError(store_key(cfg), f"{path} is a folder, not a study store file")
     if getattr(cfg, "kind", "rdb") == "journal":
         journal = Path(cfg.journal_path)
         if not journal.is_file():

@@ -197,3 +197,43 @@ def test_a_long_read_takes_no_write_lock_and_writes_still_begin_immediate(tmp_pa
     assert begins["reader"] == ["BEGIN"]  # the read: no write lock
     assert "BEGIN IMMEDIATE" in begins["writer"]  # the write: the lock at BEGIN, atomic read-then-write
     assert len(optuna.load_study(study_name="s", storage=reader).trials) == 2
+
+
+def test_a_folder_named_as_a_store_is_called_a_folder(tmp_path, capsys):
+    folder = tmp_path / "studies.db"
+    folder.mkdir()
+    work = tmp_path / "work"
+    work.mkdir()
+    code = main(["+study=smoke", *TINY, *store_args(work), "study.warm_start.study_name=src",
+                 f"study.warm_start.storage={folder}"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err == f"llm_doe: error: study.warm_start.storage: {folder} is a folder, not a study store file"
+    assert not list(work.iterdir())
+
+
+def test_a_store_in_a_read_only_folder_is_one_clear_line(tmp_path, capsys, monkeypatch):
+    """The tests run as root, whom a folder's mode does not stop (nor os.access): the check is run
+    with os.access answering from the mode bits, as it does for any other user; SQLite would
+    otherwise fail later with "attempt to write a readonly database"."""
+    import stat
+
+    from llm_doe import storage
+
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    db = folder / "t.db"
+    optuna.create_study(study_name="t", storage=f"sqlite:///{db}")
+    folder.chmod(0o555)
+    monkeypatch.setattr(storage.os, "access", lambda path, mode: not (mode & os.W_OK) or bool(
+        os.stat(path).st_mode & stat.S_IWUSR))
+    work = tmp_path / "work"
+    work.mkdir()
+    store = [a for a in store_args(work) if not a.startswith("storage.url")]
+    try:
+        code = main(["+study=smoke", *TINY, *store, f"storage.url=sqlite:///{db}", "study.n_trials=1"])
+    finally:
+        monkeypatch.undo()
+        folder.chmod(0o755)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith(f"llm_doe: error: storage.url: {db} is in a read-only folder"), err
+    assert "readonly database" not in err
