@@ -196,3 +196,9 @@ def cli(argv: list[str] | None, usage: str, command: Callable[[Composed], int]) 
     except ConfigError as err:
         print(f"llm_doe: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # Ctrl-C while starting up (loading data and weights), or a second one while shutting down
+        # after the first was handled: one line, no traceback, the status of a Ctrl-C.
+        print("llm_doe: interrupted (SIGINT): stopped before finishing; what the store holds is kept: run the "
+              "same command to resume", file=sys.stderr)
+        return 128 + 2

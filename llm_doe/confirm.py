@@ -198,7 +198,9 @@ def confirm_composed(base: DictConfig, composed: Composed, name: str, space: dic
     # One objective, the quality metric: seeds vary what a configuration scores, not what it costs.
     study.update(name=name, n_trials=n_trials, space=spec, max_failures=1, max_train_steps=None, enqueue=[],
                  metric=primary_metric(composed.config), direction=resolved_direction(composed.config))
-    study["warm_start"]["study_name"] = None  # its runs are the (configuration, seed) pairs, nothing else
+    # Its runs are the (configuration, seed) pairs, nothing else (a store or count without a
+    # study to start from is refused).
+    study["warm_start"] = {"study_name": None, "storage": None, "top_k": None}
     resolved["pruner"] = {"name": "none"}
     resolved["sampler"] = {"name": "random", "seed": 0}  # never asked: every run is enqueued
     resolved["workers"] = 1

@@ -493,13 +493,30 @@ def _export(plan: FinalPlan, trained: _Trained, evaluations: int) -> list[str]:
         (staging / MODEL_CARD).write_text(card, encoding="utf-8")
         for path in staging.rglob("*"):  # some writers (safetensors) leave their files private (0600)
             path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(staging, out)
+        _swap_in(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return files
+
+
+def _swap_in(staging: Path, out: Path) -> None:
+    """Put the complete export in ``staging`` at ``out``. An earlier export there
+    (``final.overwrite=true``) is renamed aside first and removed only once the new one is in
+    place: at every moment one whole export is on disk (a crash between the two renames leaves
+    the old one in ``.<name>-old-*`` beside it), and a failed move puts the old one back."""
+    if not out.exists():
+        os.replace(staging, out)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}-old-", dir=out.parent))
+    old.rmdir()  # a free name beside the export, on the same file system (a rename, not a copy)
+    os.replace(out, old)
+    try:
+        os.replace(staging, out)
+    except BaseException:
+        os.replace(old, out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 

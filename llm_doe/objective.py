@@ -18,7 +18,7 @@ import traceback
 import warnings
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -54,7 +54,12 @@ class TrialFailed(RuntimeError):
 
 
 class TrialInterrupted(RuntimeError):
-    """A signal stopped the trial; it was checkpointed and re-queued. Ends the worker's loop."""
+    """A signal stopped trial ``number`` at optimizer step ``step``; it was re-queued (to resume
+    from its checkpoint at that step when ``checkpointed``). Ends the worker's loop."""
+
+    def __init__(self, number: int, step: int, checkpointed: bool) -> None:
+        super().__init__(f"trial {number} interrupted at optimizer step {step}")
+        self.number, self.step, self.checkpointed = number, step, checkpointed
 
 
 class StorageUnavailable(RuntimeError):
@@ -138,12 +143,27 @@ class Objective:
     should_stop: Callable[[], bool] | None = None  # polled every optimizer step (signals)
     n_trials: int | None = None  # the study's total, for the surplus check
     storage_retry_s: float = 60.0  # how long a report waits out an unreachable study store
+    #: The trial this objective runs now (None between trials), kept when a KeyboardInterrupt
+    #: (a second Ctrl-C) ends it, so the runner can say which trial it stopped.
+    running: int | None = field(default=None, init=False)
 
     def trial_config(self, params: dict[str, Any]) -> tuple[DictConfig, Config]:
         cfg_dc = apply_params(self.base, params)
         return cfg_dc, OmegaConf.to_object(cfg_dc)  # type: ignore[return-value]
 
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
+        self.running = trial.number
+        try:
+            value = self._run(trial)
+        except KeyboardInterrupt:
+            raise  # stopped at once: ``running`` still names the trial
+        except BaseException:
+            self.running = None
+            raise
+        self.running = None
+        return value
+
+    def _run(self, trial: optuna.Trial) -> float | list[float]:
         started = time.perf_counter()
         frozen = self._claim(trial)
         params, cfg_dc, cfg = self._configure(trial)
@@ -252,7 +272,7 @@ class Objective:
             set_user_attrs(trial, {"requeued": True,
                                    "fail_reason": f"interrupted at optimizer step {err.step}; re-queued"
                                    + (" to resume from its checkpoint" if err.checkpointed else "")})
-            raise TrialInterrupted(str(err)) from None
+            raise TrialInterrupted(trial.number, err.step, err.checkpointed) from None
         except StorageUnavailable:
             raise  # keep the checkpoint: the heartbeat re-queues the trial and it resumes
         except Exception as err:  # every failure is data: recorded, then the study goes on
@@ -297,8 +317,8 @@ class Objective:
                     shown = defaultdict(lambda: "-", {k: fmt(v, 4) for k, v in result.best.items()})
                     shown["trial"] = str(trial.number)
                     log.warning("%s", check.warning.format_map(shown))
-        if result.resumed_from_step:
-            attrs["resumed_from_step"] = result.resumed_from_step
+        if result.resumed_from_optimizer_step:  # the unit of an interruption's fail_reason
+            attrs["resumed_from_optimizer_step"] = result.resumed_from_optimizer_step
         attrs["stop_reason"] = result.stop_reason
         pruned = result.stop_reason == "stopped_by_report"
         if pruned:

@@ -152,3 +152,16 @@ def constraint_entries(key: str, value: Any) -> dict[str, float]:
     if key.startswith(f"{CONSTRAINTS_KEY}:"):
         return {key[len(CONSTRAINTS_KEY) + 1:]: value}
     return {}
+
+
+def rdb_reader_names() -> list[str]:
+    """The RDBStorage methods that only read the database: its public ``get_*`` methods and the
+    private readers Optuna's cache calls instead (``_get_trials``, ``_get_best_trial_id``,
+    ``_get_stale_trial_ids``).
+
+    No public API says which storage calls write. A name missing here only costs a read that
+    takes the write lock (as before); a writer listed here would lose its atomicity, so only
+    names that read are listed (``tests/test_optuna_compat.py`` checks they exist).
+    """
+    public = [name for name in dir(optuna.storages.RDBStorage) if name.startswith("get_")]
+    return [*public, "_get_trials", "_get_best_trial_id", "_get_stale_trial_ids"]

@@ -212,7 +212,8 @@ def optimize_arms(composed: Composed, arms: list[tuple[Any, optuna.Study]], *, r
     failures = FailureLimit(cfg.study.max_failures)
     started = time.perf_counter()
     deadline = None if cfg.study.timeout is None else started + cfg.study.timeout
-    waited = interrupted = False
+    waited = False
+    interrupted: BaseException | None = None
     exhausted: set[str] = set()  # grid arms whose every configuration ran
     with stop:
         try:
@@ -236,8 +237,8 @@ def optimize_arms(composed: Composed, arms: list[tuple[Any, optuna.Study]], *, r
                 _, _, (arm, study, objective, progress) = min(startable, key=lambda item: (item[0], item[1]))
                 study.optimize(objective, n_trials=1, callbacks=[progress, failures], catch=(TrialFailed,),
                                gc_after_trial=False)
-        except (TrialInterrupted, KeyboardInterrupt):
-            interrupted = True
+        except (TrialInterrupted, KeyboardInterrupt) as err:
+            interrupted = err
         except Exception as err:
             cause = storage_failure(err)
             if cause is None:
@@ -249,11 +250,11 @@ def optimize_arms(composed: Composed, arms: list[tuple[Any, optuna.Study]], *, r
         finally:
             for runner in runners:
                 runner[3].close()
-    if interrupted or stop():
+    if interrupted is not None or stop():
         for _, study in arms:
             record_totals(study)  # the study's compute so far, as on a finished run
-        log.error("interrupted (%s): the running trial was checkpointed and re-queued; run the same command to "
-                  "resume to %d trials", signal.Signals(stop.signum or signal.SIGINT).name, n_total)
+        log.error("interrupted (%s): %s; run the same command to resume to %d trials",
+                  signal.Signals(stop.signum or signal.SIGINT).name, _what_was_stopped(runners, interrupted), n_total)
         return stop.exit_code
     for arm, study in arms:
         summarise(arm, study, cfg, started, review=review)
@@ -262,6 +263,28 @@ def optimize_arms(composed: Composed, arms: list[tuple[Any, optuna.Study]], *, r
                   "and %s", failures.failures, cfg.study.max_failures, composed.run_dir / "search.log")
         return 1
     return 0
+
+
+def _what_was_stopped(runners: list[Any], interrupted: BaseException | None) -> str:
+    """What a signal did to the running trial, as the store has it: re-queued (and from which
+    optimizer step), stopped at once and failed (a second Ctrl-C), or no trial was running
+    (the signal came between trials, or as one had just completed)."""
+    from llm_doe.objective import TrialInterrupted
+
+    running = next(((runner[1], runner[2].running) for runner in runners if runner[2].running is not None), None)
+    if isinstance(interrupted, TrialInterrupted):
+        where = (f"checkpointed at optimizer step {interrupted.step} and re-queued to resume from there"
+                 if interrupted.checkpointed else f"stopped at optimizer step {interrupted.step} and re-queued "
+                 "(no checkpoint: it starts again)")
+        return f"trial {interrupted.number} was {where}"
+    if running is None:
+        return "no trial was running, so none was re-queued"
+    study, number = running
+    retried = any(t.system_attrs.get("failed_trial") == number
+                  for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+    return (f"trial {number} was stopped at once and re-queued" if retried else
+            f"trial {number} was stopped at once (a second signal) and marked FAIL, not re-queued; its checkpoint, "
+            "if any, is not resumed")
 
 
 def _log_start(composed: Composed, arms: list[tuple[Any, optuna.Study]], done: int, n_total: int) -> None:
@@ -455,8 +478,11 @@ def run_workers(composed: Composed, studies: list[optuna.Study]) -> int:
         env = {**os.environ, WORKER_ENV: str(index), "PYTHONUNBUFFERED": "1"}
         if gpus:
             env["CUDA_VISIBLE_DEVICES"] = str(index % gpus)
+        # Each worker in a process group of its own: a Ctrl-C at the terminal reaches this process
+        # alone, which passes it on once (workers that got it twice would stop at once, without a
+        # checkpoint), and so does a signal sent to this process only (kill -INT <pid>).
         procs.append(subprocess.Popen(_worker_command(composed, index, threads), env=env, text=True,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, process_group=0))
 
     def pump(index: int, proc: subprocess.Popen[str]) -> None:
         assert proc.stdout is not None
@@ -468,28 +494,44 @@ def run_workers(composed: Composed, studies: list[optuna.Study]) -> int:
         reader.start()
 
     def forward(signum: int, frame: Any) -> None:
+        log.warning("%s: passed on to the %d workers (each checkpoints its trial and stops; again to stop them at "
+                    "once)", signal.Signals(signum).name, sum(proc.poll() is None for proc in procs))
         for proc in procs:
             if proc.poll() is None:
                 proc.send_signal(signum)
 
-    previous = signal.signal(signal.SIGTERM, forward)
+    previous = {signum: signal.signal(signum, forward) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
-        codes = []
-        for proc in procs:
-            while True:
-                try:
-                    codes.append(proc.wait())
-                    break
-                except KeyboardInterrupt:  # Ctrl-C reached the workers too (same process group)
-                    continue
+        codes = [proc.wait() for proc in procs]
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
         for reader in readers:
             reader.join(timeout=5)
     counts = dict.fromkeys(TrialState, 0)
     for study in studies:
         for state, count in trial_counts(study).items():
             counts[state] += count
-    log.info("workers done: %d/%d trials finished (%d pruned), %d failed; exit codes %s", counts[TrialState.COMPLETE]
-             + counts[TrialState.PRUNED], cfg.study.n_trials, counts[TrialState.PRUNED], counts[TrialState.FAIL], codes)
+    failed, requeued = _failed_and_requeued(studies)
+    log.info("workers done: %d/%d trials finished (%d pruned), %d failed, %d re-queued (interrupted or their worker "
+             "lost: not failures); exit codes %s", counts[TrialState.COMPLETE] + counts[TrialState.PRUNED],
+             cfg.study.n_trials, counts[TrialState.PRUNED], failed, requeued, codes)
     return max(codes, key=lambda c: (c != 0, c))
+
+
+def _failed_and_requeued(studies: list[optuna.Study]) -> tuple[int, int]:
+    """FAIL trials that failed (their parameters, or a bug), and those only interrupted and
+    re-queued (a signal, a dead worker: a copy runs them again). Surplus trials, never run, are
+    neither."""
+    failed = requeued = 0
+    for study in studies:
+        trials = study.get_trials(deepcopy=False)
+        retried = {t.system_attrs.get("failed_trial") for t in trials}
+        for trial in trials:
+            if trial.state != TrialState.FAIL or trial.user_attrs.get("surplus"):
+                continue
+            if trial.user_attrs.get("requeued") or trial.number in retried:
+                requeued += 1
+            else:
+                failed += 1
+    return failed, requeued

@@ -151,8 +151,8 @@ class WarmStartConfig:
     study_name: Optional[str] = None
     # Its store: a storage URL or a .db / .journal path; null = this study's store (storage.*).
     storage: Optional[str] = None
-    # How many of its best COMPLETE (feasible) distinct configurations run first.
-    top_k: int = 3
+    # How many of its best COMPLETE (feasible) distinct configurations run first (null = 3).
+    top_k: Optional[int] = None
 
 
 @dataclass

@@ -10,10 +10,13 @@ writes a URL or an override anywhere masks it here first.
 from __future__ import annotations
 
 import os
+import sqlite3
 import warnings
 from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import optuna
 from omegaconf import DictConfig, OmegaConf
@@ -23,6 +26,8 @@ from sqlalchemy.exc import ArgumentError
 from llm_doe.schema import ConfigError, StorageConfig
 
 SUPPORTED_DIALECTS = ("sqlite", "postgresql", "mysql")
+#: Tables every Optuna RDB store has: a SQLite file with tables but not these is someone else's.
+OPTUNA_TABLES = frozenset({"studies", "trials", "version_info"})
 
 T = TypeVar("T")
 
@@ -85,6 +90,9 @@ def store_exists(cfg: StorageConfig) -> bool:
 def store_of(cfg: StorageConfig) -> str:
     """The study store a search with this storage config writes, refusing one that does not exist
     (a report, a confirmation or an export must never create an empty store)."""
+    path = Path(cfg.journal_path) if getattr(cfg, "kind", "rdb") == "journal" else sqlite_path(cfg.url)
+    if path is not None and path.is_dir():
+        raise ConfigError(store_key(cfg), f"{path} is a folder, not a study store file")
     if getattr(cfg, "kind", "rdb") == "journal":
         journal = Path(cfg.journal_path)
         if not journal.is_file():
@@ -96,11 +104,12 @@ def store_of(cfg: StorageConfig) -> str:
     return full_url(cfg)
 
 
-def open_store(cfg: StorageConfig, read: Callable[[optuna.storages.BaseStorage], T]
+def open_store(cfg: StorageConfig, read: Callable[[optuna.storages.BaseStorage], T], *, read_only: bool = False
                ) -> tuple[optuna.storages.BaseStorage, T]:
     """Open the store and make a first ``read`` of it (e.g. its study names); an unreachable
     server or a file that is no study store becomes one ConfigError line, "cannot open the
-    study store ...", before anything runs.
+    study store ...", before anything runs. ``read_only`` opens another study's store (a warm
+    start's source) as :func:`make_storage` says: nothing in it is written.
 
     Optuna's "experimental" warnings (heartbeats) are silenced here: they would break the
     one-line error contract of the commands.
@@ -108,8 +117,10 @@ def open_store(cfg: StorageConfig, read: Callable[[optuna.storages.BaseStorage],
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            storage = make_storage(cfg)
+            storage = make_storage(cfg, read_only=read_only)
         return storage, read(storage)
+    except ConfigError:
+        raise
     except Exception as err:  # unreachable server, foreign file: say so before running anything
         message = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise ConfigError(store_key(cfg), f"cannot open the study store {storage_label(cfg)}: "
@@ -171,12 +182,46 @@ def check_storage(cfg: StorageConfig) -> None:
         if db.exists():
             if not os.access(db, os.R_OK | os.W_OK):
                 raise ConfigError("storage.url", f"{db} is not readable and writable")
+            folder = db.absolute().parent
+            if not os.access(folder, os.W_OK | os.X_OK):  # SQLite's journal (-wal, -shm) lives beside it
+                raise ConfigError("storage.url", f"{db} is in a read-only folder ({folder}): SQLite writes its journal "
+                                                 "files beside the database; make the folder writable or move the store")
+            check_optuna_sqlite(db, "storage.url")
         else:
             check_writable(db, "storage.url")
 
 
-def make_storage(cfg: StorageConfig) -> optuna.storages.BaseStorage:
+def sqlite_tables(db: Path) -> set[str]:
+    """The tables of an existing SQLite file, read through a read-only connection (SQLite's
+    ``mode=ro``: nothing can be written, whoever runs it). Raises sqlite3.DatabaseError for a
+    file that is not a SQLite database."""
+    with closing(sqlite3.connect(f"file:{quote(str(db.absolute()))}?mode=ro", uri=True)) as connection:
+        return {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+
+def check_optuna_sqlite(db: Path, key: str) -> None:
+    """Refuse an existing SQLite file that is not an Optuna study store (someone else's tables,
+    or no SQLite file at all), without writing to it. An empty file (0 bytes, or no tables) may
+    become a store."""
+    if db.stat().st_size == 0:
+        return
+    try:
+        tables = sqlite_tables(db)
+    except sqlite3.DatabaseError as err:
+        raise ConfigError(key, f"{db} is not a SQLite database ({err}): give a new file for the study store") from None
+    if tables and not OPTUNA_TABLES <= tables:
+        shown = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
+        raise ConfigError(key, f"{db} is a SQLite database but not an Optuna study store (its tables: {shown}); "
+                               "it is left untouched: give a new file for the study store")
+
+
+def make_storage(cfg: StorageConfig, *, read_only: bool = False) -> optuna.storages.BaseStorage:
     """Create the storage (and a SQLite or journal file's folder). Call after every check passed.
+
+    ``read_only`` opens an existing store that must not change (a warm start's source): no
+    tables are created, no folder, no heartbeats; a SQLite file is opened through SQLite's
+    read-only mode (``mode=ro``: any write fails, even as root) with its journal mode as it is,
+    and must already be an Optuna store (one ConfigError line otherwise).
 
     RDB storages get heartbeats: a trial whose worker died (SIGKILL, node lost) is failed after
     ``grace_period`` and re-queued with the same parameters and its intermediate values by
@@ -188,6 +233,8 @@ def make_storage(cfg: StorageConfig) -> optuna.storages.BaseStorage:
         Path(cfg.journal_path).absolute().parent.mkdir(parents=True, exist_ok=True)
         return optuna.storages.JournalStorage(JournalFileBackend(cfg.journal_path))
     db = sqlite_path(cfg.url)
+    if read_only:
+        return _read_only_storage(cfg, db)
     engine_kwargs: dict[str, Any] = {}
     if db is not None:
         db.absolute().parent.mkdir(parents=True, exist_ok=True)
@@ -208,18 +255,47 @@ def make_storage(cfg: StorageConfig) -> optuna.storages.BaseStorage:
     return storage
 
 
+def _read_only_storage(cfg: StorageConfig, db: Path | None) -> optuna.storages.BaseStorage:
+    """The store opened for reading only (see :func:`make_storage`)."""
+    if cfg.kind == "journal":
+        from optuna.storages.journal import JournalFileBackend
+
+        return optuna.storages.JournalStorage(JournalFileBackend(cfg.journal_path))  # read without a lock
+    url = full_url(cfg)
+    engine_kwargs: dict[str, Any] = {}
+    if db is not None:
+        check_optuna_sqlite(db, store_key(cfg))
+        if db.stat().st_size == 0:
+            raise ConfigError(store_key(cfg), f"{db} is an empty file, not a study store")
+        url = f"sqlite:///file:{quote(str(db.absolute()))}?mode=ro&uri=true"
+        engine_kwargs["connect_args"] = {"timeout": cfg.sqlite_timeout}
+    else:
+        engine_kwargs["pool_pre_ping"] = True
+    return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, skip_table_creation=True)
+
+
 def _sqlite_wal(storage: optuna.storages.RDBStorage) -> None:
     """WAL journal with synchronous=NORMAL: a commit no longer waits for an fsync (20 ms to
     ~1 ms per report here) and readers (the dashboard, other workers) never block the writer.
     Still crash-safe for the application; the last commits may be lost only on power loss.
 
-    Every transaction begins with ``BEGIN IMMEDIATE``: Python's sqlite3 runs a SELECT outside any
-    transaction, so Optuna's read-then-write steps were not atomic on SQLite (its ``FOR UPDATE``
-    is a no-op there). Two workers starting together both popped the same WAITING trial (an
-    enqueued or re-queued one) and ran it twice. Taking the write lock at BEGIN makes each step
-    atomic; other processes wait for it (the busy timeout), and readers outside these engines (the
-    dashboard) are not blocked (WAL). SQLAlchemy's documented recipe for pysqlite."""
+    Every writing transaction begins with ``BEGIN IMMEDIATE``: Python's sqlite3 runs a SELECT
+    outside any transaction, so Optuna's read-then-write steps were not atomic on SQLite (its
+    ``FOR UPDATE`` is a no-op there). Two workers starting together both popped the same WAITING
+    trial (an enqueued or re-queued one) and ran it twice. Taking the write lock at BEGIN makes
+    each step atomic; other writers wait for it (the busy timeout). A transaction of a storage
+    method that only reads (``get_*``, the trials the cache loads: see
+    :func:`~llm_doe.optuna_compat.rdb_reader_names`) begins a plain ``BEGIN``: a long read (a
+    notebook loading every trial) takes no write lock, so it never holds up the workers' writes
+    (WAL lets them commit beside it). SQLAlchemy's documented recipe for pysqlite."""
+    import functools
+    import threading
+
     from sqlalchemy import event
+
+    from llm_doe.optuna_compat import rdb_reader_names
+
+    reading = threading.local()  # how deep this thread is inside read-only storage calls
 
     def pragmas(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None  # the driver's own implicit BEGIN off: we emit it below
@@ -229,8 +305,23 @@ def _sqlite_wal(storage: optuna.storages.RDBStorage) -> None:
         cursor.close()
 
     def begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        connection.exec_driver_sql("BEGIN" if getattr(reading, "depth", 0) else "BEGIN IMMEDIATE")
 
+    def reader(method: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(method)
+        def read(*args: Any, **kwargs: Any) -> Any:
+            reading.depth = getattr(reading, "depth", 0) + 1
+            try:
+                return method(*args, **kwargs)
+            finally:
+                reading.depth -= 1
+
+        return read
+
+    for name in rdb_reader_names():
+        method = getattr(storage, name, None)
+        if callable(method):
+            setattr(storage, name, reader(method))  # this storage's own: other RDBStorages are untouched
     event.listen(storage.engine, "connect", pragmas)
     event.listen(storage.engine, "begin", begin)
     storage.engine.dispose()  # connections opened while creating the tables get the pragmas too

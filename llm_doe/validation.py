@@ -133,6 +133,7 @@ def _validate_search(cfg: Config) -> None:
     _check(cfg.pruner.name in PRUNERS, "pruner.name", f"must be one of {'|'.join(PRUNERS)}, got {cfg.pruner.name!r}")
     _check(0 < cfg.pruner.percentile < 100, "pruner.percentile", "must be in (0, 100)")
     _check(bool(s.name), "study.name", "must not be empty (pick a study with +study=NAME)")
+    _check_study_name(s.name)
     _check(s.n_trials >= 1, "study.n_trials", f"must be >= 1, got {s.n_trials}")
     _validate_objectives(cfg)
     _check(s.max_failures >= 1, "study.max_failures", "must be >= 1")
@@ -141,8 +142,24 @@ def _validate_search(cfg: Config) -> None:
     if s.max_train_steps is not None:
         _check(s.max_train_steps >= 1, "study.max_train_steps", "must be >= 1 or null")
     _check(s.scientific_points >= 2, "study.scientific_points", "must be >= 2")
-    _check(s.warm_start.top_k >= 1, "study.warm_start.top_k", f"must be >= 1, got {s.warm_start.top_k}")
+    warm = s.warm_start
+    if not warm.study_name:  # its store and count mean nothing without the study to start from
+        given = [key for key in ("storage", "top_k") if getattr(warm, key) is not None]
+        _check(not given, f"study.warm_start.{given[0] if given else ''}",
+               "is set but study.warm_start.study_name is not: name the study to start from")
+    _check(warm.top_k is None or warm.top_k >= 1, "study.warm_start.top_k", f"must be >= 1, got {warm.top_k}")
     constraints.check(s.constraints, tuple(task_of(cfg).metrics), cfg.sampler.name)
+
+
+def _check_study_name(name: str) -> None:
+    """A study name is one folder and file name: the store, the artifacts, the checkpoints, the
+    run folders and the final export are ``studies/<name>...`` by default, so a name that leaves
+    the folder (``..``, ``/``, an absolute path) would write elsewhere."""
+    bad = next((part for part in ("/", "\\", "\0") if part in name), None)
+    if bad is None and name in (".", ".."):
+        bad = name
+    _check(bad is None, "study.name", f"{name!r} is not a plain name ({bad!r} in it): it names the study's folder "
+                                      "and files under studies/, so it may not contain / or \\ or be . or ..")
 
 
 def _validate_objectives(cfg: Config) -> None:

@@ -46,6 +46,8 @@ if TYPE_CHECKING:
 ATTR = "enqueued_from"
 #: ``enqueued_from`` of a point from ``study.enqueue``.
 CONFIG_SOURCE = "config"
+#: ``study.warm_start.top_k`` when null: how many of the other study's best points run first.
+DEFAULT_TOP_K = 3
 #: Trials that hold a point: run, running or waiting to run.
 _ACTIVE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
 
@@ -118,6 +120,18 @@ def contains(dist: BaseDistribution, value: Any) -> tuple[bool, Any]:
     return True, value
 
 
+def _why_not(dist: BaseDistribution, value: Any) -> str:
+    """Why ``value`` is no point of ``dist``: of the wrong type, or outside the search space."""
+    if isinstance(dist, CategoricalDistribution):
+        return "is not one of the choices"
+    if not _is_number(value):
+        return f"is {'not a number' if not isinstance(value, float) else 'not finite'} ({type(value).__name__})"
+    if isinstance(dist, IntDistribution) and float(value) != int(value):
+        return "is not an integer"
+    low, high = dist.low, dist.high  # type: ignore[attr-defined]
+    return "is outside the search space" if not low <= value <= high else "is off the search space's step"
+
+
 def fit(dist: BaseDistribution, value: Any) -> tuple[Any, str | None]:
     """``value`` made a point of ``dist``: (value, None) when it is one, (fitted, what was done)
     when it was clipped into the range or snapped to its step; (None, why) when it cannot be."""
@@ -160,15 +174,43 @@ def plan(cfg: Config, arms: Sequence[Arm]) -> WarmPlan:
         if not trials:
             result.notes.append(f"study {label} has no COMPLETE (feasible) trial: nothing to start from")
         dropped: set[str] = set()
+        scientific = _scientific_values(arms)
         for arm in arms:
-            result.points[arm.name] += _warm_points(arm, trials, label, warm.top_k, result.notes, dropped)
+            result.points[arm.name] += _warm_points(arm, trials, label, warm.top_k or DEFAULT_TOP_K, result.notes,
+                                                     dropped, scientific)
     for arm in arms:
+        result.points[arm.name] = _distinct(result.points[arm.name], arm.name if len(arms) > 1 else None,
+                                            result.notes)
         n = len(result.points[arm.name])
         if n > arm.n_trials:
             key = "study.warm_start.top_k" if not cfg.study.enqueue else "study.enqueue"
             raise ConfigError(key, f"{n} points to run first, but {arm.name} runs study.n_trials={arm.n_trials} "
                                    "trials: enqueue fewer points or raise study.n_trials")
     return result
+
+
+def _scientific_values(arms: Sequence[Arm]) -> dict[str, list[Any]]:
+    """Each scientific parameter with the values its sub-studies take."""
+    values: dict[str, list[Any]] = {}
+    for arm in arms:
+        for key, value in arm.scientific.items():
+            values.setdefault(key, []).append(value)
+    return values
+
+
+def _distinct(points: list[Point], arm: str | None, notes: list[str]) -> list[Point]:
+    """The points with the parameters of an earlier one left out (a ``study.enqueue`` entry that a
+    warm-start point repeats, or two entries alike), one note each: only distinct points count
+    against ``study.n_trials``."""
+    kept: dict[str, Point] = {}
+    for point in points:
+        key = _key(point.params)
+        if key in kept:
+            where = f" in {arm}" if arm else ""
+            notes.append(f"{point.source} skipped{where}: the same point as {kept[key].source}, which runs first")
+            continue
+        kept[key] = point
+    return list(kept.values())
 
 
 def _entries(enqueue: Any) -> list[dict[str, Any]]:
@@ -199,10 +241,7 @@ def _flat(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 def _config_point(arm: Arm, arms: Sequence[Arm], entry: dict[str, Any], index: int) -> Point | None:
     """``study.enqueue[index]`` as a point of ``arm``, or None when it names another sub-study's
     scientific value. Raises ConfigError naming the entry and key."""
-    scientific_values: dict[str, list[Any]] = {}
-    for other in arms:
-        for key, value in other.scientific.items():
-            scientific_values.setdefault(key, []).append(value)
+    scientific_values = _scientific_values(arms)
     params: dict[str, Any] = {}
     mine = True
     for key, value in entry.items():
@@ -218,7 +257,7 @@ def _config_point(arm: Arm, arms: Sequence[Arm], entry: dict[str, Any], index: i
             raise ConfigError(name, f"is not a searched parameter (study.space searches {searched})")
         ok, held = contains(dist, value)
         if not ok:
-            raise ConfigError(name, f"{value!r} is outside the search space: must be {_describe(dist)}")
+            raise ConfigError(name, f"{value!r} {_why_not(dist, value)}: must be {_describe(dist)}")
         params[key] = held
     if not params:
         raise ConfigError(f"study.enqueue[{index}]", "names no searched parameter to set")
@@ -251,7 +290,7 @@ def open_source(cfg: Config) -> optuna.Study:
         if source.kind == "rdb":
             make_url(source.url)
         store_of(source)
-        storage, names = open_store(source, lambda store: optuna.get_all_study_names(storage=store))
+        storage, names = open_store(source, lambda store: optuna.get_all_study_names(storage=store), read_only=True)
     except ArgumentError:
         raise ConfigError("study.warm_start.storage", f"{warm.storage!r} is neither a storage URL nor a .db or "
                                                       ".journal file") from None
@@ -278,8 +317,10 @@ def _ranked(study: optuna.Study) -> list[FrozenTrial]:
 
 
 def _warm_points(arm: Arm, trials: list[FrozenTrial], label: str, top_k: int, notes: list[str],
-                 dropped: set[str]) -> list[Point]:
-    """Up to ``top_k`` distinct points of ``arm`` from the other study's ranked trials."""
+                 dropped: set[str], scientific: Mapping[str, list[Any]]) -> list[Point]:
+    """Up to ``top_k`` distinct points of ``arm`` from the other study's ranked trials. A point
+    whose scientific value no sub-study takes is skipped with a note (once, whichever arm meets
+    it); one of another sub-study's values is that sub-study's, without a note."""
     points: list[Point] = []
     seen: set[str] = set()
     for trial in trials:
@@ -291,7 +332,11 @@ def _warm_points(arm: Arm, trials: list[FrozenTrial], label: str, top_k: int, no
         for key, value in trial.params.items():
             if key in arm.scientific:
                 if arm.scientific[key] != value:
-                    skip = ""  # another sub-study's point: not a note
+                    known = value in scientific.get(key, [])
+                    skip = "" if known or source in dropped else (
+                        f"{source} skipped: its {key}={value!r} is none of this study's scientific values "
+                        f"{scientific.get(key, [])}")
+                    dropped.add(source)
                     break
                 continue
             dist = arm.space.get(key)

@@ -129,3 +129,9 @@ def test_no_module_but_the_compat_one_reads_optunas_system_attributes():
     readers = [str(p.relative_to(package)) for p in sorted(package.rglob("*.py"))
                if p.name != "optuna_compat.py" and "system_attrs" in p.read_text(encoding="utf-8")]
     assert not readers, f"read Optuna's system attributes through llm_doe.optuna_compat: {readers}"
+
+
+def test_rdb_reader_names_are_storage_methods():
+    for name in compat.rdb_reader_names():
+        assert callable(getattr(optuna.storages.RDBStorage, name, None)), name
+    assert {"_get_trials", "get_all_trials", "get_trial"} <= set(compat.rdb_reader_names())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -155,7 +156,6 @@ def test_interrupted_study_resumes_to_exactly_n_trials(tmp_path):
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, out
-    assert "interrupted" in out
     study = load(tmp_path)
     done_before = len(study.get_trials(states=(TrialState.COMPLETE,)))
     assert 2 <= done_before < 5
@@ -164,6 +164,11 @@ def test_interrupted_study_resumes_to_exactly_n_trials(tmp_path):
     assert totals is not None and totals["trials"] == len(study.trials), totals
     interrupted = study.get_trials(states=(TrialState.FAIL,))
     assert len(interrupted) == 1 and interrupted[0].user_attrs["requeued"] is True
+    # What it says, and what the trial records, count optimizer steps, both named so.
+    step = int(re.fullmatch(r"interrupted at optimizer step (\d+); re-queued to resume from its checkpoint",
+                            interrupted[0].user_attrs["fail_reason"]).group(1))
+    assert (f"interrupted (SIGINT): trial {interrupted[0].number} was checkpointed at optimizer step {step} and "
+            "re-queued to resume from there") in out, out
 
     again = run_cli(args, cwd=tmp_path)
     assert again.returncode == 0, again.stdout + again.stderr
@@ -181,7 +186,7 @@ def test_interrupted_study_resumes_to_exactly_n_trials(tmp_path):
     retry = next(t for t in study.trials if t.system_attrs.get("failed_trial") == origin.number)
     assert retry.state == TrialState.COMPLETE
     assert origin.intermediate_values
-    assert retry.user_attrs["resumed_from_step"] == len(origin.intermediate_values)
+    assert retry.user_attrs["resumed_from_optimizer_step"] == step  # the unit of the fail_reason
 
 
 def _files(folder) -> dict[str, str]:
@@ -297,14 +302,14 @@ def test_a_checkpoint_resumes_only_the_run_that_wrote_it(tmp_path, caplog):
     folder = tmp_path / "ck" / "3"
     mine = {"study": "t", "study_uuid": "a" * 32, "trial": 3, "params": {"train.learning_rate": 1e-3}}
     _interrupt(tmp_path, folder, checkpoint_identity=mine)
-    # The same identity (a re-queued trial names its origin trial): resumed after evaluation 1.
-    assert _train_smoke(tmp_path, folder, checkpoint_identity=mine).resumed_from_step == 1
+    # The same identity (a re-queued trial names its origin trial): resumed at optimizer step 6.
+    assert _train_smoke(tmp_path, folder, checkpoint_identity=mine).resumed_from_optimizer_step == 6
     for other in ({**mine, "study_uuid": "b" * 32},  # a study recreated under the same name
                   {**mine, "trial": 4}, {**mine, "params": {"train.learning_rate": 2e-3}}):
         _interrupt(tmp_path, folder, checkpoint_identity=mine)
         caplog.clear()
         result = _train_smoke(tmp_path, folder, checkpoint_identity=other)
-        assert result.resumed_from_step == 0 and len(result.history) == 2
+        assert result.resumed_from_optimizer_step == 0 and len(result.history) == 2
         assert "ignoring and deleting the checkpoint" in caplog.text
 
 
@@ -315,5 +320,5 @@ def test_a_recreated_study_does_not_resume_a_checkpoint_left_behind(search, tmp_
     assert search("study.n_trials=1", "pruner=none", "runtime.checkpoint_every_s=0") == 0
     trial = load(tmp_path).trials[0]
     assert trial.state == TrialState.COMPLETE
-    assert "resumed_from_step" not in trial.user_attrs
+    assert "resumed_from_optimizer_step" not in trial.user_attrs
     assert sorted(trial.intermediate_values) == [1, 2]

@@ -45,7 +45,8 @@ def test_a_warm_started_search_runs_the_top_two_first_and_resume_does_not_enqueu
     assert study.trials[1].params == smoke_source["params"][second]
     assert "enqueued 2 trial(s) to run first" in capsys.readouterr().out
     rerun = doe.rerun_command(doe.load_trials(study))  # a one-point rerun enqueues nothing
-    assert "study.warm_start.study_name=null" in rerun and "warm_start.storage" not in rerun
+    assert "study.warm_start.study_name=null" in rerun and "warm_start.storage=null" in rerun
+    assert f"warm_start.storage={smoke_source['db']}" not in rerun
 
     assert main([*args, "study.n_trials=4"]) == 0  # resume: one more trial, sampled, nothing enqueued again
     study = load(tmp_path, "full")
@@ -185,3 +186,43 @@ def test_a_point_a_trial_already_has_is_not_counted_as_enqueued(tmp_path):
     assert [t.params or t.system_attrs["fixed_params"] for t in study.trials] == [{"x": 1.0}, {"x": 2.0}]
     assert any("enqueued 1 trial(s)" in line and "config" in line for line in lines), lines
     assert any("already has the same parameters: other#3" in line for line in lines), lines
+
+
+def test_a_warm_start_point_of_no_sub_study_is_skipped_with_a_line(tmp_path):
+    source = optuna.create_study(study_name="wd", storage=f"sqlite:///{tmp_path}/wd.db")
+    for decay, rate, value in ((0.05, 1e-4, 0.1), (0.1, 2e-4, 0.2), (0.0, 3e-4, 0.3)):
+        source.enqueue_trial({"train.weight_decay": decay, "train.learning_rate": rate})
+    source.optimize(lambda t: {0.05: 0.1, 0.1: 0.2, 0.0: 0.3}[t.suggest_float("train.weight_decay", 0, 1)]
+                    + 0 * t.suggest_float("train.learning_rate", 1e-5, 1e-3, log=True), n_trials=3)
+    composed = compose_config(["+study=weight_decay_effect", "model=tiny", "study.warm_start.study_name=wd",
+                               f"study.warm_start.storage={tmp_path}/wd.db"])
+    cfg = composed.config
+    design = plan_design(cfg.study.name, composed.dict_config, cfg.study.space, cfg.study.n_trials,
+                         cfg.study.scientific_points, cfg.sampler.seed)
+    planned = warm_start.plan(cfg, design.arms)
+    by_decay = {arm.scientific["train.weight_decay"]: [p.source for p in planned.points[arm.name]]
+                for arm in design.arms}
+    assert by_decay == {0.0: ["wd#2"], 0.01: [], 0.1: ["wd#1"]}
+    # wd#0 (weight decay 0.05, the best) goes nowhere: one line says so, once for all sub-studies.
+    skipped = [note for note in planned.notes if note.startswith("wd#0")]
+    assert skipped == ["wd#0 skipped: its train.weight_decay=0.05 is none of this study's scientific values "
+                       "[0.0, 0.01, 0.1]"], planned.notes
+
+
+def test_points_that_repeat_each_other_count_once_against_n_trials(tmp_path, capsys):
+    # Two entries alike and n_trials=1: one distinct point fits (it was refused as 2 points).
+    enqueue = "study.enqueue=[{train.learning_rate:1.0e-3},{train.learning_rate:1.0e-3}]"
+    assert main(["+study=smoke", *TINY, *store_args(tmp_path), enqueue, "study.n_trials=1", "pruner=none"]) == 0
+    study = load(tmp_path)
+    assert len(study.trials) == 1 and study.trials[0].params == {"train.learning_rate": 1e-3}
+    assert "warm start: config skipped: the same point as config, which runs first" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("value", "says"), [("abc", "'abc' is not a number (str)"), ("true", "True is not a number"),
+                                             ("2.5", "2.5 is outside the search space")])
+def test_a_config_point_of_the_wrong_type_is_not_called_outside_the_space(tmp_path, capsys, value, says):
+    code = main(["+study=smoke", *TINY, *store_args(tmp_path), f"study.enqueue=[{{train.learning_rate:{value}}}]"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("llm_doe: error: study.enqueue[0].train.learning_rate: " + says), err
+    assert ("outside" in err) == (value == "2.5")
+    assert not list(tmp_path.iterdir())

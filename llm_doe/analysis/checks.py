@@ -347,7 +347,10 @@ def rerun_command(table: pd.DataFrame, number: int | None = None) -> str:
     # outside the narrowed space.
     recorded = (table.attrs.get("study_user_attrs", {}).get("config") or {}).get("study") or {}
     warm = ["study.enqueue=[]"] if recorded.get("enqueue") else []
-    warm += ["study.warm_start.study_name=null"] if (recorded.get("warm_start") or {}).get("study_name") else []
+    recorded_warm = recorded.get("warm_start") or {}
+    if recorded_warm.get("study_name"):  # all of it: a store or count without a study is refused
+        warm += [f"study.warm_start.{key}=null" for key in ("study_name", "storage", "top_k")
+                 if recorded_warm.get(key) is not None]
     return shlex.join([*head, *keep, f"study.name={name}_trial{trial_number}", "study.n_trials=1",
                        f"study.space={{{space}}}", *warm])
 

@@ -97,14 +97,21 @@ def _line_conversation(record: Any, where: str, prompt_field: str, response_fiel
 def read_jsonl(path: str | Path, prompt_field: str = "prompt", response_field: str = "response") -> list[Conversation]:
     """A user's chat file, one conversation per line; a bad line stops with its line number."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError("data.path", f"{path} is a folder, not a JSONL file")
     if not path.is_file():
         raise ConfigError("data.path", f"{path}: no such file")
     conversations: list[Conversation] = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, 1):
+            where = f"{path}:{number}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise ConfigError("data.path", f"{where}: not UTF-8 text (byte {raw[err.start]:#04x} at column "
+                                               f"{err.start + 1}): save the file as UTF-8") from None
             if not line.strip():
                 continue
-            where = f"{path}:{number}"
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as err:

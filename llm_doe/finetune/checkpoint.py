@@ -1,6 +1,7 @@
 """Checkpoints of a training run: written in the background, resumed only by the run that wrote them.
 
-A checkpoint holds the model, optimizer, scheduler and scaler states, the RNG states and the
+A checkpoint holds the model's trained weights (its frozen ones, a PEFT model's base, are
+rebuilt as they were), optimizer, scheduler and scaler states, the RNG states and the
 :class:`TrainState` (step, batch position, history, best evaluation), so a resumed run trains
 the same batches in the same order and keeps its earlier evaluations. Each is stamped with an
 identity the caller gives (opaque here: the objective says which study and trial), and a
@@ -72,11 +73,37 @@ class TrainState:
     oom_retries: int = 0
 
 
+def _frozen_names(model: nn.Module) -> set[str]:
+    """The ``state_dict`` names of the parameters that do not train (every alias of a tied one)."""
+    params = list(model.named_parameters(remove_duplicate=False))
+    trained = {id(p) for _, p in params if p.requires_grad}
+    return {name for name, p in params if id(p) not in trained}
+
+
+def trained_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state without its frozen parameters: what training changes (the adapter and
+    any trainable head of a PEFT model, every weight when all train) and its buffers. The frozen
+    weights are the base model's as built; the run that resumes builds them again (the same
+    pretrained weights, or the same seed), so a PEFT trial's checkpoint stays small."""
+    frozen = _frozen_names(model)
+    return {name: value for name, value in model.state_dict().items() if name not in frozen}
+
+
+def load_trained_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load :func:`trained_state` into a model built as the run was; anything else missing from
+    it, or left over, is an error (never a silent partial load)."""
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    left_out = set(missing) - _frozen_names(model)
+    if left_out or unexpected:
+        raise RuntimeError(f"the checkpoint does not fit the model: missing {sorted(left_out)[:5]}, "
+                           f"unexpected {sorted(unexpected)[:5]}")
+
+
 def _payload(model: nn.Module, optimizer: Any, scheduler: Any, scaler: Any, state: TrainState,
              identity: dict[str, Any] | None) -> dict[str, Any]:
     return {
         "identity": identity,  # whose checkpoint this is: only that run resumes it
-        "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        "model": trained_state(model), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
         "scaler": scaler.state_dict(), "state": dict(vars(state)), "torch_rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
     }
@@ -165,7 +192,7 @@ def load_checkpoint(plan: CheckpointPlan, model: nn.Module, optimizer: Any, sche
         log.warning("ignoring and deleting the checkpoint in %s: %s; starting fresh", plan.folder, reason)
         path.unlink(missing_ok=True)
         return None
-    model.load_state_dict(payload["model"])
+    load_trained_state(model, payload["model"])
     optimizer.load_state_dict(payload["optimizer"])
     scheduler.load_state_dict(payload["scheduler"])
     scaler.load_state_dict(payload["scaler"])

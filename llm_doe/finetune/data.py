@@ -56,6 +56,8 @@ def _read_csv(path: Path, cfg: DataConfig) -> pd.DataFrame:
     Type inference would turn the labels ``0``/``1`` of a column with one blank cell into
     ``0.0``/``1.0``, and pandas' default NA words would drop a text that reads ``NA``.
     """
+    if path.is_dir():
+        raise ConfigError("data.path", f"{path} is a folder, not a CSV file")
     if not path.is_file():
         raise ConfigError("data.path", f"{path}: no such file")
     if not os.access(path, os.R_OK):

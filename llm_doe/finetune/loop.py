@@ -123,7 +123,7 @@ class TrainResult:
     stop_reason: str  # completed | early_stopping | stopped_by_report | max_steps
     best_payload: Any  # the task's evaluation payload at the best evaluation (ROC data, ...)
     cost: dict[str, float] = field(default_factory=dict)
-    resumed_from_step: int = 0  # evaluations restored from a checkpoint (0 = fresh start)
+    resumed_from_optimizer_step: int = 0  # the optimizer step a checkpoint restored (0 = fresh start)
     last_learning_rate: float = float("nan")  # the schedule's rate after the last optimizer step
 
 
@@ -234,7 +234,7 @@ class _Run:
         st = None
         if plan is not None:
             st = load_checkpoint(plan, model, self.optimizer, self.scheduler, self.scaler, rt.device)
-        self.resumed_from = len(st.history) if st is not None else 0
+        self.resumed_from = st.step if st is not None else 0  # optimizer steps, as an interruption's fail_reason
         self.st = st or TrainState()
         if self.st.micro_batch_size == 0:
             auto = cfg.micro_batch_size in (None, "auto")
