@@ -50,7 +50,8 @@ TARGETS = {"throughput": 1.3, "f1_gap": 0.02}
 
 
 def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--train", help="training CoNLL file (default: the shipped UNER English EWT)")
     p.add_argument("--val", help="validation CoNLL file (default: --val-size sentences cut from training)")
     p.add_argument("--token-column", type=int, default=None, help="the word's column (default: 0; shipped UNER 1)")
@@ -141,8 +142,8 @@ class RecipeSide:
         from seqeval.metrics import f1_score, precision_score, recall_score
 
         predictions = np.argmax(pred.predictions, axis=2)
-        gold = [[self.labels[l] for l in row if l != -100] for row in pred.label_ids]
-        guess = [[self.labels[p] for p, l in zip(prow, lrow) if l != -100]
+        gold = [[self.labels[g] for g in row if g != -100] for row in pred.label_ids]
+        guess = [[self.labels[p] for p, g in zip(prow, lrow) if g != -100]
                  for prow, lrow in zip(predictions, pred.label_ids)]
         return {"precision": precision_score(gold, guess), "recall": recall_score(gold, guess),
                 "f1": f1_score(gold, guess)}
@@ -220,7 +221,7 @@ class OursSide:
             raise SystemExit(f"llm_doe.search exited with {rc}")
         trial = optuna.load_study(study_name=name, storage=f"sqlite:///{self.workdir}/{name}.db").trials[0]
         ua, f1s = trial.user_attrs, [trial.intermediate_values[k] for k in sorted(trial.intermediate_values)]
-        return {"side": "llm_doe", "repeat": repeat, "prec": ua.get("precision", "?"),
+        return {"side": "llm_doe", "repeat": repeat, "prec": ua.get("train_precision", "?"),
                 "train ex/s": ua["train_samples_per_second"], "train s": ua["train_time_s"],
                 "eval s": ua["eval_time_s"], "final f1": f1s[-1] if f1s else float("nan"),
                 "best f1": max(f1s, default=float("nan"))}
