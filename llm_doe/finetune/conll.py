@@ -216,6 +216,9 @@ def split_conll(cfg: DataConfig) -> TaggedSplits:
         ConfigError: a bad file (see :func:`read_conll`), sizes the sentences cannot meet, a
             tag outside the label set.
     """
+    if cfg.label_names:
+        raise ConfigError("data.label_names", "does not apply to data=conll: a tag is its own name (choose and order "
+                                              "the tags with data.labels)")
     files = conll_files(cfg)
 
     def read(path: Path, key: str) -> Sentences:

@@ -106,6 +106,9 @@ def test_data_labels_fix_the_label_set_and_its_order(tmp_path):
     labels = ["O", "B-PER", "I-PER", "B-ORG", "B-LOC", "B-MISC", "I-MISC"]
     splits = split_conll(conll_cfg(train, labels=labels))
     assert splits.label_names == labels  # I-MISC never occurs: still a label
+    with pytest.raises(ConfigError, match="does not apply to data=conll") as err:
+        split_conll(conll_cfg(train, label_names={"B-PER": "person"}))
+    assert err.value.key == "data.label_names"
     with pytest.raises(ConfigError, match="'B-LOC' in .*train.txt is not in data.labels") as err:
         split_conll(conll_cfg(train, labels=["O", "B-PER", "I-PER", "B-ORG", "B-MISC"]))
     assert err.value.key == "data.labels"
