@@ -27,7 +27,6 @@ from optuna.distributions import BaseDistribution
 from llm_doe import constraints
 from llm_doe import optuna_compat as compat
 from llm_doe.experiment import NEW_STUDY_HINT, check_same_experiment
-from llm_doe.finetune.tasks import TASK_METRICS
 from llm_doe.liveness import fail_and_requeue  # noqa: F401 - re-exported: the README's lost-host command
 from llm_doe.schema import (
     Config,
@@ -37,6 +36,7 @@ from llm_doe.schema import (
     objective_metrics,
     primary_metric,
     resolved_directions,
+    task_of,
 )
 from llm_doe.space import SearchSpace, grid_values, space_to_json
 from llm_doe.storage import mask_overrides, open_store, store_exists
@@ -233,7 +233,7 @@ def open_study(cfg: Config, storage: optuna.storages.BaseStorage, sampler: optun
         # What the trials report, for readers that must not guess (the analysis, the report):
         # the task and each of its metrics with its direction.
         study.set_user_attr("task", cfg.task.name)
-        study.set_user_attr("metric_directions", dict(TASK_METRICS[cfg.task.name]))
+        study.set_user_attr("metric_directions", dict(task_of(cfg).metrics))
         study.set_metric_names(objective_metrics(cfg))  # optuna-dashboard names the objectives
         # The bounds every trial is held to (compared on resume: trials carry their constraint values).
         study.set_user_attr(constraints.STUDY_ATTR, constraints.normalise(cfg.study.constraints))
@@ -375,8 +375,8 @@ def record_totals(study: optuna.Study) -> dict[str, float]:
 
 def _origin(trial: optuna.trial.FrozenTrial) -> int:
     """The first trial of a retry chain (re-queued trials repeat its configuration on purpose)."""
-    origin = trial.system_attrs.get("failed_trial")  # what RetryHeartbeatStaleTrialCallback records
-    return trial.number if origin is None else int(origin)
+    origin = compat.retried_trial_number(trial)  # what RetryHeartbeatStaleTrialCallback records
+    return trial.number if origin is None else origin
 
 
 def counted(trial: optuna.trial.FrozenTrial) -> bool:
@@ -401,13 +401,13 @@ def grid_point(study: optuna.Study, trial: optuna.trial.FrozenTrial, space: Sear
     else what ``study.sampler`` (a GridSampler) draws for its ``grid_id``, which GridSampler
     sets before the parameters are suggested. None if unknown."""
     names = grid_names(space)
-    for source in (trial.params, trial.system_attrs.get("fixed_params") or {}):
+    for source in (trial.params, compat.enqueued_params(trial)):
         if all(name in source for name in names):
             return tuple(source[name] for name in names)
     grid = grid_values(space)
     sampler = study.sampler
-    if (not isinstance(sampler, optuna.samplers.GridSampler) or "grid_id" not in trial.system_attrs
-            or trial.system_attrs.get("search_space") != {name: grid[name] for name in names}):
+    if (not isinstance(sampler, optuna.samplers.GridSampler)
+            or compat.grid_search_space(trial) != {name: grid[name] for name in names}):
         return None
     return tuple(sampler.sample_independent(study, trial, name, space[name]) for name in names)
 

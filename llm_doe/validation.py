@@ -7,19 +7,17 @@ for the first that fails, naming the key and what is wrong, before anything is w
 from __future__ import annotations
 
 from llm_doe import constraints
-from llm_doe.finetune.tasks import TASK_METRICS
 from llm_doe.names import COST_METRICS
+from llm_doe.plugins import peft_method
 from llm_doe.schema import (
-    CHAT_SOURCES,
-    PEFT_METHODS,
     PRECISIONS,
     PRUNERS,
     SAMPLERS,
     SCHEDULERS,
-    TEXT_SOURCES,
     Config,
     ConfigError,
     objective_metrics,
+    task_of,
 )
 
 
@@ -42,8 +40,7 @@ def validate(cfg: Config) -> None:
 def _validate_task_and_model(cfg: Config) -> None:
     """task.* and model.*."""
     m = cfg.model
-    _check(cfg.task.name in TASK_METRICS, "task.name", f"must be one of {'|'.join(TASK_METRICS)}, got "
-                                                       f"{cfg.task.name!r}")
+    task_of(cfg)  # an unknown task.name, or a task.target that does not import, is refused here
     _check(m.kind in ("pretrained", "tiny", "tiny_llama"), "model.kind",
            f"must be 'pretrained', 'tiny' or 'tiny_llama', got {m.kind!r}")
     _check(cfg.task.loss_on in ("completion", "all"), "task.loss_on",
@@ -62,9 +59,9 @@ def _validate_task_and_model(cfg: Config) -> None:
 def _validate_data(cfg: Config) -> None:
     """data.*: the source the task reads, sizes, seeds, labels."""
     d = cfg.data
-    sources = CHAT_SOURCES if cfg.task.name == "causal_lm" else TEXT_SOURCES
-    _check(d.source in sources, "data.source", f"task={cfg.task.name} reads data={'|'.join(sources)}, got "
-                                               f"{d.source!r}")
+    sources = task_of(cfg).sources
+    _check(not sources or d.source in sources, "data.source",
+           f"task={cfg.task.name} reads data={'|'.join(sources)}, got {d.source!r}")
     if d.source in ("csv", "jsonl"):
         _check(bool(d.path), "data.path", f"is required with data={d.source}")
     if d.source == "hub":
@@ -117,7 +114,7 @@ def _validate_train(cfg: Config) -> None:
 def _validate_peft(cfg: Config) -> None:
     """peft.*."""
     p = cfg.peft
-    _check(p.method in PEFT_METHODS, "peft.method", f"must be one of {'|'.join(PEFT_METHODS)}, got {p.method!r}")
+    peft_method(p.method)  # an unknown method is refused here
     _check(p.r >= 1, "peft.r", f"must be >= 1, got {p.r}")
     if p.alpha is not None:
         _check(p.alpha > 0, "peft.alpha", f"must be > 0 or null, got {p.alpha}")
@@ -144,14 +141,14 @@ def _validate_search(cfg: Config) -> None:
         _check(s.max_train_steps >= 1, "study.max_train_steps", "must be >= 1 or null")
     _check(s.scientific_points >= 2, "study.scientific_points", "must be >= 2")
     _check(s.warm_start.top_k >= 1, "study.warm_start.top_k", f"must be >= 1, got {s.warm_start.top_k}")
-    constraints.check(s.constraints, cfg.task.name, cfg.sampler.name)
+    constraints.check(s.constraints, tuple(task_of(cfg).metrics), cfg.sampler.name)
 
 
 def _validate_objectives(cfg: Config) -> None:
     """study.metric (a task metric, or a list: a task metric first, then task metrics or costs)
     and study.direction (one per metric)."""
     s = cfg.study
-    metrics = TASK_METRICS[cfg.task.name]
+    metrics = task_of(cfg).metrics
     if not isinstance(s.metric, (list, tuple)):
         _check(isinstance(s.metric, str) and s.metric in metrics, "study.metric",
                f"must be one of task {cfg.task.name}'s metrics {'|'.join(metrics)}, or a list of them and costs "
