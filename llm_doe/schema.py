@@ -346,7 +346,9 @@ def is_multi_objective(cfg: Config) -> bool:
 #: Model keys of a pretrained model (the other kinds are built in code: every key applies).
 _PRETRAINED_KEYS = ("kind", "name_or_path", "tokenizer", "dropout")
 #: Data keys of one source each (the rest apply to every source).
-_DATA_SOURCE_KEYS = {"path": ("csv", "jsonl"), "prompt_field": ("jsonl",), "response_field": ("jsonl",),
+_DATA_SOURCE_KEYS = {"path": ("csv", "jsonl", "conll"), "val_path": ("conll",), "test_path": ("conll",),
+                     "token_column": ("conll",), "tag_column": ("conll",), "prompt_field": ("jsonl",),
+                     "response_field": ("jsonl",),
                      "name": ("hub",), "config_name": ("hub",), "split": ("hub",)}
 
 

@@ -28,13 +28,12 @@ from torch import nn
 
 from llm_doe.finetune.batching import attention_mask, pad, to_device
 from llm_doe.finetune.conll import UNER_DIR, Sentences, TaggedSplits, conll_files, load_conll
-from llm_doe.finetune.model import ModelFactory, load_tokenizer, resolve
+from llm_doe.finetune.model import load_tokenizer, model_factory
 from llm_doe.finetune.tasks.base import CardText, Evaluator, Prepared, Task
+from llm_doe.finetune.tasks.token_classification_spec import SPEC
 from llm_doe.schema import ConfigError, DataConfig, ModelConfig
 
 IGNORE_INDEX = -100
-#: The task's metrics and their directions (``val_loss`` first): seqeval's entity-level micro figures.
-METRICS = {"val_loss": "minimize", "precision": "maximize", "recall": "maximize", "f1": "maximize"}
 #: The columns of ``entities.csv``.
 ENTITY_COLUMNS = ("entity", "precision", "recall", "f1", "support")
 
@@ -152,54 +151,13 @@ class _TokenEvaluator(Evaluator):
         return {"val_loss": total / max(1, int(self.data.label_counts.sum())), **scores}, {"entities": rows}
 
 
-_FACTORIES: dict[tuple[Any, ...], ModelFactory] = {}
-
-
-def token_model_factory(cfg: ModelConfig, label_names: list[str]) -> ModelFactory:
-    """The cached factory of a token classifier with these labels (``id2label`` set): pretrained
-    (``AutoModelForTokenClassification``, its new head re-initialised per trial) or ``tiny``."""
-    from transformers import AutoModelForTokenClassification, BertConfig, BertForTokenClassification
-
-    id2label = dict(enumerate(label_names))
-    label2id = {n: i for i, n in id2label.items()}
-    key = (cfg.kind, cfg.name_or_path, cfg.tokenizer, tuple(label_names), cfg.hidden_size, cfg.num_layers,
-           cfg.num_heads, cfg.intermediate_size)
-    if key in _FACTORIES:
-        return _FACTORIES[key]
-    if cfg.kind == "tiny":
-        tokenizer, _ = load_tokenizer(cfg)
-        config = BertConfig(vocab_size=len(tokenizer), hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers,
-                            num_attention_heads=cfg.num_heads, intermediate_size=cfg.intermediate_size,
-                            max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id, id2label=id2label,
-                            label2id=label2id)
-        factory = ModelFactory(BertForTokenClassification(config), fresh_modules=[""])
-    elif cfg.kind == "pretrained":
-        try:
-            model, info = AutoModelForTokenClassification.from_pretrained(
-                resolve(cfg.name_or_path), num_labels=len(label_names), id2label=id2label, label2id=label2id,
-                output_loading_info=True)
-        except (OSError, ValueError) as err:
-            raise ConfigError("model.name_or_path", f"cannot load {cfg.name_or_path!r} for token classification: "
-                                                    f"{str(err).splitlines()[0]}") from None
-        fresh = sorted({k.rsplit(".", 1)[0] for k in info.get("missing_keys", [])})
-        fresh = [name for name in fresh if not any(name.startswith(other + ".") for other in fresh)]
-        model.eval()
-        factory = ModelFactory(model, fresh_modules=fresh)
-    else:
-        raise ConfigError("model", f"model.kind={cfg.kind} cannot tag tokens: use a pretrained encoder "
-                                   "(model=minilm, model=hf) or model=tiny")
-    _FACTORIES[key] = factory
-    return factory
-
-
 _ENCODED: dict[tuple[Any, ...], tuple[TokenEncoded, TokenEncoded]] = {}
 
 
 class TokenClassificationTask(Task):
     """``task=token_classification``: ``AutoModelForTokenClassification`` on CoNLL / IOB2 sentences."""
 
-    name = "token_classification"
-    metrics = METRICS
+    spec = SPEC
 
     def prepare(self, model_cfg: ModelConfig, data_cfg: DataConfig) -> Prepared:
         tokenizer, key = load_tokenizer(model_cfg)
@@ -209,7 +167,7 @@ class TokenClassificationTask(Task):
             _ENCODED[cache] = (self._encode(splits.train, tokenizer, data_cfg, splits),
                                self._encode(splits.val, tokenizer, data_cfg, splits))
         train, val = _ENCODED[cache]
-        factory = token_model_factory(model_cfg, splits.label_names)
+        factory = model_factory(model_cfg, splits.num_labels, self.spec.model_class)
         return Prepared(tokenizer, key, train, val, splits, factory, tokenizer.pad_token_id or 0)
 
     def _encode(self, split: Sentences, tokenizer: Any, data_cfg: DataConfig, splits: TaggedSplits) -> TokenEncoded:
@@ -297,5 +255,5 @@ class TokenClassificationTask(Task):
             extra += [f"| {r['entity']} | {r['precision']:.4f} | {r['recall']:.4f} | {r['f1']:.4f} | {r['support']} |"
                       for r in rows]
             extra += [""]
-        return CardText("token-classification", "fine-tuned named-entity tagger",
+        return CardText("fine-tuned named-entity tagger",
                         "per-entity figures in `entities.csv`, ", data_lines, usage, extra)
