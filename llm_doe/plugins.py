@@ -6,9 +6,10 @@ loads. Every consumer asks the declaration (validation, the schema's applicable 
 factory, ``final``, the objective, the report) instead of comparing names; the pattern is peft's
 ``register_peft_method`` and transformers' Auto registries: one call per plugin.
 
-* A built-in task declares itself in ``llm_doe/finetune/tasks/<name>_spec.py`` (a ``TaskSpec``
-  passed to :func:`register_task`) and implements itself in ``tasks/<name>.py`` (a ``Task``
-  subclass whose ``spec`` is that declaration); ``tasks/__init__.py`` imports the spec modules.
+* A built-in task declares itself in ``llm_doe/finetune/tasks/<name>_spec.py`` (``SPEC =
+  TaskSpec(...)``, torch-free) and implements itself in ``tasks/<name>.py`` (a ``Task`` subclass
+  with ``spec = SPEC``); ``tasks/__init__.py`` registers each ``SPEC`` (its ``BUILTIN`` tuple), and
+  ``conf/task/<name>.yaml`` makes it a choice.
 * A user's task is a ``Task`` subclass with a ``spec = TaskSpec(...)`` class attribute in the
   user's own module, selected by ``task.target: my_module.MyTask`` (a task yaml in the user's
   config directory, found through ``hydra.searchpath``): :func:`task_spec` imports it then.
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
@@ -60,6 +61,9 @@ class TaskSpec:
     sources: tuple[str, ...] = ()
     #: The ``task.*`` keys that apply to it (what a trial's config.yaml shows).
     keys: tuple[str, ...] = ("name", "target")
+    #: ``data.*`` keys only some of its sources read, with those sources (``{"path": ("csv",)}``):
+    #: elsewhere they do not apply (a trial's config.yaml leaves them out).
+    source_keys: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     #: The ``data.*`` keys that choose its examples or their labels: a study that samples one of
     #: them has no single set of classes to record (``search.data_attrs``).
     data_keys: tuple[str, ...] = ()
@@ -79,6 +83,7 @@ class TaskSpec:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "metrics", MappingProxyType(dict(self.metrics)))
+        object.__setattr__(self, "source_keys", MappingProxyType({k: tuple(v) for k, v in self.source_keys.items()}))
         if not self.name or not isinstance(self.name, str):
             raise ValueError(f"a task needs a name, got {self.name!r}")
         if next(iter(self.metrics), None) != "val_loss":
@@ -160,11 +165,13 @@ def task_names() -> tuple[str, ...]:
 
 
 def task_specs() -> tuple[TaskSpec, ...]:
+    """The declarations of :func:`task_names`."""
     _builtins("task")
     return tuple(_TASKS.values())
 
 
 def peft_method_names() -> tuple[str, ...]:
+    """The declared PEFT methods."""
     _builtins("peft")
     return tuple(_PEFT_METHODS)
 

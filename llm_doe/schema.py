@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 from llm_doe.errors import ConfigError
 from llm_doe.names import COST_METRICS
-from llm_doe.plugins import TaskSpec, peft_method, task_spec
+from llm_doe.plugins import TaskSpec, peft_method, task_spec, task_specs
 
 __all__ = ["ConfigError"]  # re-exported: every check of user input raises it
 
@@ -301,7 +301,6 @@ SCHEDULERS = ("linear", "cosine", "constant_with_warmup")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
-
 def objective_metrics(cfg: Config) -> list[str]:
     """What the study optimises: ``study.metric`` as a list (one name for a single objective)."""
     metric = cfg.study.metric
@@ -345,11 +344,16 @@ def is_multi_objective(cfg: Config) -> bool:
 
 #: Model keys of a pretrained model (the other kinds are built in code: every key applies).
 _PRETRAINED_KEYS = ("kind", "name_or_path", "tokenizer", "dropout")
-#: Data keys of one source each (the rest apply to every source).
-_DATA_SOURCE_KEYS = {"path": ("csv", "jsonl", "conll"), "val_path": ("conll",), "test_path": ("conll",),
-                     "token_column": ("conll",), "tag_column": ("conll",), "prompt_field": ("jsonl",),
-                     "response_field": ("jsonl",),
-                     "name": ("hub",), "config_name": ("hub",), "split": ("hub",)}
+
+
+def data_source_keys() -> dict[str, set[str]]:
+    """Data keys that only some sources read, with every source that reads each (what the tasks
+    declare, ``TaskSpec.source_keys``); the other data keys apply to every source."""
+    keys: dict[str, set[str]] = {}
+    for spec in task_specs():
+        for key, sources in spec.source_keys.items():
+            keys.setdefault(key, set()).update(sources)
+    return keys
 
 
 def _get(node: Any, key: str) -> Any:
@@ -392,8 +396,8 @@ def applicable_keys(config: Any) -> dict[str, tuple[str, ...]]:
             pass
     data = _get(config, "data")
     if data is not None:
-        keys["data"] = tuple(k for k in _keys(data)
-                             if k not in _DATA_SOURCE_KEYS or _get(data, "source") in _DATA_SOURCE_KEYS[k])
+        only = data_source_keys()
+        keys["data"] = tuple(k for k in _keys(data) if k not in only or _get(data, "source") in only[k])
     return keys
 
 

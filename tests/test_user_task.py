@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import llm_doe as doe
+from llm_doe.final import main as final
 from llm_doe.report import render_report
 from llm_doe.search import main
 from tests.conftest import REPO, TINY, load, run_cli, store_args
@@ -29,12 +30,13 @@ def readme_files(folder: Path) -> dict[str, Path]:
     return written
 
 
-def test_a_task_of_your_own_runs_a_study_on_its_own_metric(tmp_path):
+def test_a_task_of_your_own_runs_a_study_on_its_own_metric(tmp_path, monkeypatch):
     """The README's MCC task: its metric is the study's objective (maximised, its declared
-    direction), every trial records it, and the report and the analysis show it."""
+    direction), every trial records it, and the report, the analysis and final's card show it."""
     readme_files(tmp_path)
-    proc = run_cli(["+study=smoke", f"hydra.searchpath=[file://{tmp_path / 'conf'}]", "task=mcc", "study.metric=mcc",
-                    *TINY, *store_args(tmp_path, "mine"), "study.n_trials=2"], cwd=tmp_path)
+    args = ["+study=smoke", f"hydra.searchpath=[file://{tmp_path / 'conf'}]", "task=mcc", "study.metric=mcc",
+            *TINY, *store_args(tmp_path, "mine")]
+    proc = run_cli([*args, "study.n_trials=2"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     study = load(tmp_path, "mine")
     assert study.direction.name == "MAXIMIZE" and study.metric_names == ["mcc"]
@@ -46,6 +48,10 @@ def test_a_task_of_your_own_runs_a_study_on_its_own_metric(tmp_path):
     table = doe.load_trials(url, "mine")
     assert "mcc" in table and table["mcc"].notna().sum() == len(done)
     assert "mcc" in render_report(url, "mine", artifacts_dir=tmp_path / "art")
+    monkeypatch.syspath_prepend(str(tmp_path))  # what running from the user's folder gives
+    assert final([*args, f"final.output_dir={tmp_path / 'export'}"]) == 0
+    card = (tmp_path / "export" / "README.md").read_text(encoding="utf-8")
+    assert "pipeline_tag: text-classification" in card and re.search(r"^\| mcc \| -?[\d.]+ \|$", card, re.M)
 
 
 def test_a_target_that_does_not_import_is_one_line_and_exit_2(tmp_path, capsys):

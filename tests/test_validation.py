@@ -63,3 +63,13 @@ def test_the_first_failing_section_is_the_one_reported():
     cfg = _config(model={"dropout": 2.0}, train={"learning_rate": -1.0}, study={"name": "t", "n_trials": 0})
     with pytest.raises(schema.ConfigError, match=r"^model\.dropout: "):
         validate(cfg)
+
+
+@pytest.mark.parametrize(("task", "source"), [("classification", "csv"), ("causal_lm", "jsonl")])
+def test_a_source_that_reads_a_file_needs_data_path(task, source):
+    """Which sources read data.path comes from the tasks' declarations (source_keys)."""
+    with pytest.raises(schema.ConfigError) as caught:
+        validate(_config(task={"name": task}, data={"source": source, "path": None}))
+    assert caught.value.key == "data.path" and f"data={source}" in caught.value.message
+    validate(_config(task={"name": task}, data={"source": source, "path": "somewhere.file"}))
+    validate(_config(data={"source": "tweets", "path": None}))
