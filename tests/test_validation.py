@@ -51,10 +51,14 @@ def test_each_section_names_the_bad_key(sections, key, says):
 
 
 def test_token_classification_reads_conll_whose_sizes_may_be_null():
-    validate(_config(task={"name": "token_classification"}, data={"source": "conll", "val_size": None,
-                                                                  "test_size": None}, study={"name": "t",
-                                                                                             "metric": "f1"}))
-    with pytest.raises(schema.ConfigError, match="task=token_classification reads data=conll, got 'tweets'"):
+    ner = {"task": {"name": "token_classification"}, "study": {"name": "t", "metric": "f1"}}
+    validate(_config(**ner, data={"source": "conll", "path": "train.txt", "val_size": None, "test_size": None}))
+    with pytest.raises(schema.ConfigError, match="^data.path: is required with data=conll"):
+        validate(_config(**ner, data={"source": "conll"}))
+    validate(_config(**ner, data={"source": "uner_en_ewt"}))  # the shipped files: no path
+    with pytest.raises(schema.ConfigError, match="^data.val_size: must be a number with data=uner_en_ewt"):
+        validate(_config(**ner, data={"source": "uner_en_ewt", "val_size": None}))
+    with pytest.raises(schema.ConfigError, match=r"reads data=conll\|uner_en_ewt, got 'tweets'"):
         validate(_config(task={"name": "token_classification"}))
 
 

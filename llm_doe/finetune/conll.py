@@ -14,10 +14,10 @@ text: the test split first (``data.test_seed``, else ``data.seed``), then valida
 then training from the rest (seed + 2). ``data.train_size``, ``data.val_size`` and
 ``data.test_size`` cap the sentences taken from each (a seeded sample of a file; null: all).
 
-With no ``data.path`` the reader takes the Universal NER English EWT files shipped in
-``llm_doe/data/uner_en_ewt`` (CC BY-SA 4.0, Mayhew et al., NAACL 2024): its dev file for
-training and validation, its test file for the test split, the token in column 1 and the tag
-in column 2 (the repository's training file is not shipped; see that folder's README).
+``data=uner_en_ewt`` (``data.source=uner_en_ewt``) reads the Universal NER English EWT files
+shipped in ``llm_doe/data/uner_en_ewt`` (CC BY-SA 4.0, Mayhew et al., NAACL 2024) instead: its
+dev file for training and validation, its test file for the test split, the token in column 1
+and the tag in column 2 (the repository's training file is not shipped; see that folder's README).
 
 The label set is the training file's tags (``O`` first, then by entity type, ``B-`` before
 ``I-``), or ``data.labels`` in its order; a tag of any split outside it is an error that names
@@ -42,8 +42,8 @@ from llm_doe.schema import ConfigError, DataConfig
 UNER_DIR = Path(__file__).resolve().parent.parent / "data" / "uner_en_ewt"
 UNER_TRAIN = UNER_DIR / "en_ewt-ud-dev.iob2.gz"
 UNER_TEST = UNER_DIR / "en_ewt-ud-test.iob2.gz"
-#: Their columns: index, token, tag, and two of the annotation tool's.
-UNER_TOKEN_COLUMN, UNER_TAG_COLUMN = 1, 2
+#: The ``data.source`` that reads them.
+UNER_SOURCE = "uner_en_ewt"
 
 _TAG = re.compile(r"O|[BIES]-\S+")
 
@@ -188,7 +188,7 @@ def _cap(sentences: Sentences, size: int | None, seed: int) -> Sentences:
 
 @dataclass
 class ConllFiles:
-    """What a data config says of its CoNLL files, with the shipped set's defaults filled in."""
+    """The CoNLL files a data config reads (None: the split is cut from training) and their columns."""
 
     train: Path
     val: Path | None
@@ -198,15 +198,14 @@ class ConllFiles:
 
 
 def conll_files(cfg: DataConfig) -> ConllFiles:
-    """The files and columns ``cfg`` reads: its own, or the shipped UNER English EWT set."""
-    shipped = not cfg.path
-    token = cfg.token_column if cfg.token_column is not None else (UNER_TOKEN_COLUMN if shipped else 0)
-    tag = cfg.tag_column if cfg.tag_column is not None else (UNER_TAG_COLUMN if shipped else -1)
-    if shipped:
-        test = Path(cfg.test_path) if cfg.test_path else UNER_TEST
-        return ConllFiles(UNER_TRAIN, Path(cfg.val_path) if cfg.val_path else None, test, token, tag)
-    return ConllFiles(Path(cfg.path or ""), Path(cfg.val_path) if cfg.val_path else None,
-                      Path(cfg.test_path) if cfg.test_path else None, token, tag)
+    """The files and columns ``cfg`` reads: the user's (``data=conll``), or the shipped UNER
+    English EWT set (``data=uner_en_ewt``: its dev file to train and validate, its test file)."""
+    if cfg.source == UNER_SOURCE:
+        return ConllFiles(UNER_TRAIN, None, UNER_TEST, cfg.token_column, cfg.tag_column)
+    if not cfg.path:
+        raise ConfigError("data.path", "is required with data=conll (the training file)")
+    return ConllFiles(Path(cfg.path), Path(cfg.val_path) if cfg.val_path else None,
+                      Path(cfg.test_path) if cfg.test_path else None, cfg.token_column, cfg.tag_column)
 
 
 def split_conll(cfg: DataConfig) -> TaggedSplits:

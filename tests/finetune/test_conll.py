@@ -31,8 +31,12 @@ BRUSSELS NNP B-NP B-LOC
 
 
 def conll_cfg(path: Path | None, **kw) -> DataConfig:
-    return DataConfig(**{"source": "conll", "path": None if path is None else str(path), "train_size": None,
-                         "val_size": 1, "test_size": 1, **kw})
+    """data=conll with ``path`` (None: data=uner_en_ewt, the shipped files in their columns)."""
+    if path is None:
+        return DataConfig(**{"source": "uner_en_ewt", "token_column": 1, "tag_column": 2, "train_size": None,
+                             "val_size": 300, "test_size": 2077, **kw})
+    return DataConfig(**{"source": "conll", "path": str(path), "token_column": 0, "tag_column": -1,
+                         "train_size": None, "val_size": 1, "test_size": 1, **kw})
 
 
 def write(tmp: Path, name: str, text: str) -> Path:
@@ -149,12 +153,13 @@ def test_the_shipped_uner_english_ewt_files_are_the_default(tmp_path):
     assert {p.name for p in UNER_DIR.iterdir()} >= {"LICENSE.txt", "README.md", UNER_TRAIN.name, UNER_TEST.name}
     assert "Attribution-ShareAlike 4.0" in (UNER_DIR / "LICENSE.txt").read_text(encoding="utf-8")
     assert "Mayhew" in (UNER_DIR / "README.md").read_text(encoding="utf-8")
-    splits = split_conll(conll_cfg(None, val_size=300, test_size=None))
+    splits = split_conll(conll_cfg(None))
     assert (len(splits.train), len(splits.val), len(splits.test)) == (1701, 300, 2077)
     assert splits.label_names == ["O", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-PER", "I-PER"]
     assert splits.train.origin == str(UNER_TRAIN) and splits.test.origin == str(UNER_TEST)
     first = read_conll(UNER_TEST, token_column=1, tag_column=2)
     assert first.words[0] == ["What", "is", "this", "Miramar", "?"] and first.tags[0] == ["O", "O", "O", "B-LOC", "O"]
-    # Your own file gets the generic columns (first and last), not the shipped set's.
-    own = write(tmp_path, "own.txt", CONLL2003)
-    assert split_conll(conll_cfg(own, val_size=1, test_size=1)).label_names[0] == "O"
+    assert len(split_conll(conll_cfg(None, test_size=100)).test) == 100  # a seeded sample of the test file
+    with pytest.raises(ConfigError, match="is required with data=conll") as err:
+        split_conll(DataConfig(source="conll"))
+    assert err.value.key == "data.path"

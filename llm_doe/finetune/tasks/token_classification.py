@@ -230,8 +230,8 @@ class TokenClassificationTask(Task):
         source = ("Universal NER English EWT (CC BY-SA 4.0; Mayhew et al., NAACL 2024) as shipped with llm_doe: "
                   "its dev file for training and validation" if shipped else f"CoNLL file `{d.path}`")
         cut = [name for name, path in (("validation", files.val), ("test", files.test)) if path is None]
-        given = [f"{name} from `{path}`" for name, path in (("validation", files.val), ("test", files.test))
-                 if path is not None]
+        given = [f"{name} from " + ("its test file" if shipped else f"`{path}`")
+                 for name, path in (("validation", files.val), ("test", files.test)) if path is not None]
         names = prepared.splits.label_names
         data_lines = [
             f"- Source: {source}; words in column {files.token_column}, tags in column {files.tag_column}.",

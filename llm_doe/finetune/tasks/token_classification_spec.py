@@ -10,8 +10,10 @@ SPEC = TaskSpec(
     target="llm_doe.finetune.tasks.token_classification.TokenClassificationTask",
     # seqeval's entity-level micro figures, per word.
     metrics={"val_loss": "minimize", "precision": "maximize", "recall": "maximize", "f1": "maximize"},
-    sources=("conll",),
+    sources=("conll", "uner_en_ewt"),
     keys=("name", "label_all_tokens"),
+    source_keys={"path": ("conll",), "val_path": ("conll",), "test_path": ("conll",),
+                 "token_column": ("conll", "uner_en_ewt"), "tag_column": ("conll", "uner_en_ewt")},
     data_keys=("source", "path", "val_path", "test_path", "token_column", "tag_column", "labels"),
     peft_task_type="TOKEN_CLS",
     model_class="AutoModelForTokenClassification",

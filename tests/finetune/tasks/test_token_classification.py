@@ -29,7 +29,8 @@ ALL_TOKENS = TokenClassificationTask(TaskConfig(name="token_classification", lab
 SENTENCES = Sentences([["Peter", "Kowalczyk", "visited", "Miramar", "Bay"], ["Hi", "."]],
                       [["B-PER", "I-PER", "O", "B-LOC", "I-LOC"], ["O", "O"]], "two.txt")
 #: The shipped UNER English EWT, a small slice: what the tiny BERT trains on.
-UNER = DataConfig(source="conll", train_size=96, val_size=32, test_size=40, max_length=64)
+UNER = DataConfig(source="uner_en_ewt", token_column=1, tag_column=2, train_size=96, val_size=32, test_size=40,
+                  max_length=64)
 
 
 @pytest.fixture(scope="module")
