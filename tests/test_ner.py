@@ -98,8 +98,8 @@ def _conll(tmp: Path, name: str, text: str) -> str:
 def test_a_tag_training_never_saw_is_refused_naming_the_tag_and_the_file(tmp_path, capsys):
     train = _conll(tmp_path, "train.txt", "".join(f"Ann{i} B-PER\nsaw O\nRome B-LOC\n\n" for i in range(30)))
     test = _conll(tmp_path, "test.txt", "ACME B-ORG\nsold O\n\n")
-    args = [*NER, "data=conll", f"data.path={train}", f"data.test_path={test}", "data.test_size=null", "data.val_size=4",
-            "data.train_size=null", *store_args(tmp_path, "bad"), "study.n_trials=1"]
+    args = [*NER, "data=conll", f"data.path={train}", f"data.test_path={test}", "data.test_size=null",
+            "data.val_size=4", "data.train_size=null", *store_args(tmp_path, "bad"), "study.n_trials=1"]
     assert main(args) == 2
     err = _one_line_error(capsys)
     assert "data.test_path: tag 'B-ORG'" in err and "test.txt" in err
@@ -109,8 +109,8 @@ def test_a_tag_training_never_saw_is_refused_naming_the_tag_and_the_file(tmp_pat
 def test_your_own_conll_file_reads_the_first_and_last_columns(tmp_path):
     lines = "-DOCSTART- -X- -X- O\n\n" + "".join(f"Ann{i} NNP B-NP B-PER\nsaw VBD B-VP O\nRome NNP B-NP B-LOC\n\n"
                                                  for i in range(40))
-    args = [*NER, "data=conll", f"data.path={_conll(tmp_path, 'train.txt', lines)}", "data.train_size=null", "data.val_size=8",
-            "data.test_size=8", *store_args(tmp_path, "own"), "study.n_trials=1"]
+    args = [*NER, "data=conll", f"data.path={_conll(tmp_path, 'train.txt', lines)}", "data.train_size=null",
+            "data.val_size=8", "data.test_size=8", *store_args(tmp_path, "own"), "study.n_trials=1"]
     assert main(args) == 0
     study = optuna.load_study(study_name="own", storage=f"sqlite:///{tmp_path}/own.db")
     assert study.user_attrs["classes"] == "0: O, 1: B-LOC, 2: B-PER"
