@@ -216,8 +216,9 @@ class TokenClassificationTask(Task):
     def prepare_export(self, model: nn.Module, prepared: Prepared) -> None:
         """The tag names in ``id2label``: ``pipeline`` names the entities with them."""
         names = prepared.splits.label_names
-        model.config.id2label = dict(enumerate(names))
-        model.config.label2id = {n: i for i, n in enumerate(names)}
+        config: Any = model.config
+        config.id2label = dict(enumerate(names))
+        config.label2id = {n: i for i, n in enumerate(names)}
 
     def study_attrs(self, prepared: Prepared) -> dict[str, Any]:
         """``classes``: each tag id with its name, as the export's ``id2label`` will say it."""
