@@ -214,7 +214,7 @@ class OursSide:
         ua = trial.user_attrs
         wall = (trial.datetime_complete - trial.datetime_start).total_seconds()
         train_s, eval_s = ua["train_time_s"], ua["eval_time_s"]
-        return {"side": "llm_doe", "prec": ua.get("precision", "fp32"), "train tok/s": ua["train_tokens_per_second"],
+        return {"side": "llm_doe", "prec": ua.get("train_precision", ua.get("precision", "fp32")), "train tok/s": ua["train_tokens_per_second"],
                 "train s": train_s, "eval s": eval_s, "gen s": ua.get("finish_time_s"),
                 "evals": len(trial.intermediate_values), "trial s": wall,
                 "overhead s": wall - train_s - eval_s, "steps": ua["optimizer_steps"], "val loss": trial.value,

@@ -370,7 +370,7 @@ class OursSide:
             train_s, eval_s = ua["train_time_s"], ua["eval_time_s"]
             rows.append({
                 "side": "llm_doe", "repeat": repeat, "trial": trial.number, "state": trial.state.name,
-                "prec": ua.get("precision", "fp32"),
+                "prec": ua.get("train_precision", ua.get("precision", "fp32")),
                 "train ex/s": ua["train_samples_per_second"], "train s": train_s, "eval s": eval_s,
                 "evals": len(trial.intermediate_values), "first step s": ua["time_to_first_step_s"],
                 "trial s": wall, "overhead s": wall - train_s - eval_s,

@@ -278,8 +278,8 @@ def model_card(plan: FinalPlan, *, sizes: dict[str, int], card: CardText, metric
     lines += ["", f"Trained on {trained_on}: {steps} optimizer steps ({plan.steps_source}), "
               f"{metrics['examples_seen']} examples seen; learning rate {t.learning_rate:.4g}, batch size {t.batch_size}, "
               f"{t.num_epochs} epoch(s) of schedule ({t.lr_scheduler}, warmup {t.warmup_ratio}), weight decay "
-              f"{t.weight_decay}, seed {t.seed}, {metrics['precision']} "
-              f"{'autocast (weights kept in fp32)' if metrics['precision'] != 'fp32' else 'arithmetic'}; "
+              f"{t.weight_decay}, seed {t.seed}, {metrics['train_precision']} "
+              f"{'autocast (weights kept in fp32)' if metrics['train_precision'] != 'fp32' else 'arithmetic'}; "
               "test metrics computed in fp32. The full resolved config is in `config.yaml`.", "",
               _schedule_sentence(plan, metrics), "",
               "## How to use it", "", "```python", *card.usage, "```", "",
@@ -443,7 +443,8 @@ def _train(plan: FinalPlan) -> _Trained:
         "trial": plan.trial.number, "chosen_by": plan.chosen_by, "params": plan.trial.params,
         "trained_on": "train+val" if cfg.final.use_val else "train", "n_train": len(train_data),
         "optimizer_steps": int(result.cost["optimizer_steps"]), "examples_seen": int(result.cost["examples_seen"]),
-        "precision": result.cost["precision"], "max_steps": plan.max_steps, "steps_source": plan.steps_source,
+        "train_precision": result.cost["train_precision"], "max_steps": plan.max_steps,
+        "steps_source": plan.steps_source,
         "schedule_steps": plan.schedule_steps, "last_learning_rate": result.last_learning_rate,
         "train_time_s": time.perf_counter() - started,
         "label_names": list(getattr(splits, "label_names", []) or []) or None, "split_sizes": sizes,

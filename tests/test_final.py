@@ -82,7 +82,7 @@ def test_final_reads_the_test_split_once_and_exports_a_folder_that_loads_offline
     confirmed = parent.user_attrs["confirmation"]["best_trial"]
     assert metrics["trial"] == confirmed and metrics["chosen_by"].startswith("the confirmed best")
     assert metrics["n_test"] == 200 and metrics["trained_on"] == "train" and metrics["n_train"] == 160
-    assert metrics["precision"] == resolve_runtime("cpu", "auto").precision  # what training ran in, stated
+    assert metrics["train_precision"] == resolve_runtime("cpu", "auto").precision  # what training ran in, stated
     # Trained to the optimizer step of the trial's best evaluation, read from its metrics.jsonl.
     assert metrics["optimizer_steps"] == metrics["max_steps"] and "metrics.jsonl" in metrics["steps_source"]
     assert parent.user_attrs["final_exports"][-1]["test"]["accuracy"] == metrics["accuracy"]

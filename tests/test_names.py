@@ -18,6 +18,6 @@ def test_a_study_from_before_tasks_is_a_classification_study():
 
 
 def test_every_tasks_metrics_are_read_once_and_the_stored_names_stay():
-    assert ALL_METRICS == ("val_loss", "accuracy", "f1", "roc_auc", "perplexity")
+    assert ALL_METRICS == ("val_loss", "accuracy", "f1", "roc_auc", "perplexity", "precision", "recall")
     assert set(ALL_METRICS) == {m for spec in task_specs() for m in spec.metrics}
     assert SEED_PARAMS == ("train.seed", "data.seed") and CONFIRM_SUFFIX == "-confirm"  # written into stores

@@ -45,7 +45,7 @@ def test_tiny_study_completes_with_values_params_and_artifacts(search, tmp_path)
                      "train_time_s", "eval_time_s", "optimizer_steps", "examples_seen", "peak_memory_mb"):
             assert name in trial.user_attrs, name
         assert trial.user_attrs["examples_seen"] == 160
-        assert trial.user_attrs["precision"] == resolve_runtime("cpu", "auto").precision  # what auto chose here
+        assert trial.user_attrs["train_precision"] == resolve_runtime("cpu", "auto").precision  # what auto chose here
         assert trial.user_attrs["config.train.learning_rate"] == trial.params["train.learning_rate"]
         assert trial.user_attrs["config.model.kind"] == "tiny"
         names = {meta.filename for meta in get_all_artifact_meta(trial, storage=study._storage)}

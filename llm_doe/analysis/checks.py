@@ -258,10 +258,10 @@ def study_warnings(table: pd.DataFrame, *, margin: float = 0.1) -> list[str]:
             notes.append(advice)
     if complete_trials(table).empty:
         notes.append("no trial completed: nothing to compare yet")
-    if "precision" in table:
+    if "train_precision" in table:
         # train.precision=auto follows the machine: workers on different hardware may differ,
         # and trials written before trials recorded it have none (fp32 on CPU, bf16 on GPU).
-        ran = table.loc[table["state"].isin(["COMPLETE", "PRUNED"]), "precision"]
+        ran = table.loc[table["state"].isin(["COMPLETE", "PRUNED"]), "train_precision"]
         counts = ran.fillna("not recorded").value_counts()
         if len(counts) > 1 and ran.notna().any():
             listed = ", ".join(f"{name}: {n}" for name, n in counts.sort_index().items())

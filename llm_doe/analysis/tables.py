@@ -26,8 +26,10 @@ from llm_doe.analysis.pareto import pareto_mask
 from llm_doe.finetune.tasks import PREDICTED_CLASSES  # plain data: no torch
 from llm_doe.names import ALL_METRICS, study_metrics
 
-_TEXT_ATTRS = ("stop_reason", "fail_reason", "precision")
-_BASE_ATTRS = (*ALL_METRICS, PREDICTED_CLASSES, "best_step", "duration_s", "pruned_at_step", "requeued", *_TEXT_ATTRS)
+_TEXT_ATTRS = ("stop_reason", "fail_reason", "train_precision")
+#: "precision": what a trial computed in, before train_precision (read for older stores).
+_BASE_ATTRS = (*ALL_METRICS, PREDICTED_CLASSES, "best_step", "duration_s", "pruned_at_step", "requeued", *_TEXT_ATTRS,
+               "precision")
 #: How a trial stopped by Ctrl-C/SIGTERM and re-queued was marked before it carried ``requeued``.
 _REQUEUED_REASON = "interrupted "
 
@@ -130,6 +132,11 @@ def _trials_frame(raw: Raw, extra_attrs: Sequence[str]) -> pd.DataFrame:
     out["pruned_at_step"] = _steps(pd.to_numeric(pruned_at, errors="coerce").fillna(_column(keys, raw.last_step)))
     for name in _TEXT_ATTRS:
         out[name] = _column(keys, raw.attrs.get(name, {})).astype(object)
+    # Trials written before train_precision recorded what they computed in as "precision" (text);
+    # a number there is a task's metric (a token classifier's entity-level precision).
+    older = {k: v for k, v in raw.attrs.get("precision", {}).items() if isinstance(v, str)}
+    if older:
+        out["train_precision"] = out["train_precision"].fillna(_column(keys, older))
     out["requeued"] = _requeued(out["number"], out["state"], _column(keys, raw.attrs.get("requeued", {})),
                                 out["fail_reason"], raw.retried)
     if raw.constraints or raw.study_attrs.get("constraints"):

@@ -433,5 +433,6 @@ class _Run:
             "peak_memory_mb": peak_memory_mb(self.rt.device),
             "micro_batch_size": st.micro_batch_size,
             "oom_retries": st.oom_retries,
-            "precision": self.rt.precision,
+            # What it computed in (fp32, bf16, fp16): not "precision", which a task may name a metric.
+            "train_precision": self.rt.precision,
         }

@@ -92,6 +92,24 @@ def test_a_study_run_in_two_precisions_is_flagged(tmp_path):
     assert not any("precision" in w for w in doe.study_warnings(doe.load_trials(url, "old")))
 
 
+def test_a_precision_metric_is_a_number_and_no_precision_the_trials_ran_in(tmp_path):
+    # A token classifier's entity-level precision is a metric; what a trial computed in is
+    # train_precision (a store written before it was renamed keeps "precision" as text).
+    url = f"sqlite:///{tmp_path}/n.db"
+    study = optuna.create_study(storage=url, study_name="n", direction="maximize")
+    x = FloatDistribution(0.0, 1.0)
+    for i, precision in enumerate([0.5, 0.25, 0.75]):
+        study.add_trial(create_trial(value=0.5, params={"x": i / 4}, distributions={"x": x},
+                                     user_attrs={"precision": precision, "train_precision": "bf16"}))
+    table = doe.load_trials(url, "n")
+    assert table["train_precision"].tolist() == ["bf16"] * 3
+    assert not any("precision" in w for w in doe.study_warnings(table))
+    study.add_trial(create_trial(value=0.5, params={"x": 0.9}, distributions={"x": x},
+                                 user_attrs={"precision": 0.1, "train_precision": "fp32"}))
+    warnings = doe.study_warnings(doe.load_trials(url, "n"))
+    assert any("different precisions (bf16: 3, fp32: 1)" in w for w in warnings), warnings
+
+
 def test_isolation_gives_the_best_trial_per_value(synthetic):
     table = doe.load_trials(synthetic["url"], "syn")
     iso = doe.isolation(table, "train.batch_size")

@@ -77,7 +77,7 @@ def test_bf16_autocast_runs_on_cpu(setup):
     assert rt.dtype == torch.bfloat16
     result = fit(factory.build(0, 0.1), train_data, val_data, cfg, rt, pad_id=tokenizer.pad_token_id)
     assert np.isfinite(result.history[0]["val_loss"])
-    assert result.cost["precision"] == "bf16"
+    assert result.cost["train_precision"] == "bf16"
 
 
 def _tiny_llama() -> torch.nn.Module:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from llm_doe.finetune.tasks import causal_lm_spec, classification_spec
+from llm_doe.finetune.tasks import causal_lm_spec, classification_spec, token_classification_spec
 from llm_doe.plugins import import_object, register_task, task_spec
 
 if TYPE_CHECKING:
@@ -21,7 +21,8 @@ if TYPE_CHECKING:
 #: A classifier's evaluations also return how many classes it predicted (1: learned nothing).
 PREDICTED_CLASSES = classification_spec.PREDICTED_CLASSES
 #: The built-in tasks, the default first (error messages list them in this order).
-BUILTIN = tuple(register_task(spec) for spec in (classification_spec.SPEC, causal_lm_spec.SPEC))
+BUILTIN = tuple(register_task(spec) for spec in (classification_spec.SPEC, causal_lm_spec.SPEC,
+                                                 token_classification_spec.SPEC))
 _INSTANCES: dict[tuple[str, str], Task] = {}
 
 
