@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from llm_doe.schema import Config, ConfigError
+from llm_doe.space import edit_space, split_space_overrides
 from llm_doe.validation import validate
 
 #: The config tree: ``conf/`` beside the package, or ``$LLM_DOE_CONF_DIR``.
@@ -91,11 +92,14 @@ def _did_you_mean(err: OmegaConfBaseException, overrides: list[str]) -> str:
 def compose_config(overrides: list[str]) -> Composed:
     """Compose conf/ + overrides into the typed config. Raises ConfigError on bad input."""
     register_configs()
+    hydra_overrides, space_edits = split_space_overrides(overrides)
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="llm_doe"):
-            cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
+            cfg = compose(config_name="config", overrides=hydra_overrides, return_hydra_config=True)
     except (HydraException, OmegaConfBaseException) as err:
         raise _hydra_error(err, overrides) from None
+    if space_edits:
+        cfg.study.space = edit_space(cfg.study.space, space_edits)
     choices = cfg.hydra.runtime.choices
     if cfg.study.name is None:
         cfg.study.name = choices.get("study") or None
