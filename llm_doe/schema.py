@@ -69,8 +69,9 @@ class DataConfig:
     label_names: Any = None
     encoding: str = "utf-8"
     train_size: Optional[int] = 2000
-    val_size: int = 500
-    test_size: int = 2000
+    # null = a tenth of the examples (conversations), at least 2, at most 200: held_out_size().
+    val_size: Optional[int] = 500
+    test_size: Optional[int] = 2000
     max_length: int = 64
     # Seed of the train/val/test split; independent of the training seed on purpose.
     seed: int = 1234
@@ -78,6 +79,18 @@ class DataConfig:
     # while the test split stays put (what confirm.data_seeds=true does).
     test_seed: Optional[int] = None
     drop_duplicates: bool = True
+
+
+#: ``data.val_size`` / ``data.test_size`` null: this share of the examples, within these bounds.
+HELD_OUT_SHARE, HELD_OUT_MIN, HELD_OUT_MAX = 0.1, 2, 200
+
+
+def held_out_size(size: int | None, n: int) -> int:
+    """A validation or test split's size: ``size`` as given, or for null a tenth of the ``n``
+    examples (rounded), at least 2, at most 200; a small file of one's own works unchanged."""
+    if size is not None:
+        return size
+    return min(HELD_OUT_MAX, max(HELD_OUT_MIN, round(HELD_OUT_SHARE * n)))
 
 
 @dataclass
@@ -342,28 +355,39 @@ _ONLY_FOR: tuple[tuple[str, str, dict[str, tuple[str, ...]]], ...] = (
                         "ia3": ("method", "target_modules"),
                         "prefix": ("method", "num_virtual_tokens"), "prompt": ("method", "num_virtual_tokens")}),
 )
-#: Data keys of one source each (the rest apply to every source).
+#: Data keys of some sources only (the rest apply to every source): another source's fields, and
+#: the classification sources' columns and labels (a chat file has neither).
 _DATA_SOURCE_KEYS = {"path": ("csv", "jsonl"), "prompt_field": ("jsonl",), "response_field": ("jsonl",),
-                     "name": ("hub",), "config_name": ("hub",), "split": ("hub",)}
+                     "name": ("hub",), "config_name": ("hub",), "split": ("hub",),
+                     **dict.fromkeys(("text_column", "label_column", "labels", "label_names", "drop_duplicates"),
+                                     TEXT_SOURCES),
+                     "encoding": ("tweets", "csv")}
 
 
-def applicable(config: Any) -> dict[str, Any]:
+def applicable(config: Any, searched: Any = ()) -> dict[str, Any]:
     """A resolved config (a plain dict) without the keys that do not apply to its choices: a
     pretrained model's in-code sizes (``model.hidden_size``, ...), a classification task's SFT
-    settings, the LoRA settings of ``peft.method=none``, another data source's fields.
+    settings, the LoRA settings of ``peft.method=none``, another data source's fields, a chat
+    file's classification columns (``data.text_column``, ``data.labels``, ...).
 
-    What people read (a trial's ``config.yaml``, the best config in the report and the notebook)
-    shows this; the study's stored ``config`` stays complete, as the same-experiment check reads it.
+    ``searched``: the searched parameters (config paths); a section whose choosing key is searched
+    (``peft.method: choice(none, lora)``) keeps every key, as each trial may need them.
+
+    Every writer of what people read calls this: a trial's ``config.yaml``, the study's ``config``
+    attribute (the dashboard), ``--cfg job``, the best config in the report and the notebook. Keys
+    it leaves out do not change what a trial learns, so the same-experiment check (which compares
+    the keys both sides have) is not weakened.
     """
     import copy
 
+    searched = set(searched)
     shown: dict[str, Any] = copy.deepcopy(dict(config))
     for section, chooser, keep in _ONLY_FOR:
         node = shown.get(section)
-        if isinstance(node, dict) and node.get(chooser) in keep:
+        if isinstance(node, dict) and node.get(chooser) in keep and f"{section}.{chooser}" not in searched:
             shown[section] = {k: v for k, v in node.items() if k in keep[node[chooser]]}
     data = shown.get("data")
-    if isinstance(data, dict):
+    if isinstance(data, dict) and "data.source" not in searched:
         shown["data"] = {k: v for k, v in data.items()
                          if k not in _DATA_SOURCE_KEYS or data.get("source") in _DATA_SOURCE_KEYS[k]}
     return shown

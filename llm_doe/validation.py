@@ -71,8 +71,8 @@ def _validate_data(cfg: Config) -> None:
         _check(bool(d.name), "data.name", "is required with data=hub (a datasets id)")
     if d.train_size is not None:
         _check(d.train_size >= 2, "data.train_size", f"must be >= 2, got {d.train_size}")
-    _check(d.val_size >= 2, "data.val_size", f"must be >= 2, got {d.val_size}")
-    _check(d.test_size >= 0, "data.test_size", f"must be >= 0, got {d.test_size}")
+    _check(d.val_size is None or d.val_size >= 2, "data.val_size", f"must be null or >= 2, got {d.val_size}")
+    _check(d.test_size is None or d.test_size >= 0, "data.test_size", f"must be null or >= 0, got {d.test_size}")
     _check(d.max_length >= 8, "data.max_length", f"must be >= 8, got {d.max_length}")
     # The split draws with seed, seed + 1, seed + 2 (numpy seeds are 0..2**32-1).
     _check(0 <= d.seed < 2**32 - 2, "data.seed", f"must be in [0, 2**32 - 2), got {d.seed}")
