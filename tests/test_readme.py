@@ -4,6 +4,7 @@ command it gives (``pip install -e ".[dev]"``, which the tests run under)."""
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 import shlex
 import subprocess
@@ -74,7 +75,11 @@ def test_the_layout_lists_every_module_of_the_package_and_nothing_that_is_gone()
 
 
 def _make(*args: str) -> str:
-    run = subprocess.run(["make", "-n", *args], cwd=REPO, capture_output=True, text=True, timeout=60)
+    """What ``make -n ARGS`` would run from a plain shell (under ``make test ARGS=...`` the outer
+    make's variables would reach it, through MAKEFLAGS and the environment)."""
+    env = {k: os.environ[k] for k in ("PATH", "HOME") if k in os.environ}
+    run = subprocess.run(["make", "-n", "--no-print-directory", *args], cwd=REPO, capture_output=True, text=True,
+                         timeout=60, env=env)
     assert run.returncode == 0, run.stderr
     return run.stdout
 
