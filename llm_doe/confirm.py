@@ -40,18 +40,20 @@ from llm_doe.validation import validate
 
 log = logging.getLogger("llm_doe")
 
-USAGE = """usage: python -m llm_doe.confirm +study=NAME [key=value ...] [--cfg job|hydra|all]
+USAGE = """usage: python -m llm_doe.confirm study.name=NAME [confirm.*|runtime.*|storage.* ...] [--cfg job|hydra|all]
+       python -m llm_doe.confirm +study=FILE [the search's overrides ...]
 
 Re-runs the top confirm.top_k configurations of the finished study NAME with confirm.seeds
 training seeds each, in the linked study NAME-confirm (same store), and reports per
 configuration the mean, standard deviation and 95% CI of the objective and metrics, with a
-paired t-test of each against the best. Pass the overrides the search ran with.
+paired t-test of each against the best. With study.name=NAME the study's config comes from
+the store; with +study=FILE pass the overrides the search ran with.
   confirm.top_k=3 confirm.seeds=5 confirm.first_seed=0 confirm.data_seeds=false confirm.alpha=0.05
   confirm.trials=[3,7]  these trials instead of the top_k (needed by a multi-objective study)
   --cfg PART  print the composed config (job), Hydra's settings (hydra) or both (all)
   -h, --help  this help and the config groups
 Example:
-  python -m llm_doe.confirm +study=lr_sweep confirm.top_k=3 confirm.seeds=5
+  python -m llm_doe.confirm study.name=lr_sweep confirm.top_k=3 confirm.seeds=5
 """
 
 #: The seeds' distribution in the confirmation study's space. Every value is set by the
@@ -364,7 +366,7 @@ def run(composed: Composed) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit status (2 = bad input, nothing written)."""
-    return cli(argv, USAGE, run)
+    return cli(argv, USAGE, run, from_store=("confirm",))
 
 
 if __name__ == "__main__":

@@ -58,12 +58,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("llm_doe")
 
-USAGE = """usage: python -m llm_doe.final +study=NAME [key=value ...] [--cfg job|hydra|all]
+USAGE = """usage: python -m llm_doe.final study.name=NAME [final.*|runtime.*|storage.* ...] [--cfg job|hydra|all]
+       python -m llm_doe.final +study=FILE [the search's overrides ...]
 
 Trains the chosen configuration of study NAME (final.trial, else the confirmed best, else the
 best trial), evaluates it ONCE on the held-out test split and exports it to final.output_dir
 (default studies/NAME/final/): save_pretrained model and tokenizer, config.yaml,
-test_metrics.json, roc.csv, roc.png and a model card (README.md). Pass the search's overrides.
+test_metrics.json, roc.csv, roc.png and a model card (README.md). With study.name=NAME the
+study's config comes from the store; with +study=FILE pass the search's overrides.
   final.trial=N          export trial N (a COMPLETE trial) instead
   final.use_val=true     train on train+val (the trial's optimizer steps and learning rates)
   final.overwrite=true   replace an existing export (a second look at the test split)
@@ -524,7 +526,7 @@ def _swap_in(staging: Path, out: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit status (2 = bad input, nothing written)."""
-    return cli(argv, USAGE, run)
+    return cli(argv, USAGE, run, from_store=("final",))
 
 
 if __name__ == "__main__":

@@ -224,7 +224,8 @@ class Objective:
         resolved = OmegaConf.to_container(cfg_dc, resolve=True)
         # The trial's own sections, one attribute per key (pandas columns, dashboard table);
         # study-wide sections (storage, sampler, ...) are recorded once on the study.
-        trial_sections = {k: resolved[k] for k in ("task", "model", "data", "train", "peft")}
+        shown = applicable(resolved)  # not the keys that do not apply (a chat file's label column)
+        trial_sections = {k: shown[k] for k in ("task", "model", "data", "train", "peft")}
         config_attrs = {key: value if not isinstance(value, (list, dict)) else str(value)
                         for key, value in flatten(trial_sections, "config.").items()}
         set_user_attrs(trial, {**worker, **config_attrs})  # one write for ~45 attributes

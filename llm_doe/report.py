@@ -26,10 +26,11 @@ from llm_doe.notes import ONE_PARAMETER
 from llm_doe.schema import ConfigError
 from llm_doe.storage import store_of
 
-USAGE = """usage: python -m llm_doe.report +study=NAME [key=value ...] [--out PATH] [--cfg job|hydra|all]
+USAGE = """usage: python -m llm_doe.report study.name=NAME [storage.* ...] [--out PATH] [--cfg job|hydra|all]
+       python -m llm_doe.report +study=FILE [the search's overrides ...]
 
-Writes studies/NAME/report.html (self-contained HTML) for the study that
-`python -m llm_doe.search +study=NAME [key=value ...]` runs; same config and storage.
+Writes studies/NAME/report.html (self-contained HTML) for study NAME of the store
+(storage.*: the search's; the study's config comes from the store).
   --out PATH  write the report here instead
   --cfg PART  print the composed config (job), Hydra's settings (hydra) or both (all)
   -h, --help  this help and the config groups
@@ -412,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     # The commands' shared shape: --help, --cfg job|hydra|all, bad input as one line and status 2.
-    return cli(overrides, USAGE, write)
+    return cli(overrides, USAGE, write, from_store=())
 
 
 if __name__ == "__main__":

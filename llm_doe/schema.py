@@ -70,7 +70,8 @@ class DataConfig:
     label_names: Any = None
     encoding: str = "utf-8"
     train_size: Optional[int] = 2000
-    # null: all of data.val_path / data.test_path (conll).
+    # null = all of data.val_path / data.test_path where the source reads one (conll); otherwise a tenth
+    # of the examples (conversations, sentences), at least 2, at most 200: held_out_size().
     val_size: Optional[int] = 500
     test_size: Optional[int] = 2000
     max_length: int = 64
@@ -80,6 +81,18 @@ class DataConfig:
     # while the test split stays put (what confirm.data_seeds=true does).
     test_seed: Optional[int] = None
     drop_duplicates: bool = True
+
+
+#: ``data.val_size`` / ``data.test_size`` null: this share of the examples, within these bounds.
+HELD_OUT_SHARE, HELD_OUT_MIN, HELD_OUT_MAX = 0.1, 2, 200
+
+
+def held_out_size(size: int | None, n: int) -> int:
+    """A validation or test split's size: ``size`` as given, or for null a tenth of the ``n``
+    examples (rounded), at least 2, at most 200; a small file of one's own works unchanged."""
+    if size is not None:
+        return size
+    return min(HELD_OUT_MAX, max(HELD_OUT_MIN, round(HELD_OUT_SHARE * n)))
 
 
 @dataclass
@@ -342,6 +355,8 @@ def is_multi_objective(cfg: Config) -> bool:
     return len(objective_metrics(cfg)) > 1
 
 
+#: The key that chooses what applies in each section of :func:`applicable_keys`.
+_CHOOSERS = {"model": "kind", "task": "name", "peft": "method", "data": "source"}
 #: Model keys of a pretrained model (the other kinds are built in code: every key applies).
 _PRETRAINED_KEYS = ("kind", "name_or_path", "tokenizer", "dropout")
 
@@ -401,20 +416,27 @@ def applicable_keys(config: Any) -> dict[str, tuple[str, ...]]:
     return keys
 
 
-def applicable(config: Any) -> dict[str, Any]:
+def applicable(config: Any, searched: Any = ()) -> dict[str, Any]:
     """A resolved config (a plain dict) without the keys that do not apply to its choices
     (:func:`applicable_keys`): a pretrained model's in-code sizes (``model.hidden_size``, ...), a
     classification task's SFT settings, the LoRA settings of ``peft.method=none``, another data
-    source's fields.
+    source's fields, a chat file's classification columns (``data.text_column``, ``data.labels``, ...).
 
-    What people read (a trial's ``config.yaml``, the best config in the report and the notebook)
-    shows this; the study's stored ``config`` stays complete, as the same-experiment check reads it.
+    ``searched``: the searched parameters (config paths); a section whose choosing key is searched
+    (``peft.method: choice(none, lora)``) keeps every key, as each trial may need them.
+
+    Every writer of what people read calls this: a trial's ``config.yaml``, the study's ``config``
+    attribute (the dashboard), ``--cfg job``, the best config in the report and the notebook. Keys
+    it leaves out do not change what a trial learns, so the same-experiment check (which compares
+    the keys both sides have) is not weakened.
     """
     import copy
 
+    searched = set(searched)
     shown: dict[str, Any] = copy.deepcopy(dict(config))
     for section, keep in applicable_keys(shown).items():
         node = shown.get(section)
-        if isinstance(node, dict):
+        chooser = _CHOOSERS[section]
+        if isinstance(node, dict) and f"{section}.{chooser}" not in searched:
             shown[section] = {k: v for k, v in node.items() if k in keep}
     return shown

@@ -156,6 +156,61 @@ def _from_grammar(key: str, text: str) -> Distribution:
     raise ConfigError(name, f"unsupported sweep {text!r}")
 
 
+#: A command-line override of one parameter: ``study.space.<config path>=...`` (``+``/``++``/``~`` too).
+SPACE_PREFIX = "study.space."
+#: What ``~study.space.KEY`` asks for: the entry removed.
+REMOVE = object()
+
+
+def split_space_overrides(overrides: list[str]) -> tuple[list[str], list[tuple[str, Any]]]:
+    """Take the overrides of single space entries out of ``overrides``: (the rest, for Hydra;
+    [(parameter, its spec or sweep string, or :data:`REMOVE`)]).
+
+    A parameter's key is itself a dotted config path (``train.learning_rate``), which Hydra
+    would read as nested keys ("Key 'train' is not in struct", or a nested copy beside the
+    dotted entry), and Hydra would read an unquoted ``interval(...)`` as a sweep of the whole
+    run. So ``study.space.train.learning_rate={type: float, ...}``, ``...=tag(log, interval(a, b))``
+    and their ``+``/``++`` forms are parsed here with Hydra's own override parser and set by
+    :func:`edit_space`; ``~study.space.KEY`` removes the entry.
+    """
+    global _PARSER
+    if _PARSER is None:
+        _PARSER = OverridesParser.create()
+    rest, edits = [], []
+    for text in overrides:
+        if not text.lstrip("+~").startswith(SPACE_PREFIX):
+            rest.append(text)
+            continue
+        try:
+            override = _PARSER.parse_override(text)
+        except HydraException:
+            rest.append(text)  # Hydra says what is wrong with it
+            continue
+        key = override.key_or_group[len(SPACE_PREFIX):]
+        if override.is_delete():
+            edits.append((key, REMOVE))
+        elif override.is_sweep_override():
+            edits.append((key, text.split("=", 1)[1].strip()))  # the grammar, as written
+        else:
+            edits.append((key, override.value()))
+    return rest, edits
+
+
+def edit_space(space: Mapping[str, Any], edits: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``space`` with the command line's entries set (or removed), one entry per parameter."""
+    if isinstance(space, DictConfig):
+        space = OmegaConf.to_container(space, resolve=False)  # type: ignore[assignment]
+    flat = _flatten(space)
+    for key, value in edits:
+        if value is REMOVE:
+            if key not in flat:
+                raise ConfigError(f"{SPACE_PREFIX}{key}", f"is not in the space (it has {', '.join(flat) or 'none'})")
+            del flat[key]
+        else:
+            flat[key] = value
+    return flat
+
+
 def build_space(space: Mapping[str, Any]) -> SearchSpace:
     """Turn ``study.space`` into Optuna distributions keyed by dotted config path."""
     if isinstance(space, DictConfig):

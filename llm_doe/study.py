@@ -33,6 +33,7 @@ from llm_doe.schema import (
     ConfigError,
     PrunerConfig,
     SamplerConfig,
+    applicable,
     objective_metrics,
     primary_metric,
     resolved_directions,
@@ -240,7 +241,8 @@ def open_study(cfg: Config, storage: optuna.storages.BaseStorage, sampler: optun
         # Tells this study from an earlier one of the same name (a deleted store, recreated):
         # a trial's checkpoint records it and is resumed only by a trial of this study.
         study.set_user_attr("uuid", uuid.uuid4().hex)
-        study.set_user_attr("config", dict(resolved))
+        # Without the keys that do not apply (the dashboard shows it; the check compares the rest).
+        study.set_user_attr("config", applicable(resolved, searched=space))
         study.set_user_attr("provenance", provenance(argv))
         # Last: "space" marks a study whose creation completed (a creator killed halfway leaves
         # none, and the next run writes everything again).

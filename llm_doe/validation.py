@@ -70,12 +70,8 @@ def _validate_data(cfg: Config) -> None:
         _check(bool(d.name), "data.name", "is required with data=hub (a datasets id)")
     if d.train_size is not None:
         _check(d.train_size >= 2, "data.train_size", f"must be >= 2, got {d.train_size}")
-    # null takes all of a split's own file (data.val_path, data.test_path): only a source that reads one.
-    reads = applicable_keys(cfg)["data"]
-    for split, size, least in (("val", d.val_size, 2), ("test", d.test_size, 0)):
-        _check(size is not None or f"{split}_path" in reads, f"data.{split}_size",
-               f"must be a number with data={d.source} (null takes all of a {split} file, which it does not read)")
-        _check(size is None or size >= least, f"data.{split}_size", f"must be >= {least} or null, got {size}")
+    _check(d.val_size is None or d.val_size >= 2, "data.val_size", f"must be null or >= 2, got {d.val_size}")
+    _check(d.test_size is None or d.test_size >= 0, "data.test_size", f"must be null or >= 0, got {d.test_size}")
     _check(d.max_length >= 8, "data.max_length", f"must be >= 8, got {d.max_length}")
     # The split draws with seed, seed + 1, seed + 2 (numpy seeds are 0..2**32-1).
     _check(0 <= d.seed < 2**32 - 2, "data.seed", f"must be in [0, 2**32 - 2), got {d.seed}")

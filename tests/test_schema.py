@@ -160,3 +160,19 @@ def test_every_declared_task_and_peft_method_has_its_choice_file():
 
     assert {p.stem for p in (CONF / "task").glob("*.yaml")} == set(task_names())
     assert {p.stem for p in (CONF / "peft").glob("*.yaml")} == set(peft_method_names())
+
+
+def test_applicable_leaves_a_chat_files_classification_keys_out_unless_the_choice_is_searched():
+    from omegaconf import OmegaConf
+
+    from llm_doe.cli import compose_config
+    from llm_doe.schema import applicable
+
+    jsonl = OmegaConf.to_container(compose_config(["+study=sft_smoke", "data=jsonl", "data.path=x.jsonl"]).dict_config,
+                                   resolve=True)
+    shown = applicable(jsonl)["data"]
+    assert not {"text_column", "label_column", "labels", "label_names", "encoding", "drop_duplicates"} & set(shown)
+    assert {"path", "prompt_field", "val_size", "seed"} <= set(shown)
+    # A searched choice keeps its section whole: each trial may need any of its keys.
+    assert "r" in applicable({"peft": {"method": "none", "r": 8}}, searched=["peft.method"])["peft"]
+    assert "r" not in applicable({"peft": {"method": "none", "r": 8}}, searched=["train.learning_rate"])["peft"]

@@ -83,3 +83,39 @@ def test_space_is_checked_against_the_config():
     applied = apply_params(base, {"train.batch_size": 8, "model.dropout": 0.25})
     assert applied.train.batch_size == 8 and applied.model.dropout == 0.25
     assert base.train.batch_size != 8  # the composed config is never mutated
+
+
+@pytest.mark.parametrize("override", [
+    "study.space.train.learning_rate={type: float, low: 1e-4, high: 2e-4, log: true}",
+    "study.space.train.learning_rate=tag(log, interval(1e-4, 2e-4))",
+    "+study.space.train.learning_rate='tag(log, interval(1e-4, 2e-4))'",
+    "++study.space.train.learning_rate={type: float, low: 1e-4, high: 2e-4, log: true}",
+])
+def test_a_range_changed_on_the_command_line_is_the_one_searched(search, tmp_path, override):
+    """Issue 22 A1: both natural spellings of changing an existing range work (Hydra alone says
+    "Key 'train' is not in struct" or "requires --multirun"), and the trials sample that range."""
+    from tests.conftest import load
+
+    assert search(override, "study.n_trials=2", "pruner=none") == 0
+    trials = load(tmp_path).trials
+    assert [t.distributions for t in trials] == [{"train.learning_rate": FloatDistribution(1e-4, 2e-4, log=True)}] * 2
+    assert all(1e-4 <= t.params["train.learning_rate"] <= 2e-4 for t in trials)
+
+
+def test_cfg_job_shows_one_entry_per_parameter(capsys):
+    """A range changed and one added on the command line: each parameter once, as a dotted key
+    (no nested ``train: {learning_rate: ...}`` copy); ``~`` removes an entry."""
+    import yaml
+
+    from llm_doe.search import main
+
+    assert main(["+study=lr_sweep", "study.space.train.learning_rate=tag(log, interval(1e-4, 2e-4))",
+                 "+study.space.train.weight_decay={type: float, low: 0.0, high: 0.1}", "--cfg", "job"]) == 0
+    space = yaml.safe_load(capsys.readouterr().out)["study"]["space"]
+    assert space == {"train.learning_rate": "tag(log, interval(1e-4, 2e-4))",
+                     "train.weight_decay": {"type": "float", "low": 0.0, "high": 0.1}}
+    space = compose_config(["+study=lr_sweep", "+study.space.train.weight_decay=interval(0.0, 0.1)",
+                            "~study.space.train.learning_rate"]).config.study.space
+    assert space == {"train.weight_decay": "interval(0.0, 0.1)"}
+    with pytest.raises(ConfigError, match=r"^study.space.train.epochs: is not in the space"):
+        compose_config(["+study=lr_sweep", "~study.space.train.epochs"])

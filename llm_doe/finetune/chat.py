@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from llm_doe.schema import ConfigError
+from llm_doe.schema import ConfigError, held_out_size
 
 log = logging.getLogger("llm_doe")
 
@@ -159,12 +159,14 @@ def _take(groups: list[list[int]], size: int, rng: np.random.Generator, key: str
     return taken, rest
 
 
-def split_conversations(conversations: list[Conversation], *, train_size: int | None, val_size: int,
-                        test_size: int, seed: int, test_seed: int | None = None) -> ChatSplits:
+def split_conversations(conversations: list[Conversation], *, train_size: int | None, val_size: int | None,
+                        test_size: int | None, seed: int, test_seed: int | None = None) -> ChatSplits:
     """Seeded split grouped by first prompt: test first (``test_size``, ``test_seed``, default
     ``seed``), then val (``seed + 1``), then train (``seed + 2``) from what is left. A prompt's
     conversations stay in one split; sizes are met exactly unless group sizes make that
-    impossible, in which case a split is smaller by less than one group."""
+    impossible, in which case a split is smaller by less than one group. A null val or test
+    size is a tenth of the conversations (:func:`~llm_doe.schema.held_out_size`)."""
+    val_size, test_size = held_out_size(val_size, len(conversations)), held_out_size(test_size, len(conversations))
     by_prompt: dict[str, list[int]] = {}
     for index, conversation in enumerate(conversations):
         by_prompt.setdefault(_group_key(conversation), []).append(index)

@@ -12,7 +12,8 @@ Tags are IOB tags: ``O``, or ``B-``/``I-`` (also ``E-``/``S-``) and an entity ty
 split without its file is cut from the training sentences as :mod:`llm_doe.finetune.data` cuts
 text: the test split first (``data.test_seed``, else ``data.seed``), then validation (seed + 1),
 then training from the rest (seed + 2). ``data.train_size``, ``data.val_size`` and
-``data.test_size`` cap the sentences taken from each (a seeded sample of a file; null: all).
+``data.test_size`` cap the sentences taken from each (a seeded sample of a file; null: all of a
+split's own file, or a tenth of the training sentences, at least 2 and at most 200, for a cut split).
 
 ``data=uner_en_ewt`` (``data.source=uner_en_ewt``) reads the Universal NER English EWT files
 shipped in ``llm_doe/data/uner_en_ewt`` (CC BY-SA 4.0, Mayhew et al., NAACL 2024) instead: its
@@ -36,7 +37,7 @@ from typing import Any
 
 from sklearn.model_selection import train_test_split
 
-from llm_doe.schema import ConfigError, DataConfig
+from llm_doe.schema import ConfigError, DataConfig, held_out_size
 
 #: The Universal NER English EWT files shipped with llm_doe (README.md there says what they are).
 UNER_DIR = Path(__file__).resolve().parent.parent / "data" / "uner_en_ewt"
@@ -240,20 +241,14 @@ def split_conll(cfg: DataConfig) -> TaggedSplits:
         _check_tags(test, labels, "data.test_path", "data.labels" if cfg.labels is not None else
                     f"the training file {train.origin}")
     else:
-        if cfg.test_size is None:
-            raise ConfigError("data.test_size", "null takes a whole test file: set data.test_path, or a number of "
-                                                "sentences to cut from the training file (0: no test split)")
-        taken, rest = _cut(rest, cfg.test_size, test_seed, "data.test_size")
+        taken, rest = _cut(rest, held_out_size(cfg.test_size, len(train)), test_seed, "data.test_size")
         test = train.take(taken)
     if files.val is not None:
         val = _cap(read(files.val, "data.val_path"), cfg.val_size, cfg.seed + 1)
         _check_tags(val, labels, "data.val_path", "data.labels" if cfg.labels is not None else
                     f"the training file {train.origin}")
     else:
-        if cfg.val_size is None:
-            raise ConfigError("data.val_size", "null takes a whole validation file: set data.val_path, or a number "
-                                               "of sentences to cut from the training file")
-        taken, rest = _cut(rest, cfg.val_size, cfg.seed + 1, "data.val_size")
+        taken, rest = _cut(rest, held_out_size(cfg.val_size, len(train)), cfg.seed + 1, "data.val_size")
         val = train.take(taken)
     if cfg.train_size is not None and cfg.train_size < len(rest):
         rest, _ = _cut(rest, cfg.train_size, cfg.seed + 2, "data.train_size")

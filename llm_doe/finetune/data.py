@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
-from llm_doe.schema import ConfigError, DataConfig
+from llm_doe.schema import ConfigError, DataConfig, held_out_size
 
 if TYPE_CHECKING:
     import datasets
@@ -255,10 +255,11 @@ def _stratified(frame: pd.DataFrame, size: int, seed: int, key: str) -> tuple[pd
 
 def split_frame(frame: pd.DataFrame, label_names: list[str], cfg: DataConfig) -> Splits:
     """Seeded stratified split: test first (fixed by test_size and test_seed, which defaults
-    to seed), then val, then train from what is left (both drawn with seed)."""
+    to seed), then val, then train from what is left (both drawn with seed). A null val or test
+    size is a tenth of the examples (:func:`~llm_doe.schema.held_out_size`)."""
     test_seed = cfg.seed if cfg.test_seed is None else cfg.test_seed
-    test, rest = _stratified(frame, cfg.test_size, test_seed, "data.test_size")
-    val, rest = _stratified(rest, cfg.val_size, cfg.seed + 1, "data.val_size")
+    test, rest = _stratified(frame, held_out_size(cfg.test_size, len(frame)), test_seed, "data.test_size")
+    val, rest = _stratified(rest, held_out_size(cfg.val_size, len(frame)), cfg.seed + 1, "data.val_size")
     if cfg.train_size is None or cfg.train_size == len(rest):
         train = rest.sample(frac=1.0, random_state=cfg.seed + 2)
     else:

@@ -49,6 +49,17 @@ def test_split_is_seeded_exact_and_keeps_each_prompt_in_one_split(corpus):
     assert splits.test_reads == 0 and splits.test is splits._test and splits.test_reads == 1
 
 
+def test_null_held_out_sizes_are_a_tenth_of_the_conversations(corpus):
+    """data=jsonl's default (issue 22 A3): a small file of one's own splits without sizes given."""
+    small = [[{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}] for i in range(60)]
+    splits = split_conversations(small, train_size=None, val_size=None, test_size=None, seed=0)
+    assert (len(splits.train), len(splits.val), len(splits._test)) == (48, 6, 6)
+    tiny = split_conversations(small[:8], train_size=None, val_size=None, test_size=None, seed=0)
+    assert (len(tiny.val), len(tiny._test)) == (2, 2)  # at least 2
+    big = split_conversations(corpus, train_size=None, val_size=None, test_size=3, seed=0)
+    assert len(big.val) == min(200, round(len(corpus) / 10)) and len(big._test) == 3
+
+
 def test_split_refuses_sizes_the_data_cannot_give(corpus):
     with pytest.raises(ConfigError, match="data.test_size: 5000 is more than"):
         split_conversations(corpus, train_size=None, val_size=10, test_size=5000, seed=0)

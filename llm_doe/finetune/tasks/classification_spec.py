@@ -15,7 +15,11 @@ SPEC = TaskSpec(
     metrics={"val_loss": "minimize", "accuracy": "maximize", "f1": "maximize", "roc_auc": "maximize"},
     sources=("tweets", "csv", "hub"),
     keys=("name",),
-    source_keys={"path": ("csv",), "name": ("hub",), "config_name": ("hub",), "split": ("hub",)},
+    # A text source's columns, labels and encoding mean nothing to another task's data (a chat file).
+    source_keys={"path": ("csv",), "name": ("hub",), "config_name": ("hub",), "split": ("hub",),
+                 **dict.fromkeys(("text_column", "label_column", "labels", "label_names", "drop_duplicates"),
+                                 ("tweets", "csv", "hub")),
+                 "encoding": ("tweets", "csv")},
     data_keys=("source", "path", "name", "config_name", "split", "text_column", "label_column", "labels",
                "label_names"),
     peft_task_type="SEQ_CLS",
