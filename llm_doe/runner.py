@@ -20,6 +20,7 @@ import optuna
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
+from llm_doe import optuna_compat as compat
 from llm_doe.constraints import describe as describe_constraints
 from llm_doe.formatting import fmt
 from llm_doe.schema import Config, objective_metrics, resolved_directions
@@ -280,7 +281,7 @@ def _what_was_stopped(runners: list[Any], interrupted: BaseException | None) -> 
     if running is None:
         return "no trial was running, so none was re-queued"
     study, number = running
-    retried = any(t.system_attrs.get("failed_trial") == number
+    retried = any(number in compat.retry_history(t)
                   for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
     return (f"trial {number} was stopped at once and re-queued" if retried else
             f"trial {number} was stopped at once (a second signal) and marked FAIL, not re-queued; its checkpoint, "
@@ -526,7 +527,7 @@ def _failed_and_requeued(studies: list[optuna.Study]) -> tuple[int, int]:
     failed = requeued = 0
     for study in studies:
         trials = study.get_trials(deepcopy=False)
-        retried = {t.system_attrs.get("failed_trial") for t in trials}
+        retried = {n for t in trials for n in compat.retry_history(t)}  # every trial a waiting one retries
         for trial in trials:
             if trial.state != TrialState.FAIL or trial.user_attrs.get("surplus"):
                 continue

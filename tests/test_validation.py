@@ -37,10 +37,7 @@ def test_the_defaults_with_a_study_name_are_valid():
     ({"study": {"name": "t", "metric": "bleu"}}, "study.metric", "must be one of task classification's metrics"),
     ({"study": {"name": "t", "timeout": 0}}, "study.timeout", "must be > 0 seconds"),
     ({"study": {"name": "t", "scientific_points": 1}}, "study.scientific_points", ">= 2"),
-    # null takes all of a split's own file: the tweets have none (data=conll reads them).
-    ({"data": {"val_size": None}}, "data.val_size", "must be a number with data=tweets"),
-    ({"data": {"test_size": None}}, "data.test_size", "must be a number with data=tweets"),
-    ({"data": {"val_size": 1}}, "data.val_size", "must be >= 2 or null"),
+    ({"data": {"val_size": 1}}, "data.val_size", "must be null or >= 2"),
 ], ids=lambda v: v if isinstance(v, str) else None)
 def test_each_section_names_the_bad_key(sections, key, says):
     with pytest.raises(schema.ConfigError) as caught:
@@ -56,8 +53,7 @@ def test_token_classification_reads_conll_whose_sizes_may_be_null():
     with pytest.raises(schema.ConfigError, match="^data.path: is required with data=conll"):
         validate(_config(**ner, data={"source": "conll"}))
     validate(_config(**ner, data={"source": "uner_en_ewt"}))  # the shipped files: no path
-    with pytest.raises(schema.ConfigError, match="^data.val_size: must be a number with data=uner_en_ewt"):
-        validate(_config(**ner, data={"source": "uner_en_ewt", "val_size": None}))
+    validate(_config(**ner, data={"source": "uner_en_ewt", "val_size": None}))  # a tenth of the dev file
     with pytest.raises(schema.ConfigError, match=r"reads data=conll\|uner_en_ewt, got 'tweets'"):
         validate(_config(task={"name": "token_classification"}))
 

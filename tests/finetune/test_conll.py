@@ -134,9 +134,8 @@ def test_without_files_the_splits_are_cut_from_training_seeded_test_first(tmp_pa
     with pytest.raises(ConfigError, match="more than the 30 sentences left") as err:
         split_conll(conll_cfg(train, val_size=30, test_size=10))
     assert err.value.key == "data.val_size"
-    with pytest.raises(ConfigError) as err:
-        split_conll(conll_cfg(train, test_size=None))
-    assert err.value.key == "data.test_size" and "data.test_path" in str(err.value)
+    tenth = split_conll(conll_cfg(train, val_size=None, test_size=None))  # null, no file: a tenth, at least 2
+    assert (len(tenth.train), len(tenth.val), len(tenth.test)) == (32, 4, 4)
 
 
 def test_sizes_cap_the_sentences_taken_from_a_file_null_takes_all(tmp_path):
