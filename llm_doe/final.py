@@ -415,7 +415,7 @@ def _train(plan: FinalPlan) -> _Trained:
     started = time.perf_counter()
     result = train(model, task, TrainData(train_data, None, prepared.pad_id), cfg.train, runtime,
                    select=Selection(primary_metric(cfg)), hooks=Hooks(desc="final"),
-                   budget=Budget(plan.max_steps, plan.schedule_steps))
+                   budget=Budget(plan.max_steps, plan.schedule_steps), lr_scales=peft_methods.lr_scales(model, cfg.peft))
     test = splits.test  # the one read of the held-out split in the whole study
     sizes["test"] = len(test)
     # In fp32 whatever the training ran in: the figures are those of the exported fp32 weights

@@ -203,7 +203,7 @@ class Objective:
         resolved = OmegaConf.to_container(cfg_dc, resolve=True)
         # The trial's own sections, one attribute per key (pandas columns, dashboard table);
         # study-wide sections (storage, sampler, ...) are recorded once on the study.
-        trial_sections = {k: resolved[k] for k in ("task", "model", "data", "train", "peft")}
+        trial_sections = {k: resolved[k] for k in ("task", "model", "data", "train", "peft", "augment", "distill")}
         config_attrs = {key: value if not isinstance(value, (list, dict)) else str(value)
                         for key, value in flatten(trial_sections, "config.").items()}
         set_user_attrs(trial, {**worker, **config_attrs})  # one write for ~45 attributes
@@ -241,7 +241,8 @@ class Objective:
             runtime = resolve_runtime(cfg.runtime.device, cfg.train.precision, cfg.runtime.log_every_steps, self.progress)
             result = train(model, task, TrainData(prepared.train, prepared.val, prepared.pad_id), cfg.train, runtime,
                            select=Selection(metric, maximize),
-                           hooks=Hooks(report, self.should_stop, started, f"trial {trial.number}"), checkpoint=plan)
+                           hooks=Hooks(report, self.should_stop, started, f"trial {trial.number}"), checkpoint=plan,
+                           lr_scales=peft_methods.lr_scales(model, cfg.peft))
         except Interrupted as err:
             # Re-queue with the same params and intermediate values (Optuna's own mechanism, as
             # for a dead worker); the new trial resumes from the checkpoint left in place.

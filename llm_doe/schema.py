@@ -104,6 +104,11 @@ class TrainConfig:
     micro_batch_size: Any = None
     # torch.compile the model (slow to start: pays off on long trials, mostly on GPU).
     compile: bool = False
+    # torch.optim's own: adamw | adam | adafactor | sgd | rmsprop (OPTIMIZERS). adam_* apply to
+    # adamw and adam only; momentum to sgd only.
+    optimizer: str = "adamw"
+    # sgd's momentum; null = none (torch's default). Set with another optimizer, it is refused.
+    momentum: Optional[float] = None
 
 
 @dataclass
@@ -267,6 +272,37 @@ class PeftConfig:
     use_rslora: bool = False
     # Virtual tokens of prefix and prompt tuning.
     num_virtual_tokens: int = 20
+    # LoRA+: the B matrices learn at lora_plus_ratio x train.learning_rate (the paper uses 16);
+    # null = off (one rate for A and B).
+    lora_plus_ratio: Optional[float] = None
+
+
+@dataclass
+class AugmentConfig:
+    """Data augmentation of the training split (never validation or test), searchable."""
+
+    # none | delete | swap | insert | char, or a list of them (each augmented copy applies
+    # every listed operation in turn). See llm_doe/finetune/augment.py.
+    method: Any = "none"
+    # Per-word probability of an operation (per-character for char).
+    p: float = 0.1
+    # Augmented copies added per training example: 1 doubles the training examples.
+    copies: int = 1
+
+
+@dataclass
+class DistillConfig:
+    """Knowledge distillation from a teacher model (Hinton et al.), searchable."""
+
+    # A folder that `final` exported, or any model folder or id with the same labels and
+    # tokenizer; null = no distillation.
+    teacher: Optional[str] = None
+    # Weight of the distillation term: (1 - alpha) x CE + alpha x T^2 x KL; 0 = the plain loss.
+    alpha: float = 0.5
+    # Softening temperature T of both distributions in the KL term.
+    temperature: float = 2.0
+    # Where the teacher's logits on the training split are cached (computed once per study).
+    cache_dir: str = "studies/${study.name}/teacher_cache"
 
 
 @dataclass
@@ -284,12 +320,19 @@ class Config:
     confirm: ConfirmConfig = field(default_factory=ConfirmConfig)
     final: FinalConfig = field(default_factory=FinalConfig)
     peft: PeftConfig = field(default_factory=PeftConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
 
 SAMPLERS = ("tpe", "random", "qmc", "grid", "gp", "cmaes")
 PRUNERS = ("median", "percentile", "hyperband", "successive_halving", "wilcoxon", "none")
 SCHEDULERS = ("linear", "cosine", "constant_with_warmup")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+OPTIMIZERS = ("adamw", "adam", "adafactor", "sgd", "rmsprop")
+#: The train.* keys of one optimizer each (the rest apply to all of them).
+OPTIMIZER_KEYS = {"adam_beta1": ("adamw", "adam"), "adam_beta2": ("adamw", "adam"),
+                  "adam_epsilon": ("adamw", "adam"), "momentum": ("sgd",)}
+AUGMENT_METHODS = ("delete", "swap", "insert", "char")
 
 
 PEFT_METHODS = ("none", "lora", "ia3", "prefix", "prompt")
@@ -338,9 +381,12 @@ _ONLY_FOR: tuple[tuple[str, str, dict[str, tuple[str, ...]]], ...] = (
     ("model", "kind", {"pretrained": ("kind", "name_or_path", "tokenizer", "dropout")}),
     ("task", "name", {"classification": ("name",)}),
     ("peft", "method", {"none": ("method",),
-                        "lora": ("method", "r", "alpha", "alpha_ratio", "dropout", "target_modules", "use_rslora"),
+                        "lora": ("method", "r", "alpha", "alpha_ratio", "dropout", "target_modules", "use_rslora",
+                                 "lora_plus_ratio"),
                         "ia3": ("method", "target_modules"),
                         "prefix": ("method", "num_virtual_tokens"), "prompt": ("method", "num_virtual_tokens")}),
+    ("augment", "method", {"none": ("method",)}),
+    ("distill", "teacher", {None: ("teacher",)}),
 )
 #: Data keys of one source each (the rest apply to every source).
 _DATA_SOURCE_KEYS = {"path": ("csv", "jsonl"), "prompt_field": ("jsonl",), "response_field": ("jsonl",),
@@ -360,8 +406,13 @@ def applicable(config: Any) -> dict[str, Any]:
     shown: dict[str, Any] = copy.deepcopy(dict(config))
     for section, chooser, keep in _ONLY_FOR:
         node = shown.get(section)
-        if isinstance(node, dict) and node.get(chooser) in keep:
+        choice = node.get(chooser) if isinstance(node, dict) else None
+        if isinstance(node, dict) and isinstance(choice, (str, type(None))) and choice in keep:
             shown[section] = {k: v for k, v in node.items() if k in keep[node[chooser]]}
+    train = shown.get("train")
+    if isinstance(train, dict) and "optimizer" in train:
+        shown["train"] = {k: v for k, v in train.items()
+                          if k not in OPTIMIZER_KEYS or train.get("optimizer") in OPTIMIZER_KEYS[k]}
     data = shown.get("data")
     if isinstance(data, dict):
         shown["data"] = {k: v for k, v in data.items()

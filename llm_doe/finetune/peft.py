@@ -152,3 +152,13 @@ def param_counts(model: nn.Module) -> dict[str, int]:
 def effective_scale(cfg: PeftConfig) -> float:
     """LoRA's update scale: alpha / r, or alpha / sqrt(r) with rsLoRA (what the rate multiplies)."""
     return lora_alpha(cfg) / (math.sqrt(cfg.r) if cfg.use_rslora else cfg.r)
+
+
+def lr_scales(model: nn.Module, cfg: PeftConfig) -> dict[str, float]:
+    """LoRA+ (Hayou et al., 2024): {parameter name: ``peft.lora_plus_ratio``} for the trainable
+    LoRA B matrices, which then learn at that multiple of the learning rate; empty when LoRA+ is
+    off. What the training loop's ``lr_scales`` takes."""
+    if cfg.method != "lora" or cfg.lora_plus_ratio is None:
+        return {}
+    return {name: float(cfg.lora_plus_ratio) for name, param in model.named_parameters()
+            if param.requires_grad and ".lora_B." in name}

@@ -20,6 +20,12 @@ TASK_METRICS: dict[str, dict[str, str]] = {
     "classification": {"val_loss": "minimize", "accuracy": "maximize", "f1": "maximize", "roc_auc": "maximize"},
     "causal_lm": {"val_loss": "minimize", "perplexity": "minimize"},
 }
+#: The levers each task implements beyond the common ones: ``augment`` (``Task.augment``, data
+#: augmentation of the training split) and ``distill`` (``Task.distill_loss``, a teacher's soft labels).
+TASK_LEVERS: dict[str, frozenset[str]] = {
+    "classification": frozenset({"augment", "distill"}),
+    "causal_lm": frozenset(),
+}
 #: A classifier's evaluations also record how many distinct classes it predicted (1: a constant
 #: predictor, which learned nothing); not a metric to optimise, a check.
 PREDICTED_CLASSES = "predicted_classes"
