@@ -397,14 +397,15 @@ def _train(plan: FinalPlan) -> _Trained:
     cfg = plan.config
     task = get_task(cfg.task)
     prepared = task.prepare(cfg.model, cfg.data)
-    splits, train_data = prepared.splits, prepared.train
+    splits = prepared.splits
     sizes = {"train": len(splits.train), "val": len(splits.val)}
-    if cfg.final.use_val:
-        merged = task.join(splits.train, splits.val)
-        train_data = task.encode(merged, prepared, cfg.data)
-        trained_on = f"train+val ({len(merged)} examples)"
-    else:
-        trained_on = f"the train split ({len(train_data)} examples)"
+    # Augmented as the trial's training examples were (augment.*, the trial's seed): train+val too.
+    source = task.join(splits.train, splits.val) if cfg.final.use_val else splits.train
+    _, train_data = task.training_data(prepared, source, cfg.data, cfg.augment, cfg.train.seed)
+    trained_on = f"train+val ({len(source)} examples)" if cfg.final.use_val else \
+        f"the train split ({len(source)} examples)"
+    if len(train_data) != len(source):
+        trained_on += f" and their augmented copies ({len(train_data)} in all)"
     log.info("final: study %s, trial #%d (%s): %s; training on %s for %s", plan.parent.study_name,
              plan.trial.number, plan.chosen_by, " ".join(f"{k}={v}" for k, v in plan.trial.params.items()),
              trained_on, f"{plan.max_steps} of the trial's {plan.schedule_steps} scheduled optimizer steps "

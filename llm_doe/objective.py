@@ -239,7 +239,9 @@ class Objective:
             model = peft_methods.wrap(factory.build(cfg.train.seed, cfg.model.dropout), cfg.peft, task.name)
             sizes = peft_methods.param_counts(model)
             runtime = resolve_runtime(cfg.runtime.device, cfg.train.precision, cfg.runtime.log_every_steps, self.progress)
-            result = train(model, task, TrainData(prepared.train, prepared.val, prepared.pad_id), cfg.train, runtime,
+            # Augmented (augment.*, from the trial's seed) or not: the training examples only.
+            _, train_data = task.training_data(prepared, prepared.splits.train, cfg.data, cfg.augment, cfg.train.seed)
+            result = train(model, task, TrainData(train_data, prepared.val, prepared.pad_id), cfg.train, runtime,
                            select=Selection(metric, maximize),
                            hooks=Hooks(report, self.should_stop, started, f"trial {trial.number}"), checkpoint=plan,
                            lr_scales=peft_methods.lr_scales(model, cfg.peft))

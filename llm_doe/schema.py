@@ -340,6 +340,13 @@ TEXT_SOURCES = ("tweets", "csv", "hub")
 CHAT_SOURCES = ("chat_pairs", "jsonl")
 
 
+def augment_methods(method: Any) -> list[str]:
+    """``augment.method`` as the list of operations it names ([] for none)."""
+    if method == "none" or method is None:
+        return []
+    return [str(m) for m in method] if isinstance(method, (list, tuple)) else [str(method)]
+
+
 def objective_metrics(cfg: Config) -> list[str]:
     """What the study optimises: ``study.metric`` as a list (one name for a single objective)."""
     metric = cfg.study.metric

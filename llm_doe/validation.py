@@ -21,6 +21,7 @@ from llm_doe.schema import (
     TEXT_SOURCES,
     Config,
     ConfigError,
+    augment_methods,
     objective_metrics,
 )
 
@@ -140,13 +141,6 @@ def _validate_peft(cfg: Config) -> None:
         _check(p.method == "lora", "peft.lora_plus_ratio",
                f"applies to peft.method=lora only, got method {p.method!r}: leave it null")
         _check(p.lora_plus_ratio > 0, "peft.lora_plus_ratio", f"must be > 0 or null, got {p.lora_plus_ratio}")
-
-
-def augment_methods(method: object) -> list[str]:
-    """``augment.method`` as the list of operations it names ([] for none)."""
-    if method == "none" or method is None:
-        return []
-    return [str(m) for m in method] if isinstance(method, (list, tuple)) else [str(method)]
 
 
 def _validate_augment(cfg: Config) -> None:

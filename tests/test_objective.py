@@ -79,3 +79,17 @@ def test_a_trial_that_learned_nothing_is_recorded_and_warned(search, tmp_path, c
     warning = "2 of 2 finished trials learned nothing (#0, #1)"
     assert any(w.startswith(warning) for w in doe.study_warnings(table))
     assert warning in study_note(table) and warning in render_report(url, "flat")
+
+
+def test_a_searched_augmentation_reaches_the_trial_and_its_copies_count_as_examples_seen(search, tmp_path):
+    # copies is searched: 0 added copies are not allowed, so compare 1 and 2 copies with none (fixed).
+    assert search("data.train_size=48", "data.val_size=16", "study.n_trials=1", name="plain") == 0
+    space = "++study.space={augment.copies:{type:categorical,choices:[1,2]}}"
+    assert search("data.train_size=48", "data.val_size=16", "study.n_trials=3", "augment.method=[swap,char]",
+                  "augment.p=0.3", space, name="aug") == 0
+    plain = optuna.load_study(study_name="plain", storage=f"sqlite:///{tmp_path}/plain.db").trials[0]
+    assert plain.user_attrs["examples_seen"] == 48
+    for trial in optuna.load_study(study_name="aug", storage=f"sqlite:///{tmp_path}/aug.db").trials:
+        copies = trial.params["augment.copies"]
+        assert trial.user_attrs["examples_seen"] == 48 * (1 + copies)
+        assert trial.user_attrs["config.augment.method"] == "['swap', 'char']"

@@ -22,7 +22,7 @@ from typing import Any, ClassVar, Protocol
 import numpy as np
 import torch
 
-from llm_doe.schema import DataConfig, ModelConfig, TaskConfig
+from llm_doe.schema import AugmentConfig, ConfigError, DataConfig, ModelConfig, TaskConfig, augment_methods
 
 
 class EncodedData(Protocol):
@@ -113,6 +113,24 @@ class Task(ABC):
     @abstractmethod
     def evaluator(self, data: Any, model: torch.nn.Module) -> Evaluator:
         """A fresh accumulator for one evaluation pass of ``model`` over ``data``."""
+
+    def augment(self, split: Any, cfg: AugmentConfig, seed: int) -> Any:
+        """``split`` (training examples, raw) followed by ``cfg.copies`` augmented copies of each
+        example, drawn from ``seed``. A task that augments overrides it (and lists ``augment`` in
+        ``TASK_LEVERS``, which validation reads); by default there is none."""
+        raise ConfigError("augment.method", f"task={self.name} has no data augmentation: use augment.method=none")
+
+    def training_data(self, prepared: Prepared, split: Any, data_cfg: DataConfig, augment_cfg: AugmentConfig,
+                      seed: int) -> tuple[Any, Any]:
+        """What a run trains on: the raw training examples (``split``, augmented when
+        ``augment.method`` names operations) and their encoding. Validation and test data never
+        pass through here. ``split`` is ``prepared.splits.train`` for a trial (encoded already:
+        ``prepared.train``), train+val for a final model on both."""
+        if not augment_methods(augment_cfg.method):
+            encoded = prepared.train if split is prepared.splits.train else self.encode(split, prepared, data_cfg)
+            return split, encoded
+        augmented = self.augment(split, augment_cfg, seed)
+        return augmented, self.encode(augmented, prepared, data_cfg)
 
     def finish(self, model: torch.nn.Module, data: Any, pad_id: int, rt: Any, payload: Any) -> Any:
         """The best evaluation's payload with whatever the task keeps of the trained model (the

@@ -12,13 +12,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from llm_doe.finetune.augment import augmented_texts
 from llm_doe.finetune.batching import attention_mask, pad, to_device
 from llm_doe.finetune.data import Encoded, Split, encode, encoded_splits
 from llm_doe.finetune.metrics import classification_metrics, roc_points
 from llm_doe.finetune.model import load_tokenizer, model_factory
 from llm_doe.finetune.tasks import PREDICTED_CLASSES, TASK_METRICS
 from llm_doe.finetune.tasks.base import CardText, Evaluator, Prepared, Task
-from llm_doe.schema import DataConfig, ModelConfig
+from llm_doe.schema import AugmentConfig, DataConfig, ModelConfig, augment_methods
 
 
 class _ClassificationEvaluator(Evaluator):
@@ -66,6 +67,12 @@ class ClassificationTask(Task):
     def join(*splits: Split) -> Split:
         """One split of several (train+val for the final model)."""
         return Split(texts=[t for s in splits for t in s.texts], labels=np.concatenate([s.labels for s in splits]))
+
+    def augment(self, split: Split, cfg: AugmentConfig, seed: int) -> Split:
+        """The texts and ``cfg.copies`` augmented copies of each (llm_doe.finetune.augment), each
+        copy with its text's label."""
+        texts = augmented_texts(split.texts, augment_methods(cfg.method), cfg.p, cfg.copies, seed)
+        return Split(texts=texts, labels=np.tile(split.labels, cfg.copies + 1))
 
     def collate(self, data: Encoded, index: np.ndarray, pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
         batch = to_device({"input_ids": pad(data.input_ids, index, data.lengths, pad_id),
