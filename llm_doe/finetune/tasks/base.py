@@ -22,7 +22,14 @@ from typing import Any, ClassVar, Protocol
 import numpy as np
 import torch
 
-from llm_doe.schema import AugmentConfig, ConfigError, DataConfig, ModelConfig, TaskConfig, augment_methods
+from llm_doe.schema import (
+    AugmentConfig,
+    ConfigError,
+    DataConfig,
+    ModelConfig,
+    TaskConfig,
+    augment_methods,
+)
 
 
 class EncodedData(Protocol):
