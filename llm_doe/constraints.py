@@ -18,7 +18,6 @@ import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from llm_doe.finetune.tasks import TASK_METRICS  # plain data: no torch
 from llm_doe.schema import ConfigError
 
 if TYPE_CHECKING:
@@ -42,9 +41,9 @@ STUDY_ATTR = "constraints"
 UNRECORDED = 1.0
 
 
-def recordable(task: str) -> tuple[str, ...]:
-    """What a constraint may bound in a study of ``task``: its metrics and :data:`RECORDED`."""
-    return (*TASK_METRICS.get(task, {}), *RECORDED)
+def recordable(metrics: tuple[str, ...]) -> tuple[str, ...]:
+    """What a constraint may bound in a study whose task has ``metrics``: those and :data:`RECORDED`."""
+    return (*metrics, *RECORDED)
 
 
 def normalise(constraints: Mapping[str, Any] | None) -> dict[str, dict[str, float]]:
@@ -57,12 +56,12 @@ def normalise(constraints: Mapping[str, Any] | None) -> dict[str, dict[str, floa
     return out
 
 
-def check(constraints: Mapping[str, Any] | None, task: str, sampler: str) -> None:
+def check(constraints: Mapping[str, Any] | None, metrics: tuple[str, ...], sampler: str) -> None:
     """Refuse (ConfigError, one line) a bound on an attribute no trial records, a bound that is not
     a number, an empty range, or a sampler that ignores constraints."""
     if not constraints:
         return
-    known = recordable(task)
+    known = recordable(metrics)
     for attr, spec in constraints.items():
         key = f"study.constraints.{attr}"
         if attr not in known:

@@ -49,7 +49,8 @@ from llm_doe.artifacts import read_metrics
 from llm_doe.cli import Composed, cli
 from llm_doe.formatting import json_safe
 from llm_doe.names import CONFIRM_SUFFIX
-from llm_doe.schema import Config, ConfigError, primary_metric
+from llm_doe.plugins import peft_method
+from llm_doe.schema import Config, ConfigError, primary_metric, task_of
 from llm_doe.storage import masked_config
 
 if TYPE_CHECKING:
@@ -185,10 +186,10 @@ def make_plan(composed: Composed) -> FinalPlan:
     check_same_experiment(composed, parent)
     trial_dc = apply_params(experiment_config(composed, parent), trial.params)
     trial_cfg: Config = OmegaConf.to_object(trial_dc)  # type: ignore[assignment]
-    if trial_cfg.peft.method in ("prefix", "prompt"):
+    if not peft_method(trial_cfg.peft.method).mergeable:
         raise ConfigError("peft.method", f"is {trial_cfg.peft.method!r} in trial {trial.number}: its learned "
                                          "tokens cannot be merged into weights that from_pretrained and pipeline load "
-                                         "(export a lora, ia3 or full fine-tuning trial)")
+                                         f"(export a {_mergeable_methods()} trial)")
     if trial_cfg.data.test_size == 0:
         raise ConfigError("data.test_size", f"is 0 in study {parent.study_name!r}: it held out no test split, so "
                                             "there is nothing to test the final model on once (run a study with a "
@@ -227,18 +228,29 @@ def _md_table(header: list[str], rows: list[list[Any]]) -> list[str]:
             + ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows])
 
 
+def _mergeable_methods() -> str:
+    """``lora, ia3 or full fine-tuning``: the PEFT methods an export can merge into its weights."""
+    from llm_doe.plugins import peft_method_names
+
+    names = [n if peft_method(n).adapters else "full fine-tuning" for n in peft_method_names()
+             if peft_method(n).mergeable]
+    return ", ".join(names[:-1]) + f" or {names[-1]}" if len(names) > 1 else "".join(names)
+
+
 def model_card(plan: FinalPlan, *, sizes: dict[str, int], card: CardText, metrics: dict[str, Any],
                trained_on: str, evaluations: int, metric_names: list[str] | None = None) -> str:
-    """The model card (Hugging Face's convention: README.md in the model folder)."""
+    """The model card (Hugging Face's convention: README.md in the model folder); ``metric_names``:
+    the test metrics to show, the task's own by default."""
     cfg, parent, trial = plan.config, plan.parent, plan.trial
+    task = task_of(cfg)
     name = parent.study_name
     m, t = cfg.model, cfg.train
     metric = parent.user_attrs.get("metric", cfg.study.metric)
     random_init = {"tiny": "BERT", "tiny_llama": "Llama"}.get(m.kind)
     base = m.name_or_path if random_init is None else \
         f"random-init {random_init} ({m.num_layers} layers, hidden {m.hidden_size})"
-    front = ["---", "library_name: transformers", f"pipeline_tag: {card.pipeline_tag}",
-             f"tags: [{card.pipeline_tag}, llm_doe, optuna]"]
+    front = ["---", "library_name: transformers", f"pipeline_tag: {task.pipeline_tag}",
+             f"tags: [{task.pipeline_tag}, llm_doe, optuna]"]
     if random_init is None:
         front.append(f"base_model: {m.name_or_path}")
     front.append("---")
@@ -251,7 +263,7 @@ def model_card(plan: FinalPlan, *, sizes: dict[str, int], card: CardText, metric
                   f"{evaluations} times; the test metrics are optimistic to the extent earlier looks informed "
                   "this choice.", ""]
     lines += ["## Test metrics", ""]
-    names = [k for k in (metric_names or ["test_loss", "accuracy", "f1", "roc_auc"]) if k != "test_loss"]
+    names = [k for k in (metric_names or task.test_metrics) if k != "test_loss"]
     lines += _md_table(["metric", "value"], [[k, metrics[k]] for k in (*names, "test_loss")])
     lines += ["", f"{sizes['test']} test examples; {card.files_note}all figures in `test_metrics.json`.", "",
               *card.extra, "## Data", "", *card.data_lines, "", "## Search", ""]
@@ -447,7 +459,7 @@ def _save_model(model: Any, staging: Path, method: str) -> Any:
     IA3 is merged into the base weights (loads with ``from_pretrained(folder)`` and ``pipeline``).
     Prefix and prompt tuning cannot merge: :func:`make_plan` refuses them."""
     model = model.to("cpu").eval()
-    if method == "none":
+    if not peft_method(method).adapters:
         return model
     model.save_pretrained(staging / "adapter")
     return model.merge_and_unload()

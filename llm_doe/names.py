@@ -10,12 +10,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from llm_doe.finetune.tasks import TASK_METRICS  # plain data: no torch
+from llm_doe.plugins import task_spec, task_specs  # plain data: no torch
 
-#: The final metrics of the default task's trials (classification), at their best evaluation.
-METRICS = tuple(TASK_METRICS["classification"])
-#: Every metric any task records: what the analysis reads of the trials' attributes.
-ALL_METRICS = tuple(dict.fromkeys(m for metrics in TASK_METRICS.values() for m in metrics))
+#: The final metrics of the default task's trials (classification), at their best evaluation:
+#: what a study written before studies recorded their task's metrics holds.
+METRICS = tuple(task_spec("classification").metrics)
+#: Every metric a built-in task records: what the analysis reads of the trials' attributes
+#: (a study also records its own task's, ``metric_directions``: a user's task's too).
+ALL_METRICS = tuple(dict.fromkeys(m for spec in task_specs() for m in spec.metrics))
 #: Trial attributes that measure what a trial cost, with the direction that is better: what
 #: a multi-objective ``study.metric`` may trade quality against ([val_loss, trainable_params]).
 COST_METRICS: dict[str, str] = {

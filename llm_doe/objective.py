@@ -16,6 +16,7 @@ import shutil
 import time
 import traceback
 import warnings
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +34,7 @@ from llm_doe.finetune import peft as peft_methods
 from llm_doe.finetune.checkpoint import CheckpointPlan
 from llm_doe.finetune.loop import Diverged, Hooks, Interrupted, Selection, TrainData, TrainResult, train
 from llm_doe.finetune.runtime import resolve_runtime
-from llm_doe.finetune.tasks import PREDICTED_CLASSES, get_task
+from llm_doe.finetune.tasks import get_task
 from llm_doe.formatting import fmt
 from llm_doe.liveness import worker_attrs
 from llm_doe.schema import Config, applicable, objective_metrics, primary_metric, resolved_direction
@@ -291,13 +292,14 @@ class Objective:
             attrs[name] = _finite_or_none(float(value)) if isinstance(value, float) else value
         attrs.update(sizes)
         attrs["best_step"] = result.best_step
-        predicted = result.best.get(PREDICTED_CLASSES)
-        if predicted is not None and predicted == predicted:  # not NaN
-            attrs[PREDICTED_CLASSES] = int(predicted)
-            if predicted == 1:
-                log.warning("trial %d learned nothing: at its best evaluation it predicts one class for every "
-                            "validation example (a constant predictor; accuracy %s is the majority share)",
-                            trial.number, fmt(result.best.get("accuracy"), 4))
+        for check in task.spec.checks:  # the task's signs that a trial learned nothing
+            seen = result.best.get(check.metric)
+            if seen is not None and not math.isnan(seen):
+                attrs[check.metric] = int(seen)
+                if seen == check.bad:
+                    shown = defaultdict(lambda: "-", {k: fmt(v, 4) for k, v in result.best.items()})
+                    shown["trial"] = str(trial.number)
+                    log.warning("%s", check.warning.format_map(shown))
         if result.resumed_from_step:
             attrs["resumed_from_step"] = result.resumed_from_step
         attrs["stop_reason"] = result.stop_reason

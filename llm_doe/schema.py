@@ -9,23 +9,16 @@ anything is written.
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from llm_doe.finetune.tasks import TASK_METRICS
+from llm_doe.errors import ConfigError
 from llm_doe.names import COST_METRICS
+from llm_doe.plugins import TaskSpec, peft_method, task_spec
 
-
-class ConfigError(ValueError):
-    """Bad user input: a config key (or file) and what is wrong with it.
-
-    The entry point prints ``str(error)`` on one line and exits with status 2.
-    """
-
-    def __init__(self, key: str, message: str) -> None:
-        super().__init__(f"{key}: {message}")
-        self.key = key
-        self.message = message
+__all__ = ["ConfigError"]  # re-exported: every check of user input raises it
 
 
 @dataclass
@@ -243,8 +236,12 @@ class TaskConfig:
     """What kind of fine-tuning a trial is (``task=NAME``): batches, loss, metrics, artifacts."""
 
     # classification: text -> label (AutoModelForSequenceClassification);
-    # causal_lm: supervised fine-tuning of a decoder LLM on chat data (AutoModelForCausalLM).
+    # causal_lm: supervised fine-tuning of a decoder LLM on chat data (AutoModelForCausalLM);
+    # or the name a task of your own declares (with target).
     name: str = "classification"
+    # A task of your own: its Task subclass, package.module.Class (imported when the config is
+    # checked; its class attribute spec declares the name, metrics and data sources). null = built in.
+    target: Optional[str] = None
     # causal_lm: the loss on the assistant's tokens only (completion) or on every token (all).
     loss_on: str = "completion"
     # causal_lm: greedy answers of the best model to this many validation prompts (0 = none),
@@ -333,16 +330,14 @@ OPTIMIZERS = ("adamw", "adam", "adafactor", "sgd", "rmsprop")
 OPTIMIZER_KEYS = {"adam_beta1": ("adamw", "adam"), "adam_beta2": ("adamw", "adam"),
                   "adam_epsilon": ("adamw", "adam"), "momentum": ("sgd",)}
 AUGMENT_METHODS = ("delete", "swap", "insert", "char")
+#: ``augment.method`` off (an augmentation choice, not a PEFT method's name).
+AUGMENT_OFF = "none"
 
-
-PEFT_METHODS = ("none", "lora", "ia3", "prefix", "prompt")
-TEXT_SOURCES = ("tweets", "csv", "hub")
-CHAT_SOURCES = ("chat_pairs", "jsonl")
 
 
 def augment_methods(method: Any) -> list[str]:
     """``augment.method`` as the list of operations it names ([] for none)."""
-    if method == "none" or method is None:
+    if method is None or method == AUGMENT_OFF:
         return []
     return [str(m) for m in method] if isinstance(method, (list, tuple)) else [str(method)]
 
@@ -359,9 +354,14 @@ def primary_metric(cfg: Config) -> str:
     return objective_metrics(cfg)[0]
 
 
-def metric_direction(task: str, metric: str) -> str:
+def task_of(cfg: Config) -> TaskSpec:
+    """The declaration of the task ``cfg`` configures (a user's: imported). Raises ConfigError."""
+    return task_spec(cfg.task.name, cfg.task.target)
+
+
+def metric_direction(task: TaskSpec, metric: str) -> str:
     """A metric's own direction: the task's (accuracy up, loss down), costs down."""
-    return TASK_METRICS[task].get(metric) or COST_METRICS.get(metric, "minimize")
+    return task.direction(metric) or COST_METRICS.get(metric, "minimize")
 
 
 def resolved_directions(cfg: Config) -> list[str]:
@@ -369,7 +369,8 @@ def resolved_directions(cfg: Config) -> list[str]:
     given = cfg.study.direction
     metrics = objective_metrics(cfg)
     if given is None:
-        return [metric_direction(cfg.task.name, m) for m in metrics]
+        task = task_of(cfg)
+        return [metric_direction(task, m) for m in metrics]
     return [str(d) for d in given] if isinstance(given, (list, tuple)) else [str(given)] * len(metrics)
 
 
@@ -382,28 +383,73 @@ def is_multi_objective(cfg: Config) -> bool:
     return len(objective_metrics(cfg)) > 1
 
 
-#: Keys that mean something only for some choices: (section, the key that chooses, {choice: keys
-#: that apply}); a choice not listed keeps the section's every key.
-_ONLY_FOR: tuple[tuple[str, str, dict[str, tuple[str, ...]]], ...] = (
-    ("model", "kind", {"pretrained": ("kind", "name_or_path", "tokenizer", "dropout")}),
-    ("task", "name", {"classification": ("name",)}),
-    ("peft", "method", {"none": ("method",),
-                        "lora": ("method", "r", "alpha", "alpha_ratio", "dropout", "target_modules", "use_rslora",
-                                 "lora_plus_ratio"),
-                        "ia3": ("method", "target_modules"),
-                        "prefix": ("method", "num_virtual_tokens"), "prompt": ("method", "num_virtual_tokens")}),
-    ("augment", "method", {"none": ("method",)}),
-    ("distill", "teacher", {None: ("teacher",)}),
-)
+#: Model keys of a pretrained model (the other kinds are built in code: every key applies).
+_PRETRAINED_KEYS = ("kind", "name_or_path", "tokenizer", "dropout")
 #: Data keys of one source each (the rest apply to every source).
 _DATA_SOURCE_KEYS = {"path": ("csv", "jsonl"), "prompt_field": ("jsonl",), "response_field": ("jsonl",),
                      "name": ("hub",), "config_name": ("hub",), "split": ("hub",)}
 
 
+def _get(node: Any, key: str) -> Any:
+    return node.get(key) if isinstance(node, Mapping) else getattr(node, key, None)
+
+
+def _keys(node: Any) -> list[str]:
+    if isinstance(node, Mapping):
+        return [str(k) for k in node]
+    return [f.name for f in dataclasses.fields(node)] if dataclasses.is_dataclass(node) else []
+
+
+def applicable_keys(config: Any) -> dict[str, tuple[str, ...]]:
+    """Which keys apply to this config's choices: for each section whose keys depend on a choice
+    (``model`` on its kind, ``task`` on the task, ``peft`` on the method, ``data`` on its source),
+    the keys of it that mean something; a section not listed keeps every key.
+
+    ``config`` is a :class:`Config`, a DictConfig or a resolved plain dict. The task's and the
+    method's keys come from their declarations (:mod:`llm_doe.plugins`); a task that cannot be
+    imported here (a user's, read back elsewhere) keeps every key.
+    """
+    keys: dict[str, tuple[str, ...]] = {}
+    model = _get(config, "model")
+    if model is not None and _get(model, "kind") == "pretrained":
+        keys["model"] = tuple(k for k in _keys(model) if k in _PRETRAINED_KEYS)
+    task = _get(config, "task")
+    if task is not None and _get(task, "name") is not None:
+        try:
+            spec = task_spec(str(_get(task, "name")), _get(task, "target"))
+        except ConfigError:
+            spec = None
+        if spec is not None:
+            keys["task"] = tuple(k for k in _keys(task) if k in spec.keys)
+    peft = _get(config, "peft")
+    if peft is not None and _get(peft, "method") is not None:
+        try:
+            method = peft_method(str(_get(peft, "method")))
+            keys["peft"] = tuple(k for k in _keys(peft) if k in method.keys)
+        except ConfigError:
+            pass
+    data = _get(config, "data")
+    if data is not None:
+        keys["data"] = tuple(k for k in _keys(data)
+                             if k not in _DATA_SOURCE_KEYS or _get(data, "source") in _DATA_SOURCE_KEYS[k])
+    train = _get(config, "train")
+    if train is not None and _get(train, "optimizer") is not None:
+        keys["train"] = tuple(k for k in _keys(train)
+                              if k not in OPTIMIZER_KEYS or _get(train, "optimizer") in OPTIMIZER_KEYS[k])
+    augment = _get(config, "augment")
+    if augment is not None and not augment_methods(_get(augment, "method")):
+        keys["augment"] = ("method",)  # off: its settings mean nothing
+    distill = _get(config, "distill")
+    if distill is not None and _get(distill, "teacher") is None:
+        keys["distill"] = ("teacher",)
+    return keys
+
+
 def applicable(config: Any) -> dict[str, Any]:
-    """A resolved config (a plain dict) without the keys that do not apply to its choices: a
-    pretrained model's in-code sizes (``model.hidden_size``, ...), a classification task's SFT
-    settings, the LoRA settings of ``peft.method=none``, another data source's fields.
+    """A resolved config (a plain dict) without the keys that do not apply to its choices
+    (:func:`applicable_keys`): a pretrained model's in-code sizes (``model.hidden_size``, ...), a
+    classification task's SFT settings, the LoRA settings of ``peft.method=none``, another data
+    source's fields.
 
     What people read (a trial's ``config.yaml``, the best config in the report and the notebook)
     shows this; the study's stored ``config`` stays complete, as the same-experiment check reads it.
@@ -411,17 +457,8 @@ def applicable(config: Any) -> dict[str, Any]:
     import copy
 
     shown: dict[str, Any] = copy.deepcopy(dict(config))
-    for section, chooser, keep in _ONLY_FOR:
+    for section, keep in applicable_keys(shown).items():
         node = shown.get(section)
-        choice = node.get(chooser) if isinstance(node, dict) else None
-        if isinstance(node, dict) and isinstance(choice, (str, type(None))) and choice in keep:
-            shown[section] = {k: v for k, v in node.items() if k in keep[node[chooser]]}
-    train = shown.get("train")
-    if isinstance(train, dict) and "optimizer" in train:
-        shown["train"] = {k: v for k, v in train.items()
-                          if k not in OPTIMIZER_KEYS or train.get("optimizer") in OPTIMIZER_KEYS[k]}
-    data = shown.get("data")
-    if isinstance(data, dict):
-        shown["data"] = {k: v for k, v in data.items()
-                         if k not in _DATA_SOURCE_KEYS or data.get("source") in _DATA_SOURCE_KEYS[k]}
+        if isinstance(node, dict):
+            shown[section] = {k: v for k, v in node.items() if k in keep}
     return shown

@@ -19,7 +19,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from llm_doe.cli import Composed, cli
-from llm_doe.schema import Config, ConfigError, PrunerConfig, is_multi_objective, objective_metrics
+from llm_doe.schema import Config, ConfigError, PrunerConfig, is_multi_objective, objective_metrics, task_of
 
 USAGE = """usage: python -m llm_doe.search +study=NAME [key=value ...] [--cfg job|hydra|all]
 
@@ -90,9 +90,10 @@ def check_peft(config: Any, space: Any, template: Any) -> None:
         peft_methods.check(variant, template, cfg.task.name)
 
 
-#: Settings that choose the data or its labels: a study that samples one has no single set of classes.
-DATA_IDENTITY_KEYS = frozenset({"task.name", "data.source", "data.path", "data.name", "data.config_name", "data.split",
-                                "data.text_column", "data.label_column", "data.labels", "data.label_names"})
+def data_identity_keys(cfg: Config) -> frozenset[str]:
+    """The settings that choose the data or its labels (the task, and the data keys its
+    declaration names): a study that samples one has no single set of classes."""
+    return frozenset({"task.name", "task.target", *(f"data.{k}" for k in task_of(cfg).data_keys)})
 
 
 def data_attrs(arm: Any) -> dict[str, Any]:
@@ -101,9 +102,9 @@ def data_attrs(arm: Any) -> dict[str, Any]:
     sample what chooses the data or its labels."""
     from llm_doe.finetune.tasks import get_task
 
-    if DATA_IDENTITY_KEYS & set(arm.space):
-        return {}
     cfg: Config = OmegaConf.to_object(arm.config)  # type: ignore[assignment]
+    if data_identity_keys(cfg) & set(arm.space):
+        return {}
     task = get_task(cfg.task)
     return task.study_attrs(task.prepare(cfg.model, cfg.data))  # the base config's: loaded by prepare(), cached
 

@@ -27,7 +27,6 @@ from optuna.distributions import BaseDistribution
 from llm_doe import constraints
 from llm_doe import optuna_compat as compat
 from llm_doe.experiment import NEW_STUDY_HINT, check_same_experiment
-from llm_doe.finetune.tasks import TASK_METRICS
 from llm_doe.liveness import fail_and_requeue  # noqa: F401 - re-exported: the README's lost-host command
 from llm_doe.schema import (
     Config,
@@ -37,6 +36,7 @@ from llm_doe.schema import (
     objective_metrics,
     primary_metric,
     resolved_directions,
+    task_of,
 )
 from llm_doe.space import SearchSpace, conditions_of, grid_values, space_to_json
 from llm_doe.storage import mask_overrides, open_store, store_exists
@@ -245,7 +245,7 @@ def open_study(cfg: Config, storage: optuna.storages.BaseStorage, sampler: optun
         # What the trials report, for readers that must not guess (the analysis, the report):
         # the task and each of its metrics with its direction.
         study.set_user_attr("task", cfg.task.name)
-        study.set_user_attr("metric_directions", dict(TASK_METRICS[cfg.task.name]))
+        study.set_user_attr("metric_directions", dict(task_of(cfg).metrics))
         study.set_metric_names(objective_metrics(cfg))  # optuna-dashboard names the objectives
         # The bounds every trial is held to (compared on resume: trials carry their constraint values).
         study.set_user_attr(constraints.STUDY_ATTR, constraints.normalise(cfg.study.constraints))

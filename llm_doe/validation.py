@@ -7,22 +7,21 @@ for the first that fails, naming the key and what is wrong, before anything is w
 from __future__ import annotations
 
 from llm_doe import constraints
-from llm_doe.finetune.tasks import TASK_LEVERS, TASK_METRICS
 from llm_doe.names import COST_METRICS
+from llm_doe.plugins import peft_method, task_specs
 from llm_doe.schema import (
     AUGMENT_METHODS,
-    CHAT_SOURCES,
+    AUGMENT_OFF,
     OPTIMIZERS,
-    PEFT_METHODS,
     PRECISIONS,
     PRUNERS,
     SAMPLERS,
     SCHEDULERS,
-    TEXT_SOURCES,
     Config,
     ConfigError,
     augment_methods,
     objective_metrics,
+    task_of,
 )
 
 
@@ -47,8 +46,7 @@ def validate(cfg: Config) -> None:
 def _validate_task_and_model(cfg: Config) -> None:
     """task.* and model.*."""
     m = cfg.model
-    _check(cfg.task.name in TASK_METRICS, "task.name", f"must be one of {'|'.join(TASK_METRICS)}, got "
-                                                       f"{cfg.task.name!r}")
+    task_of(cfg)  # an unknown task.name, or a task.target that does not import, is refused here
     _check(m.kind in ("pretrained", "tiny", "tiny_llama"), "model.kind",
            f"must be 'pretrained', 'tiny' or 'tiny_llama', got {m.kind!r}")
     _check(cfg.task.loss_on in ("completion", "all"), "task.loss_on",
@@ -67,9 +65,9 @@ def _validate_task_and_model(cfg: Config) -> None:
 def _validate_data(cfg: Config) -> None:
     """data.*: the source the task reads, sizes, seeds, labels."""
     d = cfg.data
-    sources = CHAT_SOURCES if cfg.task.name == "causal_lm" else TEXT_SOURCES
-    _check(d.source in sources, "data.source", f"task={cfg.task.name} reads data={'|'.join(sources)}, got "
-                                               f"{d.source!r}")
+    sources = task_of(cfg).sources
+    _check(not sources or d.source in sources, "data.source",
+           f"task={cfg.task.name} reads data={'|'.join(sources)}, got {d.source!r}")
     if d.source in ("csv", "jsonl"):
         _check(bool(d.path), "data.path", f"is required with data={d.source}")
     if d.source == "hub":
@@ -128,7 +126,7 @@ def _validate_train(cfg: Config) -> None:
 def _validate_peft(cfg: Config) -> None:
     """peft.*."""
     p = cfg.peft
-    _check(p.method in PEFT_METHODS, "peft.method", f"must be one of {'|'.join(PEFT_METHODS)}, got {p.method!r}")
+    peft_method(p.method)  # an unknown method is refused here
     _check(p.r >= 1, "peft.r", f"must be >= 1, got {p.r}")
     if p.alpha is not None:
         _check(p.alpha > 0, "peft.alpha", f"must be > 0 or null, got {p.alpha}")
@@ -138,7 +136,7 @@ def _validate_peft(cfg: Config) -> None:
     _check(isinstance(p.target_modules, (str, list)) and bool(p.target_modules), "peft.target_modules",
            "must be attention, attention_mlp, all_linear or a non-empty list of module names")
     if p.lora_plus_ratio is not None:
-        _check(p.method == "lora", "peft.lora_plus_ratio",
+        _check("lora_plus_ratio" in peft_method(p.method).keys, "peft.lora_plus_ratio",
                f"applies to peft.method=lora only, got method {p.method!r}: leave it null")
         _check(p.lora_plus_ratio > 0, "peft.lora_plus_ratio", f"must be > 0 or null, got {p.lora_plus_ratio}")
 
@@ -147,7 +145,7 @@ def _validate_augment(cfg: Config) -> None:
     """augment.*: which operations, how often, how many copies; only for tasks that augment."""
     a = cfg.augment
     methods = augment_methods(a.method)
-    _check(isinstance(a.method, (str, list, tuple)) and (a.method == "none" or bool(methods)), "augment.method",
+    _check(isinstance(a.method, (str, list, tuple)) and (a.method == AUGMENT_OFF or bool(methods)), "augment.method",
            f"must be none, one of {'|'.join(AUGMENT_METHODS)} or a list of them, got {a.method!r}")
     for m in methods:
         _check(m != "synonym", "augment.method",
@@ -159,7 +157,7 @@ def _validate_augment(cfg: Config) -> None:
     _check(0.0 < a.p <= 1.0, "augment.p", f"must be in (0, 1], got {a.p}")
     _check(a.copies >= 1, "augment.copies", f"must be >= 1, got {a.copies}")
     if methods:
-        _check("augment" in TASK_LEVERS[cfg.task.name], "augment.method",
+        _check("augment" in task_of(cfg).levers, "augment.method",
                f"task={cfg.task.name} has no data augmentation (only {_tasks_with('augment')}): use "
                "augment.method=none")
 
@@ -171,13 +169,13 @@ def _validate_distill(cfg: Config) -> None:
     _check(d.temperature > 0, "distill.temperature", f"must be > 0, got {d.temperature}")
     if d.teacher is not None:
         _check(bool(str(d.teacher).strip()), "distill.teacher", "must be a model folder or id, or null")
-        _check("distill" in TASK_LEVERS[cfg.task.name], "distill.teacher",
+        _check("distill" in task_of(cfg).levers, "distill.teacher",
                f"task={cfg.task.name} cannot distil from a teacher yet (only {_tasks_with('distill')}): use "
                "distill.teacher=null")
 
 
 def _tasks_with(lever: str) -> str:
-    return ", ".join(task for task, levers in TASK_LEVERS.items() if lever in levers)
+    return ", ".join(spec.name for spec in task_specs() if lever in spec.levers)
 
 
 def _validate_search(cfg: Config) -> None:
@@ -196,14 +194,14 @@ def _validate_search(cfg: Config) -> None:
         _check(s.max_train_steps >= 1, "study.max_train_steps", "must be >= 1 or null")
     _check(s.scientific_points >= 2, "study.scientific_points", "must be >= 2")
     _check(s.warm_start.top_k >= 1, "study.warm_start.top_k", f"must be >= 1, got {s.warm_start.top_k}")
-    constraints.check(s.constraints, cfg.task.name, cfg.sampler.name)
+    constraints.check(s.constraints, tuple(task_of(cfg).metrics), cfg.sampler.name)
 
 
 def _validate_objectives(cfg: Config) -> None:
     """study.metric (a task metric, or a list: a task metric first, then task metrics or costs)
     and study.direction (one per metric)."""
     s = cfg.study
-    metrics = TASK_METRICS[cfg.task.name]
+    metrics = task_of(cfg).metrics
     if not isinstance(s.metric, (list, tuple)):
         _check(isinstance(s.metric, str) and s.metric in metrics, "study.metric",
                f"must be one of task {cfg.task.name}'s metrics {'|'.join(metrics)}, or a list of them and costs "

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from llm_doe.finetune.tasks import TASK_METRICS
+from llm_doe.plugins import task_specs
 from llm_doe.names import ALL_METRICS, CONFIRM_SUFFIX, METRICS, SEED_PARAMS, study_metrics
 
 
@@ -19,5 +19,5 @@ def test_a_study_from_before_tasks_is_a_classification_study():
 
 def test_every_tasks_metrics_are_read_once_and_the_stored_names_stay():
     assert ALL_METRICS == ("val_loss", "accuracy", "f1", "roc_auc", "perplexity")
-    assert set(ALL_METRICS) == {m for metrics in TASK_METRICS.values() for m in metrics}
+    assert set(ALL_METRICS) == {m for spec in task_specs() for m in spec.metrics}
     assert SEED_PARAMS == ("train.seed", "data.seed") and CONFIRM_SUFFIX == "-confirm"  # written into stores

@@ -24,10 +24,8 @@ from torch import nn
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
-    AutoModelForSequenceClassification,
     AutoTokenizer,
     BertConfig,
-    BertForSequenceClassification,
     LlamaConfig,
     LlamaForCausalLM,
 )
@@ -166,20 +164,20 @@ def _reset_like(model: nn.Module, template: nn.Module) -> None:
 _FACTORIES: dict[tuple[Any, ...], ModelFactory] = {}
 
 
-def _tiny(cfg: ModelConfig, tokenizer: Any, num_labels: int) -> ModelFactory:
+def _tiny(cfg: ModelConfig, tokenizer: Any, num_labels: int, auto_class: Any) -> ModelFactory:
     config = BertConfig(
         vocab_size=len(tokenizer), hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers,
         num_attention_heads=cfg.num_heads, intermediate_size=cfg.intermediate_size,
         max_position_embeddings=512, num_labels=num_labels, pad_token_id=tokenizer.pad_token_id,
     )
     # Every module is "fresh": a tiny model is entirely initialised from the trial's seed.
-    return ModelFactory(BertForSequenceClassification(config), fresh_modules=[""])
+    return ModelFactory(auto_class.from_config(config), fresh_modules=[""])
 
 
-def _pretrained(cfg: ModelConfig, num_labels: int) -> ModelFactory:
+def _pretrained(cfg: ModelConfig, num_labels: int, auto_class: Any) -> ModelFactory:
     path = resolve(cfg.name_or_path)
     try:
-        model, info = AutoModelForSequenceClassification.from_pretrained(
+        model, info = auto_class.from_pretrained(
             path, num_labels=num_labels, output_loading_info=True)
     except (OSError, ValueError) as err:
         raise ConfigError("model.name_or_path", f"cannot load {cfg.name_or_path!r}: {str(err).splitlines()[0]}") from None
@@ -190,18 +188,22 @@ def _pretrained(cfg: ModelConfig, num_labels: int) -> ModelFactory:
     return ModelFactory(model, fresh_modules=fresh)
 
 
-def model_factory(cfg: ModelConfig, num_labels: int) -> ModelFactory:
-    """The cached factory for this model and label count (weights are read from disk once)."""
-    key = (cfg.kind, cfg.name_or_path, cfg.tokenizer, num_labels, cfg.hidden_size,
+def model_factory(cfg: ModelConfig, num_labels: int, auto_class: str = "AutoModelForSequenceClassification"
+                  ) -> ModelFactory:
+    """The cached factory of an encoder with a ``num_labels`` head: ``auto_class`` is the
+    transformers Auto class of the head (``AutoModelForSequenceClassification``,
+    ``AutoModelForTokenClassification``, ...). Weights are read from disk once."""
+    key = (auto_class, cfg.kind, cfg.name_or_path, cfg.tokenizer, num_labels, cfg.hidden_size,
            cfg.num_layers, cfg.num_heads, cfg.intermediate_size)
     if key not in _FACTORIES:
+        head = getattr(transformers, auto_class)
         if cfg.kind == "tiny_llama":
             raise ConfigError("model", "model=tiny_llama is a causal language model: use it with task=causal_lm")
         if cfg.kind == "tiny":
             tokenizer, _ = load_tokenizer(cfg)
-            _FACTORIES[key] = _tiny(cfg, tokenizer, num_labels)
+            _FACTORIES[key] = _tiny(cfg, tokenizer, num_labels, head)
         else:
-            _FACTORIES[key] = _pretrained(cfg, num_labels)
+            _FACTORIES[key] = _pretrained(cfg, num_labels, head)
     return _FACTORIES[key]
 
 

@@ -4,21 +4,24 @@ Each trial wraps the model its factory built (base weights reused in memory, ada
 drawn from the trial's seed) with the configured method, and unwraps it afterwards, so the
 next trial starts from the pretrained weights again (the factory then re-copies every tensor,
 so nothing a trial trained survives). The methods are peft's own (``LoraConfig``,
-``IA3Config``, ``PrefixTuningConfig``, ``PromptTuningConfig``); this module only maps our
-config onto them and refuses what cannot work, naming the key.
+``IA3Config``, ``PrefixTuningConfig``, ``PromptTuningConfig``); this module declares each
+(:class:`~llm_doe.plugins.PeftMethodSpec`, at the end: the keys that apply, what it needs of the
+model, whether an export merges it), maps our config onto peft's, and refuses what cannot work,
+naming the key. It imports neither torch nor peft until a model is wrapped, so config validation
+reads the declarations.
 """
 
 from __future__ import annotations
 
-import math
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
-
+from llm_doe.plugins import PeftMethodSpec, peft_method, peft_method_names, register_peft_method, task_spec
 from llm_doe.schema import ConfigError, PeftConfig
 
-METHODS = ("none", "lora", "ia3", "prefix", "prompt")
+if TYPE_CHECKING:
+    from torch import nn
+
 PRESETS = ("attention", "attention_mlp", "all_linear")
 
 #: Module-name suffixes of each preset, per family of architectures (model_type).
@@ -30,8 +33,6 @@ _FAMILY = {"llama": "llama", "mistral": "llama", "qwen2": "llama", "qwen3": "lla
            "xlm-roberta": "bert", "electra": "bert"}
 #: IA3's feed-forward modules (rescaled on their input), per family.
 _IA3_FEEDFORWARD = {"llama": ["down_proj"], "bert": ["output.dense"]}
-#: peft task types by what the model is for.
-TASK_TYPES = {"classification": "SEQ_CLS", "causal_lm": "CAUSAL_LM"}
 
 
 def is_encoder(model: nn.Module) -> bool:
@@ -43,6 +44,8 @@ def is_encoder(model: nn.Module) -> bool:
 
 def linear_names(model: nn.Module) -> list[str]:
     """The names of the model's linear layers, what ``peft.target_modules`` may name."""
+    from torch import nn
+
     return [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
 
 
@@ -82,40 +85,27 @@ def lora_alpha(cfg: PeftConfig) -> float:
 
 def check(cfg: PeftConfig, model: nn.Module, task: str) -> None:
     """Refuse a method the model cannot take, before any trial runs (one line, the key named)."""
-    if cfg.method not in METHODS:
-        raise ConfigError("peft.method", f"must be one of {'|'.join(METHODS)}, got {cfg.method!r}")
-    if cfg.method == "prefix" and is_encoder(model):
-        raise ConfigError("peft.method", f"prefix tuning needs a decoder that takes past key values; "
-                                         f"{model.config.model_type!r} is an encoder (use lora, ia3 or prompt)")
-    if cfg.method in ("lora", "ia3"):
+    spec = peft_method(cfg.method)
+    if spec.decoder_only and is_encoder(model):
+        usable = [n for n in peft_method_names() if peft_method(n).adapters and not peft_method(n).decoder_only]
+        raise ConfigError("peft.method", f"{cfg.method} needs a decoder that takes past key values; "
+                                         f"{model.config.model_type!r} is an encoder (use {', '.join(usable)})")
+    if spec.targets:
         resolve_targets(model, cfg.target_modules, cfg.method)
 
 
 def peft_config(cfg: PeftConfig, model: nn.Module, task: str) -> Any:
-    """peft's config object for ``cfg`` on ``model``."""
-    import peft
-
-    task_type = TASK_TYPES[task]
-    if cfg.method == "lora":
-        return peft.LoraConfig(r=cfg.r, lora_alpha=lora_alpha(cfg), lora_dropout=cfg.dropout,
-                               target_modules=resolve_targets(model, cfg.target_modules), use_rslora=cfg.use_rslora,
-                               task_type=task_type)
-    if cfg.method == "ia3":
-        targets = resolve_targets(model, cfg.target_modules, "ia3")
-        family = _FAMILY.get(model.config.model_type)
-        feedforward = [t for t in (_IA3_FEEDFORWARD.get(family or "", [])) if isinstance(targets, list) and t in targets]
-        return peft.IA3Config(target_modules=targets, feedforward_modules=feedforward, task_type=task_type)
-    if cfg.method == "prefix":
-        return peft.PrefixTuningConfig(num_virtual_tokens=cfg.num_virtual_tokens, task_type=task_type)
-    if cfg.method == "prompt":
-        return peft.PromptTuningConfig(num_virtual_tokens=cfg.num_virtual_tokens, task_type=task_type)
-    raise ConfigError("peft.method", f"must be one of {'|'.join(METHODS)}, got {cfg.method!r}")
+    """peft's config object for ``cfg`` on ``model`` (``task``: the task's name)."""
+    spec = peft_method(cfg.method)
+    if spec.build is None:
+        raise ConfigError("peft.method", f"{cfg.method} adds no adapters: there is no peft config to build")
+    return spec.build(cfg, model, task_spec(task).peft_task_type)
 
 
 def wrap(model: nn.Module, cfg: PeftConfig, task: str) -> nn.Module:
     """The model with ``cfg``'s adapters (drawn from the current torch RNG: seed first), or the
-    model itself for ``peft.method=none``."""
-    if cfg.method == "none":
+    model itself for a method without adapters (``peft.method=none``)."""
+    if not peft_method(cfg.method).adapters:
         return model
     import peft
 
@@ -149,16 +139,51 @@ def param_counts(model: nn.Module) -> dict[str, int]:
     return {"trainable_params": int(trainable), "total_params": int(total)}
 
 
-def effective_scale(cfg: PeftConfig) -> float:
-    """LoRA's update scale: alpha / r, or alpha / sqrt(r) with rsLoRA (what the rate multiplies)."""
-    return lora_alpha(cfg) / (math.sqrt(cfg.r) if cfg.use_rslora else cfg.r)
+def _lora(cfg: PeftConfig, model: nn.Module, task_type: str | None) -> Any:
+    import peft
+
+    return peft.LoraConfig(r=cfg.r, lora_alpha=lora_alpha(cfg), lora_dropout=cfg.dropout,
+                           target_modules=resolve_targets(model, cfg.target_modules), use_rslora=cfg.use_rslora,
+                           task_type=task_type)
+
+
+def _ia3(cfg: PeftConfig, model: nn.Module, task_type: str | None) -> Any:
+    import peft
+
+    targets = resolve_targets(model, cfg.target_modules, "ia3")
+    family = _FAMILY.get(model.config.model_type)
+    feedforward = [t for t in (_IA3_FEEDFORWARD.get(family or "", [])) if isinstance(targets, list) and t in targets]
+    return peft.IA3Config(target_modules=targets, feedforward_modules=feedforward, task_type=task_type)
+
+
+def _prefix(cfg: PeftConfig, model: nn.Module, task_type: str | None) -> Any:
+    import peft
+
+    return peft.PrefixTuningConfig(num_virtual_tokens=cfg.num_virtual_tokens, task_type=task_type)
+
+
+def _prompt(cfg: PeftConfig, model: nn.Module, task_type: str | None) -> Any:
+    import peft
+
+    return peft.PromptTuningConfig(num_virtual_tokens=cfg.num_virtual_tokens, task_type=task_type)
+
+
+#: The methods (``peft=NAME``), each declared once.
+register_peft_method(PeftMethodSpec("none"))
+register_peft_method(PeftMethodSpec("lora", keys=("method", "r", "alpha", "alpha_ratio", "dropout", "target_modules",
+                                                  "use_rslora", "lora_plus_ratio"), build=_lora, targets=True))
+register_peft_method(PeftMethodSpec("ia3", keys=("method", "target_modules"), build=_ia3, targets=True))
+# Learned tokens cannot be merged into weights that from_pretrained and pipeline load.
+register_peft_method(PeftMethodSpec("prefix", keys=("method", "num_virtual_tokens"), build=_prefix, decoder_only=True,
+                                    mergeable=False))
+register_peft_method(PeftMethodSpec("prompt", keys=("method", "num_virtual_tokens"), build=_prompt, mergeable=False))
 
 
 def lr_scales(model: nn.Module, cfg: PeftConfig) -> dict[str, float]:
     """LoRA+ (Hayou et al., 2024): {parameter name: ``peft.lora_plus_ratio``} for the trainable
     LoRA B matrices, which then learn at that multiple of the learning rate; empty when LoRA+ is
     off. What the training loop's ``lr_scales`` takes."""
-    if cfg.method != "lora" or cfg.lora_plus_ratio is None:
+    if cfg.lora_plus_ratio is None:  # validation allows it only for methods that list it (lora)
         return {}
     return {name: float(cfg.lora_plus_ratio) for name, param in model.named_parameters()
             if param.requires_grad and ".lora_B." in name}

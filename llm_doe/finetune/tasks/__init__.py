@@ -1,45 +1,34 @@
 """Kinds of fine-tuning (:class:`~llm_doe.finetune.tasks.base.Task`), chosen by ``task=NAME``.
 
-:data:`TASK_METRICS` is plain data, importable without torch, so config validation can check
-``study.metric`` against the task before anything heavy loads; :func:`get_task` imports the
-task's module on first use. Adding a task: a module here with a ``Task`` subclass, and its
-metrics and class path below.
+Each built-in task is two modules: ``<name>_spec.py`` declares it (a
+:class:`~llm_doe.plugins.TaskSpec`: plain data, importable without torch, so config validation
+checks ``study.metric`` before anything heavy loads) and ``<name>.py`` implements it (a ``Task``
+subclass whose ``spec`` is that declaration). This package registers the declarations; a new
+task adds its two modules and its ``SPEC`` to :data:`BUILTIN` below. :func:`get_task` imports a task's module on
+first use. A user's own task needs no edit here: ``task.target`` names it.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from llm_doe.finetune.tasks import causal_lm_spec, classification_spec
+from llm_doe.plugins import import_object, register_task, task_spec
 
 if TYPE_CHECKING:
     from llm_doe.finetune.tasks.base import Task
-    from llm_doe.schema import TaskConfig
 
-#: Each task's metrics and their directions, ``val_loss`` first.
-TASK_METRICS: dict[str, dict[str, str]] = {
-    "classification": {"val_loss": "minimize", "accuracy": "maximize", "f1": "maximize", "roc_auc": "maximize"},
-    "causal_lm": {"val_loss": "minimize", "perplexity": "minimize"},
-}
-#: The levers each task implements beyond the common ones: ``augment`` (``Task.augment``, data
-#: augmentation of the training split) and ``distill`` (``Task.distill_loss``, a teacher's soft labels).
-TASK_LEVERS: dict[str, frozenset[str]] = {
-    "classification": frozenset({"augment", "distill"}),
-    "causal_lm": frozenset(),
-}
-#: A classifier's evaluations also record how many distinct classes it predicted (1: a constant
-#: predictor, which learned nothing); not a metric to optimise, a check.
-PREDICTED_CLASSES = "predicted_classes"
-_CLASSES = {
-    "classification": "llm_doe.finetune.tasks.classification:ClassificationTask",
-    "causal_lm": "llm_doe.finetune.tasks.causal_lm:CausalLMTask",
-}
+#: A classifier's evaluations also return how many classes it predicted (1: learned nothing).
+PREDICTED_CLASSES = classification_spec.PREDICTED_CLASSES
+#: The built-in tasks, the default first (error messages list them in this order).
+BUILTIN = tuple(register_task(spec) for spec in (classification_spec.SPEC, causal_lm_spec.SPEC))
 _INSTANCES: dict[tuple[str, str], Task] = {}
 
 
-def get_task(cfg: TaskConfig) -> Task:
-    """The task ``cfg`` configures (one instance per process and configuration)."""
+def get_task(cfg: Any) -> Task:
+    """The task ``cfg`` (``task.*``) configures (one instance per process and configuration)."""
     key = (cfg.name, repr(cfg))
     if key not in _INSTANCES:
-        module, _, attr = _CLASSES[cfg.name].partition(":")
-        _INSTANCES[key] = getattr(importlib.import_module(module), attr)(cfg)
+        spec = task_spec(cfg.name, getattr(cfg, "target", None))
+        _INSTANCES[key] = import_object(spec.target)(cfg)
     return _INSTANCES[key]

@@ -9,7 +9,9 @@ whether a trial classifies tweets or fine-tunes a chat model. A task owns:
 * how examples become a batch, the training loss, and an evaluation's metrics and payload;
 * the per-trial artifacts it writes from the best evaluation's payload.
 
-A new kind of fine-tuning is a new file in this package, registered in ``tasks/__init__.py``.
+Each task declares itself once in a :class:`~llm_doe.plugins.TaskSpec` (its ``spec``: name,
+metrics and directions, the keys and data sources that apply, peft task type, pipeline tag):
+everything outside the task asks that declaration. See :mod:`llm_doe.plugins`.
 """
 
 from __future__ import annotations
@@ -17,11 +19,12 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
+from llm_doe.plugins import TaskSpec
 from llm_doe.schema import (
     AugmentConfig,
     ConfigError,
@@ -30,14 +33,6 @@ from llm_doe.schema import (
     TaskConfig,
     augment_methods,
 )
-
-
-class EncodedData(Protocol):
-    """What the loop needs of an encoded split: its size and each example's token count."""
-
-    lengths: np.ndarray
-
-    def __len__(self) -> int: ...
 
 
 @dataclass
@@ -58,7 +53,6 @@ class Prepared:
 class CardText:
     """What a task says in an exported model's card (``README.md``); the rest is the study's."""
 
-    pipeline_tag: str  # Hugging Face's task name: text-classification, text-generation
     title: str  # "fine-tuned text classifier"
     files_note: str  # the task's files beside the figures ("ROC curve in `roc.png` / `roc.csv`; ")
     data_lines: list[str]  # the "## Data" section's bullets
@@ -81,10 +75,19 @@ class Evaluator(ABC):
 class Task(ABC):
     """One kind of fine-tuning, configured by ``task.*``."""
 
-    #: The config name (``task=NAME``).
+    #: The task's declaration (what it is called, its metrics, the keys that apply, ...).
+    spec: ClassVar[TaskSpec]
+    #: The config name (``task=NAME``): ``spec.name``.
     name: ClassVar[str]
-    #: Each metric and its direction, ``val_loss`` first.
+    #: Each metric and its direction, ``val_loss`` first: ``spec.metrics``.
     metrics: ClassVar[dict[str, str]]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        spec = cls.__dict__.get("spec")
+        if spec is not None:
+            cls.name = spec.name
+            cls.metrics = dict(spec.metrics)
 
     def __init__(self, cfg: TaskConfig) -> None:
         self.cfg = cfg
@@ -123,8 +126,8 @@ class Task(ABC):
 
     def augment(self, split: Any, cfg: AugmentConfig, seed: int) -> Any:
         """``split`` (training examples, raw) followed by ``cfg.copies`` augmented copies of each
-        example, drawn from ``seed``. A task that augments overrides it (and lists ``augment`` in
-        ``TASK_LEVERS``, which validation reads); by default there is none."""
+        example, drawn from ``seed``. A task that augments overrides it (and lists ``augment`` in its
+        spec's ``levers``, which validation reads); by default there is none."""
         raise ConfigError("augment.method", f"task={self.name} has no data augmentation: use augment.method=none")
 
     def training_data(self, prepared: Prepared, split: Any, data_cfg: DataConfig, augment_cfg: AugmentConfig,

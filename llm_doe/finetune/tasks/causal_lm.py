@@ -33,8 +33,8 @@ from llm_doe.finetune.chat import (
     split_conversations,
 )
 from llm_doe.finetune.model import causal_lm_factory, load_tokenizer
-from llm_doe.finetune.tasks import TASK_METRICS
 from llm_doe.finetune.tasks.base import CardText, Evaluator, Prepared, Task
+from llm_doe.finetune.tasks.causal_lm_spec import SPEC
 from llm_doe.schema import ConfigError, DataConfig, ModelConfig
 
 _SPLITS: dict[str, ChatSplits] = {}
@@ -96,8 +96,7 @@ class _CausalLMEvaluator(Evaluator):
 class CausalLMTask(Task):
     """``task=causal_lm``: ``AutoModelForCausalLM`` fine-tuned on conversations."""
 
-    name = "causal_lm"
-    metrics = TASK_METRICS["causal_lm"]
+    spec = SPEC
 
     def prepare(self, model_cfg: ModelConfig, data_cfg: DataConfig) -> Prepared:
         tokenizer, key = load_tokenizer(model_cfg)
@@ -209,5 +208,5 @@ class CausalLMTask(Task):
             extra += ["| " + " | ".join(str(r[k]).replace("|", "\\|").replace("\n", " ") for k in
                                         ("prompt", "reference", "generated")) + " |" for r in rows]
             extra += [""]
-        return CardText("text-generation", "supervised fine-tuned chat model", "sample generations in "
-                        "`generations.csv`, ", data_lines, usage, extra)
+        return CardText("supervised fine-tuned chat model", "sample generations in `generations.csv`, ", data_lines,
+                        usage, extra)

@@ -17,8 +17,8 @@ from llm_doe.finetune.batching import attention_mask, pad, to_device
 from llm_doe.finetune.data import Encoded, Split, encode, encoded_splits
 from llm_doe.finetune.metrics import classification_metrics, roc_points
 from llm_doe.finetune.model import load_tokenizer, model_factory
-from llm_doe.finetune.tasks import PREDICTED_CLASSES, TASK_METRICS
 from llm_doe.finetune.tasks.base import CardText, Evaluator, Prepared, Task
+from llm_doe.finetune.tasks.classification_spec import PREDICTED_CLASSES, SPEC
 from llm_doe.schema import AugmentConfig, DataConfig, ModelConfig, augment_methods
 
 
@@ -50,13 +50,12 @@ class _ClassificationEvaluator(Evaluator):
 class ClassificationTask(Task):
     """``task=classification``: ``AutoModelForSequenceClassification`` on labelled text."""
 
-    name = "classification"
-    metrics = TASK_METRICS["classification"]
+    spec = SPEC
 
     def prepare(self, model_cfg: ModelConfig, data_cfg: DataConfig) -> Prepared:
         tokenizer, key = load_tokenizer(model_cfg)
         train, val, splits = encoded_splits(data_cfg, tokenizer, key)
-        factory = model_factory(model_cfg, splits.num_labels)
+        factory = model_factory(model_cfg, splits.num_labels, self.spec.model_class)
         return Prepared(tokenizer, key, train, val, splits, factory, tokenizer.pad_token_id or 0)
 
     def encode(self, split: Split, prepared: Prepared, data_cfg: DataConfig) -> Encoded:
@@ -123,7 +122,7 @@ class ClassificationTask(Task):
                  "return_tensors=\"pt\")",
                  "label = model.config.id2label[model(**batch).logits.argmax(-1).item()]",
                  "# or: pipeline(\"text-classification\", model=folder)(\"what a great day\")"]
-        return CardText("text-classification", "fine-tuned text classifier", "ROC curve in `roc.png` / `roc.csv`, ",
+        return CardText("fine-tuned text classifier", "ROC curve in `roc.png` / `roc.csv`, ",
                         data_lines, usage)
 
     def write_artifacts(self, payload: Any, folder: Path, subject: str, when: str) -> list[Path]:

@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from llm_doe.finetune.tasks import TASK_METRICS, get_task
+from llm_doe.finetune.tasks import get_task
+from llm_doe.plugins import task_names, task_spec
 from llm_doe.finetune.tasks.base import Task
 from llm_doe.schema import TaskConfig
 
@@ -63,8 +64,8 @@ def test_defaults_no_files_no_export_settings_and_directions_from_metrics(tmp_pa
     assert toy.maximized("exact_match") and not toy.maximized("val_loss")
 
 
-@pytest.mark.parametrize("name", sorted(TASK_METRICS))
+@pytest.mark.parametrize("name", sorted(task_names()))
 def test_every_registered_task_matches_its_metrics_and_name(name):
     task = get_task(TaskConfig(name=name))
     assert isinstance(task, Task) and task.name == name
-    assert task.metrics == TASK_METRICS[name] and next(iter(task.metrics)) == "val_loss"
+    assert task.metrics == dict(task_spec(name).metrics) and next(iter(task.metrics)) == "val_loss"

@@ -10,7 +10,8 @@ import torch
 
 from llm_doe.finetune.data import Encoded
 from llm_doe.finetune.metrics import classification_metrics
-from llm_doe.finetune.tasks import TASK_METRICS, get_task
+from llm_doe.finetune.tasks import get_task
+from llm_doe.plugins import task_spec
 from llm_doe.finetune.tasks.classification import ClassificationTask
 from llm_doe.schema import TaskConfig
 
@@ -25,7 +26,7 @@ def _encoded(lengths: list[int], labels: list[int]) -> Encoded:
 
 def test_the_default_task_is_classification_with_its_metrics():
     assert isinstance(TASK, ClassificationTask) and TASK.name == "classification"
-    assert list(TASK.metrics) == ["val_loss", "accuracy", "f1", "roc_auc"] == list(TASK_METRICS["classification"])
+    assert list(TASK.metrics) == ["val_loss", "accuracy", "f1", "roc_auc"] == list(task_spec("classification").metrics)
     assert TASK.maximized("roc_auc") and not TASK.maximized("val_loss")
     assert get_task(TaskConfig()) is TASK  # one instance per configuration
 
