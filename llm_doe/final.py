@@ -405,6 +405,7 @@ def _train(plan: FinalPlan) -> _Trained:
     from llm_doe.finetune.loop import Budget, Hooks, Selection, TrainData, evaluate, train
     from llm_doe.finetune.runtime import resolve_runtime
     from llm_doe.finetune.tasks import get_task
+    from llm_doe.objective import distill_teacher
 
     cfg = plan.config
     task = get_task(cfg.task)
@@ -413,7 +414,7 @@ def _train(plan: FinalPlan) -> _Trained:
     sizes = {"train": len(splits.train), "val": len(splits.val)}
     # Augmented as the trial's training examples were (augment.*, the trial's seed): train+val too.
     source = task.join(splits.train, splits.val) if cfg.final.use_val else splits.train
-    _, train_data = task.training_data(prepared, source, cfg.data, cfg.augment, cfg.train.seed)
+    examples, train_data = task.training_data(prepared, source, cfg.data, cfg.augment, cfg.train.seed)
     trained_on = f"train+val ({len(source)} examples)" if cfg.final.use_val else \
         f"the train split ({len(source)} examples)"
     if len(train_data) != len(source):
@@ -426,7 +427,8 @@ def _train(plan: FinalPlan) -> _Trained:
     model = peft_methods.wrap(prepared.factory.build(cfg.train.seed, cfg.model.dropout), cfg.peft, task.name)
     runtime = resolve_runtime(cfg.runtime.device, cfg.train.precision, cfg.runtime.log_every_steps, cfg.runtime.progress)
     started = time.perf_counter()
-    result = train(model, task, TrainData(train_data, None, prepared.pad_id), cfg.train, runtime,
+    teacher = distill_teacher(task, examples, cfg, runtime.device)  # as the trial did (distill.*)
+    result = train(model, task, TrainData(train_data, None, prepared.pad_id, teacher), cfg.train, runtime,
                    select=Selection(primary_metric(cfg)), hooks=Hooks(desc="final"),
                    budget=Budget(plan.max_steps, plan.schedule_steps), lr_scales=peft_methods.lr_scales(model, cfg.peft))
     test = splits.test  # the one read of the held-out split in the whole study

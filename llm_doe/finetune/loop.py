@@ -56,13 +56,25 @@ class Interrupted(Exception):
 
 
 @dataclass
+class Teacher:
+    """Knowledge distillation: a teacher's outputs for every training example (row i for
+    example i of ``TrainData.train``), and how the task's distillation loss weighs them."""
+
+    outputs: np.ndarray
+    alpha: float
+    temperature: float
+
+
+@dataclass
 class TrainData:
     """The encoded splits a run trains and validates on (``val=None``: no evaluation, as for
-    the final model on train+val), and the id batches are padded with."""
+    the final model on train+val), the id batches are padded with, and a teacher to distil from
+    (None: the task's plain loss)."""
 
     train: Any
     val: Any | None
     pad_id: int
+    teacher: Teacher | None = None
 
 
 @dataclass
@@ -385,7 +397,13 @@ class _Run:
                     with rt.autocast():
                         logits = self.forward(input_ids=batch["input_ids"],
                                               attention_mask=batch["attention_mask"]).logits
-                    loss = task.loss(logits, batch, units, self.cfg.label_smoothing)
+                    teacher = self.data.teacher
+                    if teacher is None:
+                        loss = task.loss(logits, batch, units, self.cfg.label_smoothing)
+                    else:
+                        soft = torch.from_numpy(teacher.outputs[chunk]).to(rt.device)
+                        loss = task.distill_loss(logits, batch, soft, units, self.cfg.label_smoothing, teacher.alpha,
+                                                 teacher.temperature)
                     self.scaler.scale(loss).backward()
                     total += loss.detach()
                 return total

@@ -29,6 +29,7 @@ from llm_doe.schema import (
     AugmentConfig,
     ConfigError,
     DataConfig,
+    DistillConfig,
     ModelConfig,
     TaskConfig,
     augment_methods,
@@ -141,6 +142,26 @@ class Task(ABC):
             return split, encoded
         augmented = self.augment(split, augment_cfg, seed)
         return augmented, self.encode(augmented, prepared, data_cfg)
+
+    def check_teacher(self, teacher: str, prepared: Prepared) -> None:
+        """Refuse (ConfigError on ``distill.teacher``) a teacher this task cannot learn from
+        (another label set, no tokenizer), before anything is written. A task that distils
+        overrides it, :meth:`teacher_outputs` and :meth:`distill_loss` (and lists ``distill`` in
+        its spec's ``levers``); by default there is none."""
+        raise ConfigError("distill.teacher", f"task={self.name} cannot distil from a teacher: use "
+                                             "distill.teacher=null")
+
+    def teacher_outputs(self, split: Any, cfg: DistillConfig, data_cfg: DataConfig, device: torch.device
+                        ) -> np.ndarray:
+        """The teacher's outputs on each example of ``split`` (the raw training examples, augmented
+        copies included), in order: computed once per study and cached on disk."""
+        raise ConfigError("distill.teacher", f"task={self.name} cannot distil from a teacher")
+
+    def distill_loss(self, logits: torch.Tensor, batch: dict[str, torch.Tensor], teacher: torch.Tensor, units: int,
+                     label_smoothing: float, alpha: float, temperature: float) -> torch.Tensor:
+        """:meth:`loss` with a teacher's outputs for the micro-batch (``teacher``): at ``alpha=0``
+        exactly :meth:`loss`."""
+        raise NotImplementedError(f"task={self.name} cannot distil from a teacher")
 
     def finish(self, model: torch.nn.Module, data: Any, pad_id: int, rt: Any, payload: Any) -> Any:
         """The best evaluation's payload with whatever the task keeps of the trained model (the
