@@ -31,6 +31,9 @@ class ModelConfig:
     tokenizer: Optional[str] = None
     # Dropout for hidden states, attention and the classifier; null keeps the model's own.
     dropout: Optional[float] = None
+    # Only for kind=pretrained: keep the first N transformer layers (a shallower student,
+    # DistilBERT-style initialisation: layers 0..N-1 of the checkpoint); null = all of them.
+    keep_layers: Optional[int] = None
     # Only for kind=tiny: the in-code BERT's size.
     hidden_size: int = 64
     num_layers: int = 2
@@ -384,7 +387,7 @@ def is_multi_objective(cfg: Config) -> bool:
 
 
 #: Model keys of a pretrained model (the other kinds are built in code: every key applies).
-_PRETRAINED_KEYS = ("kind", "name_or_path", "tokenizer", "dropout")
+_PRETRAINED_KEYS = ("kind", "name_or_path", "tokenizer", "dropout", "keep_layers")
 #: Data keys of one source each (the rest apply to every source).
 _DATA_SOURCE_KEYS = {"path": ("csv", "jsonl"), "prompt_field": ("jsonl",), "response_field": ("jsonl",),
                      "name": ("hub",), "config_name": ("hub",), "split": ("hub",)}

@@ -57,6 +57,10 @@ def _validate_task_and_model(cfg: Config) -> None:
     _check(bool(m.name_or_path), "model.name_or_path", "must not be empty")
     if m.dropout is not None:
         _check(0.0 <= m.dropout < 1.0, "model.dropout", f"must be in [0, 1), got {m.dropout}")
+    if m.keep_layers is not None:
+        _check(m.kind == "pretrained", "model.keep_layers",
+               f"applies to a pretrained model only (model.kind={m.kind} builds model.num_layers layers): leave it null")
+        _check(m.keep_layers >= 1, "model.keep_layers", f"must be >= 1 or null, got {m.keep_layers}")
     for key in ("hidden_size", "num_layers", "num_heads", "intermediate_size"):
         _check(getattr(m, key) >= 1, f"model.{key}", "must be >= 1")
     _check(m.hidden_size % m.num_heads == 0, "model.hidden_size", "must be a multiple of model.num_heads")

@@ -123,7 +123,7 @@ def test_applicable_leaves_out_keys_that_do_not_apply():
 
     minilm = OmegaConf.to_container(compose_config(["+study=lr_sweep"]).dict_config, resolve=True)
     shown = applicable(minilm)
-    assert set(shown["model"]) == {"kind", "name_or_path", "tokenizer", "dropout"}
+    assert set(shown["model"]) == {"kind", "name_or_path", "tokenizer", "dropout", "keep_layers"}
     assert shown["task"] == {"name": "classification"} and shown["peft"] == {"method": "none"}
     assert "prompt_field" not in shown["data"] and "path" not in shown["data"] and "seed" in shown["data"]
     # adamw: no sgd momentum; no augmentation or teacher: their settings mean nothing

@@ -68,6 +68,8 @@ def test_the_first_failing_section_is_the_one_reported():
     ({"task": {"name": "causal_lm"}, "data": {"source": "chat_pairs"}, "augment": {"method": "swap"}},
      "augment.method", "task=causal_lm has no data augmentation"),
     ({"distill": {"alpha": 1.5}}, "distill.alpha", "must be in [0, 1]"),
+    ({"model": {"kind": "tiny", "keep_layers": 1}}, "model.keep_layers", "applies to a pretrained model only"),
+    ({"model": {"keep_layers": 0}}, "model.keep_layers", "must be >= 1"),
     ({"distill": {"temperature": 0.0}}, "distill.temperature", "must be > 0"),
     ({"task": {"name": "causal_lm"}, "data": {"source": "chat_pairs"}, "distill": {"teacher": "x"}},
      "distill.teacher", "task=causal_lm cannot distil"),
