@@ -281,8 +281,9 @@ class PeftConfig:
 class AugmentConfig:
     """Data augmentation of the training split (never validation or test), searchable."""
 
-    # none | delete | swap | insert | char, or a list of them (each augmented copy applies
-    # every listed operation in turn). See llm_doe/finetune/augment.py.
+    # none | delete | swap | insert | char, or several: a list or one value joined by + (delete+swap,
+    # what a searched categorical can hold); each augmented copy applies them in turn.
+    # See llm_doe/finetune/augment.py.
     method: Any = "none"
     # Per-word probability of an operation (per-character for char).
     p: float = 0.1
@@ -342,7 +343,8 @@ def augment_methods(method: Any) -> list[str]:
     """``augment.method`` as the list of operations it names ([] for none)."""
     if method is None or method == AUGMENT_OFF:
         return []
-    return [str(m) for m in method] if isinstance(method, (list, tuple)) else [str(method)]
+    # "delete+swap" is the list [delete, swap] as one value: what a categorical search space can hold.
+    return [str(m) for m in method] if isinstance(method, (list, tuple)) else str(method).split("+")
 
 
 def objective_metrics(cfg: Config) -> list[str]:

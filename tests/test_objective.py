@@ -133,7 +133,7 @@ def test_the_teacher_forwards_once_per_study_and_every_trial_records_it(search, 
 
 @pytest.mark.parametrize(("labels", "says"), [(["spam", "ham"], "names its labels"),
                                               (["negative", "neutral", "positive"], "predicts 3 labels"),
-                                              (None, "cannot load")])
+                                              (None, "no such folder")])
 def test_a_bad_teacher_is_refused_before_anything_is_written(search, tmp_path, capsys, labels, says):
     folder = save_classifier(tmp_path / "teacher", labels) if labels else f"{tmp_path}/missing"
     space = "++study.space={distill.teacher:{type:categorical,choices:[null," + folder + "]}}"

@@ -84,4 +84,8 @@ def test_the_levers_valid_settings_pass():
     validate(_config(train={"optimizer": "sgd", "momentum": 0.9}))
     validate(_config(peft={"method": "lora", "lora_plus_ratio": 16.0}))
     validate(_config(augment={"method": ["delete", "char"], "p": 0.2, "copies": 2}))
+    validate(_config(augment={"method": "delete+char"}))
+    assert schema.augment_methods("delete+char") == ["delete", "char"] == schema.augment_methods(["delete", "char"])
+    with pytest.raises(schema.ConfigError, match="unknown operation 'dleete'"):
+        validate(_config(augment={"method": "dleete+char"}))
     validate(_config(distill={"teacher": "some/folder", "alpha": 0.0}))

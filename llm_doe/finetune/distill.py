@@ -67,6 +67,9 @@ def check_teacher(teacher: str, label_names: Sequence[str]) -> None:
     from transformers import AutoConfig, AutoTokenizer
 
     where = _resolved(teacher)
+    if not Path(where).is_dir() and (where.count("/") != 1 or where.startswith((".", "/", "~"))):
+        raise ConfigError("distill.teacher", f"{teacher!r}: no such folder (a hub id is namespace/name; a teacher "
+                                             "folder is what `python -m llm_doe.final +study=NAME` exported)")
     try:
         config = AutoConfig.from_pretrained(where)
     except Exception as err:  # noqa: BLE001 - transformers raises many types for a missing model

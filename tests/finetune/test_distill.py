@@ -39,8 +39,10 @@ def test_a_teacher_with_the_data_labels_passes_and_others_are_refused(setup, tea
         distill.check_teacher(teacher, ["positive", "negative"])
     with pytest.raises(ConfigError, match="predicts 2 labels"):
         distill.check_teacher(teacher, ["a", "b", "c"])
-    with pytest.raises(ConfigError, match="cannot load"):
+    with pytest.raises(ConfigError, match="no such folder"):
         distill.check_teacher(str(tmp_path / "nowhere"), ["negative", "positive"])
+    with pytest.raises(ConfigError, match="no such folder"):
+        distill.check_teacher("studies/lr_sweep/final", ["negative", "positive"])
     bare = tmp_path / "bare"
     model = setup[3].build(0, 0.1)
     model.save_pretrained(bare)
