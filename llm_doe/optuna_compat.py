@@ -3,7 +3,9 @@
 Optuna's public API lacks a few things this project needs: the storage behind a study, a
 trial's row id, a bulk attribute write. Each accessor below reaches into Optuna's internals
 for one of them and names, next to it, the public API it stands in for (or that there is
-none). Nothing else in the package touches an Optuna name that starts with ``_``, so an Optuna
+none); so do the readers of the system attributes Optuna keeps its own bookkeeping under
+(retries, enqueued parameters, grid points, constraints). Nothing else in the package touches an
+Optuna name that starts with ``_`` or reads a system attribute, so an Optuna
 upgrade that moves one breaks here, and ``tests/test_optuna_compat.py`` says which.
 """
 
@@ -11,7 +13,7 @@ from __future__ import annotations
 
 from contextlib import AbstractContextManager
 from types import ModuleType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import optuna
 
@@ -92,3 +94,61 @@ def trial_state_row(session: Session, trial_id: int) -> optuna.trial.TrialState:
     Public stand-in outside a transaction: ``storage.get_trial(trial_id).state``.
     """
     return rdb_models().TrialModel.find_or_raise_by_id(trial_id, session).state
+
+
+# Optuna's system attributes: the keys it writes its own bookkeeping under. -----------------
+
+#: Where ``RetryFailedTrialCallback`` (and ``RetryHeartbeatStaleTrialCallback``) records the trial a
+#: re-queued trial retries, and the chain of them.
+FAILED_TRIAL_KEY = "failed_trial"
+RETRY_HISTORY_KEY = "retry_history"
+#: Where ``Study.enqueue_trial`` keeps the parameters a waiting trial was enqueued with.
+FIXED_PARAMS_KEY = "fixed_params"
+#: Where ``trial.set_constraint`` stores each constraint (``constraints:<name>``; Optuna < 4 stored
+#: one list under ``constraints``): ``optuna.study._constrained_optimization._CONSTRAINTS_KEY``.
+CONSTRAINTS_KEY = "constraints"
+
+
+def retried_trial_number(trial: optuna.trial.FrozenTrial) -> int | None:
+    """The first trial of the retry chain ``trial`` belongs to, or None if it retries none.
+
+    Public (experimental, it warns on each call):
+    ``optuna.storages.RetryFailedTrialCallback.retried_trial_number(trial)``.
+    """
+    origin = trial.system_attrs.get(FAILED_TRIAL_KEY)
+    return None if origin is None else int(origin)
+
+
+def retry_history(trial: optuna.trial.FrozenTrial) -> list[int]:
+    """The trials ``trial`` retries, oldest first (empty if none).
+
+    Public (experimental): ``optuna.storages.RetryFailedTrialCallback.retry_history(trial)``.
+    """
+    return list(trial.system_attrs.get(RETRY_HISTORY_KEY) or ())
+
+
+def enqueued_params(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
+    """The parameters a trial was enqueued with (``Study.enqueue_trial``), before it suggests
+    them: a waiting trial has no ``params`` yet. No public API."""
+    return dict(trial.system_attrs.get(FIXED_PARAMS_KEY) or {})
+
+
+def grid_search_space(trial: optuna.trial.FrozenTrial) -> dict[str, Any] | None:
+    """The search space of the grid a ``GridSampler`` assigned ``trial`` a point of (it records
+    ``grid_id`` and ``search_space`` before the parameters are suggested), or None when no grid
+    point was assigned yet. No public API."""
+    if "grid_id" not in trial.system_attrs:
+        return None
+    return trial.system_attrs.get("search_space")
+
+
+def constraint_entries(key: str, value: Any) -> dict[str, float]:
+    """One system attribute's constraint values by name, as ``FrozenTrial.constraints`` names
+    them (``constraints:<name>``; the old list under ``constraints`` by position); none for any
+    other key. Public for a trial object: ``FrozenTrial.constraints``; a store read in bulk has
+    only the rows."""
+    if key == CONSTRAINTS_KEY:
+        return {str(i): v for i, v in enumerate(value or ())}
+    if key.startswith(f"{CONSTRAINTS_KEY}:"):
+        return {key[len(CONSTRAINTS_KEY) + 1:]: value}
+    return {}

@@ -6,9 +6,10 @@ loads. Every consumer asks the declaration (validation, the schema's applicable 
 factory, ``final``, the objective, the report) instead of comparing names; the pattern is peft's
 ``register_peft_method`` and transformers' Auto registries: one call per plugin.
 
-* A built-in task declares itself in ``llm_doe/finetune/tasks/<name>_spec.py`` (a ``TaskSpec``
-  passed to :func:`register_task`) and implements itself in ``tasks/<name>.py`` (a ``Task``
-  subclass whose ``spec`` is that declaration); ``tasks/__init__.py`` imports the spec modules.
+* A built-in task declares itself in ``llm_doe/finetune/tasks/<name>_spec.py`` (``SPEC =
+  TaskSpec(...)``, torch-free) and implements itself in ``tasks/<name>.py`` (a ``Task`` subclass
+  with ``spec = SPEC``); ``tasks/__init__.py`` registers each ``SPEC`` (its ``BUILTIN`` tuple), and
+  ``conf/task/<name>.yaml`` makes it a choice.
 * A user's task is a ``Task`` subclass with a ``spec = TaskSpec(...)`` class attribute in the
   user's own module, selected by ``task.target: my_module.MyTask`` (a task yaml in the user's
   config directory, found through ``hydra.searchpath``): :func:`task_spec` imports it then.
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
@@ -60,6 +61,9 @@ class TaskSpec:
     sources: tuple[str, ...] = ()
     #: The ``task.*`` keys that apply to it (what a trial's config.yaml shows).
     keys: tuple[str, ...] = ("name", "target")
+    #: ``data.*`` keys only some of its sources read, with those sources (``{"path": ("csv",)}``):
+    #: elsewhere they do not apply (a trial's config.yaml leaves them out).
+    source_keys: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     #: The ``data.*`` keys that choose its examples or their labels: a study that samples one of
     #: them has no single set of classes to record (``search.data_attrs``).
     data_keys: tuple[str, ...] = ()
@@ -83,6 +87,7 @@ class TaskSpec:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "metrics", MappingProxyType(dict(self.metrics)))
+        object.__setattr__(self, "source_keys", MappingProxyType({k: tuple(v) for k, v in self.source_keys.items()}))
         if not self.name or not isinstance(self.name, str):
             raise ValueError(f"a task needs a name, got {self.name!r}")
         if next(iter(self.metrics), None) != "val_loss":
@@ -164,11 +169,13 @@ def task_names() -> tuple[str, ...]:
 
 
 def task_specs() -> tuple[TaskSpec, ...]:
+    """The declarations of :func:`task_names`."""
     _builtins("task")
     return tuple(_TASKS.values())
 
 
 def peft_method_names() -> tuple[str, ...]:
+    """The declared PEFT methods."""
     _builtins("peft")
     return tuple(_PEFT_METHODS)
 
@@ -195,23 +202,35 @@ def task_spec(name: str, target: str | None = None) -> TaskSpec:
 
 
 def _user_task(name: str, target: str) -> TaskSpec:
+    """``task.target`` names a ``Task`` subclass with a ``spec`` class attribute, or a ``TaskSpec``
+    whose own ``target`` names the class (a declaration kept in a light module: validation then
+    imports no torch)."""
     try:
-        cls = import_object(target)
+        found = import_object(target)
     except (ImportError, AttributeError) as err:
-        raise ConfigError("task.target", f"cannot import {target!r}: {err} (is its folder on PYTHONPATH?)") from None
-    spec = getattr(cls, "spec", None)
-    if not isinstance(cls, type) or not isinstance(spec, TaskSpec):
+        raise ConfigError("task.target", f"cannot import {target!r}: {err} (is its folder the working directory "
+                                         "or on PYTHONPATH?)") from None
+    if isinstance(found, TaskSpec):
+        if not found.target:
+            raise ConfigError("task.target", f"{target!r} is a TaskSpec without a target: set its target to the "
+                                             "Task subclass, package.module.Class")
+        spec, path = found, found.target
+    elif isinstance(found, type) and isinstance(getattr(found, "spec", None), TaskSpec):
+        # The class named is the one to build, whatever target a spec copied from another task says.
+        spec, path = found.spec, f"{found.__module__}.{found.__qualname__}"
+    else:
         raise ConfigError("task.target", f"{target!r} must be a Task subclass with a class attribute "
-                                         "spec = TaskSpec(...)")
+                                         "spec = TaskSpec(...), or a TaskSpec")
     if spec.name != name:
         raise ConfigError("task.name", f"is {name!r} but {target} declares the task {spec.name!r}: set task.name: "
                                        f"{spec.name}")
-    path = f"{cls.__module__}.{cls.__qualname__}"
     known = _TASKS.get(name)
-    if known is not None and known.target != path:
-        raise ConfigError("task.name", f"{name!r} is already the task {known.target}: give yours another name")
-    # The class named is the one to build, whatever target a spec copied from another task says.
-    return register_task(replace(spec, target=path))
+    if known is not None:
+        if known.target != path:
+            raise ConfigError("task.name", f"{name!r} is already the task {known.target}: give yours another name")
+        return known
+    keys = spec.keys if "target" in spec.keys else (*spec.keys, "target")  # a trial's config.yaml names the class
+    return register_task(replace(spec, target=path, keys=keys))
 
 
 def peft_method(name: str) -> PeftMethodSpec:

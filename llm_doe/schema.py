@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 from llm_doe.errors import ConfigError
 from llm_doe.names import COST_METRICS
-from llm_doe.plugins import TaskSpec, peft_method, task_spec
+from llm_doe.plugins import TaskSpec, peft_method, task_spec, task_specs
 
 __all__ = ["ConfigError"]  # re-exported: every check of user input raises it
 
@@ -390,9 +390,16 @@ def is_multi_objective(cfg: Config) -> bool:
 
 #: Model keys of a pretrained model (the other kinds are built in code: every key applies).
 _PRETRAINED_KEYS = ("kind", "name_or_path", "tokenizer", "dropout", "keep_layers")
-#: Data keys of one source each (the rest apply to every source).
-_DATA_SOURCE_KEYS = {"path": ("csv", "jsonl"), "prompt_field": ("jsonl",), "response_field": ("jsonl",),
-                     "name": ("hub",), "config_name": ("hub",), "split": ("hub",)}
+
+
+def data_source_keys() -> dict[str, set[str]]:
+    """Data keys that only some sources read, with every source that reads each (what the tasks
+    declare, ``TaskSpec.source_keys``); the other data keys apply to every source."""
+    keys: dict[str, set[str]] = {}
+    for spec in task_specs():
+        for key, sources in spec.source_keys.items():
+            keys.setdefault(key, set()).update(sources)
+    return keys
 
 
 def _get(node: Any, key: str) -> Any:
@@ -435,8 +442,8 @@ def applicable_keys(config: Any) -> dict[str, tuple[str, ...]]:
             pass
     data = _get(config, "data")
     if data is not None:
-        keys["data"] = tuple(k for k in _keys(data)
-                             if k not in _DATA_SOURCE_KEYS or _get(data, "source") in _DATA_SOURCE_KEYS[k])
+        only = data_source_keys()
+        keys["data"] = tuple(k for k in _keys(data) if k not in only or _get(data, "source") in only[k])
     train = _get(config, "train")
     if train is not None and _get(train, "optimizer") is not None:
         keys["train"] = tuple(k for k in _keys(train)

@@ -387,8 +387,8 @@ def record_totals(study: optuna.Study) -> dict[str, float]:
 
 def _origin(trial: optuna.trial.FrozenTrial) -> int:
     """The first trial of a retry chain (re-queued trials repeat its configuration on purpose)."""
-    origin = trial.system_attrs.get("failed_trial")  # what RetryHeartbeatStaleTrialCallback records
-    return trial.number if origin is None else int(origin)
+    origin = compat.retried_trial_number(trial)  # what RetryHeartbeatStaleTrialCallback records
+    return trial.number if origin is None else origin
 
 
 def counted(trial: optuna.trial.FrozenTrial) -> bool:
@@ -413,13 +413,13 @@ def grid_point(study: optuna.Study, trial: optuna.trial.FrozenTrial, space: Sear
     else what ``study.sampler`` (a GridSampler) draws for its ``grid_id``, which GridSampler
     sets before the parameters are suggested. None if unknown."""
     names = grid_names(space)
-    for source in (trial.params, trial.system_attrs.get("fixed_params") or {}):
+    for source in (trial.params, compat.enqueued_params(trial)):
         if all(name in source for name in names):
             return tuple(source[name] for name in names)
     grid = grid_values(space)
     sampler = study.sampler
-    if (not isinstance(sampler, optuna.samplers.GridSampler) or "grid_id" not in trial.system_attrs
-            or trial.system_attrs.get("search_space") != {name: grid[name] for name in names}):
+    if (not isinstance(sampler, optuna.samplers.GridSampler)
+            or compat.grid_search_space(trial) != {name: grid[name] for name in names}):
         return None
     return tuple(sampler.sample_independent(study, trial, name, space[name]) for name in names)
 

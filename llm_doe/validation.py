@@ -20,6 +20,7 @@ from llm_doe.schema import (
     Config,
     ConfigError,
     augment_methods,
+    data_source_keys,
     objective_metrics,
     task_of,
 )
@@ -72,7 +73,7 @@ def _validate_data(cfg: Config) -> None:
     sources = task_of(cfg).sources
     _check(not sources or d.source in sources, "data.source",
            f"task={cfg.task.name} reads data={'|'.join(sources)}, got {d.source!r}")
-    if d.source in ("csv", "jsonl"):
+    if d.source in data_source_keys().get("path", ()):  # a source that reads a file of the user's
         _check(bool(d.path), "data.path", f"is required with data={d.source}")
     if d.source == "hub":
         _check(bool(d.name), "data.name", "is required with data=hub (a datasets id)")

@@ -35,6 +35,7 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
+from llm_doe import optuna_compat
 from llm_doe.formatting import fmt
 from llm_doe.schema import Config, ConfigError, StorageConfig
 
@@ -331,7 +332,7 @@ def _key(params: Mapping[str, Any]) -> str:
 
 def _held(trial: FrozenTrial) -> tuple[Any, str]:
     """(source, parameters) of the point an enqueued trial holds."""
-    return trial.user_attrs.get(ATTR), _key(trial.system_attrs.get("fixed_params") or trial.params)
+    return trial.user_attrs.get(ATTR), _key(optuna_compat.enqueued_params(trial) or trial.params)
 
 
 def enqueue(study: optuna.Study, points: Sequence[Point], n_trials: int) -> list[str]:

@@ -84,3 +84,48 @@ def test_rdb_models_session_and_state_row(tmp_path):
         session.add(model(trial_id=compat.trial_id(trial), key="written", value_json="2"))
     # The session committed on exit: the public API sees the row.
     assert study.get_trials(deepcopy=False)[0].user_attrs["written"] == 2
+
+
+def test_system_attribute_readers_match_what_optuna_writes(study):
+    """The keys Optuna keeps its bookkeeping under, read back from what it really wrote."""
+    import warnings
+
+    study.enqueue_trial({"x": 0.25})
+    (waiting,) = study.get_trials(deepcopy=False)
+    assert compat.enqueued_params(waiting) == {"x": 0.25} and waiting.params == {}
+    trial = study.ask()
+    trial.suggest_float("x", 0, 1)
+    trial.set_constraint("memory.max", 2.5)
+    study.tell(trial, 1.0)
+    done = study.get_trials(deepcopy=False)[0]
+    entries = {k: v for key, value in done.system_attrs.items()
+               for k, v in compat.constraint_entries(key, value).items()}
+    assert entries == done.constraints == {"memory.max": 2.5}
+    assert compat.constraint_entries(compat.CONSTRAINTS_KEY, [1.0, -2.0]) == {"0": 1.0, "1": -2.0}  # Optuna < 4
+    retry = optuna.trial.create_trial(state=optuna.trial.TrialState.WAITING, params={}, distributions={},
+                                      system_attrs={compat.FAILED_TRIAL_KEY: 0, compat.RETRY_HISTORY_KEY: [0]})
+    study.add_trial(retry)
+    retry = study.get_trials(deepcopy=False)[-1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        public = optuna.storages.RetryFailedTrialCallback
+        assert compat.retried_trial_number(retry) == public.retried_trial_number(retry) == 0
+        assert compat.retry_history(retry) == public.retry_history(retry) == [0]
+        assert compat.retried_trial_number(done) is None and compat.retry_history(done) == []
+
+
+def test_grid_search_space_is_what_the_grid_sampler_recorded(tmp_path):
+    study = optuna.create_study(sampler=optuna.samplers.GridSampler({"x": [1, 2]}, seed=0),
+                                storage=f"sqlite:///{tmp_path}/g.db")
+    trial = study.ask()
+    frozen = study.get_trials(deepcopy=False)[trial.number]
+    assert compat.grid_search_space(frozen) == {"x": [1, 2]}
+    plain = optuna.create_study().ask()
+    assert compat.grid_search_space(plain.study.get_trials(deepcopy=False)[0]) is None
+
+
+def test_no_module_but_the_compat_one_reads_optunas_system_attributes():
+    package = Path(compat.__file__).parent
+    readers = [str(p.relative_to(package)) for p in sorted(package.rglob("*.py"))
+               if p.name != "optuna_compat.py" and "system_attrs" in p.read_text(encoding="utf-8")]
+    assert not readers, f"read Optuna's system attributes through llm_doe.optuna_compat: {readers}"

@@ -97,3 +97,45 @@ def test_unknown_names_and_bad_targets_are_config_errors():
     with pytest.raises(ConfigError) as err:
         task_spec("mine", "llm_doe.plugins.TaskSpec")  # a class, but no Task with a spec
     assert err.value.key == "task.target" and "spec = TaskSpec" in err.value.message
+
+
+def _import_edges() -> dict[str, set[str]]:
+    """Each llm_doe module and the llm_doe modules it imports at its top level (TYPE_CHECKING
+    blocks included: a loop there is a loop for the type checker and for readers)."""
+    modules = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(REPO).with_suffix("").parts
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    edges: dict[str, set[str]] = {m: set() for m in modules}
+    for module, path in modules.items():
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            for stmt in node.body if isinstance(node, ast.If) else [node]:
+                if isinstance(stmt, ast.ImportFrom) and stmt.module and stmt.module.startswith("llm_doe"):
+                    for alias in stmt.names:
+                        sub = f"{stmt.module}.{alias.name}"
+                        edges[module].add(sub if sub in modules else stmt.module)
+                elif isinstance(stmt, ast.Import):
+                    edges[module].update(a.name for a in stmt.names if a.name.startswith("llm_doe"))
+    return edges
+
+
+def test_no_import_loop_in_the_package():
+    """schema -> tasks -> schema was one; the declarations (plugins) import nothing of llm_doe
+    but its error, and load the built-in ones by name."""
+    edges = _import_edges()
+    state: dict[str, int] = {}
+    loops = []
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = 1
+        for nxt in sorted(edges.get(module, ())):
+            if state.get(nxt) == 1:
+                loops.append(" -> ".join([*path[path.index(nxt):], nxt]))
+            elif nxt in edges and nxt not in state:
+                visit(nxt, [*path, nxt])
+        state[module] = 2
+
+    for module in sorted(edges):
+        if module not in state:
+            visit(module, [module])
+    assert not loops, "import loops:\n" + "\n".join(loops)

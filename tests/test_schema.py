@@ -30,6 +30,8 @@ GROUPS: dict[str, type] = {
     "storage": schema.StorageConfig,
     "confirm": schema.ConfirmConfig,
     "final": schema.FinalConfig,
+    "task": schema.TaskConfig,
+    "peft": schema.PeftConfig,
 }
 
 #: Group files that restate their dataclass in full: every field, every default.
@@ -39,6 +41,12 @@ FULL_RESTATEMENTS = ("train/default.yaml", "confirm/default.yaml", "final/defaul
 #: (model/minilm.yaml and data/tweets.yaml describe one model and one data set, on purpose
 #: unlike the schema's generic defaults, so they are not listed.)
 PARTIAL_RESTATEMENTS = ("sampler/tpe.yaml", "pruner/median.yaml", "storage/sqlite.yaml")
+
+#: Groups with one file per declared plugin (llm_doe/plugins.py), and the key that chooses it.
+#: Each file documents the keys that apply to its choice with the schema's defaults.
+CHOICE_KEYS = {"task": "name", "peft": "method"}
+#: Values a choice file sets unlike the schema on purpose.
+DELIBERATE = {"peft/ia3.yaml": {"target_modules"}}  # IA3 rescales the feed-forward input too: attention_mlp
 
 
 def _default(f: Field[Any]) -> Any:
@@ -137,3 +145,23 @@ def test_applicable_leaves_out_keys_that_do_not_apply():
     lora = OmegaConf.to_container(compose_config(["+study=sft_smoke"]).dict_config, resolve=True)
     assert "r" in applicable(lora)["peft"] and "num_virtual_tokens" not in applicable(lora)["peft"]
     assert "loss_on" in applicable(lora)["task"]
+
+
+@pytest.mark.parametrize("path", sorted(p.relative_to(CONF).as_posix() for group in CHOICE_KEYS
+                                        for p in (CONF / group).glob("*.yaml")))
+def test_plugin_choice_files_restate_the_schema_defaults_but_their_choice(path):
+    """conf/peft/lora.yaml's r: 8 is PeftConfig's r: 8 (one default, two copies a test holds equal)."""
+    group = path.split("/")[0]
+    chooser = CHOICE_KEYS[group]
+    written, expected = _yaml(CONF / path), _defaults(GROUPS[group])
+    assert written[chooser] == Path(path).stem, f"conf/{path} must choose {chooser}: {Path(path).stem}"
+    differ = {k: (v, expected[k]) for k, v in written.items()
+              if k != chooser and k not in DELIBERATE.get(path, ()) and v != expected[k]}
+    assert not differ, f"conf/{path} disagrees with {GROUPS[group].__name__} (yaml, schema): {differ}"
+
+
+def test_every_declared_task_and_peft_method_has_its_choice_file():
+    from llm_doe.plugins import peft_method_names, task_names
+
+    assert {p.stem for p in (CONF / "task").glob("*.yaml")} == set(task_names())
+    assert {p.stem for p in (CONF / "peft").glob("*.yaml")} == set(peft_method_names())

@@ -89,3 +89,13 @@ def test_the_levers_valid_settings_pass():
     with pytest.raises(schema.ConfigError, match="unknown operation 'dleete'"):
         validate(_config(augment={"method": "dleete+char"}))
     validate(_config(distill={"teacher": "some/folder", "alpha": 0.0}))
+
+
+@pytest.mark.parametrize(("task", "source"), [("classification", "csv"), ("causal_lm", "jsonl")])
+def test_a_source_that_reads_a_file_needs_data_path(task, source):
+    """Which sources read data.path comes from the tasks' declarations (source_keys)."""
+    with pytest.raises(schema.ConfigError) as caught:
+        validate(_config(task={"name": task}, data={"source": source, "path": None}))
+    assert caught.value.key == "data.path" and f"data={source}" in caught.value.message
+    validate(_config(task={"name": task}, data={"source": source, "path": "somewhere.file"}))
+    validate(_config(data={"source": "tweets", "path": None}))

@@ -24,6 +24,7 @@ import pandas as pd
 from optuna.distributions import BaseDistribution, distribution_to_json, json_to_distribution
 
 from llm_doe import optuna_compat
+from llm_doe.names import study_metrics
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
@@ -221,6 +222,7 @@ def _sql_raw(source: _Source, study_name: str | None, attr_keys: Sequence[str] |
     assert source.engine is not None
     with source.engine.connect() as conn:
         sid, name, directions, study_attrs = _sql_study(conn, source.label, study_name)
+        attr_keys = _with_study_metrics(attr_keys, study_attrs)
         of_study = tr.c.study_id == sid
         trials = _frame(
             _fetch(conn, select(tr.c.trial_id, tr.c.number, tr.c.state, tr.c.datetime_start, tr.c.datetime_complete)
@@ -263,28 +265,17 @@ def _sql_raw(source: _Source, study_name: str | None, attr_keys: Sequence[str] |
 
         sy = t["system"]  # Optuna's retry chains: a re-queued trial lists the trials it retries
         for (history,) in _fetch(conn, select(sy.c.value_json).join_from(sy, tr, sy.c.trial_id == tr.c.trial_id)
-                                 .where(of_study, sy.c.key == "retry_history")):
+                                 .where(of_study, sy.c.key == optuna_compat.RETRY_HISTORY_KEY)):
             raw.retried.update(json.loads(history))
 
         # trial.set_constraint's values (system attributes "constraints:<name>"; Optuna < 4 stored
         # one list under "constraints"): what FrozenTrial.constraints returns.
+        prefix = optuna_compat.CONSTRAINTS_KEY
         rows = _fetch(conn, select(sy.c.trial_id, sy.c.key, sy.c.value_json)
-                      .join_from(sy, tr, sy.c.trial_id == tr.c.trial_id).where(of_study, sy.c.key.like(f"{_CONSTRAINTS}%")))
-        for key, akey, value_json in sorted(rows, key=lambda row: row[1] != _CONSTRAINTS):  # the old list first
-            raw.constraints.setdefault(key, {}).update(_constraint_entries(akey, json.loads(value_json)))
+                      .join_from(sy, tr, sy.c.trial_id == tr.c.trial_id).where(of_study, sy.c.key.like(f"{prefix}%")))
+        for key, akey, value_json in sorted(rows, key=lambda row: row[1] != prefix):  # the old list first
+            raw.constraints.setdefault(key, {}).update(optuna_compat.constraint_entries(akey, json.loads(value_json)))
     return raw
-
-
-_CONSTRAINTS = "constraints"
-
-
-def _constraint_entries(key: str, value: Any) -> dict[str, float]:
-    """One system attribute's constraint values by name, as ``FrozenTrial.constraints`` names them."""
-    if key == _CONSTRAINTS:
-        return {str(i): v for i, v in enumerate(value or ())}
-    if key.startswith(f"{_CONSTRAINTS}:"):
-        return {key[len(_CONSTRAINTS) + 1:]: value}
-    return {}
 
 
 def _api_raw(study: optuna.Study, attr_keys: Sequence[str] | None, label: str) -> Raw:
@@ -294,6 +285,7 @@ def _api_raw(study: optuna.Study, attr_keys: Sequence[str] | None, label: str) -
         [(t.number, t.number, t.state.name, t.datetime_start, t.datetime_complete) for t in frozen],
         columns=["key", "number", "state", "datetime_start", "datetime_complete"])
     raw = Raw(study.study_name, [d.name.lower() for d in study.directions], dict(study.user_attrs), label, trials)
+    attr_keys = _with_study_metrics(attr_keys, raw.study_attrs)
     for t in frozen:
         for i, value in enumerate(t.values or ()):
             raw.values.setdefault(i, {})[t.number] = value
@@ -305,10 +297,18 @@ def _api_raw(study: optuna.Study, attr_keys: Sequence[str] | None, label: str) -
                 raw.attrs.setdefault(akey, {})[t.number] = value
         if t.state == optuna.trial.TrialState.PRUNED and t.last_step is not None:
             raw.last_step[t.number] = t.last_step
-        raw.retried.update(t.system_attrs.get("retry_history") or ())
+        raw.retried.update(optuna_compat.retry_history(t))
         if t.constraints:
             raw.constraints[t.number] = dict(t.constraints)
     return raw
+
+
+def _with_study_metrics(attr_keys: Sequence[str] | None, study_attrs: dict[str, Any]) -> Sequence[str] | None:
+    """The attributes asked for and the metrics the study's task records (a user's task records
+    its own, which no list of built-in metrics names); None (every attribute) stays None."""
+    if attr_keys is None:
+        return None
+    return [*attr_keys, *(m for m in study_metrics(study_attrs) if m not in attr_keys)]
 
 
 def read_raw(storage: StudyRef, study_name: str | None, attr_keys: Sequence[str] | None) -> Raw:

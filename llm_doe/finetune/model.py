@@ -30,6 +30,7 @@ from transformers import (
     LlamaForCausalLM,
 )
 
+from llm_doe.finetune.transformers_compat import init_module_weights
 from llm_doe.schema import ConfigError, ModelConfig
 
 transformers.utils.logging.set_verbosity_error()
@@ -122,8 +123,8 @@ class ModelFactory:
             module = model.get_submodule(name)
             for sub in module.modules():
                 # transformers' per-module initialiser, the one from_pretrained applies to weights a
-                # checkpoint lacks; no public API initialises a single module the same way.
-                model._init_weights(sub)  # type: ignore[operator]
+                # checkpoint lacks.
+                init_module_weights(model, sub)
         if dropout is not None:
             set_dropout(model, dropout)
         model.train()

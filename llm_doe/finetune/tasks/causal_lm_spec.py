@@ -11,6 +11,7 @@ SPEC = TaskSpec(
     metrics={"val_loss": "minimize", "perplexity": "minimize"},
     sources=("chat_pairs", "jsonl"),
     keys=("name", "loss_on", "sample_prompts", "sample_max_new_tokens"),
+    source_keys={"path": ("jsonl",), "prompt_field": ("jsonl",), "response_field": ("jsonl",)},
     data_keys=("source", "path", "prompt_field", "response_field"),
     peft_task_type="CAUSAL_LM",
     model_class="AutoModelForCausalLM",

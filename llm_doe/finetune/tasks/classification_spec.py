@@ -15,6 +15,7 @@ SPEC = TaskSpec(
     metrics={"val_loss": "minimize", "accuracy": "maximize", "f1": "maximize", "roc_auc": "maximize"},
     sources=("tweets", "csv", "hub"),
     keys=("name",),
+    source_keys={"path": ("csv",), "name": ("hub",), "config_name": ("hub",), "split": ("hub",)},
     data_keys=("source", "path", "name", "config_name", "split", "text_column", "label_column", "labels",
                "label_names"),
     peft_task_type="SEQ_CLS",
