@@ -203,7 +203,11 @@ def make_plan(composed: Composed) -> FinalPlan:
         raise ConfigError("final.output_dir", f"{out} is a file")
     check_writable(out, "final.output_dir")
     check_writable(composed.run_dir, "hydra.run.dir")
-    train_data = get_task(trial_cfg.task).prepare(trial_cfg.model, trial_cfg.data).train
+    task = get_task(trial_cfg.task)
+    prepared = task.prepare(trial_cfg.model, trial_cfg.data)
+    # What the trial trained on: its augmented copies too (they set its steps per epoch).
+    _, train_data = task.training_data(prepared, prepared.splits.train, trial_cfg.data, trial_cfg.augment,
+                                       trial_cfg.train.seed)
     max_steps, source = best_optimizer_step(trial, trial_cfg, len(train_data), storage)
     confirmation = None
     try:
