@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from llm_doe.plugins import task_specs
 from llm_doe.names import ALL_METRICS, CONFIRM_SUFFIX, METRICS, SEED_PARAMS, study_metrics
+from llm_doe.plugins import task_specs
 
 
 def test_a_study_names_its_own_metrics_in_its_order():

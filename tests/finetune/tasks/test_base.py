@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 
 from llm_doe.finetune.tasks import get_task
-from llm_doe.plugins import task_names, task_spec
 from llm_doe.finetune.tasks.base import Task
+from llm_doe.plugins import task_names, task_spec
 from llm_doe.schema import TaskConfig
 
 

@@ -11,8 +11,8 @@ import torch
 from llm_doe.finetune.data import Encoded
 from llm_doe.finetune.metrics import classification_metrics
 from llm_doe.finetune.tasks import get_task
-from llm_doe.plugins import task_spec
 from llm_doe.finetune.tasks.classification import ClassificationTask
+from llm_doe.plugins import task_spec
 from llm_doe.schema import TaskConfig
 
 TASK = get_task(TaskConfig())
