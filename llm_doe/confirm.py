@@ -117,16 +117,25 @@ def experiment_config(composed: Composed, parent: optuna.Study) -> DictConfig:
 def searched_space(composed: Composed, parent: optuna.Study) -> dict[str, Any]:
     """The study's searched distributions, checked against the composed ``study.space``: the
     same overrides as the search must give the same space (less a sub-study's scientific ones)."""
-    from llm_doe.space import build_space, space_to_json
+    from llm_doe.space import (
+        SearchSpace,
+        build_space,
+        json_conditions,
+        resolve_conditions,
+        space_to_json,
+    )
 
     scientific = scientific_values(parent)
-    space = {k: d for k, d in build_space(composed.config.study.space).items() if k not in scientific}
+    built = build_space(composed.config.study.space)
+    space = resolve_conditions(built.subset(k for k in built if k not in scientific),
+                               experiment_config(composed, parent))
     stored = parent.user_attrs.get("space")
     if isinstance(stored, dict) and stored:
         if stored != space_to_json(space):
             raise ConfigError("study.space", f"differs from the space study {parent.study_name!r} searched: pass the "
                                              "overrides the search ran with")
-        return {k: optuna.distributions.json_to_distribution(v) for k, v in stored.items()}
+        return SearchSpace({k: optuna.distributions.json_to_distribution(v) for k, v in stored.items()},
+                           json_conditions(stored))
     return space
 
 

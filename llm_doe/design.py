@@ -26,7 +26,9 @@ from llm_doe.space import (
     SearchSpace,
     apply_params,
     build_space,
+    conditions_of,
     grid_values,
+    resolve_conditions,
     space_roles,
 )
 
@@ -100,9 +102,13 @@ def plan(name: str, base: DictConfig, space_cfg: Mapping[str, Any], n_trials: in
             raise ConfigError(f"study.space.{key}", "is not a config path (no such key)")
         caveats.append(f"{key} is fixed at {value}: the conclusions hold at this value only")
     scientific = [k for k, r in roles.items() if r == "scientific"]
-    nuisance = {k: d for k, d in space.items() if roles.get(k) != "scientific"}
+    for key in scientific:
+        if key in conditions_of(space):
+            raise ConfigError(f"study.space.{key}.when", "a scientific parameter takes every value in every "
+                                                         "sub-study: it cannot have a condition")
+    nuisance = space.subset(k for k in space if roles.get(k) != "scientific")
     if not scientific:
-        return Design(name, roles, [Arm(name, base, space, n_trials)], caveats)
+        return Design(name, roles, [Arm(name, base, resolve_conditions(space, base), n_trials)], caveats)
     if not nuisance:
         raise ConfigError("study.space", "a study with scientific parameters needs nuisance parameters to tune "
                                          "for each value (or use sampler=grid to enumerate the values)")
@@ -112,5 +118,9 @@ def plan(name: str, base: DictConfig, space_cfg: Mapping[str, Any], n_trials: in
         raise ConfigError("study.n_trials", f"{n_trials} trials cannot be shared equally by the {len(combos)} "
                                             f"scientific values ({'; '.join(_label(c) for c in combos)})")
     per_arm = n_trials // len(combos)
-    arms = [Arm(f"{name}[{_label(combo)}]", apply_params(base, combo), nuisance, per_arm, combo) for combo in combos]
+    arms = []
+    for combo in combos:
+        config = apply_params(base, combo)
+        # A condition on a scientific parameter is decided per sub-study (momentum only where sgd).
+        arms.append(Arm(f"{name}[{_label(combo)}]", config, resolve_conditions(nuisance, config), per_arm, combo))
     return Design(name, roles, arms, caveats)

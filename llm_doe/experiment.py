@@ -7,7 +7,8 @@ the same search space. Resuming a study (``llm_doe.search``), confirming it
 would mix experiments under one name, so all three refuse it here, before anything is
 written, naming the first key that differs.
 
-Experiment settings (compared): every ``task.*``, ``model.*``, ``data.*``, ``train.*`` and ``peft.*`` key except the
+Experiment settings (compared): every ``task.*``, ``model.*``, ``data.*``, ``train.*``, ``peft.*``, ``augment.*``
+and ``distill.*`` key except the
 searched parameters, a sub-study's scientific values and :data:`RUNTIME_KEYS`; and
 ``study.metric``, ``study.direction``, ``study.constraints`` and, where given, ``study.space``.
 
@@ -32,9 +33,9 @@ from llm_doe.schema import Config, ConfigError, objective_metrics, primary_metri
 #: Settings that say where and how fast a run goes, not what it learns: they may differ
 #: between runs of one experiment (say, a GPU box after a laptop).
 RUNTIME_KEYS = frozenset({"train.precision", "train.compile", "train.micro_batch_size", "train.eval_batch_size",
-                          "task.sample_prompts", "task.sample_max_new_tokens"})
+                          "task.sample_prompts", "task.sample_max_new_tokens", "distill.cache_dir"})
 #: The config sections whose every key (but the runtime ones) defines the experiment.
-SECTIONS = ("task", "model", "data", "train", "peft")
+SECTIONS = ("task", "model", "data", "train", "peft", "augment", "distill")
 #: What ``llm_doe.search`` tells a user whose resume would change the experiment.
 NEW_STUDY_HINT = "use another study.name to run a different experiment"
 

@@ -205,7 +205,11 @@ def make_plan(composed: Composed) -> FinalPlan:
         raise ConfigError("final.output_dir", f"{out} is a file")
     check_writable(out, "final.output_dir")
     check_writable(composed.run_dir, "hydra.run.dir")
-    train_data = get_task(trial_cfg.task).prepare(trial_cfg.model, trial_cfg.data).train
+    task = get_task(trial_cfg.task)
+    prepared = task.prepare(trial_cfg.model, trial_cfg.data)
+    # What the trial trained on: its augmented copies too (they set its steps per epoch).
+    _, train_data = task.training_data(prepared, prepared.splits.train, trial_cfg.data, trial_cfg.augment,
+                                       trial_cfg.train.seed)
     max_steps, source = best_optimizer_step(trial, trial_cfg, len(train_data), storage)
     confirmation = None
     try:
@@ -407,18 +411,20 @@ def _train(plan: FinalPlan) -> _Trained:
     from llm_doe.finetune.loop import Budget, Hooks, Selection, TrainData, evaluate, train
     from llm_doe.finetune.runtime import resolve_runtime
     from llm_doe.finetune.tasks import get_task
+    from llm_doe.objective import distill_teacher
 
     cfg = plan.config
     task = get_task(cfg.task)
     prepared = task.prepare(cfg.model, cfg.data)
-    splits, train_data = prepared.splits, prepared.train
+    splits = prepared.splits
     sizes = {"train": len(splits.train), "val": len(splits.val)}
-    if cfg.final.use_val:
-        merged = task.join(splits.train, splits.val)
-        train_data = task.encode(merged, prepared, cfg.data)
-        trained_on = f"train+val ({len(merged)} examples)"
-    else:
-        trained_on = f"the train split ({len(train_data)} examples)"
+    # Augmented as the trial's training examples were (augment.*, the trial's seed): train+val too.
+    source = task.join(splits.train, splits.val) if cfg.final.use_val else splits.train
+    examples, train_data = task.training_data(prepared, source, cfg.data, cfg.augment, cfg.train.seed)
+    trained_on = f"train+val ({len(source)} examples)" if cfg.final.use_val else \
+        f"the train split ({len(source)} examples)"
+    if len(train_data) != len(source):
+        trained_on += f" and their augmented copies ({len(train_data)} in all)"
     log.info("final: study %s, trial #%d (%s): %s; training on %s for %s", plan.parent.study_name,
              plan.trial.number, plan.chosen_by, " ".join(f"{k}={v}" for k, v in plan.trial.params.items()),
              trained_on, f"{plan.max_steps} of the trial's {plan.schedule_steps} scheduled optimizer steps "
@@ -427,9 +433,10 @@ def _train(plan: FinalPlan) -> _Trained:
     model = peft_methods.wrap(prepared.factory.build(cfg.train.seed, cfg.model.dropout), cfg.peft, task.name)
     runtime = resolve_runtime(cfg.runtime.device, cfg.train.precision, cfg.runtime.log_every_steps, cfg.runtime.progress)
     started = time.perf_counter()
-    result = train(model, task, TrainData(train_data, None, prepared.pad_id), cfg.train, runtime,
+    teacher = distill_teacher(task, examples, cfg, runtime.device)  # as the trial did (distill.*)
+    result = train(model, task, TrainData(train_data, None, prepared.pad_id, teacher), cfg.train, runtime,
                    select=Selection(primary_metric(cfg)), hooks=Hooks(desc="final"),
-                   budget=Budget(plan.max_steps, plan.schedule_steps))
+                   budget=Budget(plan.max_steps, plan.schedule_steps), lr_scales=peft_methods.lr_scales(model, cfg.peft))
     test = splits.test  # the one read of the held-out split in the whole study
     sizes["test"] = len(test)
     # In fp32 whatever the training ran in: the figures are those of the exported fp32 weights

@@ -65,9 +65,11 @@ def readable_attrs(directions: list[str], metrics: list[str], space: Mapping[str
     searched parameter and ``setup``. Set before the machine-readable ones, so they come first."""
     goal = ", ".join(f"{d} {m}" for d, m in zip(directions, metrics))
     attrs = {"goal": goal if len(metrics) == 1 else f"trade-off: {goal}", "best": NO_BEST}
+    conditions = getattr(space, "conditions", {})
     for param, dist in space.items():
         kind, extent = describe_distribution(dist)
-        attrs[f"space:{param}"] = f"{kind} {extent}".replace("\\|", "|")
+        when = " and ".join(f"{path} in {values}" for path, values in conditions.get(param, {}).items())
+        attrs[f"space:{param}"] = f"{kind} {extent}".replace("\\|", "|") + (f", when {when}" if when else "")
     attrs["setup"] = setup_line(config, multi=len(metrics) > 1)
     return attrs
 

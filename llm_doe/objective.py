@@ -32,7 +32,16 @@ from llm_doe.artifacts import upload_trial_artifacts
 from llm_doe.experiment import flatten
 from llm_doe.finetune import peft as peft_methods
 from llm_doe.finetune.checkpoint import CheckpointPlan
-from llm_doe.finetune.loop import Diverged, Hooks, Interrupted, Selection, TrainData, TrainResult, train
+from llm_doe.finetune.loop import (
+    Diverged,
+    Hooks,
+    Interrupted,
+    Selection,
+    Teacher,
+    TrainData,
+    TrainResult,
+    train,
+)
 from llm_doe.finetune.runtime import resolve_runtime
 from llm_doe.finetune.tasks import get_task
 from llm_doe.formatting import fmt
@@ -125,6 +134,15 @@ def checkpoint_identity(study: optuna.Study, frozen: optuna.trial.FrozenTrial,
     checkpoint and resumes only a checkpoint stamped the same."""
     return {"study": study.study_name, "study_uuid": study.user_attrs.get("uuid"), "trial": origin_number(frozen),
             "params": dict(params)}
+
+
+def distill_teacher(task: Task, examples: Any, cfg: Config, device: torch.device) -> Teacher | None:
+    """The teacher a run distils from (``distill.*``), its outputs on the run's training
+    ``examples`` (cached per study on disk), or None without ``distill.teacher``."""
+    if cfg.distill.teacher is None:
+        return None
+    outputs = task.teacher_outputs(examples, cfg.distill, cfg.data, device)
+    return Teacher(outputs, cfg.distill.alpha, cfg.distill.temperature)
 
 
 def _finite_or_none(value: float) -> float | None:
@@ -225,7 +243,7 @@ class Objective:
         # The trial's own sections, one attribute per key (pandas columns, dashboard table);
         # study-wide sections (storage, sampler, ...) are recorded once on the study.
         shown = applicable(resolved)  # not the keys that do not apply (a chat file's label column)
-        trial_sections = {k: shown[k] for k in ("task", "model", "data", "train", "peft")}
+        trial_sections = {k: shown[k] for k in ("task", "model", "data", "train", "peft", "augment", "distill")}
         config_attrs = {key: value if not isinstance(value, (list, dict)) else str(value)
                         for key, value in flatten(trial_sections, "config.").items()}
         set_user_attrs(trial, {**worker, **config_attrs})  # one write for ~45 attributes
@@ -261,9 +279,14 @@ class Objective:
             model = peft_methods.wrap(factory.build(cfg.train.seed, cfg.model.dropout), cfg.peft, task.name)
             sizes = peft_methods.param_counts(model)
             runtime = resolve_runtime(cfg.runtime.device, cfg.train.precision, cfg.runtime.log_every_steps, self.progress)
-            result = train(model, task, TrainData(prepared.train, prepared.val, prepared.pad_id), cfg.train, runtime,
+            # Augmented (augment.*, from the trial's seed) or not: the training examples only.
+            examples, train_data = task.training_data(prepared, prepared.splits.train, cfg.data, cfg.augment,
+                                                      cfg.train.seed)
+            teacher = distill_teacher(task, examples, cfg, runtime.device)
+            result = train(model, task, TrainData(train_data, prepared.val, prepared.pad_id, teacher), cfg.train, runtime,
                            select=Selection(metric, maximize),
-                           hooks=Hooks(report, self.should_stop, started, f"trial {trial.number}"), checkpoint=plan)
+                           hooks=Hooks(report, self.should_stop, started, f"trial {trial.number}"), checkpoint=plan,
+                           lr_scales=peft_methods.lr_scales(model, cfg.peft))
         except Interrupted as err:
             # Re-queue with the same params and intermediate values (Optuna's own mechanism, as
             # for a dead worker); the new trial resumes from the checkpoint left in place.

@@ -77,6 +77,10 @@ class TaskSpec:
     pipeline_tag: str = ""
     #: Signs that a trial learned nothing (see :class:`TrialCheck`).
     checks: tuple[TrialCheck, ...] = ()
+    #: The optional levers its ``Task`` implements: ``augment`` (``Task.augment``: augmented copies
+    #: of training examples, ``augment.*``) and ``distill`` (``Task.teacher_outputs`` and
+    #: ``Task.distill_loss``: a teacher's soft labels, ``distill.*``). Validation refuses the others.
+    levers: tuple[str, ...] = ()
     #: ``package.module.Class`` of its ``Task`` subclass, imported on first use. A user's task
     #: selected by ``task.target`` leaves it empty: the registry fills it in.
     target: str = ""

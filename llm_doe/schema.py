@@ -31,6 +31,9 @@ class ModelConfig:
     tokenizer: Optional[str] = None
     # Dropout for hidden states, attention and the classifier; null keeps the model's own.
     dropout: Optional[float] = None
+    # Only for kind=pretrained: keep the first N transformer layers (a shallower student,
+    # DistilBERT-style initialisation: layers 0..N-1 of the checkpoint); null = all of them.
+    keep_layers: Optional[int] = None
     # Only for kind=tiny: the in-code BERT's size.
     hidden_size: int = 64
     num_layers: int = 2
@@ -119,6 +122,11 @@ class TrainConfig:
     micro_batch_size: Any = None
     # torch.compile the model (slow to start: pays off on long trials, mostly on GPU).
     compile: bool = False
+    # torch.optim's own: adamw | adam | adafactor | sgd | rmsprop (OPTIMIZERS). adam_* apply to
+    # adamw and adam only; momentum to sgd only.
+    optimizer: str = "adamw"
+    # sgd's momentum; null = none (torch's default). Set with another optimizer, it is refused.
+    momentum: Optional[float] = None
 
 
 @dataclass
@@ -289,6 +297,38 @@ class PeftConfig:
     use_rslora: bool = False
     # Virtual tokens of prefix and prompt tuning.
     num_virtual_tokens: int = 20
+    # LoRA+: the B matrices learn at lora_plus_ratio x train.learning_rate (the paper uses 16);
+    # null = off (one rate for A and B).
+    lora_plus_ratio: Optional[float] = None
+
+
+@dataclass
+class AugmentConfig:
+    """Data augmentation of the training split (never validation or test), searchable."""
+
+    # none | delete | swap | insert | char, or several: a list or one value joined by + (delete+swap,
+    # what a searched categorical can hold); each augmented copy applies them in turn.
+    # See llm_doe/finetune/augment.py.
+    method: Any = "none"
+    # Per-word probability of an operation (per-character for char).
+    p: float = 0.1
+    # Augmented copies added per training example: 1 doubles the training examples.
+    copies: int = 1
+
+
+@dataclass
+class DistillConfig:
+    """Knowledge distillation from a teacher model (Hinton et al.), searchable."""
+
+    # A folder that `final` exported, or any model folder or id with the same labels and
+    # tokenizer; null = no distillation.
+    teacher: Optional[str] = None
+    # Weight of the distillation term: (1 - alpha) x CE + alpha x T^2 x KL; 0 = the plain loss.
+    alpha: float = 0.5
+    # Softening temperature T of both distributions in the KL term.
+    temperature: float = 2.0
+    # Where the teacher's logits on the training split are cached (computed once per study).
+    cache_dir: str = "studies/${study.name}/teacher_cache"
 
 
 @dataclass
@@ -306,12 +346,30 @@ class Config:
     confirm: ConfirmConfig = field(default_factory=ConfirmConfig)
     final: FinalConfig = field(default_factory=FinalConfig)
     peft: PeftConfig = field(default_factory=PeftConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
 
 SAMPLERS = ("tpe", "random", "qmc", "grid", "gp", "cmaes")
 PRUNERS = ("median", "percentile", "hyperband", "successive_halving", "wilcoxon", "none")
 SCHEDULERS = ("linear", "cosine", "constant_with_warmup")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+OPTIMIZERS = ("adamw", "adam", "adafactor", "sgd", "rmsprop")
+#: The train.* keys of one optimizer each (the rest apply to all of them).
+OPTIMIZER_KEYS = {"adam_beta1": ("adamw", "adam"), "adam_beta2": ("adamw", "adam"),
+                  "adam_epsilon": ("adamw", "adam"), "momentum": ("sgd",)}
+AUGMENT_METHODS = ("delete", "swap", "insert", "char")
+#: ``augment.method`` off (an augmentation choice, not a PEFT method's name).
+AUGMENT_OFF = "none"
+
+
+
+def augment_methods(method: Any) -> list[str]:
+    """``augment.method`` as the list of operations it names ([] for none)."""
+    if method is None or method == AUGMENT_OFF:
+        return []
+    # "delete+swap" is the list [delete, swap] as one value: what a categorical search space can hold.
+    return [str(m) for m in method] if isinstance(method, (list, tuple)) else str(method).split("+")
 
 
 def objective_metrics(cfg: Config) -> list[str]:
@@ -356,9 +414,9 @@ def is_multi_objective(cfg: Config) -> bool:
 
 
 #: The key that chooses what applies in each section of :func:`applicable_keys`.
-_CHOOSERS = {"model": "kind", "task": "name", "peft": "method", "data": "source"}
+_CHOOSERS = {"model": "kind", "task": "name", "peft": "method", "data": "source", "train": "optimizer"}
 #: Model keys of a pretrained model (the other kinds are built in code: every key applies).
-_PRETRAINED_KEYS = ("kind", "name_or_path", "tokenizer", "dropout")
+_PRETRAINED_KEYS = ("kind", "name_or_path", "tokenizer", "dropout", "keep_layers")
 
 
 def data_source_keys() -> dict[str, set[str]]:
@@ -413,6 +471,16 @@ def applicable_keys(config: Any) -> dict[str, tuple[str, ...]]:
     if data is not None:
         only = data_source_keys()
         keys["data"] = tuple(k for k in _keys(data) if k not in only or _get(data, "source") in only[k])
+    train = _get(config, "train")
+    if train is not None and _get(train, "optimizer") is not None:
+        keys["train"] = tuple(k for k in _keys(train)
+                              if k not in OPTIMIZER_KEYS or _get(train, "optimizer") in OPTIMIZER_KEYS[k])
+    augment = _get(config, "augment")
+    if augment is not None and not augment_methods(_get(augment, "method")):
+        keys["augment"] = ("method",)  # off: its settings mean nothing
+    distill = _get(config, "distill")
+    if distill is not None and _get(distill, "teacher") is None:
+        keys["distill"] = ("teacher",)
     return keys
 
 

@@ -69,6 +69,7 @@ def prepare(composed: Composed) -> tuple[Any, Any]:
     prepared = get_task(cfg.task).prepare(cfg.model, cfg.data)
     for arm in design.arms:
         check_peft(arm.config, arm.space, prepared.factory.template)
+        check_teachers(arm.config, arm.space, get_task(cfg.task), prepared)
     for arm in design.arms:  # the same experiment, or nothing is written (a sub-study's values applied)
         check_resume(arm.config, cfg, arm.space, arm.name)
     return design, pruner
@@ -88,6 +89,16 @@ def check_peft(config: Any, space: Any, template: Any) -> None:
     for method, targets in itertools.product(*options):
         variant = dataclasses.replace(cfg.peft, method=method, target_modules=targets)
         peft_methods.check(variant, template, cfg.task.name)
+
+
+def check_teachers(config: Any, space: Any, task: Any, prepared: Any) -> None:
+    """Refuse a teacher the task cannot learn from (another label set, no tokenizer, not found),
+    for every teacher the study may sample, before anything is written."""
+    fixed = OmegaConf.select(config, "distill.teacher")
+    teachers = list(getattr(space.get("distill.teacher"), "choices", None) or [fixed])
+    for teacher in teachers:
+        if teacher is not None:
+            task.check_teacher(str(teacher), prepared)
 
 
 def data_identity_keys(cfg: Config) -> frozenset[str]:

@@ -7,14 +7,26 @@ Two spellings give the same distributions:
   ``range(a, b, step)``, ``choice(...)``, ``tag(log, interval(a, b))``), parsed by Hydra's own
   override parser, so spaces written for that plugin port over unchanged.
 
+An explicit spec may add a condition, ``when: {path: value or [values]}``: the parameter is
+sampled only on trials whose config has ``path`` at one of those values, and is not recorded on
+the others (define-by-run, as Optuna samples conditional spaces)::
+
+    train.optimizer: {type: categorical, choices: [adamw, sgd]}
+    train.momentum: {type: float, low: 0.0, high: 0.99, when: {train.optimizer: sgd}}
+
+``path`` is a parameter searched without a condition (drawn first on each trial) or a config key
+held fixed (decided once for the whole study, or for each scientific sub-study). A grammar string
+takes a condition as ``{sweep: "interval(0, 0.99)", when: {...}}``.
+
 The space is data, built once per study; the objective turns it into ``trial.suggest_*``
 calls in one place (convention 3).
 """
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import optuna
@@ -28,9 +40,31 @@ from llm_doe.schema import ConfigError
 from llm_doe.validation import validate
 
 Distribution = optuna.distributions.BaseDistribution
-SearchSpace = dict[str, Distribution]
+#: A parameter's condition: {config path: the values that let it be sampled}.
+Condition = dict[str, list[Any]]
 
-_SPEC_KEYS = {"type", "low", "high", "log", "step", "choices", "role", "sweep"}
+
+class SearchSpace(dict[str, Distribution]):
+    """The searched distributions keyed by dotted config path, and ``conditions``: for each
+    conditional parameter, the config values it is sampled under (``when:``)."""
+
+    def __init__(self, items: Mapping[str, Distribution] | Iterable[tuple[str, Distribution]] = (),
+                 conditions: Mapping[str, Condition] | None = None) -> None:
+        super().__init__(items)
+        self.conditions: dict[str, Condition] = {k: dict(v) for k, v in (conditions or {}).items() if k in self}
+
+    def subset(self, keys: Iterable[str]) -> SearchSpace:
+        """These parameters, with their conditions."""
+        wanted = set(keys)
+        return SearchSpace({k: d for k, d in self.items() if k in wanted}, self.conditions)
+
+
+def conditions_of(space: Mapping[str, Distribution]) -> dict[str, Condition]:
+    """The conditions of a space (none for a plain mapping of distributions)."""
+    return getattr(space, "conditions", {})
+
+
+_SPEC_KEYS = {"type", "low", "high", "log", "step", "choices", "role", "sweep", "when"}
 ROLES = ("scientific", "nuisance", "fixed")
 
 
@@ -58,7 +92,7 @@ def _from_spec(key: str, spec: Mapping[str, Any]) -> Distribution:
     if unknown:
         raise ConfigError(name, f"unknown field(s) {sorted(unknown)}; allowed: {sorted(_SPEC_KEYS)}")
     if "sweep" in spec:
-        extra = set(spec) - {"sweep", "role"}
+        extra = set(spec) - {"sweep", "role", "when"}
         if extra:
             raise ConfigError(name, f"'sweep' takes the whole range; drop {sorted(extra)}")
         if not isinstance(spec["sweep"], str):
@@ -212,10 +246,12 @@ def edit_space(space: Mapping[str, Any], edits: list[tuple[str, Any]]) -> dict[s
 
 
 def build_space(space: Mapping[str, Any]) -> SearchSpace:
-    """Turn ``study.space`` into Optuna distributions keyed by dotted config path."""
+    """Turn ``study.space`` into Optuna distributions keyed by dotted config path, with the
+    conditions of the entries that have ``when:``."""
     if isinstance(space, DictConfig):
         space = OmegaConf.to_container(space, resolve=True)  # type: ignore[assignment]
-    result: SearchSpace = {}
+    result: dict[str, Distribution] = {}
+    conditions: dict[str, Condition] = {}
     for key, value in _flatten(space).items():
         if isinstance(value, str):
             result[key] = _from_grammar(key, value)
@@ -223,9 +259,74 @@ def build_space(space: Mapping[str, Any]) -> SearchSpace:
             if value.get("role") == "fixed":
                 continue  # held at its config value; listed as a caveat, not searched
             result[key] = _from_spec(key, value)
+            if "when" in value:
+                conditions[key] = _condition(key, value["when"])
         else:
             raise ConfigError(f"study.space.{key}", f"expected a spec mapping or a sweep string, got {value!r}")
-    return result
+    for key, condition in conditions.items():
+        for path, values in condition.items():
+            name = f"study.space.{key}.when"
+            if path == key:
+                raise ConfigError(name, "a parameter cannot be conditioned on itself")
+            if path in conditions:
+                raise ConfigError(name, f"{path} is itself conditional: a condition names a parameter searched "
+                                        "without one, or a fixed config key")
+            dist = result.get(path)
+            if isinstance(dist, optuna.distributions.CategoricalDistribution):
+                never = [v for v in values if v not in dist.choices]
+                if never:
+                    raise ConfigError(name, f"{path} is never {never} (its choices: {list(dist.choices)})")
+            elif dist is not None:
+                raise ConfigError(name, f"{path} is searched over a range: a condition names a categorical "
+                                        "parameter or a fixed config key")
+    return SearchSpace(result, conditions)
+
+
+def _condition(key: str, when: Any) -> Condition:
+    """``when: {path: value or [values]}`` as {path: [values]}."""
+    name = f"study.space.{key}.when"
+    if not isinstance(when, Mapping) or not when:
+        raise ConfigError(name, f"must be a map {{config path: value or [values]}}, got {when!r}")
+    condition = {}
+    for path, values in when.items():
+        listed = list(values) if isinstance(values, (list, tuple)) else [values]
+        if not listed or not all(v is None or isinstance(v, (str, int, float, bool)) for v in listed):
+            raise ConfigError(name, f"{path}: give a value or a non-empty list of values, got {values!r}")
+        condition[str(path)] = listed
+    return condition
+
+
+def resolve_conditions(space: SearchSpace, config: DictConfig) -> SearchSpace:
+    """The space of a study (or a scientific sub-study) whose config is ``config``: a condition on
+    a config key that is not searched is decided here, once: met, the parameter is searched
+    without it; not met, it is not searched at all. Raises ConfigError for a path that is no
+    config key."""
+    kept: dict[str, Distribution] = {}
+    conditions: dict[str, Condition] = {}
+    for key, dist in space.items():
+        condition = conditions_of(space).get(key)
+        if condition is None:
+            kept[key] = dist
+            continue
+        left, met = {}, True
+        for path, values in condition.items():
+            if path in space:
+                left[path] = values
+                continue
+            value = OmegaConf.select(config, path, default=_MISSING)
+            if value is _MISSING:
+                raise ConfigError(f"study.space.{key}.when", f"{path} is not a config path (no such key)")
+            met = met and value in values
+        if met:
+            kept[key] = dist
+            if left:
+                conditions[key] = left
+    return SearchSpace(kept, conditions)
+
+
+def condition_met(condition: Condition, params: Mapping[str, Any]) -> bool:
+    """Whether a trial that drew ``params`` samples a parameter with this (resolved) condition."""
+    return all(path in params and params[path] in values for path, values in condition.items())
 
 
 def space_roles(space: Mapping[str, Any]) -> dict[str, str]:
@@ -272,18 +373,25 @@ def check_space(base: DictConfig, space: SearchSpace) -> None:
             candidates = list(dist.choices)
         else:
             candidates = [dist.low, dist.high]  # type: ignore[attr-defined]
+        # A conditional parameter is checked on a config that meets its condition.
+        context = {path: values[0] for path, values in conditions_of(space).get(key, {}).items()}
         for value in candidates:
-            cfg = apply_params(base, {key: value})
+            cfg = apply_params(base, {**context, key: value})
             try:
                 validate(OmegaConf.to_object(cfg))  # type: ignore[arg-type]
             except ConfigError as err:
                 raise ConfigError(f"study.space.{key}", f"value {value!r} is out of range: {err.message}") from None
 
 
-def suggest(trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:
-    """Sample every parameter of the space on an Optuna trial."""
+def suggest(trial: optuna.Trial, space: Mapping[str, Distribution]) -> dict[str, Any]:
+    """Sample the space on an Optuna trial: every unconditional parameter, then each conditional
+    one whose condition the drawn values meet (the others are not sampled, so not recorded)."""
     params: dict[str, Any] = {}
-    for key, dist in space.items():
+    conditions = conditions_of(space)
+    for key in [k for k in space if k not in conditions] + [k for k in space if k in conditions]:
+        if key in conditions and not condition_met(conditions[key], params):
+            continue
+        dist = space[key]
         if isinstance(dist, optuna.distributions.FloatDistribution):
             params[key] = trial.suggest_float(key, dist.low, dist.high, log=dist.log, step=dist.step)
         elif isinstance(dist, optuna.distributions.IntDistribution):
@@ -312,6 +420,29 @@ def grid_values(space: SearchSpace) -> dict[str, list[Any]]:
     return grid
 
 
-def space_to_json(space: SearchSpace) -> dict[str, Any]:
-    """A JSON-able form, stored on the study so a resumed run can check it searches the same space."""
-    return {k: optuna.distributions.distribution_to_json(d) for k, d in sorted(space.items())}
+def space_to_json(space: Mapping[str, Distribution]) -> dict[str, Any]:
+    """A JSON-able form, stored on the study so a resumed run can check it searches the same space.
+
+    A conditional parameter's entry adds its condition (``"when"``) to Optuna's JSON, which
+    ``json_to_distribution`` reads past."""
+    out = {}
+    for key, dist in sorted(space.items()):
+        text = optuna.distributions.distribution_to_json(dist)
+        condition = conditions_of(space).get(key)
+        if condition:
+            text = json.dumps({**json.loads(text), "when": condition})
+        out[key] = text
+    return out
+
+
+def json_conditions(stored: Mapping[str, str]) -> dict[str, Condition]:
+    """The conditions recorded in a stored space (:func:`space_to_json`)."""
+    out = {}
+    for key, text in stored.items():
+        try:
+            when = json.loads(text).get("when")
+        except (TypeError, ValueError, AttributeError):
+            continue
+        if isinstance(when, dict):
+            out[key] = when
+    return out

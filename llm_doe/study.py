@@ -39,7 +39,7 @@ from llm_doe.schema import (
     resolved_directions,
     task_of,
 )
-from llm_doe.space import SearchSpace, grid_values, space_to_json
+from llm_doe.space import SearchSpace, conditions_of, grid_values, space_to_json
 from llm_doe.storage import mask_overrides, open_store, store_exists
 
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
@@ -91,6 +91,13 @@ class TrialSeeded(optuna.samplers.BaseSampler):
         self.inner.reseed_rng()
 
 
+#: The samplers that sample a conditional space as it is drawn (define-by-run): TPE models each
+#: parameter on the trials that have it; random needs no model. GP, CMA-ES and QMC model only the
+#: parameters every trial has (others fall back to random draws), and a grid would enumerate a
+#: conditional parameter on trials that never use it.
+BY_RUN_SAMPLERS = ("tpe", "random")
+
+
 def make_sampler(cfg: SamplerConfig, space: SearchSpace) -> optuna.samplers.BaseSampler:
     """The configured sampler, seeded per trial from ``sampler.seed`` (:class:`TrialSeeded`).
 
@@ -100,6 +107,11 @@ def make_sampler(cfg: SamplerConfig, space: SearchSpace) -> optuna.samplers.Base
     ever offers configurations no trial has run. Without a seed every process draws fresh
     entropy, so nothing to replay either.
     """
+    conditional = sorted(conditions_of(space))
+    if conditional and cfg.name not in BY_RUN_SAMPLERS:
+        raise ConfigError("sampler.name", f"{cfg.name} cannot sample conditional parameters "
+                                          f"({', '.join(conditional)} have when:): it models or enumerates only the "
+                                          f"parameters every trial has; use {' or '.join(BY_RUN_SAMPLERS)}")
     if cfg.name in ("qmc", "grid") or cfg.seed is None:
         return base_sampler(cfg, space, cfg.seed)
     return TrialSeeded(lambda seed: base_sampler(cfg, space, seed), cfg.seed)

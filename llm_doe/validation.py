@@ -8,8 +8,11 @@ from __future__ import annotations
 
 from llm_doe import constraints
 from llm_doe.names import COST_METRICS
-from llm_doe.plugins import peft_method
+from llm_doe.plugins import peft_method, task_specs
 from llm_doe.schema import (
+    AUGMENT_METHODS,
+    AUGMENT_OFF,
+    OPTIMIZERS,
     PRECISIONS,
     PRUNERS,
     SAMPLERS,
@@ -17,6 +20,7 @@ from llm_doe.schema import (
     Config,
     ConfigError,
     applicable_keys,
+    augment_methods,
     data_source_keys,
     objective_metrics,
     task_of,
@@ -35,6 +39,8 @@ def validate(cfg: Config) -> None:
     _validate_data(cfg)
     _validate_train(cfg)
     _validate_peft(cfg)
+    _validate_augment(cfg)
+    _validate_distill(cfg)
     _validate_search(cfg)
     _validate_runtime(cfg)
 
@@ -53,6 +59,10 @@ def _validate_task_and_model(cfg: Config) -> None:
     _check(bool(m.name_or_path), "model.name_or_path", "must not be empty")
     if m.dropout is not None:
         _check(0.0 <= m.dropout < 1.0, "model.dropout", f"must be in [0, 1), got {m.dropout}")
+    if m.keep_layers is not None:
+        _check(m.kind == "pretrained", "model.keep_layers",
+               f"applies to a pretrained model only (model.kind={m.kind} builds model.num_layers layers): leave it null")
+        _check(m.keep_layers >= 1, "model.keep_layers", f"must be >= 1 or null, got {m.keep_layers}")
     for key in ("hidden_size", "num_layers", "num_heads", "intermediate_size"):
         _check(getattr(m, key) >= 1, f"model.{key}", "must be >= 1")
     _check(m.hidden_size % m.num_heads == 0, "model.hidden_size", "must be a multiple of model.num_heads")
@@ -108,6 +118,12 @@ def _validate_train(cfg: Config) -> None:
     if t.early_stopping_patience is not None:
         _check(t.early_stopping_patience >= 1, "train.early_stopping_patience", "must be >= 1 or null")
     _check(0 <= t.adam_beta1 < 1 and 0 <= t.adam_beta2 < 1, "train.adam_beta1", "betas must be in [0, 1)")
+    _check(t.optimizer in OPTIMIZERS, "train.optimizer", f"must be one of {'|'.join(OPTIMIZERS)}, got {t.optimizer!r}")
+    if t.momentum is not None:
+        _check(t.optimizer == "sgd", "train.momentum",
+               f"applies to train.optimizer=sgd only, got optimizer {t.optimizer!r}: leave it null, or search it "
+               "with when: {train.optimizer: sgd}")
+        _check(0.0 <= t.momentum < 1.0, "train.momentum", f"must be in [0, 1) or null, got {t.momentum}")
     mb = t.micro_batch_size
     _check(mb is None or mb == "auto" or (isinstance(mb, int) and not isinstance(mb, bool) and 1 <= mb <= t.batch_size),
            "train.micro_batch_size", f"must be null, auto or an integer in [1, train.batch_size], got {mb!r}")
@@ -125,6 +141,47 @@ def _validate_peft(cfg: Config) -> None:
     _check(p.num_virtual_tokens >= 1, "peft.num_virtual_tokens", f"must be >= 1, got {p.num_virtual_tokens}")
     _check(isinstance(p.target_modules, (str, list)) and bool(p.target_modules), "peft.target_modules",
            "must be attention, attention_mlp, all_linear or a non-empty list of module names")
+    if p.lora_plus_ratio is not None:
+        _check("lora_plus_ratio" in peft_method(p.method).keys, "peft.lora_plus_ratio",
+               f"applies to peft.method=lora only, got method {p.method!r}: leave it null")
+        _check(p.lora_plus_ratio > 0, "peft.lora_plus_ratio", f"must be > 0 or null, got {p.lora_plus_ratio}")
+
+
+def _validate_augment(cfg: Config) -> None:
+    """augment.*: which operations, how often, how many copies; only for tasks that augment."""
+    a = cfg.augment
+    methods = augment_methods(a.method)
+    _check(isinstance(a.method, (str, list, tuple)) and (a.method == AUGMENT_OFF or bool(methods)), "augment.method",
+           f"must be none, one of {'|'.join(AUGMENT_METHODS)} or a list of them, got {a.method!r}")
+    for m in methods:
+        _check(m != "synonym", "augment.method",
+               "synonym needs an offline lexicon (NLTK's WordNet data), which is not installed here: use "
+               f"{'|'.join(AUGMENT_METHODS)}")
+        _check(m in AUGMENT_METHODS, "augment.method",
+               f"unknown operation {m!r}: use none, one of {'|'.join(AUGMENT_METHODS)} or a list of them")
+    _check(len(set(methods)) == len(methods), "augment.method", f"names an operation twice: {methods}")
+    _check(0.0 < a.p <= 1.0, "augment.p", f"must be in (0, 1], got {a.p}")
+    _check(a.copies >= 1, "augment.copies", f"must be >= 1, got {a.copies}")
+    if methods:
+        _check("augment" in task_of(cfg).levers, "augment.method",
+               f"task={cfg.task.name} has no data augmentation (only {_tasks_with('augment')}): use "
+               "augment.method=none")
+
+
+def _validate_distill(cfg: Config) -> None:
+    """distill.*: the weight and temperature of the distillation term; only for tasks that distil."""
+    d = cfg.distill
+    _check(0.0 <= d.alpha <= 1.0, "distill.alpha", f"must be in [0, 1], got {d.alpha}")
+    _check(d.temperature > 0, "distill.temperature", f"must be > 0, got {d.temperature}")
+    if d.teacher is not None:
+        _check(bool(str(d.teacher).strip()), "distill.teacher", "must be a model folder or id, or null")
+        _check("distill" in task_of(cfg).levers, "distill.teacher",
+               f"task={cfg.task.name} cannot distil from a teacher yet (only {_tasks_with('distill')}): use "
+               "distill.teacher=null")
+
+
+def _tasks_with(lever: str) -> str:
+    return ", ".join(spec.name for spec in task_specs() if lever in spec.levers)
 
 
 def _validate_search(cfg: Config) -> None:

@@ -21,8 +21,13 @@ def test_studies_are_shipped():
 
 
 @pytest.mark.parametrize("study", STUDIES)
-def test_every_study_composes_and_validates(study, tmp_path):
-    composed = compose_config([f"+study={study}", *store_args(tmp_path, study)])
+def test_every_study_composes_and_validates(study, tmp_path, tmp_path_factory):
+    extra = []
+    if study == "distill_effect":  # its teacher is lr_sweep's export: a classifier with the tweets' labels here
+        from tests.test_objective import save_classifier
+
+        extra = [f"distill.teacher={save_classifier(tmp_path_factory.mktemp('teacher'), ['negative', 'positive'])}"]
+    composed = compose_config([f"+study={study}", *store_args(tmp_path, study), *extra])
     assert composed.config.study.name == study
     design, pruner = prepare(composed)  # loads data and weights, checks the space
     assert all(arm.space for arm in design.arms)

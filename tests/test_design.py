@@ -140,3 +140,20 @@ def test_each_sub_study_records_the_classes_of_its_own_data(tmp_path):
              f"+study.space.data.path={choices}}}"]
     assert main(plain) == 0
     assert "classes" not in optuna.load_study(study_name="plain", storage=f"sqlite:///{tmp_path}/plain.db").user_attrs
+
+
+def test_a_condition_on_a_scientific_parameter_is_decided_per_sub_study(tmp_path):
+    # optimizer_effect's shape: momentum is searched in the sgd sub-study only, and QMC (which
+    # cannot sample a conditional space) is fine there: each sub-study's space has no condition left.
+    space = ("++study.space={train.optimizer:{role:scientific,type:categorical,choices:[adamw,sgd]},"
+             "train.learning_rate:{type:float,low:1.0e-4,high:3.0e-3,log:true},"
+             "train.momentum:{type:float,low:0.0,high:0.95,when:{train.optimizer:sgd}}}")
+    assert main(["+study=smoke", *TINY, *store_args(tmp_path), space, "study.n_trials=4", "sampler=qmc",
+                 "data.train_size=48", "data.val_size=16"]) == 0
+    storage = f"sqlite:///{tmp_path}/t.db"
+    for optimizer, params in (("adamw", {"train.learning_rate"}), ("sgd", {"train.learning_rate", "train.momentum"})):
+        study = optuna.load_study(study_name=f"t[train.optimizer={optimizer}]", storage=storage)
+        assert [set(t.params) for t in study.trials] == [params, params]
+        assert all(t.user_attrs["config.train.optimizer"] == optimizer for t in study.trials)
+        momenta = [t.user_attrs["config.train.momentum"] for t in study.trials]
+        assert momenta == ([None, None] if optimizer == "adamw" else [t.params["train.momentum"] for t in study.trials])

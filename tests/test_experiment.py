@@ -83,3 +83,28 @@ def test_flatten_and_scientific_values():
     assert flatten({"train": {"lr": 1, "opt": {"beta": 2}}, "x": 3}) == {"train.lr": 1, "train.opt.beta": 2, "x": 3}
     assert scientific_values({"design": {"scientific": {"train.lr": 1}}}) == {"train.lr": 1}
     assert scientific_values({}) == scientific_values({"design": "odd"}) == {}
+
+
+@pytest.mark.parametrize("override", ["train.optimizer=sgd", "peft.lora_plus_ratio=16", "augment.method=swap",
+                                      "augment.copies=2", "augment.p=0.3", "distill.teacher=some/folder",
+                                      "distill.alpha=0.9", "distill.temperature=4"])
+def test_each_fixed_lever_is_part_of_the_experiment(smoke, override):
+    key = override.split("=")[0]
+    args = [*SMOKE, override] if key != "peft.lora_plus_ratio" else [*SMOKE, "peft=lora", override]
+    other = compose_config(args)
+    assert key in [d[0] for d in experiment_diffs(other.dict_config, other.config, smoke)]
+    # A study recorded before the lever existed held its default: the default is the same experiment.
+    old = stored(compose_config(SMOKE), space={"train.learning_rate": "(recorded distribution)"})
+    section, name = key.split(".")
+    recorded = old.user_attrs["config"]
+    if section in ("augment", "distill"):
+        del recorded[section]  # a section that did not exist
+    else:
+        del recorded[section][name]  # a key that did not exist
+    same = compose_config(SMOKE)
+    assert experiment_diffs(same.dict_config, same.config, old) == []
+
+
+def test_the_teacher_cache_folder_is_a_runtime_setting(smoke):
+    other = compose_config([*SMOKE, "distill.cache_dir=/elsewhere"])
+    assert experiment_diffs(other.dict_config, other.config, smoke) == []

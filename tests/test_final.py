@@ -302,3 +302,30 @@ def test_a_decoder_classifiers_test_metrics_do_not_depend_on_the_test_batch(tmp_
         figures.append(json.loads((out / "test_metrics.json").read_text()))
     for key in ("test_loss", "accuracy", "roc_auc"):
         assert figures[0][key] == pytest.approx(figures[1][key], abs=1e-5), key
+
+
+def test_a_student_distils_from_an_exported_teacher_and_its_final_model_trains_as_its_trial_did(study, capsys):
+    """distill_effect's chain on the tiny model: lr_sweep's export is the teacher of a study whose
+    trials distil from it on augmented data; the final model distils and augments as they did."""
+    from llm_doe.finetune import distill
+    from llm_doe.search import main as search
+
+    args, tmp = study["args"], study["tmp"]
+    teacher = tmp / "teacher"
+    assert final([*args, f"final.output_dir={teacher}"]) == 0
+    student = [a for a in args if not a.startswith(("study.name", "storage.url", "+study"))]
+    student = ["+study=smoke", *student, *store_args(tmp, "kd"), f"distill.teacher={teacher}", "distill.alpha=0.5",
+               f"distill.cache_dir={tmp}/cache", "augment.method=swap", "augment.copies=1", "study.n_trials=1"]
+    distill.clear_memory()
+    before = distill.forwarded_examples()
+    assert search(student) == 0
+    forwarded = distill.forwarded_examples() - before
+    assert 160 < forwarded <= 2 * 160  # the distinct training texts and copies (a swap may change nothing), once
+    trial = optuna.load_study(study_name="kd", storage=f"sqlite:///{tmp}/kd.db").trials[0]
+    assert trial.user_attrs["config.distill.teacher"] == str(teacher) and trial.user_attrs["examples_seen"] == 320
+    capsys.readouterr()
+    assert final([*student, f"final.output_dir={tmp}/student"]) == 0
+    assert distill.forwarded_examples() - before == forwarded  # the final model read the cache
+    metrics = json.loads((tmp / "student" / "test_metrics.json").read_text())
+    assert metrics["n_train"] == 320 and "augmented copies (320 in all)" in capsys.readouterr().out
+    assert metrics["optimizer_steps"] == metrics["max_steps"] <= metrics["schedule_steps"] == 20  # the trial's schedule

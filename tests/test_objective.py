@@ -79,3 +79,65 @@ def test_a_trial_that_learned_nothing_is_recorded_and_warned(search, tmp_path, c
     warning = "2 of 2 finished trials learned nothing (#0, #1)"
     assert any(w.startswith(warning) for w in doe.study_warnings(table))
     assert warning in study_note(table) and warning in render_report(url, "flat")
+
+
+def test_a_searched_augmentation_reaches_the_trial_and_its_copies_count_as_examples_seen(search, tmp_path):
+    # copies is searched: 0 added copies are not allowed, so compare 1 and 2 copies with none (fixed).
+    assert search("data.train_size=48", "data.val_size=16", "study.n_trials=1", name="plain") == 0
+    space = "++study.space={augment.copies:{type:categorical,choices:[1,2]}}"
+    assert search("data.train_size=48", "data.val_size=16", "study.n_trials=3", "augment.method=[swap,char]",
+                  "augment.p=0.3", space, name="aug") == 0
+    plain = optuna.load_study(study_name="plain", storage=f"sqlite:///{tmp_path}/plain.db").trials[0]
+    assert plain.user_attrs["examples_seen"] == 48
+    for trial in optuna.load_study(study_name="aug", storage=f"sqlite:///{tmp_path}/aug.db").trials:
+        copies = trial.params["augment.copies"]
+        assert trial.user_attrs["examples_seen"] == 48 * (1 + copies)
+        assert trial.user_attrs["config.augment.method"] == "['swap', 'char']"
+
+
+def save_classifier(folder, labels):
+    """The tiny BERT saved as a classifier with these labels and its tokenizer (as ``final`` exports)."""
+    from llm_doe.finetune.model import load_tokenizer, model_factory
+    from tests.finetune.conftest import TINY_MODEL
+
+    tokenizer, _ = load_tokenizer(TINY_MODEL)
+    model = model_factory(TINY_MODEL, len(labels)).build(7, 0.1)
+    model.config.id2label = dict(enumerate(labels))
+    model.config.label2id = {n: i for i, n in enumerate(labels)}
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def teacher_folder(tmp_path_factory):
+    return save_classifier(tmp_path_factory.mktemp("teacher"), ["negative", "positive"])
+
+
+def test_the_teacher_forwards_once_per_study_and_every_trial_records_it(search, tmp_path, teacher_folder):
+    from llm_doe.finetune import distill
+
+    distill.clear_memory()
+    before = distill.forwarded_examples()
+    space = "++study.space={distill.alpha:{type:categorical,choices:[0.0,0.5,0.9]}}"
+    args = ["data.train_size=48", "data.val_size=16", f"distill.teacher={teacher_folder}",
+            f"distill.cache_dir={tmp_path}/cache", space]
+    assert search(*args, "study.n_trials=2", name="kd") == 0
+    assert distill.forwarded_examples() - before == 48  # 2 trials, one pass over the training texts
+    distill.clear_memory()  # a resumed study in a new process reads the cache from disk
+    assert search(*args, "study.n_trials=3", name="kd") == 0
+    assert distill.forwarded_examples() - before == 48
+    trials = optuna.load_study(study_name="kd", storage=f"sqlite:///{tmp_path}/kd.db").trials
+    assert len(trials) == 3 and all(t.user_attrs["config.distill.teacher"] == teacher_folder for t in trials)
+
+
+@pytest.mark.parametrize(("labels", "says"), [(["spam", "ham"], "names its labels"),
+                                              (["negative", "neutral", "positive"], "predicts 3 labels"),
+                                              (None, "no such folder")])
+def test_a_bad_teacher_is_refused_before_anything_is_written(search, tmp_path, capsys, labels, says):
+    folder = save_classifier(tmp_path / "teacher", labels) if labels else f"{tmp_path}/missing"
+    space = "++study.space={distill.teacher:{type:categorical,choices:[null," + folder + "]}}"
+    assert search("data.train_size=48", "data.val_size=16", space, name="bad") == 2  # a searched teacher too
+    err = capsys.readouterr().err
+    assert "llm_doe: error: distill.teacher: " in err and says in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "bad.db").exists() and not (tmp_path / "art").exists()

@@ -174,3 +174,28 @@ def test_interrupted_and_requeued_trials_are_shown_apart_from_failures(tmp_path)
     assert "5 complete, 0 pruned, 1 failed (0 diverged), 3 interrupted (re-queued), 1 running." in page
     assert "1 of 7 trials failed (14%)" in page and "4 of 10" not in page
     assert re.search(r"<td class=text>requeued</td><td>3</td>", page)
+
+
+def test_a_conditional_space_is_searched_recorded_and_reported(tmp_path):
+    # momentum only on the sgd trials: the run, the study's notes, the boundary check and the
+    # report all take trials whose params lack it.
+    from llm_doe.report import main as report_main
+    from llm_doe.search import main as search_main
+    from tests.conftest import TINY, store_args
+
+    space = ("++study.space={train.optimizer:{type:categorical,choices:[adamw,sgd]},"
+             "train.learning_rate:{type:float,low:1.0e-4,high:3.0e-2,log:true},"
+             "train.momentum:{type:float,low:0.0,high:0.95,when:{train.optimizer:sgd}}}")
+    args = ["+study=smoke", *TINY, *store_args(tmp_path, "opt"), space, "study.n_trials=6", "data.train_size=32",
+            "data.val_size=16", "pruner=none"]
+    assert search_main(args) == 0
+    study = optuna.load_study(study_name="opt", storage=f"sqlite:///{tmp_path}/opt.db")
+    kinds = {t.params["train.optimizer"] for t in study.trials}
+    assert kinds == {"adamw", "sgd"}  # random sampler, seed 0: both drawn
+    for t in study.trials:
+        assert ("train.momentum" in t.params) == (t.params["train.optimizer"] == "sgd")
+    assert "when train.optimizer in ['sgd']" in study.user_attrs["space:train.momentum"]
+    assert all(t.user_attrs["config.train.optimizer"] == t.params["train.optimizer"] for t in study.trials)
+    out = tmp_path / "opt.html"
+    assert report_main([*args, "--out", str(out)]) == 0
+    assert "train.momentum" in out.read_text()

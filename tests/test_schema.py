@@ -131,10 +131,15 @@ def test_applicable_leaves_out_keys_that_do_not_apply():
 
     minilm = OmegaConf.to_container(compose_config(["+study=lr_sweep"]).dict_config, resolve=True)
     shown = applicable(minilm)
-    assert set(shown["model"]) == {"kind", "name_or_path", "tokenizer", "dropout"}
+    assert set(shown["model"]) == {"kind", "name_or_path", "tokenizer", "dropout", "keep_layers"}
     assert shown["task"] == {"name": "classification"} and shown["peft"] == {"method": "none"}
     assert "prompt_field" not in shown["data"] and "path" not in shown["data"] and "seed" in shown["data"]
-    assert shown["train"] == minilm["train"] and minilm["model"]["hidden_size"] == 64  # the input is untouched
+    # adamw: no sgd momentum; no augmentation or teacher: their settings mean nothing
+    assert shown["train"] == {k: v for k, v in minilm["train"].items() if k != "momentum"}
+    assert shown["augment"] == {"method": "none"} and shown["distill"] == {"teacher": None}
+    assert minilm["model"]["hidden_size"] == 64 and "momentum" in minilm["train"]  # the input is untouched
+    sgd = OmegaConf.to_container(compose_config(["+study=lr_sweep", "train.optimizer=sgd"]).dict_config, resolve=True)
+    assert "momentum" in applicable(sgd)["train"] and "adam_beta1" not in applicable(sgd)["train"]
     tiny = OmegaConf.to_container(compose_config(["+study=smoke"]).dict_config, resolve=True)
     assert applicable(tiny)["model"]["hidden_size"] == tiny["model"]["hidden_size"]
     lora = OmegaConf.to_container(compose_config(["+study=sft_smoke"]).dict_config, resolve=True)

@@ -119,3 +119,87 @@ def test_cfg_job_shows_one_entry_per_parameter(capsys):
     assert space == {"train.weight_decay": "interval(0.0, 0.1)"}
     with pytest.raises(ConfigError, match=r"^study.space.train.epochs: is not in the space"):
         compose_config(["+study=lr_sweep", "~study.space.train.epochs"])
+
+
+OPTIMIZER_SPACE = {"train.optimizer": {"type": "categorical", "choices": ["adamw", "adafactor", "sgd"]},
+                   "train.momentum": {"type": "float", "low": 0.0, "high": 0.99, "when": {"train.optimizer": "sgd"}},
+                   "train.learning_rate": "tag(log, interval(1e-4, 1e-2))"}
+
+
+def test_a_conditional_parameter_is_sampled_exactly_on_the_trials_that_meet_its_condition():
+    import optuna
+    from omegaconf import OmegaConf
+
+    from llm_doe.space import conditions_of, resolve_conditions, suggest
+    from llm_doe.validation import validate
+
+    base = compose_config(["+study=smoke", "model=tiny"]).dict_config
+    space = resolve_conditions(build_space(OPTIMIZER_SPACE), base)
+    assert conditions_of(space) == {"train.momentum": {"train.optimizer": ["sgd"]}}
+    check_space(base, space)  # momentum is checked with optimizer=sgd: valid
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
+    for _ in range(12):
+        trial = study.ask()
+        params = suggest(trial, space)
+        validate(OmegaConf.to_object(apply_params(base, params)))  # every trial's config is valid
+        study.tell(trial, 0.0)
+    optimizers = [t.params["train.optimizer"] for t in study.trials]
+    assert "sgd" in optimizers and set(optimizers) - {"sgd"}  # both kinds of trial were drawn
+    for t in study.trials:
+        assert ("train.momentum" in t.params) == (t.params["train.optimizer"] == "sgd")
+
+
+def test_a_condition_on_a_fixed_key_is_decided_once():
+    from llm_doe.space import conditions_of, resolve_conditions
+
+    space = build_space({k: v for k, v in OPTIMIZER_SPACE.items() if k != "train.optimizer"})
+    adamw = compose_config(["+study=smoke", "model=tiny"]).dict_config
+    sgd = compose_config(["+study=smoke", "model=tiny", "train.optimizer=sgd"]).dict_config
+    assert set(resolve_conditions(space, adamw)) == {"train.learning_rate"}  # never met: not searched
+    met = resolve_conditions(space, sgd)
+    assert set(met) == {"train.learning_rate", "train.momentum"} and not conditions_of(met)
+
+
+@pytest.mark.parametrize(("when", "needle"), [
+    ({"train.optimizer": "lamb"}, "never ['lamb']"),
+    ({"train.momentum": 0.5}, "itself"),
+    ({"train.learning_rate": 0.1}, "over a range"),
+    ("sgd", "must be a map"),
+])
+def test_bad_conditions_name_the_key(when, needle):
+    space = {**OPTIMIZER_SPACE, "train.momentum": {**OPTIMIZER_SPACE["train.momentum"], "when": when}}
+    with pytest.raises(ConfigError) as err:
+        build_space(space)
+    assert err.value.key == "study.space.train.momentum.when" and needle in err.value.message
+
+
+def test_an_unconditioned_momentum_under_another_optimizer_is_refused():
+    base = compose_config(["+study=smoke", "model=tiny"]).dict_config
+    space = build_space({"train.momentum": {"type": "float", "low": 0.0, "high": 0.9}})
+    with pytest.raises(ConfigError, match="applies to train.optimizer=sgd only"):
+        check_space(base, space)
+
+
+@pytest.mark.parametrize("sampler", ["grid", "qmc", "cmaes", "gp"])
+def test_samplers_that_cannot_sample_a_conditional_space_are_refused(sampler):
+    from llm_doe.schema import SamplerConfig
+    from llm_doe.study import make_sampler
+
+    space = build_space({**OPTIMIZER_SPACE, "train.momentum": {"type": "categorical", "choices": [0.0, 0.9],
+                                                               "when": {"train.optimizer": "sgd"}},
+                         "train.learning_rate": {"type": "categorical", "choices": [1e-3]}})
+    with pytest.raises(ConfigError, match=f"{sampler} cannot sample conditional parameters"):
+        make_sampler(SamplerConfig(name=sampler), space)
+    make_sampler(SamplerConfig(name="tpe"), space)
+
+
+def test_the_stored_space_keeps_the_condition_and_optuna_still_reads_it():
+    import optuna
+
+    from llm_doe.space import json_conditions, space_to_json
+
+    stored = space_to_json(build_space(OPTIMIZER_SPACE))
+    assert json_conditions(stored) == {"train.momentum": {"train.optimizer": ["sgd"]}}
+    assert optuna.distributions.json_to_distribution(stored["train.momentum"]).high == 0.99
+    plain = dict(OPTIMIZER_SPACE, **{"train.momentum": {"type": "float", "low": 0.0, "high": 0.99}})
+    assert space_to_json(build_space(plain)) != stored  # a changed condition is another space (resume check)

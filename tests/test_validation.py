@@ -65,6 +65,44 @@ def test_the_first_failing_section_is_the_one_reported():
         validate(cfg)
 
 
+@pytest.mark.parametrize(("sections", "key", "says"), [
+    ({"train": {"optimizer": "lamb"}}, "train.optimizer", "must be one of adamw|adam|adafactor|sgd|rmsprop"),
+    ({"train": {"momentum": 0.9}}, "train.momentum", "applies to train.optimizer=sgd only"),
+    ({"train": {"optimizer": "sgd", "momentum": 1.0}}, "train.momentum", "must be in [0, 1)"),
+    ({"peft": {"lora_plus_ratio": 16.0}}, "peft.lora_plus_ratio", "applies to peft.method=lora only"),
+    ({"peft": {"method": "lora", "lora_plus_ratio": 0.0}}, "peft.lora_plus_ratio", "must be > 0"),
+    ({"augment": {"method": "shuffle"}}, "augment.method", "unknown operation 'shuffle'"),
+    ({"augment": {"method": "synonym"}}, "augment.method", "offline lexicon"),
+    ({"augment": {"method": ["swap", "swap"]}}, "augment.method", "twice"),
+    ({"augment": {"method": []}}, "augment.method", "must be none"),
+    ({"augment": {"method": "swap", "p": 0.0}}, "augment.p", "must be in (0, 1]"),
+    ({"augment": {"method": "swap", "copies": 0}}, "augment.copies", ">= 1"),
+    ({"task": {"name": "causal_lm"}, "data": {"source": "chat_pairs"}, "augment": {"method": "swap"}},
+     "augment.method", "task=causal_lm has no data augmentation"),
+    ({"distill": {"alpha": 1.5}}, "distill.alpha", "must be in [0, 1]"),
+    ({"model": {"kind": "tiny", "keep_layers": 1}}, "model.keep_layers", "applies to a pretrained model only"),
+    ({"model": {"keep_layers": 0}}, "model.keep_layers", "must be >= 1"),
+    ({"distill": {"temperature": 0.0}}, "distill.temperature", "must be > 0"),
+    ({"task": {"name": "causal_lm"}, "data": {"source": "chat_pairs"}, "distill": {"teacher": "x"}},
+     "distill.teacher", "task=causal_lm cannot distil"),
+], ids=lambda v: v if isinstance(v, str) else None)
+def test_the_levers_name_the_bad_key(sections, key, says):
+    with pytest.raises(schema.ConfigError) as err:
+        validate(_config(**sections))
+    assert err.value.key == key and says in err.value.message
+
+
+def test_the_levers_valid_settings_pass():
+    validate(_config(train={"optimizer": "sgd", "momentum": 0.9}))
+    validate(_config(peft={"method": "lora", "lora_plus_ratio": 16.0}))
+    validate(_config(augment={"method": ["delete", "char"], "p": 0.2, "copies": 2}))
+    validate(_config(augment={"method": "delete+char"}))
+    assert schema.augment_methods("delete+char") == ["delete", "char"] == schema.augment_methods(["delete", "char"])
+    with pytest.raises(schema.ConfigError, match="unknown operation 'dleete'"):
+        validate(_config(augment={"method": "dleete+char"}))
+    validate(_config(distill={"teacher": "some/folder", "alpha": 0.0}))
+
+
 @pytest.mark.parametrize(("task", "source"), [("classification", "csv"), ("causal_lm", "jsonl")])
 def test_a_source_that_reads_a_file_needs_data_path(task, source):
     """Which sources read data.path comes from the tasks' declarations (source_keys)."""

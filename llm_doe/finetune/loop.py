@@ -17,7 +17,7 @@ import math
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,13 +56,25 @@ class Interrupted(Exception):
 
 
 @dataclass
+class Teacher:
+    """Knowledge distillation: a teacher's outputs for every training example (row i for
+    example i of ``TrainData.train``), and how the task's distillation loss weighs them."""
+
+    outputs: np.ndarray
+    alpha: float
+    temperature: float
+
+
+@dataclass
 class TrainData:
     """The encoded splits a run trains and validates on (``val=None``: no evaluation, as for
-    the final model on train+val), and the id batches are padded with."""
+    the final model on train+val), the id batches are padded with, and a teacher to distil from
+    (None: the task's plain loss)."""
 
     train: Any
     val: Any | None
     pad_id: int
+    teacher: Teacher | None = None
 
 
 @dataclass
@@ -127,23 +139,64 @@ class TrainResult:
     last_learning_rate: float = float("nan")  # the schedule's rate after the last optimizer step
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW's two groups: weight decay on weight matrices (and embeddings) only.
+def param_groups(model: nn.Module, weight_decay: float, lr_scales: Mapping[str, float] | None = None,
+                 learning_rate: float | None = None) -> list[dict[str, Any]]:
+    """The optimizer's parameter groups: weight decay on weight matrices (and embeddings) only,
+    and, with ``lr_scales`` ({parameter name: multiple of ``learning_rate``}, LoRA+'s B matrices),
+    a group of their own at their rate for the scaled parameters (decay rule kept).
 
     Decay pulls a weight towards 0, which is wrong for a normalisation's gain (its neutral value
     is 1) and pointless for a bias. The rule holds whatever the architecture: no decay for the
     parameters of any module whose class name contains "Norm" (LayerNorm, RMSNorm,
     LlamaRMSNorm, GroupNorm, BatchNorm...), nor for any parameter named ``*bias`` or with fewer
     than two dimensions (gains and biases of modules the first test misses).
+
+    The first two groups are always the decayed and the exempt parameters at the base rate (the
+    first group's rate is what a run reports as its learning rate).
     """
     norm_params = {id(p) for m in model.modules() if "Norm" in type(m).__name__ for p in m.parameters()}
-    decay, no_decay = [], []
+    scales = dict(lr_scales or {})
+    groups: dict[tuple[bool, float], list[nn.Parameter]] = {(False, 1.0): [], (True, 1.0): []}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         exempt = id(param) in norm_params or name.endswith("bias") or param.ndim < 2
-        (no_decay if exempt else decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        groups.setdefault((exempt, float(scales.get(name, 1.0))), []).append(param)
+    out = []
+    for (exempt, scale), params in groups.items():
+        group: dict[str, Any] = {"params": params, "weight_decay": 0.0 if exempt else weight_decay}
+        if scale != 1.0:
+            if learning_rate is None:
+                raise ValueError("lr_scales need the base learning_rate")
+            group["lr"] = learning_rate * scale
+        out.append(group)
+    return out
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device,
+                   lr_scales: Mapping[str, float] | None = None) -> torch.optim.Optimizer:
+    """``train.optimizer``, torch's own implementation, over :func:`param_groups` (the no-decay
+    rule and any ``lr_scales``) at ``train.learning_rate``.
+
+    adamw and adam take ``train.adam_*``; sgd takes ``train.momentum`` (null: none); adafactor
+    and rmsprop keep torch's other defaults. Weight decay is decoupled for adamw and adafactor,
+    an L2 term in the gradient for adam, sgd and rmsprop (torch's definitions)."""
+    groups = param_groups(model, cfg.weight_decay, lr_scales, cfg.learning_rate)
+    lr = cfg.learning_rate
+    betas = (cfg.adam_beta1, cfg.adam_beta2)
+    if cfg.optimizer == "adamw":
+        # Fused AdamW on CPU too: one step of MiniLM's 22.7M params 78-103 ms -> 13-15 ms here.
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=cfg.adam_epsilon,
+                                 fused=device.type in ("cuda", "cpu"))
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=lr, betas=betas, eps=cfg.adam_epsilon, fused=device.type in ("cuda", "cpu"))
+    if cfg.optimizer == "adafactor":
+        return torch.optim.Adafactor(groups, lr=lr)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum or 0.0)
+    if cfg.optimizer == "rmsprop":
+        return torch.optim.RMSprop(groups, lr=lr)
+    raise ValueError(f"unknown optimizer {cfg.optimizer!r}")
 
 
 @torch.inference_mode()
@@ -181,7 +234,7 @@ def _progress(total: int, enabled: bool, desc: str) -> Any:
 
 def train(model: nn.Module, task: Task, data: TrainData, cfg: TrainConfig, rt: Runtime, *,
           select: Selection | None = None, hooks: Hooks | None = None, checkpoint: CheckpointPlan | None = None,
-          budget: Budget | None = None) -> TrainResult:
+          budget: Budget | None = None, lr_scales: Mapping[str, float] | None = None) -> TrainResult:
     """Fine-tune ``model`` on ``data.train`` and evaluate it on ``data.val`` as ``cfg`` says.
 
     With a ``checkpoint`` plan the run resumes from the plan's folder when it holds this run's
@@ -195,7 +248,8 @@ def train(model: nn.Module, task: Task, data: TrainData, cfg: TrainConfig, rt: R
         CheckpointError: a checkpoint could not be written.
         ValueError: ``budget.max_steps`` outside [1, schedule steps].
     """
-    run = _Run(model, task, data, cfg, rt, select or Selection(), hooks or Hooks(), checkpoint, budget or Budget())
+    run = _Run(model, task, data, cfg, rt, select or Selection(), hooks or Hooks(), checkpoint, budget or Budget(),
+               lr_scales)
     return run.execute()
 
 
@@ -204,7 +258,8 @@ class _Run:
     of the loop reads as a method instead of a closure over a dozen locals."""
 
     def __init__(self, model: nn.Module, task: Task, data: TrainData, cfg: TrainConfig, rt: Runtime,
-                 select: Selection, hooks: Hooks, plan: CheckpointPlan | None, budget: Budget) -> None:
+                 select: Selection, hooks: Hooks, plan: CheckpointPlan | None, budget: Budget,
+                 lr_scales: Mapping[str, float] | None = None) -> None:
         self.model, self.task, self.data, self.cfg, self.rt = model, task, data, cfg, rt
         self.select, self.hooks = select, hooks
         self.started_at = time.perf_counter() if hooks.started_at is None else hooks.started_at
@@ -218,12 +273,7 @@ class _Run:
             raise ValueError(f"need 1 <= max_steps ({budget.max_steps}) <= schedule_steps ({schedule})")
         self.max_steps = budget.max_steps
         self.total_steps = schedule if budget.max_steps is None else budget.max_steps  # where this run stops
-        self.optimizer = torch.optim.AdamW(
-            param_groups(model, cfg.weight_decay), lr=cfg.learning_rate,
-            betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_epsilon,
-            # Fused AdamW on CPU too: one step of MiniLM's 22.7M params 78-103 ms -> 13-15 ms here.
-            fused=rt.device.type in ("cuda", "cpu"),
-        )
+        self.optimizer = make_optimizer(model, cfg, rt.device, lr_scales)
         self.scheduler = get_scheduler(cfg.lr_scheduler, self.optimizer,
                                        num_warmup_steps=int(cfg.warmup_ratio * schedule), num_training_steps=schedule)
         self.scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.dtype == torch.float16)
@@ -347,7 +397,13 @@ class _Run:
                     with rt.autocast():
                         logits = self.forward(input_ids=batch["input_ids"],
                                               attention_mask=batch["attention_mask"]).logits
-                    loss = task.loss(logits, batch, units, self.cfg.label_smoothing)
+                    teacher = self.data.teacher
+                    if teacher is None:
+                        loss = task.loss(logits, batch, units, self.cfg.label_smoothing)
+                    else:
+                        soft = torch.from_numpy(teacher.outputs[chunk]).to(rt.device)
+                        loss = task.distill_loss(logits, batch, soft, units, self.cfg.label_smoothing, teacher.alpha,
+                                                 teacher.temperature)
                     self.scaler.scale(loss).backward()
                     total += loss.detach()
                 return total

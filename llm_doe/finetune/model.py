@@ -175,11 +175,26 @@ def _tiny(cfg: ModelConfig, tokenizer: Any, num_labels: int, auto_class: Any) ->
     return ModelFactory(auto_class.from_config(config), fresh_modules=[""])
 
 
+def _kept_layers(cfg: ModelConfig, path: str) -> dict[str, int]:
+    """``model.keep_layers`` as ``from_pretrained``'s config override: a model built with N layers
+    loads the checkpoint's layers 0..N-1 and leaves the rest unread (DistilBERT's initialisation
+    of a shallower student); nothing when null. Raises ConfigError beyond the model's depth."""
+    if cfg.keep_layers is None:
+        return {}
+    try:
+        depth = AutoConfig.from_pretrained(path).num_hidden_layers
+    except (OSError, ValueError, AttributeError) as err:
+        raise ConfigError("model.name_or_path", f"cannot load {cfg.name_or_path!r}: {str(err).splitlines()[0]}") from None
+    if cfg.keep_layers > depth:
+        raise ConfigError("model.keep_layers", f"{cfg.name_or_path!r} has {depth} layers, cannot keep {cfg.keep_layers}")
+    return {"num_hidden_layers": int(cfg.keep_layers)}
+
+
 def _pretrained(cfg: ModelConfig, num_labels: int, auto_class: Any) -> ModelFactory:
     path = resolve(cfg.name_or_path)
     try:
         model, info = auto_class.from_pretrained(
-            path, num_labels=num_labels, output_loading_info=True)
+            path, num_labels=num_labels, output_loading_info=True, **_kept_layers(cfg, path))
     except (OSError, ValueError) as err:
         raise ConfigError("model.name_or_path", f"cannot load {cfg.name_or_path!r}: {str(err).splitlines()[0]}") from None
     # Modules whose weights were not in the checkpoint (head, sometimes the pooler).
@@ -195,7 +210,7 @@ def model_factory(cfg: ModelConfig, num_labels: int, auto_class: str = "AutoMode
     transformers Auto class of the head (``AutoModelForSequenceClassification``,
     ``AutoModelForTokenClassification``, ...). Weights are read from disk once."""
     key = (auto_class, cfg.kind, cfg.name_or_path, cfg.tokenizer, num_labels, cfg.hidden_size,
-           cfg.num_layers, cfg.num_heads, cfg.intermediate_size)
+           cfg.num_layers, cfg.num_heads, cfg.intermediate_size, cfg.keep_layers)
     if key not in _FACTORIES:
         head = getattr(transformers, auto_class)
         if cfg.kind == "tiny_llama":
@@ -234,7 +249,7 @@ def _pretrained_causal(cfg: ModelConfig) -> ModelFactory:
                                                 f"is a {config.model_type!r} encoder (use model=smollm2 or model=hf "
                                                 "with a causal LM)")
     try:
-        model = AutoModelForCausalLM.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, **_kept_layers(cfg, path))
     except (OSError, ValueError) as err:
         raise ConfigError("model.name_or_path", f"cannot load {cfg.name_or_path!r} as a causal LM: "
                                                 f"{str(err).splitlines()[0]}") from None
@@ -246,7 +261,7 @@ def causal_lm_factory(cfg: ModelConfig) -> ModelFactory:
     """The cached factory of a decoder language model: pretrained, or ``model.kind=tiny_llama``
     (a random-init Llama built in code, with the configured tokenizer)."""
     key = ("causal_lm", cfg.kind, cfg.name_or_path, cfg.tokenizer, cfg.hidden_size, cfg.num_layers, cfg.num_heads,
-           cfg.intermediate_size)
+           cfg.intermediate_size, cfg.keep_layers)
     if key not in _FACTORIES:
         if cfg.kind == "tiny":
             raise ConfigError("model", "task=causal_lm needs a decoder; model=tiny is a BERT encoder (use "

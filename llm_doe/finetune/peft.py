@@ -171,9 +171,19 @@ def _prompt(cfg: PeftConfig, model: nn.Module, task_type: str | None) -> Any:
 #: The methods (``peft=NAME``), each declared once.
 register_peft_method(PeftMethodSpec("none"))
 register_peft_method(PeftMethodSpec("lora", keys=("method", "r", "alpha", "alpha_ratio", "dropout", "target_modules",
-                                                  "use_rslora"), build=_lora, targets=True))
+                                                  "use_rslora", "lora_plus_ratio"), build=_lora, targets=True))
 register_peft_method(PeftMethodSpec("ia3", keys=("method", "target_modules"), build=_ia3, targets=True))
 # Learned tokens cannot be merged into weights that from_pretrained and pipeline load.
 register_peft_method(PeftMethodSpec("prefix", keys=("method", "num_virtual_tokens"), build=_prefix, decoder_only=True,
                                     mergeable=False))
 register_peft_method(PeftMethodSpec("prompt", keys=("method", "num_virtual_tokens"), build=_prompt, mergeable=False))
+
+
+def lr_scales(model: nn.Module, cfg: PeftConfig) -> dict[str, float]:
+    """LoRA+ (Hayou et al., 2024): {parameter name: ``peft.lora_plus_ratio``} for the trainable
+    LoRA B matrices, which then learn at that multiple of the learning rate; empty when LoRA+ is
+    off. What the training loop's ``lr_scales`` takes."""
+    if cfg.lora_plus_ratio is None:  # validation allows it only for methods that list it (lora)
+        return {}
+    return {name: float(cfg.lora_plus_ratio) for name, param in model.named_parameters()
+            if param.requires_grad and ".lora_B." in name}

@@ -10,10 +10,10 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2ForSequenceClassification, LlamaConfig, LlamaForSequenceClassification
 
-from llm_doe.finetune.loop import Diverged, param_groups
+from llm_doe.finetune.loop import Diverged, TrainData, make_optimizer, param_groups, train
 from llm_doe.finetune.runtime import resolve_runtime
 from llm_doe.schema import TrainConfig
-from tests.finetune.conftest import CPU, evaluate, fit, join_encoded
+from tests.finetune.conftest import CPU, TASK, evaluate, fit, join_encoded
 
 
 def _run(setup, report=None, **overrides):
@@ -237,3 +237,64 @@ def test_decoder_classifier_batched_and_single_probabilities_agree(setup):
         cfg = TrainConfig(learning_rate=1e-3, num_epochs=1, evals_per_epoch=1, eval_batch_size=eval_batch_size)
         results.append(fit(_tiny_gpt2(tokenizer.vocab_size), train_data, val_data, cfg, CPU, pad_id=PAD))
     np.testing.assert_allclose(results[0].best_payload["probs"], results[1].best_payload["probs"], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize(("name", "cls"), [("adamw", torch.optim.AdamW), ("adam", torch.optim.Adam),
+                                           ("adafactor", torch.optim.Adafactor), ("sgd", torch.optim.SGD),
+                                           ("rmsprop", torch.optim.RMSprop)])
+def test_the_optimizer_is_the_configured_one_and_keeps_the_no_decay_rule(setup, name, cls):
+    model = setup[3].build(0, 0.1)
+    cfg = TrainConfig(optimizer=name, weight_decay=0.1, learning_rate=1e-3, momentum=0.9 if name == "sgd" else None)
+    optimizer = make_optimizer(model, cfg, torch.device("cpu"))
+    assert type(optimizer) is cls
+    decay, no_decay = optimizer.param_groups
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert {id(p) for p in no_decay["params"]} == {id(p) for p in param_groups(model, 0.1)[1]["params"]}
+    assert all(g["lr"] == 1e-3 for g in optimizer.param_groups)
+    if name == "sgd":
+        assert decay["momentum"] == 0.9
+
+
+def test_each_optimizer_trains_its_own_way(setup):
+    # The configured optimizer is the one that steps: the same run with sgd and adamw ends elsewhere.
+    adamw = _run(setup, optimizer="adamw", learning_rate=1e-3)
+    sgd = _run(setup, optimizer="sgd", learning_rate=1e-3, momentum=0.9)
+    assert adamw.history[-1]["val_loss"] != sgd.history[-1]["val_loss"]
+    assert all(np.isfinite(r["val_loss"]) for r in sgd.history)
+
+
+def test_lora_plus_gives_the_b_matrices_ratio_times_the_rate_and_keeps_the_no_decay_rule(setup):
+    from llm_doe.finetune import peft as peft_methods
+    from llm_doe.schema import PeftConfig
+
+    peft_cfg = PeftConfig(method="lora", target_modules="attention", lora_plus_ratio=16.0)
+    model = peft_methods.wrap(setup[3].build(0, 0.1), peft_cfg, "classification")
+    scales = peft_methods.lr_scales(model, peft_cfg)
+    assert scales and all(".lora_B." in n for n in scales)
+    optimizer = make_optimizer(model, TrainConfig(learning_rate=1e-3, weight_decay=0.1), torch.device("cpu"), scales)
+    names = {id(p): n for n, p in model.named_parameters()}
+    rates = {names[id(p)]: (g["lr"], g["weight_decay"]) for g in optimizer.param_groups for p in g["params"]}
+    assert {n for n, (lr, _) in rates.items() if lr == pytest.approx(16e-3)} == set(scales)
+    assert all(lr == 1e-3 for n, (lr, _) in rates.items() if n not in scales)
+    assert all(rates[n][1] == 0.1 for n in scales)  # B matrices: decayed, as every matrix
+    assert {n for n, (_, wd) in rates.items() if wd == 0.0} == {n for n in rates if n.endswith("bias") or
+                                                                 "LayerNorm" in n}
+    assert peft_methods.lr_scales(model, PeftConfig(method="lora")) == {}  # null: off
+    peft_methods.unwrap(model)
+
+
+def test_lora_plus_changes_what_is_trained(setup):
+    from llm_doe.finetune import peft as peft_methods
+    from llm_doe.schema import PeftConfig
+
+    tokenizer, train_data, val_data, factory = setup
+    losses = []
+    for ratio in (None, 16.0):
+        peft_cfg = PeftConfig(method="lora", lora_plus_ratio=ratio)
+        model = peft_methods.wrap(factory.build(0, 0.1), peft_cfg, "classification")
+        cfg = TrainConfig(learning_rate=3e-3, num_epochs=1, evals_per_epoch=1)
+        result = train(model, TASK, TrainData(train_data, val_data, tokenizer.pad_token_id), cfg, CPU,
+                       lr_scales=peft_methods.lr_scales(model, peft_cfg))
+        losses.append(result.history[-1]["val_loss"])
+        factory.release(peft_methods.unwrap(model))
+    assert losses[0] != losses[1]

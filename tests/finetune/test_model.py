@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 
-from llm_doe.finetune.model import ModelFactory
-from llm_doe.schema import TrainConfig
+from llm_doe.finetune.model import ModelFactory, model_factory
+from llm_doe.schema import ConfigError, ModelConfig, TrainConfig
 from tests.finetune.conftest import CPU, fit
 
 
@@ -55,3 +56,17 @@ def test_a_model_with_hooks_is_not_reused(setup):
     model.register_forward_hook(lambda *a: None)
     factory.release(model)
     assert factory.build(0, 0.1) is not model
+
+
+def test_keep_layers_gives_a_shallower_student_with_the_first_layers_of_the_checkpoint():
+    full = model_factory(ModelConfig(), 2).template
+    student = model_factory(ModelConfig(keep_layers=2), 2).template
+    assert full.config.num_hidden_layers == 6 and len(full.bert.encoder.layer) == 6
+    assert student.config.num_hidden_layers == 2 and len(student.bert.encoder.layer) == 2
+    for i in range(2):  # DistilBERT-style: the checkpoint's layers 0 and 1, as they are
+        for (name, a), b in zip(student.bert.encoder.layer[i].state_dict().items(),
+                                full.bert.encoder.layer[i].state_dict().values()):
+            assert torch.equal(a, b), name
+    assert torch.equal(student.bert.embeddings.word_embeddings.weight, full.bert.embeddings.word_embeddings.weight)
+    with pytest.raises(ConfigError, match="has 6 layers, cannot keep 7"):
+        model_factory(ModelConfig(keep_layers=7), 2)

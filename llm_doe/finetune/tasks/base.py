@@ -25,7 +25,15 @@ import numpy as np
 import torch
 
 from llm_doe.plugins import TaskSpec
-from llm_doe.schema import DataConfig, ModelConfig, TaskConfig
+from llm_doe.schema import (
+    AugmentConfig,
+    ConfigError,
+    DataConfig,
+    DistillConfig,
+    ModelConfig,
+    TaskConfig,
+    augment_methods,
+)
 
 
 @dataclass
@@ -116,6 +124,44 @@ class Task(ABC):
     @abstractmethod
     def evaluator(self, data: Any, model: torch.nn.Module) -> Evaluator:
         """A fresh accumulator for one evaluation pass of ``model`` over ``data``."""
+
+    def augment(self, split: Any, cfg: AugmentConfig, seed: int) -> Any:
+        """``split`` (training examples, raw) followed by ``cfg.copies`` augmented copies of each
+        example, drawn from ``seed``. A task that augments overrides it (and lists ``augment`` in its
+        spec's ``levers``, which validation reads); by default there is none."""
+        raise ConfigError("augment.method", f"task={self.name} has no data augmentation: use augment.method=none")
+
+    def training_data(self, prepared: Prepared, split: Any, data_cfg: DataConfig, augment_cfg: AugmentConfig,
+                      seed: int) -> tuple[Any, Any]:
+        """What a run trains on: the raw training examples (``split``, augmented when
+        ``augment.method`` names operations) and their encoding. Validation and test data never
+        pass through here. ``split`` is ``prepared.splits.train`` for a trial (encoded already:
+        ``prepared.train``), train+val for a final model on both."""
+        if not augment_methods(augment_cfg.method):
+            encoded = prepared.train if split is prepared.splits.train else self.encode(split, prepared, data_cfg)
+            return split, encoded
+        augmented = self.augment(split, augment_cfg, seed)
+        return augmented, self.encode(augmented, prepared, data_cfg)
+
+    def check_teacher(self, teacher: str, prepared: Prepared) -> None:
+        """Refuse (ConfigError on ``distill.teacher``) a teacher this task cannot learn from
+        (another label set, no tokenizer), before anything is written. A task that distils
+        overrides it, :meth:`teacher_outputs` and :meth:`distill_loss` (and lists ``distill`` in
+        its spec's ``levers``); by default there is none."""
+        raise ConfigError("distill.teacher", f"task={self.name} cannot distil from a teacher: use "
+                                             "distill.teacher=null")
+
+    def teacher_outputs(self, split: Any, cfg: DistillConfig, data_cfg: DataConfig, device: torch.device
+                        ) -> np.ndarray:
+        """The teacher's outputs on each example of ``split`` (the raw training examples, augmented
+        copies included), in order: computed once per study and cached on disk."""
+        raise ConfigError("distill.teacher", f"task={self.name} cannot distil from a teacher")
+
+    def distill_loss(self, logits: torch.Tensor, batch: dict[str, torch.Tensor], teacher: torch.Tensor, units: int,
+                     label_smoothing: float, alpha: float, temperature: float) -> torch.Tensor:
+        """:meth:`loss` with a teacher's outputs for the micro-batch (``teacher``): at ``alpha=0``
+        exactly :meth:`loss`."""
+        raise NotImplementedError(f"task={self.name} cannot distil from a teacher")
 
     def finish(self, model: torch.nn.Module, data: Any, pad_id: int, rt: Any, payload: Any) -> Any:
         """The best evaluation's payload with whatever the task keeps of the trained model (the

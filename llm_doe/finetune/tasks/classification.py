@@ -12,13 +12,21 @@ import numpy as np
 import torch
 from torch import nn
 
+from llm_doe.finetune.augment import augmented_texts
 from llm_doe.finetune.batching import attention_mask, pad, to_device
 from llm_doe.finetune.data import Encoded, Split, encode, encoded_splits
+from llm_doe.finetune.distill import check_teacher, hinton_loss, teacher_logits
 from llm_doe.finetune.metrics import classification_metrics, roc_points
 from llm_doe.finetune.model import load_tokenizer, model_factory
 from llm_doe.finetune.tasks.base import CardText, Evaluator, Prepared, Task
 from llm_doe.finetune.tasks.classification_spec import PREDICTED_CLASSES, SPEC
-from llm_doe.schema import DataConfig, ModelConfig
+from llm_doe.schema import (
+    AugmentConfig,
+    DataConfig,
+    DistillConfig,
+    ModelConfig,
+    augment_methods,
+)
 
 
 class _ClassificationEvaluator(Evaluator):
@@ -65,6 +73,29 @@ class ClassificationTask(Task):
     def join(*splits: Split) -> Split:
         """One split of several (train+val for the final model)."""
         return Split(texts=[t for s in splits for t in s.texts], labels=np.concatenate([s.labels for s in splits]))
+
+    def augment(self, split: Split, cfg: AugmentConfig, seed: int) -> Split:
+        """The texts and ``cfg.copies`` augmented copies of each (llm_doe.finetune.augment), each
+        copy with its text's label."""
+        texts = augmented_texts(split.texts, augment_methods(cfg.method), cfg.p, cfg.copies, seed)
+        return Split(texts=texts, labels=np.tile(split.labels, cfg.copies + 1))
+
+    def check_teacher(self, teacher: str, prepared: Prepared) -> None:
+        """A teacher must classify into the data's labels (its own tokenizer reads the texts)."""
+        check_teacher(teacher, prepared.splits.label_names)
+
+    def teacher_outputs(self, split: Split, cfg: DistillConfig, data_cfg: DataConfig, device: torch.device
+                        ) -> np.ndarray:
+        """The teacher's logits on each text (llm_doe.finetune.distill: cached per teacher, text and length)."""
+        assert cfg.teacher is not None
+        return teacher_logits(cfg.teacher, split.texts, data_cfg.max_length, cfg.cache_dir, device)
+
+    def distill_loss(self, logits: torch.Tensor, batch: dict[str, torch.Tensor], teacher: torch.Tensor, units: int,
+                     label_smoothing: float, alpha: float, temperature: float) -> torch.Tensor:
+        """Hinton's loss on the micro-batch, weighted by its share of the batch as :meth:`loss` is."""
+        share = len(batch["labels"]) / units
+        hard = nn.functional.cross_entropy(logits.float(), batch["labels"], label_smoothing=label_smoothing)
+        return hinton_loss(logits, teacher, hard, alpha, temperature) * share
 
     def collate(self, data: Encoded, index: np.ndarray, pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
         batch = to_device({"input_ids": pad(data.input_ids, index, data.lengths, pad_id),

@@ -25,6 +25,7 @@ SPEC = TaskSpec(
     peft_task_type="SEQ_CLS",
     model_class="AutoModelForSequenceClassification",
     pipeline_tag="text-classification",
+    levers=("augment", "distill"),
     checks=(TrialCheck(PREDICTED_CLASSES, 1, "trial {trial} learned nothing: at its best evaluation it predicts one "
                                              "class for every validation example (a constant predictor; accuracy "
                                              "{accuracy} is the majority share)"),),
