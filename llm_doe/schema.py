@@ -414,7 +414,8 @@ def is_multi_objective(cfg: Config) -> bool:
 
 
 #: The key that chooses what applies in each section of :func:`applicable_keys`.
-_CHOOSERS = {"model": "kind", "task": "name", "peft": "method", "data": "source", "train": "optimizer"}
+_CHOOSERS = {"model": "kind", "task": "name", "peft": "method", "data": "source", "train": "optimizer",
+             "augment": "method", "distill": "teacher"}
 #: Model keys of a pretrained model (the other kinds are built in code: every key applies).
 _PRETRAINED_KEYS = ("kind", "name_or_path", "tokenizer", "dropout", "keep_layers")
 
