@@ -72,6 +72,11 @@ def resolve(name_or_path: str) -> str:
 
 _TOKENIZERS: dict[str, Any] = {}
 
+#: The dtype every model is loaded in, whatever its checkpoint holds (transformers 5 keeps a
+#: checkpoint's own, bf16 for most LLMs): weights and optimizer state are fp32, and a lower
+#: precision is autocast in the forward pass only (:mod:`llm_doe.finetune.runtime`).
+MASTER_DTYPE = torch.float32
+
 
 def load_tokenizer(cfg: ModelConfig) -> tuple[Any, str]:
     """The (cached) fast tokenizer and the key it is cached under."""
@@ -180,7 +185,7 @@ def _pretrained(cfg: ModelConfig, num_labels: int) -> ModelFactory:
     path = resolve(cfg.name_or_path)
     try:
         model, info = AutoModelForSequenceClassification.from_pretrained(
-            path, num_labels=num_labels, output_loading_info=True)
+            path, num_labels=num_labels, output_loading_info=True, dtype=MASTER_DTYPE)
     except (OSError, ValueError) as err:
         raise ConfigError("model.name_or_path", f"cannot load {cfg.name_or_path!r}: {str(err).splitlines()[0]}") from None
     # Modules whose weights were not in the checkpoint (head, sometimes the pooler).
@@ -231,7 +236,7 @@ def _pretrained_causal(cfg: ModelConfig) -> ModelFactory:
                                                 f"is a {config.model_type!r} encoder (use model=smollm2 or model=hf "
                                                 "with a causal LM)")
     try:
-        model = AutoModelForCausalLM.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=MASTER_DTYPE)
     except (OSError, ValueError) as err:
         raise ConfigError("model.name_or_path", f"cannot load {cfg.name_or_path!r} as a causal LM: "
                                                 f"{str(err).splitlines()[0]}") from None
