@@ -127,6 +127,14 @@ class TrainResult:
     last_learning_rate: float = float("nan")  # the schedule's rate after the last optimizer step
 
 
+def warmup_steps(ratio: float, steps: int) -> int:
+    """The warmup of a ``steps``-long schedule: ``ratio`` of it, rounded up as Hugging Face's
+    ``TrainingArguments.get_warmup_steps`` rounds it (an 8-step schedule at 0.1 warms up for
+    one step, not none); the product is first rounded to 9 decimals, so float noise (0.1 x 30 =
+    3.0000000000000004) does not add a step."""
+    return math.ceil(round(ratio * steps, 9))
+
+
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """AdamW's two groups: weight decay on weight matrices (and embeddings) only.
 
@@ -225,7 +233,7 @@ class _Run:
             fused=rt.device.type in ("cuda", "cpu"),
         )
         self.scheduler = get_scheduler(cfg.lr_scheduler, self.optimizer,
-                                       num_warmup_steps=int(cfg.warmup_ratio * schedule), num_training_steps=schedule)
+                                       num_warmup_steps=warmup_steps(cfg.warmup_ratio, schedule), num_training_steps=schedule)
         self.scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.dtype == torch.float16)
         # in-epoch optimizer step -> how many evaluation indices fall on it
         self.indices_at = Counter(eval_points(self.steps_per_epoch, cfg.evals_per_epoch))
