@@ -95,11 +95,23 @@ DROPOUT_CONFIG_ATTRS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "
                         "attention_dropout", "seq_classif_dropout")
 
 
+#: Rates a module keeps as a plain float and applies functionally (Llama's, Mistral's and Qwen's
+#: attention copy ``config.attention_dropout`` when built and have no ``nn.Dropout``).
+DROPOUT_MODULE_ATTRS = ("attention_dropout", "dropout")
+
+
+def _float_rates(module: nn.Module) -> list[str]:
+    return [a for a in DROPOUT_MODULE_ATTRS if isinstance(module.__dict__.get(a), float)]
+
+
 def set_dropout(model: nn.Module, p: float) -> None:
-    """One dropout for hidden states, attention and classifier, in the modules and the config."""
+    """One dropout for hidden states, attention and classifier, in the modules (``nn.Dropout``
+    and the float rates of :data:`DROPOUT_MODULE_ATTRS`) and the config."""
     for module in model.modules():
         if isinstance(module, nn.Dropout):
             module.p = p
+        for attr in _float_rates(module):
+            setattr(module, attr, p)
     config = model.config
     for attr in DROPOUT_CONFIG_ATTRS:
         if hasattr(config, attr):
@@ -156,11 +168,13 @@ class ModelFactory:
 
 
 def _reset_like(model: nn.Module, template: nn.Module) -> None:
-    """What a state dict leaves out, back to the template's: dropout rates (modules and
-    config, as :func:`set_dropout` changes them) and which parameters train."""
+    """What a state dict leaves out, back to the template's: dropout rates (modules, their float
+    rates and the config, as :func:`set_dropout` changes them) and which parameters train."""
     for module, original in zip(model.modules(), template.modules(), strict=True):
         if isinstance(module, nn.Dropout):
             module.p = original.p
+        for attr in _float_rates(original):
+            setattr(module, attr, getattr(original, attr))
     for attr in DROPOUT_CONFIG_ATTRS:
         if hasattr(template.config, attr):
             setattr(model.config, attr, getattr(template.config, attr))

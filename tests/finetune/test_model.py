@@ -94,3 +94,31 @@ def test_a_bf16_checkpoint_is_fully_fine_tuned_in_fp32(tmp_path):
     # A classifier (a new head on the same bf16 body) loads in fp32 as well.
     classifier = model_factory(cfg, 2).build(0, None)
     assert {p.dtype for p in classifier.parameters()} == {torch.float32}
+
+
+def test_model_dropout_takes_effect_on_a_llama():
+    """Llama has no nn.Dropout: its attention reads a rate copied from the config when built."""
+    from llm_doe.finetune.model import causal_lm_factory
+    from llm_doe.schema import ModelConfig
+
+    cfg = ModelConfig(kind="tiny_llama", name_or_path="tiny-llama", tokenizer="HuggingFaceTB/SmolLM2-135M-Instruct",
+                      hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
+    factory = causal_lm_factory(cfg)
+    ids = torch.arange(1, 17).unsqueeze(0)
+
+    def two_forwards(model):
+        model.train()
+        with torch.no_grad():
+            return model(input_ids=ids).logits, model(input_ids=ids).logits
+
+    a, b = two_forwards(factory.build(0, 0.3))
+    assert not torch.equal(a, b)
+    model = factory.build(0, 0.0)
+    a, b = two_forwards(model)
+    assert torch.equal(a, b)
+    factory.release(model)
+    a, b = two_forwards(factory.build(0, 0.5))  # a released model takes the new rate too
+    assert not torch.equal(a, b)
+    factory.release(factory.build(0, 0.5))
+    a, b = two_forwards(factory.build(0, None))  # and a rebuilt one the template's (none)
+    assert torch.equal(a, b)
