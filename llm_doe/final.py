@@ -470,6 +470,7 @@ def _export(plan: FinalPlan, trained: _Trained, evaluations: int) -> list[str]:
         model.save_pretrained(staging)
         saved_tokenizer = trained.prepared.tokenizer.__class__.from_pretrained(trained.prepared.tokenizer_key)
         saved_tokenizer.model_max_length = cfg.data.max_length  # truncation=True then cuts where training did
+        trained.task.prepare_export_tokenizer(saved_tokenizer)
         saved_tokenizer.save_pretrained(staging)
         (staging / "config.yaml").write_text(OmegaConf.to_yaml(masked_config(plan.trial_config)), encoding="utf-8")
         files = [p.name for p in trained.task.write_artifacts(

@@ -13,8 +13,9 @@ several ways, and a prompt seen in training would make its validation or test an
 The test split is cut first, from ``test_size`` and the test seed alone.
 
 :func:`encode_chat` renders each conversation with the tokenizer's chat template (or
-:data:`DEFAULT_CHAT_TEMPLATE`, ChatML, when it has none) and labels the assistant tokens only
-(``loss_on="completion"``) or every token (``"all"``). Labels come from the rendered text's
+:data:`DEFAULT_CHAT_TEMPLATE`, ChatML ended by the tokenizer's eos, when it has none) and labels
+the assistant tokens only (``loss_on="completion"``: each answer and its end-of-turn marker, not
+the newline after it) or every token (``"all"``). Labels come from the rendered text's
 character spans, never from pad ids: in SmolLM2 pad = eos = ``<|im_end|>``, and the eos that
 ends each answer must stay a label.
 """
@@ -24,6 +25,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,11 +43,15 @@ Conversation = list[Message]
 ROLES = ("system", "user", "assistant")
 IGNORE_INDEX = -100  # the label PyTorch's cross-entropy skips
 
-#: ChatML, for tokenizers that ship no chat template (the format SmolLM2 and Qwen use).
+#: ChatML, for tokenizers that ship no chat template (the format SmolLM2 and Qwen use). Each turn
+#: ends with the tokenizer's own eos (``<|im_end|>`` when it has none), so a model whose eos is
+#: another token still learns to stop where generation stops.
 DEFAULT_CHAT_TEMPLATE = (
-    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>'"
-    " + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+    "{% set end = eos_token if eos_token is defined and eos_token else '<|im_end|>' %}"
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + end + '\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
+_GENERATION_MARKER = re.compile(r"\{%-?\s*generation\s*-?%\}")
 
 
 def chatterbot_conversations(language: str = "english") -> list[Conversation]:
@@ -198,16 +204,40 @@ class ChatEncoded:
         return int(sum(int((lab != IGNORE_INDEX).sum()) for lab in self.labels))
 
 
+def chat_template(tokenizer: Any) -> str | None:
+    """The template conversations are rendered with: the tokenizer's own (None: it decides, as
+    a tokenizer with several named templates does), else :data:`DEFAULT_CHAT_TEMPLATE`. An
+    export saves the fallback with its tokenizer, so ``pipeline`` renders chats as training did."""
+    return None if getattr(tokenizer, "chat_template", None) else DEFAULT_CHAT_TEMPLATE
+
+
 def render(tokenizer: Any, messages: Conversation, add_generation_prompt: bool = False) -> str:
     """The conversation as the model sees it: the tokenizer's chat template, else ChatML."""
-    template = None if getattr(tokenizer, "chat_template", None) else DEFAULT_CHAT_TEMPLATE
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt,
-                                         chat_template=template)
+                                         chat_template=chat_template(tokenizer))
+
+
+def _marked_spans(tokenizer: Any, conversation: Conversation) -> tuple[str, list[tuple[int, int]]] | None:
+    """The rendered text and the spans its template marks as the assistant's (``{% generation
+    %}``), or None when the template has no such markers."""
+    template = getattr(tokenizer, "chat_template", None)
+    if not isinstance(template, str) or not _GENERATION_MARKER.search(template):
+        return None
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    rendered, indices = render_jinja_template(conversations=[conversation], chat_template=template,
+                                              return_assistant_tokens_mask=True, **tokenizer.special_tokens_map)
+    return rendered[0], [(int(low), int(high)) for low, high in indices[0]]
 
 
 def completion_spans(tokenizer: Any, conversation: Conversation) -> tuple[str, list[tuple[int, int]]]:
-    """The rendered text and the character spans of its assistant turns (each with the
-    template's end-of-turn marker, which the model must learn to emit)."""
+    """The rendered text and the character spans of its assistant turns: each answer with the
+    template's end-of-turn marker (the eos the model must learn to emit), without the whitespace
+    the template puts after it (ChatML's newline), which belongs to the template, not the answer.
+    A template that marks the assistant's text itself (``{% generation %}``) is followed instead."""
+    marked = _marked_spans(tokenizer, conversation)
+    if marked is not None:
+        return marked
     text = render(tokenizer, conversation)
     spans = []
     for i, message in enumerate(conversation):
@@ -218,7 +248,7 @@ def completion_spans(tokenizer: Any, conversation: Conversation) -> tuple[str, l
         if not (through.startswith(before) and text.startswith(through)):
             raise ValueError("the chat template does not render conversations prefix by prefix; cannot tell the "
                              "completion tokens apart (use task.loss_on=all)")
-        spans.append((len(before), len(through)))
+        spans.append((len(before), max(len(before), len(through.rstrip()))))
     return text, spans
 
 

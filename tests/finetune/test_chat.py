@@ -112,3 +112,60 @@ def test_an_answer_cut_off_by_max_length_drops_its_conversation(caplog):
     encoded = encode_chat([long_prompt, short], tokenizer, 32)
     assert len(encoded) == 1 and encoded.dropped == 1 and encoded.lengths.tolist() == [len(encoded.input_ids[0])]
     assert "1 of 2 conversations dropped" in caplog.text
+
+
+SMOLLM2 = ModelConfig(kind="tiny_llama", tokenizer="HuggingFaceTB/SmolLM2-135M-Instruct")
+TURN = [{"role": "user", "content": "what can you eat"}, {"role": "assistant", "content": "ram and binary digits"}]
+
+
+def _labelled(tokenizer, conversation=TURN):
+    encoded = encode_chat([conversation], tokenizer, 128)
+    ids, labels = encoded.input_ids[0], encoded.labels[0]
+    return ids, ids[labels != IGNORE_INDEX].tolist()
+
+
+def _without_template(tmp_path, **special):
+    """SmolLM2's tokenizer saved with no chat template (and ``special`` tokens changed)."""
+    from transformers import AutoTokenizer
+
+    tokenizer, _ = load_tokenizer(SMOLLM2)
+    copy = AutoTokenizer.from_pretrained(tokenizer.name_or_path, **special)
+    copy.chat_template = None
+    copy.save_pretrained(tmp_path)
+    copy = AutoTokenizer.from_pretrained(tmp_path)
+    assert not copy.chat_template
+    return copy
+
+
+def test_the_answer_and_its_eos_are_labelled_not_the_newline_after_it():
+    """ChatML ends a turn with <|im_end|> and a newline: the newline is the template's, not the
+    answer's (TRL's completion-only losses leave it out too)."""
+    tokenizer, _ = load_tokenizer(SMOLLM2)
+    ids, labelled = _labelled(tokenizer)
+    assert tokenizer.decode(labelled) == "ram and binary digits<|im_end|>"
+    assert labelled[-1] == tokenizer.eos_token_id
+    two_turns = [*TURN, {"role": "user", "content": "and then"}, {"role": "assistant", "content": "more bits"}]
+    _, labelled = _labelled(tokenizer, two_turns)
+    assert tokenizer.decode(labelled) == "ram and binary digits<|im_end|>more bits<|im_end|>"
+
+
+def test_the_fallback_template_ends_answers_with_the_tokenizers_own_eos(tmp_path):
+    """A tokenizer with no template whose eos is not <|im_end|> still learns to stop: its eos ends
+    each answer and is labelled."""
+    tokenizer = _without_template(tmp_path, eos_token="<|endoftext|>")
+    assert tokenizer.eos_token == "<|endoftext|>"
+    ids, labelled = _labelled(tokenizer)
+    assert labelled[-1] == tokenizer.eos_token_id
+    assert tokenizer.decode(labelled) == "ram and binary digits<|endoftext|>"
+
+
+def test_a_templates_generation_markers_say_what_is_labelled(tmp_path):
+    """A template that marks the assistant's tokens ({% generation %}) is taken at its word."""
+    tokenizer = _without_template(tmp_path)
+    tokenizer.chat_template = (
+        "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' }}"
+        "{% if message['role'] == 'assistant' %}{% generation %}{{ message['content'] + '<|im_end|>\\n' }}"
+        "{% endgeneration %}{% else %}{{ message['content'] + '<|im_end|>\\n' }}{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+    ids, labelled = _labelled(tokenizer)
+    assert tokenizer.decode(labelled) == "ram and binary digits<|im_end|>\n"  # the newline inside the markers

@@ -129,6 +129,10 @@ class Task(ABC):
     def prepare_export(self, model: torch.nn.Module, prepared: Prepared) -> None:
         """Set what an exported model's config must say (label names, ...) before saving it."""
 
+    def prepare_export_tokenizer(self, tokenizer: Any) -> None:
+        """Set what an exported tokenizer must say before saving it (the chat template training
+        rendered with, when the tokenizer came without one): nothing by default."""
+
     def study_attrs(self, prepared: Prepared) -> dict[str, Any]:
         """What a new study records of its prepared data, for a person to read (the dashboard's
         attributes, the note, the report): nothing by default."""

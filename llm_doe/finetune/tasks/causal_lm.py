@@ -26,6 +26,7 @@ from llm_doe.finetune.chat import (
     ChatEncoded,
     ChatSplits,
     Conversation,
+    chat_template,
     chatterbot_conversations,
     encode_chat,
     prompt_and_reference,
@@ -170,6 +171,13 @@ class CausalLMTask(Task):
             rows.append({"prompt": question, "reference": reference, "generated": answer.strip()})
         model.train(was_training)
         return {**payload, "generations": rows}
+
+    def prepare_export_tokenizer(self, tokenizer: Any) -> None:
+        """A tokenizer that came without a chat template is saved with the one training rendered
+        with, so ``pipeline(...)([{"role": "user", ...}])`` on the export formats chats as training did."""
+        template = chat_template(tokenizer)
+        if template is not None:
+            tokenizer.chat_template = template
 
     def write_artifacts(self, payload: Any, folder: Path, subject: str, when: str) -> list[Path]:
         """``generations.csv``: prompt, reference answer and the model's greedy answer."""

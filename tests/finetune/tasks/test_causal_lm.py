@@ -198,3 +198,25 @@ def test_generations_decode_with_the_tokenizer_that_encoded_the_data(prepared):
     prompts = [r["prompt"] for r in payload["generations"]]
     assert prompts == [next(m["content"] for m in reversed(c[:-1]) if m["role"] == "user")
                        for c in data.val.conversations[:4]]
+
+
+def test_final_saves_the_chat_template_training_rendered_with(tmp_path):
+    """A tokenizer with no chat template trains on the built-in ChatML; the export saves that
+    template, so the card's pipeline snippet answers a chat message."""
+    from transformers import AutoTokenizer, pipeline
+
+    from llm_doe.final import main as final
+    from llm_doe.finetune.chat import DEFAULT_CHAT_TEMPLATE
+
+    bare = AutoTokenizer.from_pretrained(get_task(TaskConfig(name="causal_lm")).prepare(TINY_LLAMA, CHAT)
+                                         .tokenizer.name_or_path)
+    bare.chat_template = None
+    bare.save_pretrained(tmp_path / "bare")
+    args = [*SFT, *store_args(tmp_path, "bare"), "study.n_trials=1", f"model.tokenizer={tmp_path / 'bare'}",
+            "task.sample_prompts=0"]
+    assert main(args) == 0
+    out = tmp_path / "export"
+    assert final([*args, f"final.output_dir={out}"]) == 0
+    assert AutoTokenizer.from_pretrained(out).chat_template == DEFAULT_CHAT_TEMPLATE
+    reply = pipeline("text-generation", model=str(out))([{"role": "user", "content": "What is AI?"}], max_new_tokens=4)
+    assert reply[0]["generated_text"][-1]["role"] == "assistant"
