@@ -72,6 +72,9 @@ class DataConfig:
     val_size: int = 500
     test_size: int = 2000
     max_length: int = 64
+    # task=causal_lm: a conversation whose answer data.max_length cuts is kept (keep: the cut
+    # answer is learned without its eos) or dropped (drop); counted either way.
+    truncation: str = "keep"
     # Seed of the train/val/test split; independent of the training seed on purpose.
     seed: int = 1234
     # Seed of the test split alone; null = data.seed. Pinned, data.seed re-draws train/val
@@ -295,6 +298,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 PEFT_METHODS = ("none", "lora", "ia3", "prefix", "prompt")
 TEXT_SOURCES = ("tweets", "csv", "hub")
 CHAT_SOURCES = ("chat_pairs", "jsonl")
+TRUNCATIONS = ("keep", "drop")
 
 
 def objective_metrics(cfg: Config) -> list[str]:
@@ -344,6 +348,7 @@ _ONLY_FOR: tuple[tuple[str, str, dict[str, tuple[str, ...]]], ...] = (
 )
 #: Data keys of one source each (the rest apply to every source).
 _DATA_SOURCE_KEYS = {"path": ("csv", "jsonl"), "prompt_field": ("jsonl",), "response_field": ("jsonl",),
+                     "truncation": CHAT_SOURCES,
                      "name": ("hub",), "config_name": ("hub",), "split": ("hub",)}
 
 

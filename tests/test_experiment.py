@@ -83,3 +83,16 @@ def test_flatten_and_scientific_values():
     assert flatten({"train": {"lr": 1, "opt": {"beta": 2}}, "x": 3}) == {"train.lr": 1, "train.opt.beta": 2, "x": 3}
     assert scientific_values({"design": {"scientific": {"train.lr": 1}}}) == {"train.lr": 1}
     assert scientific_values({}) == scientific_values({"design": "odd"}) == {}
+
+
+def test_a_key_added_since_a_study_was_recorded_is_compared_with_what_the_study_ran_as():
+    """data.truncation came later: a study recorded without it kept cut answers, so a resume with
+    data.truncation=drop is another experiment, and one with keep the same."""
+    sft = ["+study=sft_smoke"]
+    recorded = stored(compose_config(sft))
+    config = recorded.user_attrs["config"]
+    config["data"] = {k: v for k, v in config["data"].items() if k != "truncation"}
+    drop = compose_config([*sft, "data.truncation=drop"])
+    assert experiment_diffs(drop.dict_config, drop.config, recorded) == [("data.truncation", "drop", "keep")]
+    keep = compose_config(sft)
+    assert experiment_diffs(keep.dict_config, keep.config, recorded) == []

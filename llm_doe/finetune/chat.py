@@ -194,6 +194,7 @@ class ChatEncoded:
     dropped: int = 0  # conversations whose answer was cut off entirely by max_length
     conversations: list[Conversation] = field(default_factory=list)  # the encoded ones, in order
     tokenizer: Any = field(default=None, repr=False)  # what encoded them (sample generations decode with it)
+    cut: int = 0  # conversations with an answer cut by max_length (kept without its eos, or dropped)
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -253,40 +254,49 @@ def completion_spans(tokenizer: Any, conversation: Conversation) -> tuple[str, l
 
 
 def encode_chat(conversations: list[Conversation], tokenizer: Any, max_length: int,
-                loss_on: str = "completion") -> ChatEncoded:
+                loss_on: str = "completion", truncation: str = "keep") -> ChatEncoded:
     """Tokenise without padding; label the assistant tokens (or all tokens), cut at ``max_length``.
 
     Conversations whose every labelled token falls past ``max_length`` are dropped and counted
-    (they would add nothing to the loss and skew the token counts).
+    (they would add nothing to the loss and skew the token counts). A conversation whose answer
+    is cut by ``max_length`` is counted in ``cut`` and said in one line; ``truncation="keep"``
+    keeps it (the cut answer is learned without its eos), ``"drop"`` drops it.
     """
     ids_out: list[np.ndarray] = []
     labels_out: list[np.ndarray] = []
     kept: list[Conversation] = []
-    dropped = 0
+    dropped = cut = 0
     for conversation in conversations:
         text, spans = completion_spans(tokenizer, conversation)
-        encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, truncation=True,
-                            max_length=max_length)
-        ids = np.asarray(encoded["input_ids"], dtype=np.int64)
-        if loss_on == "all":
-            labels = ids.copy()
-        else:
-            starts = np.asarray([start for start, _ in encoded["offset_mapping"]], dtype=np.int64)
-            inside = np.zeros(len(ids), dtype=bool)
-            for low, high in spans:
-                inside |= (starts >= low) & (starts < high)
-            labels = np.where(inside, ids, IGNORE_INDEX)
+        encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        full = np.asarray(encoded["input_ids"], dtype=np.int64)
+        starts = np.asarray([start for start, _ in encoded["offset_mapping"]], dtype=np.int64)
+        answer = np.zeros(len(full), dtype=bool)
+        for low, high in spans:
+            answer |= (starts >= low) & (starts < high)
+        ids = full[:max_length]
+        labels = ids.copy() if loss_on == "all" else np.where(answer[:max_length], ids, IGNORE_INDEX)
         if not (labels != IGNORE_INDEX).any():
             dropped += 1
             continue
+        if answer[max_length:].any():
+            cut += 1
+            if truncation == "drop":
+                continue
         ids_out.append(ids)
         labels_out.append(labels)
         kept.append(conversation)
     if dropped:
         log.warning("%d of %d conversations dropped: their answer starts after data.max_length=%d tokens",
                     dropped, len(conversations), max_length)
+    if cut and truncation == "drop":
+        log.warning("%d of %d conversations dropped: an answer cut at data.max_length=%d tokens "
+                    "(data.truncation=drop)", cut, len(conversations), max_length)
+    elif cut:
+        log.warning("%d of %d conversations have an answer cut at data.max_length=%d tokens: kept, the cut answer "
+                    "learned without its eos (data.truncation=drop drops them)", cut, len(conversations), max_length)
     lengths = np.fromiter((len(x) for x in ids_out), dtype=np.int64, count=len(ids_out))
-    return ChatEncoded(ids_out, labels_out, lengths, dropped, kept, tokenizer)
+    return ChatEncoded(ids_out, labels_out, lengths, dropped, kept, tokenizer, cut)
 
 
 def prompt_and_reference(tokenizer: Any, conversation: Conversation) -> tuple[str, str]:

@@ -78,6 +78,10 @@ def test_sft_smoke_trials_record_loss_perplexity_and_sizes(tmp_path):
     study = optuna.load_study(study_name="sft", storage=f"sqlite:///{tmp_path}/sft.db")
     assert study.user_attrs["task"] == "causal_lm"
     assert study.user_attrs["metric_directions"] == {"val_loss": "minimize", "perplexity": "minimize"}
+    # Answers cut by data.max_length=64, counted per split for a person to read (kept, without their eos).
+    prepared = get_task(TaskConfig(name="causal_lm")).prepare(TINY_LLAMA, CHAT)
+    assert study.user_attrs["cut_answers"] == {"train": prepared.train.cut, "val": prepared.val.cut}
+    assert prepared.train.cut + prepared.val.cut > 0
     store = FileSystemArtifactStore(str(tmp_path / "art"))
     prompts = []
     for trial in study.trials:
@@ -129,6 +133,7 @@ def test_jsonl_chat_files_train_in_either_layout(tmp_path):
     (["data=jsonl", "data.path=/nonexistent.jsonl"], "data.path", "no such file"),
     (["peft=lora", "peft.target_modules=[qkv_proj]"], "peft.target_modules", "no module 'qkv_proj'"),
     (["data.max_length=24"], "data.max_length", "24 tokens leave no train conversation"),
+    (["data.truncation=cut"], "data.truncation", "must be keep or drop, got 'cut'"),
 ])
 def test_bad_sft_input_stops_with_one_line(tmp_path, capsys, override, key, words):
     assert main([*SFT, *store_args(tmp_path, "bad"), *override]) == 2
@@ -220,3 +225,12 @@ def test_final_saves_the_chat_template_training_rendered_with(tmp_path):
     assert AutoTokenizer.from_pretrained(out).chat_template == DEFAULT_CHAT_TEMPLATE
     reply = pipeline("text-generation", model=str(out))([{"role": "user", "content": "What is AI?"}], max_new_tokens=4)
     assert reply[0]["generated_text"][-1]["role"] == "assistant"
+
+
+def test_data_truncation_drop_leaves_out_the_conversations_whose_answer_was_cut(prepared):
+    task, kept = prepared
+    dropped = task.prepare(TINY_LLAMA, dataclasses.replace(CHAT, truncation="drop"))
+    assert kept.train.cut > 0 and dropped.train.cut == kept.train.cut
+    assert len(dropped.train) == len(kept.train) - kept.train.cut
+    assert len(dropped.val) == len(kept.val) - kept.val.cut
+    assert task.study_attrs(dropped) == {"cut_answers": {"train": kept.train.cut, "val": kept.val.cut}}
