@@ -175,6 +175,18 @@ def evaluate(model: nn.Module, task: Task, data: Any, batch_size: int, pad_id: i
     return evaluator.result()
 
 
+def _trainable(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A CPU copy of the weights training changes (a PEFT model's adapters only)."""
+    return {name: p.detach().to("cpu", copy=True) for name, p in model.named_parameters() if p.requires_grad}
+
+
+@torch.no_grad()
+def _load_trainable(model: nn.Module, weights: dict[str, torch.Tensor]) -> None:
+    params = dict(model.named_parameters())
+    for name, value in weights.items():
+        params[name].copy_(value)
+
+
 def _better(a: float, b: float, maximize: bool) -> bool:
     return a > b if maximize else a < b
 
@@ -280,17 +292,31 @@ class _Run:
                            self._cost(), self.resumed_from, self.scheduler.get_last_lr()[0])
 
     def _finish(self) -> None:
-        """What the task keeps of the trained model beyond its metrics (sample generations of the
-        model as training left it), once per run whatever the number of evaluations, counted as
-        evaluation time; never for a pruned run, and never at the price of the run's result."""
+        """What the task keeps of the trained model beyond its metrics (sample generations), from
+        the best evaluation's weights, once per run whatever the number of evaluations, counted as
+        evaluation time; never for a pruned run, and never at the price of the run's result. The
+        model is left as training left it."""
         t_eval = time.perf_counter()
+        st = self.st
+        at_best = not st.best or st.best.get("optimizer_step") == st.step
+        last = None
         try:
-            self.st.best_payload = self.task.finish(self.model, self.data.val, self.data.pad_id, self.rt,
-                                                    self.st.best_payload)
+            if self.task.finish_reads_model and not at_best:
+                if st.best_weights is None:  # resumed from a checkpoint written without them
+                    log.warning("sample generations come from the last model, not the best evaluation's: its "
+                                "weights were not kept")
+                else:
+                    last = _trainable(self.model)
+                    _load_trainable(self.model, st.best_weights)
+            st.best_payload = self.task.finish(self.model, self.data.val, self.data.pad_id, self.rt, st.best_payload)
         except Exception as err:  # noqa: BLE001 - an extra, not the result: keep the metrics
             log.warning("skipped the task's after-training extras (%s: %s)", type(err).__name__, err)
+        finally:
+            if last is not None:
+                _load_trainable(self.model, last)
+            st.best_weights = None
         self.finish_time = time.perf_counter() - t_eval
-        self.st.eval_time += self.finish_time
+        st.eval_time += self.finish_time
 
     def _epoch(self, epoch: int, bar: Any) -> str:
         st = self.st
@@ -412,6 +438,8 @@ class _Run:
             st.history.append(record)
             if improved and repeat == 0:
                 st.best, st.best_step, st.best_payload = dict(record), eval_index, payload
+                if self.task.finish_reads_model:
+                    st.best_weights = _trainable(self.model)
             st.since_best = 0 if improved else st.since_best + 1
             if self.hooks.report is not None and self.hooks.report(eval_index, metrics):
                 return "stopped_by_report"

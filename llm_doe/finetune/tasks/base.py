@@ -78,6 +78,9 @@ class Task(ABC):
     name: ClassVar[str]
     #: Each metric and its direction, ``val_loss`` first.
     metrics: ClassVar[dict[str, str]]
+    #: Whether :meth:`finish` reads the model (sample generations): the loop then keeps the best
+    #: evaluation's trainable weights and hands :meth:`finish` the model with those.
+    finish_reads_model: ClassVar[bool] = False
 
     def __init__(self, cfg: TaskConfig) -> None:
         self.cfg = cfg
@@ -116,7 +119,8 @@ class Task(ABC):
 
     def finish(self, model: torch.nn.Module, data: Any, pad_id: int, rt: Any, payload: Any) -> Any:
         """The best evaluation's payload with whatever the task keeps of the trained model (the
-        loop calls it once, after training; ``final`` after its test evaluation)."""
+        loop calls it once, after training, with the best evaluation's weights when
+        :attr:`finish_reads_model`; ``final`` after its test evaluation)."""
         return payload
 
     def write_artifacts(self, payload: Any, folder: Path, subject: str, when: str) -> list[Path]:

@@ -99,6 +99,7 @@ class CausalLMTask(Task):
 
     name = "causal_lm"
     metrics = TASK_METRICS["causal_lm"]
+    finish_reads_model = True  # the sample generations come from the best evaluation's weights
 
     def prepare(self, model_cfg: ModelConfig, data_cfg: DataConfig) -> Prepared:
         tokenizer, key = load_tokenizer(model_cfg)

@@ -234,3 +234,33 @@ def test_data_truncation_drop_leaves_out_the_conversations_whose_answer_was_cut(
     assert len(dropped.train) == len(kept.train) - kept.train.cut
     assert len(dropped.val) == len(kept.val) - kept.val.cut
     assert task.study_attrs(dropped) == {"cut_answers": {"train": kept.train.cut, "val": kept.val.cut}}
+
+
+class _Probe(type(get_task(TaskConfig(name="causal_lm")))):
+    """The causal_lm task, noting the validation loss of the model its generations come from."""
+
+    seen: list[float] = []
+
+    def finish(self, model, data, pad_id, rt, payload):
+        self.seen.append(evaluate(model, self, data, 16, pad_id, rt)[0]["val_loss"])
+        return super().finish(model, data, pad_id, rt, payload)
+
+
+@pytest.mark.parametrize("method, learning_rate, epochs", [("none", 0.05, 2), ("lora", 0.3, 1)])
+def test_generations_come_from_the_best_evaluations_weights(prepared, method, learning_rate, epochs):
+    """generations.csv is drawn "at best eval": from the best evaluation's weights, though the
+    run trained on past them; the model is left as training left it."""
+    from llm_doe.finetune import peft as peft_methods
+    from llm_doe.schema import PeftConfig
+
+    _, data = prepared
+    task = _Probe(TaskConfig(name="causal_lm", sample_prompts=1, sample_max_new_tokens=2))
+    cfg = TrainConfig(learning_rate=learning_rate, batch_size=8, num_epochs=epochs, evals_per_epoch=4,
+                      warmup_ratio=0.0, seed=1)
+    model = peft_methods.wrap(data.factory.build(cfg.seed, None), PeftConfig(method=method, r=4), "causal_lm")
+    result = train(model, task, TrainData(data.train, data.val, data.pad_id), cfg, CPU)
+    last = result.history[-1]["val_loss"]
+    assert result.best_step < len(result.history) and result.best["val_loss"] < last  # trained past its best
+    assert task.seen[-1] == pytest.approx(result.best["val_loss"], rel=1e-5)
+    assert evaluate(model, task, data.val, 16, data.pad_id, CPU)[0]["val_loss"] == pytest.approx(last, rel=1e-5)
+    assert len(result.best_payload["generations"]) == 1
