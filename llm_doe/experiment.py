@@ -32,7 +32,7 @@ from llm_doe.schema import Config, ConfigError, objective_metrics, primary_metri
 #: Settings that say where and how fast a run goes, not what it learns: they may differ
 #: between runs of one experiment (say, a GPU box after a laptop).
 RUNTIME_KEYS = frozenset({"train.precision", "train.compile", "train.micro_batch_size", "train.eval_batch_size",
-                          "task.sample_prompts", "task.sample_max_new_tokens"})
+                          "train.gradient_checkpointing", "task.sample_prompts", "task.sample_max_new_tokens"})
 #: Experiment keys added after studies were first recorded, each with what every earlier study
 #: ran as (the older code's behaviour): a stored config without the key is compared with this
 #: value, so a resume cannot change it unseen. Other keys one side lacks are not compared.

@@ -107,6 +107,9 @@ class TrainConfig:
     micro_batch_size: Any = None
     # torch.compile the model (slow to start: pays off on long trials, mostly on GPU).
     compile: bool = False
+    # Recompute activations in the backward pass (transformers' gradient checkpointing,
+    # non-reentrant): less memory, ~30% more compute, the same result.
+    gradient_checkpointing: bool = False
 
 
 @dataclass

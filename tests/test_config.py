@@ -45,6 +45,7 @@ PUBLIC_OVERRIDES = [
     "train.precision=bf16", "train.lr_scheduler=cosine", "train.early_stopping_patience=2", "sampler=qmc",
     "sampler.seed=3", "pruner=wilcoxon", "study.n_trials=5", "study.direction=maximize", "study.metric=roc_auc",
     "storage.url=sqlite:////tmp/x.db", "storage.artifacts_dir=/tmp/x_art", "workers=2",
+    "train.gradient_checkpointing=true",
 ]
 
 

@@ -169,10 +169,28 @@ def evaluate(model: nn.Module, task: Task, data: Any, batch_size: int, pad_id: i
         index = order[start:start + batch_size]
         batch = task.collate(data, index, pad_id, rt.device)
         with rt.autocast():
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
         evaluator.update(logits, batch, index)
     model.train(was_training)
     return evaluator.result()
+
+
+def _gradient_checkpointing(model: nn.Module, on: bool) -> None:
+    """transformers' gradient (activation) checkpointing, non-reentrant: it recomputes what the
+    backward pass needs with the forward's RNG state, so the result is the same (dropout too),
+    and it needs no input that requires grad (PEFT); off again: no hook left behind."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a PEFT model's own
+    if on:
+        if hasattr(base, "activation_checkpointing_enable"):  # transformers >= 5.x; the old name warns
+            base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        return
+    if hasattr(base, "activation_checkpointing_disable"):
+        base.activation_checkpointing_disable()
+    else:
+        base.gradient_checkpointing_disable()
+    base.disable_input_require_grads()
 
 
 def _trainable(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -232,6 +250,8 @@ class _Run:
             torch.cuda.reset_peak_memory_stats(rt.device)
         model.to(rt.device)
         model.train()
+        if cfg.gradient_checkpointing:
+            _gradient_checkpointing(model, True)
         self.steps_per_epoch = math.ceil(len(data.train) / cfg.batch_size)
         schedule = self.steps_per_epoch * cfg.num_epochs if budget.schedule_steps is None else budget.schedule_steps
         if schedule < 1 or (budget.max_steps is not None and not 1 <= budget.max_steps <= schedule):
@@ -282,6 +302,8 @@ class _Run:
             if self.data.val is not None and self.st.best_payload is not None and stop_reason != "stopped_by_report":
                 self._finish()
         finally:
+            if self.cfg.gradient_checkpointing:
+                _gradient_checkpointing(self.model, False)  # the caller may reuse the model (the factory's spare)
             if bar is not None:
                 bar.close()
             if self.writer is not None:
@@ -378,9 +400,9 @@ class _Run:
                 for start in range(0, len(index), st.micro_batch_size):
                     chunk = index[start:start + st.micro_batch_size]
                     batch = task.collate(self.data.train, chunk, self.data.pad_id, rt.device)
-                    with rt.autocast():
-                        logits = self.forward(input_ids=batch["input_ids"],
-                                              attention_mask=batch["attention_mask"]).logits
+                    with rt.autocast():  # no key/value cache: nothing generates from a training forward
+                        logits = self.forward(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                              use_cache=False).logits
                     loss = task.loss(logits, batch, units, self.cfg.label_smoothing)
                     self.scaler.scale(loss).backward()
                     total += loss.detach()

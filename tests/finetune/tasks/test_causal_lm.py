@@ -16,7 +16,7 @@ import torch
 from optuna.artifacts import FileSystemArtifactStore, get_all_artifact_meta
 
 import llm_doe as doe
-from llm_doe.finetune.loop import TrainData, evaluate, train
+from llm_doe.finetune.loop import Budget, TrainData, evaluate, train
 from llm_doe.finetune.runtime import resolve_runtime
 from llm_doe.finetune.tasks import get_task
 from llm_doe.report import render_report
@@ -264,3 +264,36 @@ def test_generations_come_from_the_best_evaluations_weights(prepared, method, le
     assert task.seen[-1] == pytest.approx(result.best["val_loss"], rel=1e-5)
     assert evaluate(model, task, data.val, 16, data.pad_id, CPU)[0]["val_loss"] == pytest.approx(last, rel=1e-5)
     assert len(result.best_payload["generations"]) == 1
+
+
+def test_training_and_evaluation_forwards_build_no_key_value_cache(prepared):
+    task, data = prepared
+    model = data.factory.build(0, None)
+    caches = []
+    model.register_forward_hook(lambda module, args, out: caches.append(out.cache))
+    cfg = TrainConfig(learning_rate=1e-3, batch_size=8, num_epochs=1, evals_per_epoch=1)
+    train(model, task, TrainData(data.train, None, data.pad_id), cfg, CPU, budget=Budget(max_steps=1))
+    evaluate(model, task, data.val, 16, data.pad_id, CPU)
+    assert len(caches) >= 2 and all(cache is None for cache in caches)
+
+
+@pytest.mark.parametrize("method", ["none", "lora"])
+def test_gradient_checkpointing_gives_the_same_steps(prepared, method):
+    """Recomputing activations in the backward pass changes memory, not the result (dropout
+    included: the recompute replays the RNG); it is switched off again after the run."""
+    from llm_doe.finetune import peft as peft_methods
+    from llm_doe.schema import PeftConfig
+
+    task, data = prepared
+    runs = []
+    for checkpointing in (False, True):
+        cfg = TrainConfig(learning_rate=1e-3, batch_size=8, num_epochs=1, evals_per_epoch=1, seed=2,
+                          gradient_checkpointing=checkpointing)
+        model = peft_methods.wrap(data.factory.build(cfg.seed, 0.1), PeftConfig(method=method, r=4), "causal_lm")
+        initial = [p.detach().clone() for p in model.parameters()]
+        train(model, task, TrainData(data.train, None, data.pad_id), cfg, CPU, budget=Budget(max_steps=2))
+        runs.append([p.detach().clone() for p in model.parameters()])
+        base = model.get_base_model() if method != "none" else model
+        assert not base.is_gradient_checkpointing
+    assert any(not torch.equal(a, b) for a, b in zip(initial, runs[1]))  # it trained
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(runs[0], runs[1]))
