@@ -226,8 +226,10 @@ def _marked_spans(tokenizer: Any, conversation: Conversation) -> tuple[str, list
         return None
     from transformers.utils.chat_template_utils import render_jinja_template
 
-    rendered, indices = render_jinja_template(conversations=[conversation], chat_template=template,
-                                              return_assistant_tokens_mask=True, **tokenizer.special_tokens_map)
+    # It returns (texts, generation spans), whatever its annotation says.
+    out: Any = render_jinja_template(conversations=[conversation], chat_template=template,
+                                     return_assistant_tokens_mask=True, **tokenizer.special_tokens_map)
+    rendered, indices = out
     return rendered[0], [(int(low), int(high)) for low, high in indices[0]]
 
 

@@ -130,10 +130,10 @@ class _MemoryCap(torch.nn.Module):
         super().__init__()
         self.model, self.cap, self.config = model, cap, model.config
 
-    def forward(self, input_ids, attention_mask):
+    def forward(self, input_ids, attention_mask, **kwargs):
         if input_ids.shape[0] > self.cap:
             raise torch.OutOfMemoryError("CUDA out of memory (injected)")
-        return self.model(input_ids=input_ids, attention_mask=attention_mask)
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
 
 
 def test_auto_micro_batch_halves_on_out_of_memory(setup):
