@@ -33,7 +33,13 @@ from llm_doe.schema import Config, ConfigError, objective_metrics, primary_metri
 #: Settings that say where and how fast a run goes, not what it learns: they may differ
 #: between runs of one experiment (say, a GPU box after a laptop).
 RUNTIME_KEYS = frozenset({"train.precision", "train.compile", "train.micro_batch_size", "train.eval_batch_size",
-                          "task.sample_prompts", "task.sample_max_new_tokens", "distill.cache_dir"})
+                          "train.gradient_checkpointing", "task.sample_prompts", "task.sample_max_new_tokens",
+                          "distill.cache_dir"})
+#: Experiment keys added after studies were first recorded, each with what every earlier study
+#: ran as (the older code's behaviour): a stored config without the key is compared with this
+#: value, so a resume cannot change it unseen. Other keys one side lacks are not compared.
+ADDED_KEYS: dict[str, Any] = {"data.truncation": "keep", "train.optimizer": "adamw", "train.momentum": None,
+                              "model.keep_layers": None, "peft.lora_plus_ratio": None}
 #: The config sections whose every key (but the runtime ones) defines the experiment.
 SECTIONS = ("task", "model", "data", "train", "peft", "augment", "distill")
 #: What ``llm_doe.search`` tells a user whose resume would change the experiment.
@@ -68,7 +74,8 @@ def scientific_values(user_attrs: Mapping[str, Any]) -> dict[str, Any]:
 def experiment_diffs(config: DictConfig, cfg: Config, stored: StoredStudy,
                      ignore: frozenset[str] = frozenset()) -> list[tuple[str, Any, Any]]:
     """(key, value here, value stored) for every experiment setting that differs; keys one
-    side lacks (a config written by an older version, or by other code) are not compared."""
+    side lacks (a config written by an older version, or by other code) are not compared,
+    but for :data:`ADDED_KEYS`, compared with what the older version did."""
     attrs = stored.user_attrs
     recorded = attrs.get("config")
     recorded = recorded if isinstance(recorded, dict) else {}
@@ -81,7 +88,8 @@ def experiment_diffs(config: DictConfig, cfg: Config, stored: StoredStudy,
         # its defaults then: compare with those, or e.g. peft=lora would resume a full-FT study.
         defaults = OmegaConf.to_container(OmegaConf.structured(Config))
         assert isinstance(defaults, dict)
-        before = flatten({k: recorded.get(k) or (defaults[k] if k not in recorded else {}) for k in SECTIONS})
+        before = {**ADDED_KEYS, **flatten({k: recorded.get(k) or (defaults[k] if k not in recorded else {})
+                                           for k in SECTIONS})}
         now = flatten({k: current.get(k) or {} for k in SECTIONS})
         diffs = [(k, now[k], before[k]) for k in now if k in before and k not in skip and now[k] != before[k]]
     head = []  # what the study optimises first: a changed metric also changes the direction

@@ -350,9 +350,11 @@ def _card_confirmation(table: Any) -> list[str]:
 
 def _schedule_sentence(plan: FinalPlan, metrics: dict[str, Any]) -> str:
     """The card's statement of the learning-rate rule: the trial's schedule, replayed."""
+    from llm_doe.finetune.loop import warmup_steps
+
     t = plan.config.train
     return (f"Learning-rate schedule: the trial's own, {plan.schedule_steps} steps long, "
-            f"{int(t.warmup_ratio * plan.schedule_steps)} of them warmup (sized on the trial's train split), stopped "
+            f"{warmup_steps(t.warmup_ratio, plan.schedule_steps)} of them warmup (sized on the trial's train split), stopped "
             f"at step {metrics['optimizer_steps']} with the rate at {metrics['last_learning_rate']:.4g}. The final "
             "run replays it step for step whatever it trains on: on train+val the batches come from the larger "
             "pool, but every step has the rate it had in the trial, so no rate is used that no trial validated.")
@@ -490,6 +492,7 @@ def _export(plan: FinalPlan, trained: _Trained, evaluations: int) -> list[str]:
         model.save_pretrained(staging)
         saved_tokenizer = trained.prepared.tokenizer.__class__.from_pretrained(trained.prepared.tokenizer_key)
         saved_tokenizer.model_max_length = cfg.data.max_length  # truncation=True then cuts where training did
+        trained.task.prepare_export_tokenizer(saved_tokenizer)
         saved_tokenizer.save_pretrained(staging)
         (staging / "config.yaml").write_text(OmegaConf.to_yaml(masked_config(plan.trial_config)), encoding="utf-8")
         files = [p.name for p in trained.task.write_artifacts(

@@ -78,6 +78,9 @@ class DataConfig:
     val_size: Optional[int] = 500
     test_size: Optional[int] = 2000
     max_length: int = 64
+    # task=causal_lm: a conversation whose answer data.max_length cuts is kept (keep: the cut
+    # answer is learned without its eos) or dropped (drop); counted either way.
+    truncation: str = "keep"
     # Seed of the train/val/test split; independent of the training seed on purpose.
     seed: int = 1234
     # Seed of the test split alone; null = data.seed. Pinned, data.seed re-draws train/val
@@ -127,6 +130,9 @@ class TrainConfig:
     optimizer: str = "adamw"
     # sgd's momentum; null = none (torch's default). Set with another optimizer, it is refused.
     momentum: Optional[float] = None
+    # Recompute activations in the backward pass (transformers' gradient checkpointing,
+    # non-reentrant): less memory, ~30% more compute, the same result.
+    gradient_checkpointing: bool = False
 
 
 @dataclass
@@ -361,7 +367,8 @@ OPTIMIZER_KEYS = {"adam_beta1": ("adamw", "adam"), "adam_beta2": ("adamw", "adam
 AUGMENT_METHODS = ("delete", "swap", "insert", "char")
 #: ``augment.method`` off (an augmentation choice, not a PEFT method's name).
 AUGMENT_OFF = "none"
-
+#: ``data.truncation``: what becomes of a conversation whose answer data.max_length cuts.
+TRUNCATIONS = ("keep", "drop")
 
 
 def augment_methods(method: Any) -> list[str]:

@@ -17,6 +17,7 @@ from llm_doe.schema import (
     PRUNERS,
     SAMPLERS,
     SCHEDULERS,
+    TRUNCATIONS,
     Config,
     ConfigError,
     applicable_keys,
@@ -83,6 +84,10 @@ def _validate_data(cfg: Config) -> None:
     _check(d.val_size is None or d.val_size >= 2, "data.val_size", f"must be null or >= 2, got {d.val_size}")
     _check(d.test_size is None or d.test_size >= 0, "data.test_size", f"must be null or >= 0, got {d.test_size}")
     _check(d.max_length >= 8, "data.max_length", f"must be >= 8, got {d.max_length}")
+    _check(d.truncation in TRUNCATIONS, "data.truncation", f"must be keep or drop, got {d.truncation!r}")
+    _check(d.truncation == "keep" or "truncation" in applicable_keys(cfg)["data"], "data.truncation",
+           f"drop applies to chat data (answers cut by data.max_length); data={d.source} truncates every text to "
+           "data.max_length")
     # The split draws with seed, seed + 1, seed + 2 (numpy seeds are 0..2**32-1).
     _check(0 <= d.seed < 2**32 - 2, "data.seed", f"must be in [0, 2**32 - 2), got {d.seed}")
     _check(d.test_seed is None or 0 <= d.test_seed < 2**32, "data.test_seed",

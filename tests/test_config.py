@@ -50,6 +50,7 @@ PUBLIC_OVERRIDES = [
     "train.precision=bf16", "train.lr_scheduler=cosine", "train.early_stopping_patience=2", "sampler=qmc",
     "sampler.seed=3", "pruner=wilcoxon", "study.n_trials=5", "study.direction=maximize", "study.metric=roc_auc",
     "storage.url=sqlite:////tmp/x.db", "storage.artifacts_dir=/tmp/x_art", "workers=2",
+    "train.gradient_checkpointing=true",
 ]
 
 
@@ -117,6 +118,7 @@ BAD = [
     (["study.n_trials=0"], "study.n_trials", ">= 1"),
     (["data.seed=-1"], "data.seed", "must be in [0, 2**32 - 2)"),
     (["data.test_seed=-5"], "data.test_seed", "must be null or in [0, 2**32)"),
+    (["data.truncation=drop"], "data.truncation", "drop applies to task=causal_lm"),
 ]
 
 

@@ -108,3 +108,16 @@ def test_each_fixed_lever_is_part_of_the_experiment(smoke, override):
 def test_the_teacher_cache_folder_is_a_runtime_setting(smoke):
     other = compose_config([*SMOKE, "distill.cache_dir=/elsewhere"])
     assert experiment_diffs(other.dict_config, other.config, smoke) == []
+
+
+def test_a_key_added_since_a_study_was_recorded_is_compared_with_what_the_study_ran_as():
+    """data.truncation came later: a study recorded without it kept cut answers, so a resume with
+    data.truncation=drop is another experiment, and one with keep the same."""
+    sft = ["+study=sft_smoke"]
+    recorded = stored(compose_config(sft))
+    config = recorded.user_attrs["config"]
+    config["data"] = {k: v for k, v in config["data"].items() if k != "truncation"}
+    drop = compose_config([*sft, "data.truncation=drop"])
+    assert experiment_diffs(drop.dict_config, drop.config, recorded) == [("data.truncation", "drop", "keep")]
+    keep = compose_config(sft)
+    assert experiment_diffs(keep.dict_config, keep.config, recorded) == []

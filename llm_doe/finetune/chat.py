@@ -13,8 +13,9 @@ several ways, and a prompt seen in training would make its validation or test an
 The test split is cut first, from ``test_size`` and the test seed alone.
 
 :func:`encode_chat` renders each conversation with the tokenizer's chat template (or
-:data:`DEFAULT_CHAT_TEMPLATE`, ChatML, when it has none) and labels the assistant tokens only
-(``loss_on="completion"``) or every token (``"all"``). Labels come from the rendered text's
+:data:`DEFAULT_CHAT_TEMPLATE`, ChatML ended by the tokenizer's eos, when it has none) and labels
+the assistant tokens only (``loss_on="completion"``: each answer and its end-of-turn marker, not
+the newline after it) or every token (``"all"``). Labels come from the rendered text's
 character spans, never from pad ids: in SmolLM2 pad = eos = ``<|im_end|>``, and the eos that
 ends each answer must stay a label.
 """
@@ -24,6 +25,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,11 +43,15 @@ Conversation = list[Message]
 ROLES = ("system", "user", "assistant")
 IGNORE_INDEX = -100  # the label PyTorch's cross-entropy skips
 
-#: ChatML, for tokenizers that ship no chat template (the format SmolLM2 and Qwen use).
+#: ChatML, for tokenizers that ship no chat template (the format SmolLM2 and Qwen use). Each turn
+#: ends with the tokenizer's own eos (``<|im_end|>`` when it has none), so a model whose eos is
+#: another token still learns to stop where generation stops.
 DEFAULT_CHAT_TEMPLATE = (
-    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>'"
-    " + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+    "{% set end = eos_token if eos_token is defined and eos_token else '<|im_end|>' %}"
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + end + '\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
+_GENERATION_MARKER = re.compile(r"\{%-?\s*generation\s*-?%\}")
 
 
 def chatterbot_conversations(language: str = "english") -> list[Conversation]:
@@ -197,6 +203,7 @@ class ChatEncoded:
     dropped: int = 0  # conversations whose answer was cut off entirely by max_length
     conversations: list[Conversation] = field(default_factory=list)  # the encoded ones, in order
     tokenizer: Any = field(default=None, repr=False)  # what encoded them (sample generations decode with it)
+    cut: int = 0  # conversations with an answer cut by max_length (kept without its eos, or dropped)
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -207,16 +214,42 @@ class ChatEncoded:
         return int(sum(int((lab != IGNORE_INDEX).sum()) for lab in self.labels))
 
 
+def chat_template(tokenizer: Any) -> str | None:
+    """The template conversations are rendered with: the tokenizer's own (None: it decides, as
+    a tokenizer with several named templates does), else :data:`DEFAULT_CHAT_TEMPLATE`. An
+    export saves the fallback with its tokenizer, so ``pipeline`` renders chats as training did."""
+    return None if getattr(tokenizer, "chat_template", None) else DEFAULT_CHAT_TEMPLATE
+
+
 def render(tokenizer: Any, messages: Conversation, add_generation_prompt: bool = False) -> str:
     """The conversation as the model sees it: the tokenizer's chat template, else ChatML."""
-    template = None if getattr(tokenizer, "chat_template", None) else DEFAULT_CHAT_TEMPLATE
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt,
-                                         chat_template=template)
+                                         chat_template=chat_template(tokenizer))
+
+
+def _marked_spans(tokenizer: Any, conversation: Conversation) -> tuple[str, list[tuple[int, int]]] | None:
+    """The rendered text and the spans its template marks as the assistant's (``{% generation
+    %}``), or None when the template has no such markers."""
+    template = getattr(tokenizer, "chat_template", None)
+    if not isinstance(template, str) or not _GENERATION_MARKER.search(template):
+        return None
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    # It returns (texts, generation spans), whatever its annotation says.
+    out: Any = render_jinja_template(conversations=[conversation], chat_template=template,
+                                     return_assistant_tokens_mask=True, **tokenizer.special_tokens_map)
+    rendered, indices = out
+    return rendered[0], [(int(low), int(high)) for low, high in indices[0]]
 
 
 def completion_spans(tokenizer: Any, conversation: Conversation) -> tuple[str, list[tuple[int, int]]]:
-    """The rendered text and the character spans of its assistant turns (each with the
-    template's end-of-turn marker, which the model must learn to emit)."""
+    """The rendered text and the character spans of its assistant turns: each answer with the
+    template's end-of-turn marker (the eos the model must learn to emit), without the whitespace
+    the template puts after it (ChatML's newline), which belongs to the template, not the answer.
+    A template that marks the assistant's text itself (``{% generation %}``) is followed instead."""
+    marked = _marked_spans(tokenizer, conversation)
+    if marked is not None:
+        return marked
     text = render(tokenizer, conversation)
     spans = []
     for i, message in enumerate(conversation):
@@ -227,45 +260,54 @@ def completion_spans(tokenizer: Any, conversation: Conversation) -> tuple[str, l
         if not (through.startswith(before) and text.startswith(through)):
             raise ValueError("the chat template does not render conversations prefix by prefix; cannot tell the "
                              "completion tokens apart (use task.loss_on=all)")
-        spans.append((len(before), len(through)))
+        spans.append((len(before), max(len(before), len(through.rstrip()))))
     return text, spans
 
 
 def encode_chat(conversations: list[Conversation], tokenizer: Any, max_length: int,
-                loss_on: str = "completion") -> ChatEncoded:
+                loss_on: str = "completion", truncation: str = "keep") -> ChatEncoded:
     """Tokenise without padding; label the assistant tokens (or all tokens), cut at ``max_length``.
 
     Conversations whose every labelled token falls past ``max_length`` are dropped and counted
-    (they would add nothing to the loss and skew the token counts).
+    (they would add nothing to the loss and skew the token counts). A conversation whose answer
+    is cut by ``max_length`` is counted in ``cut`` and said in one line; ``truncation="keep"``
+    keeps it (the cut answer is learned without its eos), ``"drop"`` drops it.
     """
     ids_out: list[np.ndarray] = []
     labels_out: list[np.ndarray] = []
     kept: list[Conversation] = []
-    dropped = 0
+    dropped = cut = 0
     for conversation in conversations:
         text, spans = completion_spans(tokenizer, conversation)
-        encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, truncation=True,
-                            max_length=max_length)
-        ids = np.asarray(encoded["input_ids"], dtype=np.int64)
-        if loss_on == "all":
-            labels = ids.copy()
-        else:
-            starts = np.asarray([start for start, _ in encoded["offset_mapping"]], dtype=np.int64)
-            inside = np.zeros(len(ids), dtype=bool)
-            for low, high in spans:
-                inside |= (starts >= low) & (starts < high)
-            labels = np.where(inside, ids, IGNORE_INDEX)
+        encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        full = np.asarray(encoded["input_ids"], dtype=np.int64)
+        starts = np.asarray([start for start, _ in encoded["offset_mapping"]], dtype=np.int64)
+        answer = np.zeros(len(full), dtype=bool)
+        for low, high in spans:
+            answer |= (starts >= low) & (starts < high)
+        ids = full[:max_length]
+        labels = ids.copy() if loss_on == "all" else np.where(answer[:max_length], ids, IGNORE_INDEX)
         if not (labels != IGNORE_INDEX).any():
             dropped += 1
             continue
+        if answer[max_length:].any():
+            cut += 1
+            if truncation == "drop":
+                continue
         ids_out.append(ids)
         labels_out.append(labels)
         kept.append(conversation)
     if dropped:
         log.warning("%d of %d conversations dropped: their answer starts after data.max_length=%d tokens",
                     dropped, len(conversations), max_length)
+    if cut and truncation == "drop":
+        log.warning("%d of %d conversations dropped: an answer cut at data.max_length=%d tokens "
+                    "(data.truncation=drop)", cut, len(conversations), max_length)
+    elif cut:
+        log.warning("%d of %d conversations have an answer cut at data.max_length=%d tokens: kept, the cut answer "
+                    "learned without its eos (data.truncation=drop drops them)", cut, len(conversations), max_length)
     lengths = np.fromiter((len(x) for x in ids_out), dtype=np.int64, count=len(ids_out))
-    return ChatEncoded(ids_out, labels_out, lengths, dropped, kept, tokenizer)
+    return ChatEncoded(ids_out, labels_out, lengths, dropped, kept, tokenizer, cut)
 
 
 def prompt_and_reference(tokenizer: Any, conversation: Conversation) -> tuple[str, str]:

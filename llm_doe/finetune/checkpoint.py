@@ -64,6 +64,9 @@ class TrainState:
     best: dict[str, float] = field(default_factory=dict)
     best_step: int = 0
     best_payload: Any = None  # the task's evaluation payload at the best evaluation
+    # The best evaluation's trainable weights (by parameter name, on the CPU), when the task's
+    # after-training extras read the model; None otherwise.
+    best_weights: dict[str, Any] | None = None
     since_best: int = 0
     running_sum: float = 0.0
     running_n: int = 0

@@ -139,6 +139,14 @@ class TrainResult:
     last_learning_rate: float = float("nan")  # the schedule's rate after the last optimizer step
 
 
+def warmup_steps(ratio: float, steps: int) -> int:
+    """The warmup of a ``steps``-long schedule: ``ratio`` of it, rounded up as Hugging Face's
+    ``TrainingArguments.get_warmup_steps`` rounds it (an 8-step schedule at 0.1 warms up for
+    one step, not none); the product is first rounded to 9 decimals, so float noise (0.1 x 30 =
+    3.0000000000000004) does not add a step."""
+    return math.ceil(round(ratio * steps, 9))
+
+
 def param_groups(model: nn.Module, weight_decay: float, lr_scales: Mapping[str, float] | None = None,
                  learning_rate: float | None = None) -> list[dict[str, Any]]:
     """The optimizer's parameter groups: weight decay on weight matrices (and embeddings) only,
@@ -214,10 +222,40 @@ def evaluate(model: nn.Module, task: Task, data: Any, batch_size: int, pad_id: i
         index = order[start:start + batch_size]
         batch = task.collate(data, index, pad_id, rt.device)
         with rt.autocast():
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
         evaluator.update(logits, batch, index)
     model.train(was_training)
     return evaluator.result()
+
+
+def _gradient_checkpointing(model: nn.Module, on: bool) -> None:
+    """transformers' gradient (activation) checkpointing, non-reentrant: it recomputes what the
+    backward pass needs with the forward's RNG state, so the result is the same (dropout too),
+    and it needs no input that requires grad (PEFT); off again: no hook left behind."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a PEFT model's own
+    if on:
+        if hasattr(base, "activation_checkpointing_enable"):  # transformers >= 5.x; the old name warns
+            base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        return
+    if hasattr(base, "activation_checkpointing_disable"):
+        base.activation_checkpointing_disable()
+    else:
+        base.gradient_checkpointing_disable()
+    base.disable_input_require_grads()
+
+
+def _trainable(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A CPU copy of the weights training changes (a PEFT model's adapters only)."""
+    return {name: p.detach().to("cpu", copy=True) for name, p in model.named_parameters() if p.requires_grad}
+
+
+@torch.no_grad()
+def _load_trainable(model: nn.Module, weights: dict[str, torch.Tensor]) -> None:
+    params = dict(model.named_parameters())
+    for name, value in weights.items():
+        params[name].copy_(value)
 
 
 def _better(a: float, b: float, maximize: bool) -> bool:
@@ -267,6 +305,8 @@ class _Run:
             torch.cuda.reset_peak_memory_stats(rt.device)
         model.to(rt.device)
         model.train()
+        if cfg.gradient_checkpointing:
+            _gradient_checkpointing(model, True)
         self.steps_per_epoch = math.ceil(len(data.train) / cfg.batch_size)
         schedule = self.steps_per_epoch * cfg.num_epochs if budget.schedule_steps is None else budget.schedule_steps
         if schedule < 1 or (budget.max_steps is not None and not 1 <= budget.max_steps <= schedule):
@@ -275,7 +315,7 @@ class _Run:
         self.total_steps = schedule if budget.max_steps is None else budget.max_steps  # where this run stops
         self.optimizer = make_optimizer(model, cfg, rt.device, lr_scales)
         self.scheduler = get_scheduler(cfg.lr_scheduler, self.optimizer,
-                                       num_warmup_steps=int(cfg.warmup_ratio * schedule), num_training_steps=schedule)
+                                       num_warmup_steps=warmup_steps(cfg.warmup_ratio, schedule), num_training_steps=schedule)
         self.scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.dtype == torch.float16)
         # in-epoch optimizer step -> how many evaluation indices fall on it
         self.indices_at = Counter(eval_points(self.steps_per_epoch, cfg.evals_per_epoch))
@@ -312,6 +352,8 @@ class _Run:
             if self.data.val is not None and self.st.best_payload is not None and stop_reason != "stopped_by_report":
                 self._finish()
         finally:
+            if self.cfg.gradient_checkpointing:
+                _gradient_checkpointing(self.model, False)  # the caller may reuse the model (the factory's spare)
             if bar is not None:
                 bar.close()
             if self.writer is not None:
@@ -322,17 +364,31 @@ class _Run:
                            self._cost(), self.resumed_from, self.scheduler.get_last_lr()[0])
 
     def _finish(self) -> None:
-        """What the task keeps of the trained model beyond its metrics (sample generations of the
-        model as training left it), once per run whatever the number of evaluations, counted as
-        evaluation time; never for a pruned run, and never at the price of the run's result."""
+        """What the task keeps of the trained model beyond its metrics (sample generations), from
+        the best evaluation's weights, once per run whatever the number of evaluations, counted as
+        evaluation time; never for a pruned run, and never at the price of the run's result. The
+        model is left as training left it."""
         t_eval = time.perf_counter()
+        st = self.st
+        at_best = not st.best or st.best.get("optimizer_step") == st.step
+        last = None
         try:
-            self.st.best_payload = self.task.finish(self.model, self.data.val, self.data.pad_id, self.rt,
-                                                    self.st.best_payload)
+            if self.task.finish_reads_model and not at_best:
+                if st.best_weights is None:  # resumed from a checkpoint written without them
+                    log.warning("sample generations come from the last model, not the best evaluation's: its "
+                                "weights were not kept")
+                else:
+                    last = _trainable(self.model)
+                    _load_trainable(self.model, st.best_weights)
+            st.best_payload = self.task.finish(self.model, self.data.val, self.data.pad_id, self.rt, st.best_payload)
         except Exception as err:  # noqa: BLE001 - an extra, not the result: keep the metrics
             log.warning("skipped the task's after-training extras (%s: %s)", type(err).__name__, err)
+        finally:
+            if last is not None:
+                _load_trainable(self.model, last)
+            st.best_weights = None
         self.finish_time = time.perf_counter() - t_eval
-        self.st.eval_time += self.finish_time
+        st.eval_time += self.finish_time
 
     def _epoch(self, epoch: int, bar: Any) -> str:
         st = self.st
@@ -394,9 +450,9 @@ class _Run:
                 for start in range(0, len(index), st.micro_batch_size):
                     chunk = index[start:start + st.micro_batch_size]
                     batch = task.collate(self.data.train, chunk, self.data.pad_id, rt.device)
-                    with rt.autocast():
-                        logits = self.forward(input_ids=batch["input_ids"],
-                                              attention_mask=batch["attention_mask"]).logits
+                    with rt.autocast():  # no key/value cache: nothing generates from a training forward
+                        logits = self.forward(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                              use_cache=False).logits
                     teacher = self.data.teacher
                     if teacher is None:
                         loss = task.loss(logits, batch, units, self.cfg.label_smoothing)
@@ -460,6 +516,8 @@ class _Run:
             st.history.append(record)
             if improved and repeat == 0:
                 st.best, st.best_step, st.best_payload = dict(record), eval_index, payload
+                if self.task.finish_reads_model:
+                    st.best_weights = _trainable(self.model)
             st.since_best = 0 if improved else st.since_best + 1
             if self.hooks.report is not None and self.hooks.report(eval_index, metrics):
                 return "stopped_by_report"

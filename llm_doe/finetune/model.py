@@ -71,6 +71,11 @@ def resolve(name_or_path: str) -> str:
 
 _TOKENIZERS: dict[str, Any] = {}
 
+#: The dtype every model is loaded in, whatever its checkpoint holds (transformers 5 keeps a
+#: checkpoint's own, bf16 for most LLMs): weights and optimizer state are fp32, and a lower
+#: precision is autocast in the forward pass only (:mod:`llm_doe.finetune.runtime`).
+MASTER_DTYPE = torch.float32
+
 
 def load_tokenizer(cfg: ModelConfig) -> tuple[Any, str]:
     """The (cached) fast tokenizer and the key it is cached under."""
@@ -89,11 +94,23 @@ DROPOUT_CONFIG_ATTRS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "
                         "attention_dropout", "seq_classif_dropout")
 
 
+#: Rates a module keeps as a plain float and applies functionally (Llama's, Mistral's and Qwen's
+#: attention copy ``config.attention_dropout`` when built and have no ``nn.Dropout``).
+DROPOUT_MODULE_ATTRS = ("attention_dropout", "dropout")
+
+
+def _float_rates(module: nn.Module) -> list[str]:
+    return [a for a in DROPOUT_MODULE_ATTRS if isinstance(module.__dict__.get(a), float)]
+
+
 def set_dropout(model: nn.Module, p: float) -> None:
-    """One dropout for hidden states, attention and classifier, in the modules and the config."""
+    """One dropout for hidden states, attention and classifier, in the modules (``nn.Dropout``
+    and the float rates of :data:`DROPOUT_MODULE_ATTRS`) and the config."""
     for module in model.modules():
         if isinstance(module, nn.Dropout):
             module.p = p
+        for attr in _float_rates(module):
+            setattr(module, attr, p)
     config = model.config
     for attr in DROPOUT_CONFIG_ATTRS:
         if hasattr(config, attr):
@@ -150,11 +167,13 @@ class ModelFactory:
 
 
 def _reset_like(model: nn.Module, template: nn.Module) -> None:
-    """What a state dict leaves out, back to the template's: dropout rates (modules and
-    config, as :func:`set_dropout` changes them) and which parameters train."""
+    """What a state dict leaves out, back to the template's: dropout rates (modules, their float
+    rates and the config, as :func:`set_dropout` changes them) and which parameters train."""
     for module, original in zip(model.modules(), template.modules(), strict=True):
         if isinstance(module, nn.Dropout):
             module.p = original.p
+        for attr in _float_rates(original):
+            setattr(module, attr, getattr(original, attr))
     for attr in DROPOUT_CONFIG_ATTRS:
         if hasattr(template.config, attr):
             setattr(model.config, attr, getattr(template.config, attr))
@@ -194,7 +213,8 @@ def _pretrained(cfg: ModelConfig, num_labels: int, auto_class: Any) -> ModelFact
     path = resolve(cfg.name_or_path)
     try:
         model, info = auto_class.from_pretrained(
-            path, num_labels=num_labels, output_loading_info=True, **_kept_layers(cfg, path))
+            path, num_labels=num_labels, output_loading_info=True, **_kept_layers(cfg, path),
+            dtype=MASTER_DTYPE)
     except (OSError, ValueError) as err:
         raise ConfigError("model.name_or_path", f"cannot load {cfg.name_or_path!r}: {str(err).splitlines()[0]}") from None
     # Modules whose weights were not in the checkpoint (head, sometimes the pooler).
@@ -249,7 +269,7 @@ def _pretrained_causal(cfg: ModelConfig) -> ModelFactory:
                                                 f"is a {config.model_type!r} encoder (use model=smollm2 or model=hf "
                                                 "with a causal LM)")
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, **_kept_layers(cfg, path))
+        model = AutoModelForCausalLM.from_pretrained(path, **_kept_layers(cfg, path), dtype=MASTER_DTYPE)
     except (OSError, ValueError) as err:
         raise ConfigError("model.name_or_path", f"cannot load {cfg.name_or_path!r} as a causal LM: "
                                                 f"{str(err).splitlines()[0]}") from None

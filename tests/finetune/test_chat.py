@@ -123,3 +123,80 @@ def test_an_answer_cut_off_by_max_length_drops_its_conversation(caplog):
     encoded = encode_chat([long_prompt, short], tokenizer, 32)
     assert len(encoded) == 1 and encoded.dropped == 1 and encoded.lengths.tolist() == [len(encoded.input_ids[0])]
     assert "1 of 2 conversations dropped" in caplog.text
+
+
+SMOLLM2 = ModelConfig(kind="tiny_llama", tokenizer="HuggingFaceTB/SmolLM2-135M-Instruct")
+TURN = [{"role": "user", "content": "what can you eat"}, {"role": "assistant", "content": "ram and binary digits"}]
+
+
+def _labelled(tokenizer, conversation=TURN):
+    encoded = encode_chat([conversation], tokenizer, 128)
+    ids, labels = encoded.input_ids[0], encoded.labels[0]
+    return ids[labels != IGNORE_INDEX].tolist()
+
+
+def _without_template(tmp_path, **special):
+    """SmolLM2's tokenizer saved with no chat template (and ``special`` tokens changed)."""
+    from transformers import AutoTokenizer
+
+    tokenizer, _ = load_tokenizer(SMOLLM2)
+    copy = AutoTokenizer.from_pretrained(tokenizer.name_or_path, **special)
+    copy.chat_template = None
+    copy.save_pretrained(tmp_path)
+    copy = AutoTokenizer.from_pretrained(tmp_path)
+    assert not copy.chat_template
+    return copy
+
+
+def test_the_answer_and_its_eos_are_labelled_not_the_newline_after_it():
+    """ChatML ends a turn with <|im_end|> and a newline: the newline is the template's, not the
+    answer's (TRL's completion-only losses leave it out too)."""
+    tokenizer, _ = load_tokenizer(SMOLLM2)
+    labelled = _labelled(tokenizer)
+    assert tokenizer.decode(labelled) == "ram and binary digits<|im_end|>"
+    assert labelled[-1] == tokenizer.eos_token_id
+    two_turns = [*TURN, {"role": "user", "content": "and then"}, {"role": "assistant", "content": "more bits"}]
+    labelled = _labelled(tokenizer, two_turns)
+    assert tokenizer.decode(labelled) == "ram and binary digits<|im_end|>more bits<|im_end|>"
+
+
+def test_the_fallback_template_ends_answers_with_the_tokenizers_own_eos(tmp_path):
+    """A tokenizer with no template whose eos is not <|im_end|> still learns to stop: its eos ends
+    each answer and is labelled."""
+    tokenizer = _without_template(tmp_path, eos_token="<|endoftext|>")
+    assert tokenizer.eos_token == "<|endoftext|>"
+    labelled = _labelled(tokenizer)
+    assert labelled[-1] == tokenizer.eos_token_id
+    assert tokenizer.decode(labelled) == "ram and binary digits<|endoftext|>"
+
+
+def test_a_templates_generation_markers_say_what_is_labelled(tmp_path):
+    """A template that marks the assistant's tokens ({% generation %}) is taken at its word."""
+    tokenizer = _without_template(tmp_path)
+    tokenizer.chat_template = (
+        "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' }}"
+        "{% if message['role'] == 'assistant' %}{% generation %}{{ message['content'] + '<|im_end|>\\n' }}"
+        "{% endgeneration %}{% else %}{{ message['content'] + '<|im_end|>\\n' }}{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+    labelled = _labelled(tokenizer)
+    assert tokenizer.decode(labelled) == "ram and binary digits<|im_end|>\n"  # the newline inside the markers
+
+
+def test_an_answer_cut_by_max_length_is_counted_and_kept_or_dropped(caplog):
+    """data.truncation=keep (the default) keeps a cut answer without its eos, counted and said in
+    one line; drop drops its conversation, counted too."""
+    tokenizer, _ = load_tokenizer(SMOLLM2)
+    long_answer = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "word " * 60}]
+    short = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    kept = encode_chat([long_answer, short, short], tokenizer, 48)
+    assert len(kept) == 3 and kept.cut == 1 and kept.dropped == 0
+    assert len(kept.input_ids[0]) == 48 and tokenizer.eos_token_id not in kept.labels[0][kept.labels[0] >= 0]
+    assert kept.labels[1][kept.labels[1] >= 0][-1] == tokenizer.eos_token_id  # a whole answer keeps its eos
+    assert "1 of 3 conversations have an answer cut at data.max_length=48 tokens" in caplog.text
+    caplog.clear()
+    dropped = encode_chat([long_answer, short, short], tokenizer, 48, truncation="drop")
+    assert len(dropped) == 2 and dropped.cut == 1 and dropped.conversations == [short, short]
+    assert "1 of 3 conversations dropped: an answer cut at data.max_length=48 tokens (data.truncation=drop)" \
+        in caplog.text
+    whole = encode_chat([long_answer], tokenizer, 256)
+    assert whole.cut == 0 and whole.labels[0][whole.labels[0] >= 0][-1] == tokenizer.eos_token_id

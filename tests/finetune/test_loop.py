@@ -130,10 +130,10 @@ class _MemoryCap(torch.nn.Module):
         super().__init__()
         self.model, self.cap, self.config = model, cap, model.config
 
-    def forward(self, input_ids, attention_mask):
+    def forward(self, input_ids, attention_mask, **kwargs):
         if input_ids.shape[0] > self.cap:
             raise torch.OutOfMemoryError("CUDA out of memory (injected)")
-        return self.model(input_ids=input_ids, attention_mask=attention_mask)
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
 
 
 def test_auto_micro_batch_halves_on_out_of_memory(setup):
@@ -167,7 +167,7 @@ def test_max_steps_reproduces_the_start_of_the_full_run_and_val_can_be_absent(se
 
 def test_schedule_steps_replays_the_trials_learning_rates_on_a_larger_pool(setup):
     tokenizer, train_data, val_data, factory = setup
-    # 160 examples, batch 16: 10 steps an epoch, a 20-step schedule with int(0.2 * 20) = 4 warmup
+    # 160 examples, batch 16: 10 steps an epoch, a 20-step schedule with ceil(0.2 * 20) = 4 warmup
     # steps; an evaluation after every step records every step's rate.
     cfg = TrainConfig(learning_rate=3e-3, num_epochs=2, evals_per_epoch=10, warmup_ratio=0.2, seed=3)
     trial = fit(factory.build(3, 0.1), train_data, val_data, cfg, CPU, pad_id=tokenizer.pad_token_id)
@@ -298,3 +298,20 @@ def test_lora_plus_changes_what_is_trained(setup):
         losses.append(result.history[-1]["val_loss"])
         factory.release(peft_methods.unwrap(model))
     assert losses[0] != losses[1]
+
+
+def test_warmup_steps_round_up_as_hugging_faces_do(setup):
+    """An 8-step schedule with warmup_ratio 0.1 has one warmup step (ceil(0.8), as Hugging Face's
+    get_warmup_steps): the first step runs at rate 0 and leaves the weights as they were."""
+    from llm_doe.finetune.loop import warmup_steps
+
+    assert [warmup_steps(0.1, n) for n in (8, 10, 30, 100)] == [1, 1, 3, 10]  # 0.1 * 30 is 3.0000000000000004
+    assert warmup_steps(0.0, 8) == 0
+    tokenizer, train_data, _, factory = setup
+    pool = join_encoded(train_data, limit=128)  # 8 steps of 16
+    model = factory.build(0, None)
+    before = [p.detach().clone() for p in model.parameters()]
+    cfg = TrainConfig(learning_rate=1e-3, num_epochs=1, warmup_ratio=0.1)
+    result = fit(model, pool, None, cfg, CPU, pad_id=tokenizer.pad_token_id, max_steps=1)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert result.last_learning_rate == pytest.approx(1e-3)  # warmup over after one step: the peak rate

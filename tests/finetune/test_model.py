@@ -70,3 +70,70 @@ def test_keep_layers_gives_a_shallower_student_with_the_first_layers_of_the_chec
     assert torch.equal(student.bert.embeddings.word_embeddings.weight, full.bert.embeddings.word_embeddings.weight)
     with pytest.raises(ConfigError, match="has 6 layers, cannot keep 7"):
         model_factory(ModelConfig(keep_layers=7), 2)
+
+
+def _tiny_llama_in_bf16(folder, vocab_size):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=vocab_size, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(folder)
+    return folder
+
+
+def test_a_bf16_checkpoint_is_fully_fine_tuned_in_fp32(tmp_path):
+    """transformers 5 keeps a checkpoint's dtype unless told: weights and AdamW state in bf16
+    would drop most updates at a small learning rate (a step of 1e-5 is below bf16's resolution
+    for a weight of 0.02)."""
+    from llm_doe.finetune.loop import TrainData, train
+    from llm_doe.finetune.model import causal_lm_factory, model_factory
+    from llm_doe.finetune.tasks import get_task
+    from llm_doe.schema import DataConfig, ModelConfig, TaskConfig
+
+    task = get_task(TaskConfig(name="causal_lm"))
+    tokenizer_id = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    tiny = ModelConfig(kind="tiny_llama", name_or_path="tiny-llama", tokenizer=tokenizer_id)
+    data = task.prepare(tiny, DataConfig(source="chat_pairs", train_size=16, val_size=8, test_size=8, max_length=48))
+    folder = _tiny_llama_in_bf16(tmp_path / "bf16", len(data.tokenizer))
+    cfg = ModelConfig(kind="pretrained", name_or_path=str(folder), tokenizer=tokenizer_id)
+    model = causal_lm_factory(cfg).build(0, None)
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    before = [p.detach().clone() for p in model.parameters()]
+    train(model, task, TrainData(data.train, None, data.pad_id),
+          TrainConfig(learning_rate=1e-5, batch_size=16, num_epochs=1, warmup_ratio=0.0), CPU)
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    changed = sum(int((a != b).sum()) for a, b in zip(before, model.parameters()))
+    total = sum(p.numel() for p in model.parameters())
+    assert changed > 0.9 * total  # every weight with a gradient moves (bf16 moved ~15% of them)
+    # A classifier (a new head on the same bf16 body) loads in fp32 as well.
+    classifier = model_factory(cfg, 2).build(0, None)
+    assert {p.dtype for p in classifier.parameters()} == {torch.float32}
+
+
+def test_model_dropout_takes_effect_on_a_llama():
+    """Llama has no nn.Dropout: its attention reads a rate copied from the config when built."""
+    from llm_doe.finetune.model import causal_lm_factory
+    from llm_doe.schema import ModelConfig
+
+    cfg = ModelConfig(kind="tiny_llama", name_or_path="tiny-llama", tokenizer="HuggingFaceTB/SmolLM2-135M-Instruct",
+                      hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
+    factory = causal_lm_factory(cfg)
+    ids = torch.arange(1, 17).unsqueeze(0)
+
+    def two_forwards(model):
+        model.train()
+        with torch.no_grad():
+            return model(input_ids=ids).logits, model(input_ids=ids).logits
+
+    a, b = two_forwards(factory.build(0, 0.3))
+    assert not torch.equal(a, b)
+    model = factory.build(0, 0.0)
+    a, b = two_forwards(model)
+    assert torch.equal(a, b)
+    factory.release(model)
+    a, b = two_forwards(factory.build(0, 0.5))  # a released model takes the new rate too
+    assert not torch.equal(a, b)
+    factory.release(factory.build(0, 0.5))
+    a, b = two_forwards(factory.build(0, None))  # and a rebuilt one the template's (none)
+    assert torch.equal(a, b)

@@ -82,6 +82,9 @@ class Task(ABC):
     name: ClassVar[str]
     #: Each metric and its direction, ``val_loss`` first: ``spec.metrics``.
     metrics: ClassVar[dict[str, str]]
+    #: Whether :meth:`finish` reads the model (sample generations): the loop then keeps the best
+    #: evaluation's trainable weights and hands :meth:`finish` the model with those.
+    finish_reads_model: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -165,7 +168,8 @@ class Task(ABC):
 
     def finish(self, model: torch.nn.Module, data: Any, pad_id: int, rt: Any, payload: Any) -> Any:
         """The best evaluation's payload with whatever the task keeps of the trained model (the
-        loop calls it once, after training; ``final`` after its test evaluation)."""
+        loop calls it once, after training, with the best evaluation's weights when
+        :attr:`finish_reads_model`; ``final`` after its test evaluation)."""
         return payload
 
     def write_artifacts(self, payload: Any, folder: Path, subject: str, when: str) -> list[Path]:
@@ -177,6 +181,10 @@ class Task(ABC):
 
     def prepare_export(self, model: torch.nn.Module, prepared: Prepared) -> None:
         """Set what an exported model's config must say (label names, ...) before saving it."""
+
+    def prepare_export_tokenizer(self, tokenizer: Any) -> None:
+        """Set what an exported tokenizer must say before saving it (the chat template training
+        rendered with, when the tokenizer came without one): nothing by default."""
 
     def study_attrs(self, prepared: Prepared) -> dict[str, Any]:
         """What a new study records of its prepared data, for a person to read (the dashboard's

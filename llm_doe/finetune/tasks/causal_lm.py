@@ -26,6 +26,7 @@ from llm_doe.finetune.chat import (
     ChatEncoded,
     ChatSplits,
     Conversation,
+    chat_template,
     chatterbot_conversations,
     encode_chat,
     prompt_and_reference,
@@ -38,11 +39,11 @@ from llm_doe.finetune.tasks.causal_lm_spec import SPEC
 from llm_doe.schema import ConfigError, DataConfig, ModelConfig
 
 _SPLITS: dict[str, ChatSplits] = {}
-_ENCODED: dict[tuple[str, str, int, str], tuple[ChatEncoded, ChatEncoded]] = {}
+_ENCODED: dict[tuple[str, str, int, str, str], tuple[ChatEncoded, ChatEncoded]] = {}
 
 
 def _data_key(cfg: DataConfig) -> str:
-    return repr(sorted((k, repr(v)) for k, v in asdict(cfg).items() if k != "max_length"))
+    return repr(sorted((k, repr(v)) for k, v in asdict(cfg).items() if k not in ("max_length", "truncation")))
 
 
 def chat_splits(cfg: DataConfig) -> ChatSplits:
@@ -97,15 +98,17 @@ class CausalLMTask(Task):
     """``task=causal_lm``: ``AutoModelForCausalLM`` fine-tuned on conversations."""
 
     spec = SPEC
+    finish_reads_model = True  # the sample generations come from the best evaluation's weights
 
     def prepare(self, model_cfg: ModelConfig, data_cfg: DataConfig) -> Prepared:
         tokenizer, key = load_tokenizer(model_cfg)
         splits = chat_splits(data_cfg)
-        cache = (_data_key(data_cfg), key, data_cfg.max_length, self.cfg.loss_on)
+        cache = (_data_key(data_cfg), key, data_cfg.max_length, self.cfg.loss_on, data_cfg.truncation)
         if cache not in _ENCODED:
             try:
-                _ENCODED[cache] = (encode_chat(splits.train, tokenizer, data_cfg.max_length, self.cfg.loss_on),
-                                   encode_chat(splits.val, tokenizer, data_cfg.max_length, self.cfg.loss_on))
+                d = data_cfg
+                _ENCODED[cache] = (encode_chat(splits.train, tokenizer, d.max_length, self.cfg.loss_on, d.truncation),
+                                   encode_chat(splits.val, tokenizer, d.max_length, self.cfg.loss_on, d.truncation))
             except ValueError as err:  # a chat template that cannot tell the answers apart
                 raise ConfigError("task.loss_on", str(err)) from None
         train, val = _ENCODED[cache]
@@ -119,7 +122,7 @@ class CausalLMTask(Task):
         return Prepared(tokenizer, key, train, val, splits, factory, int(pad_id or 0))
 
     def encode(self, split: list[Conversation], prepared: Prepared, data_cfg: DataConfig) -> ChatEncoded:
-        return encode_chat(split, prepared.tokenizer, data_cfg.max_length, self.cfg.loss_on)
+        return encode_chat(split, prepared.tokenizer, data_cfg.max_length, self.cfg.loss_on, data_cfg.truncation)
 
     @staticmethod
     def join(*splits: list[Conversation]) -> list[Conversation]:
@@ -169,6 +172,18 @@ class CausalLMTask(Task):
             rows.append({"prompt": question, "reference": reference, "generated": answer.strip()})
         model.train(was_training)
         return {**payload, "generations": rows}
+
+    def prepare_export_tokenizer(self, tokenizer: Any) -> None:
+        """A tokenizer that came without a chat template is saved with the one training rendered
+        with, so ``pipeline(...)([{"role": "user", ...}])`` on the export formats chats as training did."""
+        template = chat_template(tokenizer)
+        if template is not None:
+            tokenizer.chat_template = template
+
+    def study_attrs(self, prepared: Prepared) -> dict[str, Any]:
+        """``cut_answers``: how many train and validation conversations have an answer cut by
+        ``data.max_length`` (kept without their eos, or dropped: ``data.truncation``)."""
+        return {"cut_answers": {"train": prepared.train.cut, "val": prepared.val.cut}}
 
     def write_artifacts(self, payload: Any, folder: Path, subject: str, when: str) -> list[Path]:
         """``generations.csv``: prompt, reference answer and the model's greedy answer."""

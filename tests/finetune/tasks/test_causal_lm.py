@@ -16,7 +16,7 @@ import torch
 from optuna.artifacts import FileSystemArtifactStore, get_all_artifact_meta
 
 import llm_doe as doe
-from llm_doe.finetune.loop import TrainData, evaluate, train
+from llm_doe.finetune.loop import Budget, TrainData, evaluate, train
 from llm_doe.finetune.runtime import resolve_runtime
 from llm_doe.finetune.tasks import get_task
 from llm_doe.report import render_report
@@ -78,6 +78,10 @@ def test_sft_smoke_trials_record_loss_perplexity_and_sizes(tmp_path):
     study = optuna.load_study(study_name="sft", storage=f"sqlite:///{tmp_path}/sft.db")
     assert study.user_attrs["task"] == "causal_lm"
     assert study.user_attrs["metric_directions"] == {"val_loss": "minimize", "perplexity": "minimize"}
+    # Answers cut by data.max_length=64, counted per split for a person to read (kept, without their eos).
+    prepared = get_task(TaskConfig(name="causal_lm")).prepare(TINY_LLAMA, CHAT)
+    assert study.user_attrs["cut_answers"] == {"train": prepared.train.cut, "val": prepared.val.cut}
+    assert prepared.train.cut + prepared.val.cut > 0
     store = FileSystemArtifactStore(str(tmp_path / "art"))
     prompts = []
     for trial in study.trials:
@@ -129,6 +133,7 @@ def test_jsonl_chat_files_train_in_either_layout(tmp_path):
     (["data=jsonl", "data.path=/nonexistent.jsonl"], "data.path", "no such file"),
     (["peft=lora", "peft.target_modules=[qkv_proj]"], "peft.target_modules", "no module 'qkv_proj'"),
     (["data.max_length=24"], "data.max_length", "24 tokens leave no train conversation"),
+    (["data.truncation=cut"], "data.truncation", "must be keep or drop, got 'cut'"),
 ])
 def test_bad_sft_input_stops_with_one_line(tmp_path, capsys, override, key, words):
     assert main([*SFT, *store_args(tmp_path, "bad"), *override]) == 2
@@ -198,3 +203,97 @@ def test_generations_decode_with_the_tokenizer_that_encoded_the_data(prepared):
     prompts = [r["prompt"] for r in payload["generations"]]
     assert prompts == [next(m["content"] for m in reversed(c[:-1]) if m["role"] == "user")
                        for c in data.val.conversations[:4]]
+
+
+def test_final_saves_the_chat_template_training_rendered_with(tmp_path):
+    """A tokenizer with no chat template trains on the built-in ChatML; the export saves that
+    template, so the card's pipeline snippet answers a chat message."""
+    from transformers import AutoTokenizer, pipeline
+
+    from llm_doe.final import main as final
+    from llm_doe.finetune.chat import DEFAULT_CHAT_TEMPLATE
+
+    bare = AutoTokenizer.from_pretrained(get_task(TaskConfig(name="causal_lm")).prepare(TINY_LLAMA, CHAT)
+                                         .tokenizer.name_or_path)
+    bare.chat_template = None
+    bare.save_pretrained(tmp_path / "bare")
+    args = [*SFT, *store_args(tmp_path, "bare"), "study.n_trials=1", f"model.tokenizer={tmp_path / 'bare'}",
+            "task.sample_prompts=0"]
+    assert main(args) == 0
+    out = tmp_path / "export"
+    assert final([*args, f"final.output_dir={out}"]) == 0
+    assert AutoTokenizer.from_pretrained(out).chat_template == DEFAULT_CHAT_TEMPLATE
+    reply = pipeline("text-generation", model=str(out))([{"role": "user", "content": "What is AI?"}], max_new_tokens=4)
+    assert reply[0]["generated_text"][-1]["role"] == "assistant"
+
+
+def test_data_truncation_drop_leaves_out_the_conversations_whose_answer_was_cut(prepared):
+    task, kept = prepared
+    dropped = task.prepare(TINY_LLAMA, dataclasses.replace(CHAT, truncation="drop"))
+    assert kept.train.cut > 0 and dropped.train.cut == kept.train.cut
+    assert len(dropped.train) == len(kept.train) - kept.train.cut
+    assert len(dropped.val) == len(kept.val) - kept.val.cut
+    assert task.study_attrs(dropped) == {"cut_answers": {"train": kept.train.cut, "val": kept.val.cut}}
+
+
+class _Probe(type(get_task(TaskConfig(name="causal_lm")))):
+    """The causal_lm task, noting the validation loss of the model its generations come from."""
+
+    seen: list[float] = []
+
+    def finish(self, model, data, pad_id, rt, payload):
+        self.seen.append(evaluate(model, self, data, 16, pad_id, rt)[0]["val_loss"])
+        return super().finish(model, data, pad_id, rt, payload)
+
+
+@pytest.mark.parametrize("method, learning_rate, epochs", [("none", 0.05, 2), ("lora", 0.3, 1)])
+def test_generations_come_from_the_best_evaluations_weights(prepared, method, learning_rate, epochs):
+    """generations.csv is drawn "at best eval": from the best evaluation's weights, though the
+    run trained on past them; the model is left as training left it."""
+    from llm_doe.finetune import peft as peft_methods
+    from llm_doe.schema import PeftConfig
+
+    _, data = prepared
+    task = _Probe(TaskConfig(name="causal_lm", sample_prompts=1, sample_max_new_tokens=2))
+    cfg = TrainConfig(learning_rate=learning_rate, batch_size=8, num_epochs=epochs, evals_per_epoch=4,
+                      warmup_ratio=0.0, seed=1)
+    model = peft_methods.wrap(data.factory.build(cfg.seed, None), PeftConfig(method=method, r=4), "causal_lm")
+    result = train(model, task, TrainData(data.train, data.val, data.pad_id), cfg, CPU)
+    last = result.history[-1]["val_loss"]
+    assert result.best_step < len(result.history) and result.best["val_loss"] < last  # trained past its best
+    assert task.seen[-1] == pytest.approx(result.best["val_loss"], rel=1e-5)
+    assert evaluate(model, task, data.val, 16, data.pad_id, CPU)[0]["val_loss"] == pytest.approx(last, rel=1e-5)
+    assert len(result.best_payload["generations"]) == 1
+
+
+def test_training_and_evaluation_forwards_build_no_key_value_cache(prepared):
+    task, data = prepared
+    model = data.factory.build(0, None)
+    caches = []
+    model.register_forward_hook(lambda module, args, out: caches.append(out.cache))
+    cfg = TrainConfig(learning_rate=1e-3, batch_size=8, num_epochs=1, evals_per_epoch=1)
+    train(model, task, TrainData(data.train, None, data.pad_id), cfg, CPU, budget=Budget(max_steps=1))
+    evaluate(model, task, data.val, 16, data.pad_id, CPU)
+    assert len(caches) >= 2 and all(cache is None for cache in caches)
+
+
+@pytest.mark.parametrize("method", ["none", "lora"])
+def test_gradient_checkpointing_gives_the_same_steps(prepared, method):
+    """Recomputing activations in the backward pass changes memory, not the result (dropout
+    included: the recompute replays the RNG); it is switched off again after the run."""
+    from llm_doe.finetune import peft as peft_methods
+    from llm_doe.schema import PeftConfig
+
+    task, data = prepared
+    runs = []
+    for checkpointing in (False, True):
+        cfg = TrainConfig(learning_rate=1e-3, batch_size=8, num_epochs=1, evals_per_epoch=1, seed=2,
+                          gradient_checkpointing=checkpointing)
+        model = peft_methods.wrap(data.factory.build(cfg.seed, 0.1), PeftConfig(method=method, r=4), "causal_lm")
+        initial = [p.detach().clone() for p in model.parameters()]
+        train(model, task, TrainData(data.train, None, data.pad_id), cfg, CPU, budget=Budget(max_steps=2))
+        runs.append([p.detach().clone() for p in model.parameters()])
+        base = model.get_base_model() if method != "none" else model
+        assert not base.is_gradient_checkpointing
+    assert any(not torch.equal(a, b) for a, b in zip(initial, runs[1]))  # it trained
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(runs[0], runs[1]))
