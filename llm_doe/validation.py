@@ -196,7 +196,7 @@ def _validate_search(cfg: Config) -> None:
     _check(cfg.pruner.name in PRUNERS, "pruner.name", f"must be one of {'|'.join(PRUNERS)}, got {cfg.pruner.name!r}")
     _check(0 < cfg.pruner.percentile < 100, "pruner.percentile", "must be in (0, 100)")
     _check(bool(s.name), "study.name", "must not be empty (pick a study with +study=NAME)")
-    _check_study_name(s.name)
+    _check_study_name(s.name or "")
     _check(s.n_trials >= 1, "study.n_trials", f"must be >= 1, got {s.n_trials}")
     _validate_objectives(cfg)
     _check(s.max_failures >= 1, "study.max_failures", "must be >= 1")
