@@ -161,8 +161,8 @@ def evaluate(model: nn.Module, task: Task, data: Any, batch_size: int, pad_id: i
         index = order[start:start + batch_size]
         batch = task.collate(data, index, pad_id, rt.device)
         with rt.autocast():
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        evaluator.update(logits, batch, index)
+            output = evaluator.forward(model, batch)
+        evaluator.update(output, batch, index)
     model.train(was_training)
     return evaluator.result()
 

@@ -62,9 +62,15 @@ class CardText:
 class Evaluator(ABC):
     """Accumulates one evaluation pass, batch by batch."""
 
+    def forward(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> Any:
+        """The model's output on one batch, what :meth:`update` takes: the logits by default
+        (a task may reduce them as it goes, to hold less)."""
+        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+
     @abstractmethod
-    def update(self, logits: torch.Tensor, batch: dict[str, torch.Tensor], index: np.ndarray) -> None:
-        """Add one batch's outputs (``index``: the examples' positions in the split)."""
+    def update(self, logits: Any, batch: dict[str, torch.Tensor], index: np.ndarray) -> None:
+        """Add one batch's outputs, as :meth:`forward` gave them (``index``: the examples'
+        positions in the split)."""
 
     @abstractmethod
     def result(self) -> tuple[dict[str, float], Any]:

@@ -16,6 +16,7 @@ import torch
 from optuna.artifacts import FileSystemArtifactStore, get_all_artifact_meta
 
 import llm_doe as doe
+from llm_doe.finetune.chat import prompt_and_reference
 from llm_doe.finetune.loop import TrainData, evaluate, train
 from llm_doe.finetune.runtime import resolve_runtime
 from llm_doe.finetune.tasks import get_task
@@ -198,3 +199,82 @@ def test_generations_decode_with_the_tokenizer_that_encoded_the_data(prepared):
     prompts = [r["prompt"] for r in payload["generations"]]
     assert prompts == [next(m["content"] for m in reversed(c[:-1]) if m["role"] == "user")
                        for c in data.val.conversations[:4]]
+
+
+def _one_at_a_time(model, tokenizer, prompts, max_new_tokens, pad_id):
+    """The reference: each prompt alone, unpadded, through generate."""
+    answers = []
+    for prompt in prompts:
+        encoded = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")
+        out = model.generate(**encoded, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad_id,
+                             temperature=None, top_p=None, top_k=None)
+        answers.append(tokenizer.decode(out[0, encoded["input_ids"].shape[1]:], skip_special_tokens=True))
+    return answers
+
+
+@pytest.mark.parametrize("method", ["none", "lora"])
+def test_batched_generations_are_the_one_at_a_time_greedy_text(prepared, method):
+    """Prompts of different lengths in one left-padded generate call: every answer is the one
+    the prompt gets alone, also when one row ends before the others."""
+    from llm_doe.finetune import peft as doe_peft
+    from llm_doe.finetune.tasks.causal_lm import generate_greedy
+    from llm_doe.schema import PeftConfig
+
+    _, data = prepared
+    model = doe_peft.wrap(data.factory.build(0, None), PeftConfig(method=method, r=4), "causal_lm")
+    torch.manual_seed(0)
+    with torch.no_grad():  # a random tiny model repeats one token: shaken, its answers differ
+        for param in model.parameters():
+            param.add_(torch.randn_like(param) * 0.05)
+    model.eval()
+    prompts = [prompt_and_reference(data.tokenizer, c)[0] for c in data.val.conversations[:6]]
+    assert len({len(data.tokenizer(p)["input_ids"]) for p in prompts}) > 1  # padding in the batch
+    with torch.inference_mode():
+        # As end-of-sequence, the token that ends the answers at the most different places.
+        model.generation_config.eos_token_id = None
+        raw = []
+        for prompt in prompts:
+            encoded = data.tokenizer(prompt, add_special_tokens=False, return_tensors="pt")
+            out = model.generate(**encoded, max_new_tokens=16, do_sample=False, pad_token_id=data.pad_id)
+            raw.append(out[0, encoded["input_ids"].shape[1]:].tolist())
+        def ends(token):
+            return len({row.index(token) if token in row else len(row) for row in raw})
+
+        model.generation_config.eos_token_id = max(sorted({t for row in raw for t in row}), key=ends)
+        alone = _one_at_a_time(model, data.tokenizer, prompts, 16, data.pad_id)
+        batched = generate_greedy(model, data.tokenizer, prompts, 16, data.pad_id, CPU)
+        in_pairs = generate_greedy(model, data.tokenizer, prompts, 16, data.pad_id, CPU, batch_size=4)
+    assert batched == alone and in_pairs == alone
+    assert len(set(alone)) > 1 and min(map(len, alone)) < max(map(len, alone))
+
+
+@pytest.mark.parametrize("method", ["none", "lora", "prompt"])
+def test_validation_loss_reduced_by_chunks_equals_the_full_logits_one(prepared, monkeypatch, method):
+    """The evaluation's loss (hidden states, then head + cross-entropy on label tokens, a few
+    at a time) equals the token mean of the full-vocabulary logits of every position."""
+    from llm_doe.finetune import peft as doe_peft
+    from llm_doe.finetune.tasks import causal_lm
+    from llm_doe.schema import PeftConfig
+
+    task, data = prepared
+    model = doe_peft.wrap(data.factory.build(1, None), PeftConfig(method=method, r=4, num_virtual_tokens=3),
+                          "causal_lm")
+    with torch.no_grad():  # adapters that change the output (LoRA's B starts at zero)
+        for param in model.parameters():
+            if param.requires_grad:
+                param.add_(torch.randn_like(param) * 0.05)
+    model.eval()
+    assert (causal_lm._decoder_and_head(model) is None) == (method == "prompt")
+    monkeypatch.setattr(causal_lm, "LOSS_CHUNK_TOKENS", 7)  # several chunks a batch
+    metrics, _ = evaluate(model, task, data.val, 5, data.pad_id, CPU)
+    total, tokens = 0.0, 0
+    with torch.inference_mode():
+        for start in range(0, len(data.val), 5):
+            index = np.arange(start, min(start + 5, len(data.val)))
+            batch = task.collate(data.val, index, data.pad_id, torch.device("cpu"))
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            logits = logits[:, -batch["labels"].shape[1]:-1].float()
+            total += float(torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                                             batch["labels"][:, 1:].reshape(-1), reduction="sum"))
+            tokens += int((batch["labels"][:, 1:] != -100).sum())
+    assert metrics["val_loss"] == pytest.approx(total / tokens, rel=1e-5)
