@@ -32,7 +32,7 @@ from llm_doe.schema import Config, ConfigError, objective_metrics, primary_metri
 #: Settings that say where and how fast a run goes, not what it learns: they may differ
 #: between runs of one experiment (say, a GPU box after a laptop).
 RUNTIME_KEYS = frozenset({"train.precision", "train.compile", "train.micro_batch_size", "train.eval_batch_size",
-                          "task.sample_prompts", "task.sample_max_new_tokens"})
+                          "task.sample_prompts", "task.sample_max_new_tokens", "task.packing"})
 #: The config sections whose every key (but the runtime ones) defines the experiment.
 SECTIONS = ("task", "model", "data", "train", "peft")
 #: What ``llm_doe.search`` tells a user whose resume would change the experiment.

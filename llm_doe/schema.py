@@ -246,6 +246,11 @@ class TaskConfig:
     # stored per trial as generations.csv, each at most sample_max_new_tokens tokens long.
     sample_prompts: int = 4
     sample_max_new_tokens: int = 48
+    # causal_lm: train on a micro-batch's conversations concatenated into one row (position ids
+    # restart per conversation, each attends only to itself): no padding, the same loss.
+    # true | false | auto (on where it is faster: with flash-attention kernels, and with
+    # sdpa/eager attention for packed rows of at most 2048 tokens).
+    packing: Any = "auto"
 
 
 @dataclass

@@ -230,6 +230,7 @@ class _Run:
         # in-epoch optimizer step -> how many evaluation indices fall on it
         self.indices_at = Counter(eval_points(self.steps_per_epoch, cfg.evals_per_epoch))
         self.forward = torch.compile(model) if cfg.compile else model
+        self.collate = task.train_collate(model, rt)
         self.writer = CheckpointWriter(plan) if plan is not None else None
         st = None
         if plan is not None:
@@ -343,10 +344,9 @@ class _Run:
                 total = torch.zeros((), device=rt.device)
                 for start in range(0, len(index), st.micro_batch_size):
                     chunk = index[start:start + st.micro_batch_size]
-                    batch = task.collate(self.data.train, chunk, self.data.pad_id, rt.device)
+                    batch = self.collate(self.data.train, chunk, self.data.pad_id, rt.device)
                     with rt.autocast():
-                        logits = self.forward(input_ids=batch["input_ids"],
-                                              attention_mask=batch["attention_mask"]).logits
+                        logits = self.forward(**task.model_inputs(batch)).logits
                     loss = task.loss(logits, batch, units, self.cfg.label_smoothing)
                     self.scaler.scale(loss).backward()
                     total += loss.detach()

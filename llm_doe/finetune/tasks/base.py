@@ -15,6 +15,7 @@ A new kind of fine-tuning is a new file in this package, registered in ``tasks/_
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
@@ -105,6 +106,15 @@ class Task(ABC):
     @abstractmethod
     def collate(self, data: Any, index: np.ndarray, pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
         """Examples ``index`` of ``data`` as one padded batch on ``device``."""
+
+    def train_collate(self, model: torch.nn.Module, rt: Any) -> Callable[..., dict[str, torch.Tensor]]:
+        """How a run of ``model`` makes its training batches, :meth:`collate`'s signature (by
+        default :meth:`collate`; a task may pack examples where the model allows)."""
+        return self.collate
+
+    def model_inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """The keywords the model's forward takes from a batch."""
+        return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
 
     @abstractmethod
     def loss_units(self, data: Any, index: np.ndarray) -> int:

@@ -73,6 +73,8 @@ def _token_loss(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: flo
                                        label_smoothing=label_smoothing)
 
 
+#: ``task.packing=auto`` with sdpa or eager attention: the longest packed row (tokens).
+PACK_DENSE_TOKENS = 2048
 #: Prompts per ``generate`` call of the sample generations.
 GENERATION_BATCH = 16
 #: Label tokens whose full-vocabulary logits the validation loss holds at once.
@@ -152,6 +154,24 @@ def _chunked_token_loss(decoder: nn.Module, head: nn.Module, batch: dict[str, to
     return total
 
 
+def _is_prompt_learning(model: nn.Module) -> bool:
+    config = getattr(model, "peft_config", None)
+    return bool(config) and config[model.active_adapter].is_prompt_learning
+
+
+def pack(data: ChatEncoded, index: np.ndarray, pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """Examples ``index`` as one row without padding: ids and labels concatenated, position ids
+    restarting at 0 for each conversation, which transformers' attention masking reads as
+    separate sequences (each attends only to itself; :func:`transformers.masking_utils.
+    find_packed_sequence_indices`). Each conversation's first label is dropped: in a row of its
+    own it predicts nothing, and here it must not be predicted from the previous one."""
+    ids = np.concatenate([data.input_ids[i] for i in index])
+    labels = np.concatenate([np.concatenate(([IGNORE_INDEX], data.labels[i][1:])) for i in index])
+    positions = np.concatenate([np.arange(len(data.input_ids[i])) for i in index])
+    return to_device({"input_ids": torch.from_numpy(ids)[None], "labels": torch.from_numpy(labels)[None],
+                      "position_ids": torch.from_numpy(positions)[None]}, device)
+
+
 class _CausalLMEvaluator(Evaluator):
     """Token-mean validation loss over the whole split, and its perplexity."""
 
@@ -220,6 +240,33 @@ class CausalLMTask(Task):
                            "labels": pad(data.labels, index, data.lengths, IGNORE_INDEX)}, device)
         batch["attention_mask"] = batch["attention_mask"].long()
         return batch
+
+    def train_collate(self, model: nn.Module, rt: Any) -> Any:
+        """Packed batches (:func:`pack`) when ``task.packing`` says so for this model: ``true``;
+        ``auto``: always with a flash-attention kernel (variable length: no mask), and with sdpa
+        or eager attention when the packed row holds at most ``PACK_DENSE_TOKENS`` tokens (there
+        a row attends through a dense row x row mask, whose cost grows with the square of the
+        row; short rows were faster than padding on CPU, README). Never under prompt or prefix
+        tuning, whose virtual tokens go before each row. Packed or not, the loss is the same."""
+        if self.cfg.packing is False or _is_prompt_learning(model):
+            return self.collate
+        attention = str(getattr(getattr(model, "config", None), "_attn_implementation", "") or "")
+        if self.cfg.packing is True or attention.startswith("flash"):
+            return pack
+        collate = self.collate
+
+        def pack_short(data: ChatEncoded, index: np.ndarray, pad_id: int, device: torch.device
+                       ) -> dict[str, torch.Tensor]:
+            if int(data.lengths[index].sum()) <= PACK_DENSE_TOKENS:
+                return pack(data, index, pad_id, device)
+            return collate(data, index, pad_id, device)
+
+        return pack_short
+
+    def model_inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
+        if "position_ids" in batch:  # packed: no mask, so transformers reads the sequences from the positions
+            return {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"], "use_cache": False}
+        return super().model_inputs(batch)
 
     def loss_units(self, data: ChatEncoded, index: np.ndarray) -> int:
         return max(1, _shifted_labels(data.labels, index))

@@ -130,6 +130,8 @@ def test_jsonl_chat_files_train_in_either_layout(tmp_path):
     (["data=jsonl", "data.path=/nonexistent.jsonl"], "data.path", "no such file"),
     (["peft=lora", "peft.target_modules=[qkv_proj]"], "peft.target_modules", "no module 'qkv_proj'"),
     (["data.max_length=24"], "data.max_length", "24 tokens leave no train conversation"),
+    (["task.packing=sometimes"], "task.packing", "must be true, false or auto"),
+    (["task.packing=true", "peft=prompt"], "task.packing", "virtual tokens before each row"),
 ])
 def test_bad_sft_input_stops_with_one_line(tmp_path, capsys, override, key, words):
     assert main([*SFT, *store_args(tmp_path, "bad"), *override]) == 2
@@ -278,3 +280,83 @@ def test_validation_loss_reduced_by_chunks_equals_the_full_logits_one(prepared, 
                                                              batch["labels"][:, 1:].reshape(-1), reduction="sum"))
             tokens += int((batch["labels"][:, 1:] != -100).sum())
     assert metrics["val_loss"] == pytest.approx(total / tokens, rel=1e-5)
+
+
+def _loss_and_grads(model, task, batch, units):
+    model.zero_grad(set_to_none=True)
+    logits = model(**task.model_inputs(batch)).logits
+    loss = task.loss(logits, batch, units, 0.0)
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize(("method", "loss_on"), [("none", "completion"), ("lora", "all"), ("none", "all")])
+def test_a_packed_batch_has_the_unpacked_loss_and_gradients(method, loss_on):
+    """The same examples as one padding-free row: the same token-mean loss, the same gradients
+    (loss_on=all: a conversation's first token is a label the previous one must not predict)."""
+    from llm_doe.finetune import peft as doe_peft
+    from llm_doe.finetune.tasks.causal_lm import pack
+    from llm_doe.schema import PeftConfig
+
+    task = get_task(TaskConfig(name="causal_lm", loss_on=loss_on))
+    data = task.prepare(TINY_LLAMA, CHAT)
+    model = doe_peft.wrap(data.factory.build(2, None), PeftConfig(method=method, r=4), "causal_lm")
+    model.eval()  # no dropout: the two forwards must see the same weights
+    index = np.argsort(data.train.lengths)[[0, 5, 11, -1]]  # four lengths: padding when unpacked
+    units = task.loss_units(data.train, index)
+    padded = task.collate(data.train, index, data.pad_id, torch.device("cpu"))
+    packed = pack(data.train, index, data.pad_id, torch.device("cpu"))
+    assert packed["input_ids"].shape == (1, int(data.train.lengths[index].sum())) < padded["input_ids"].shape
+    loss_a, grads_a = _loss_and_grads(model, task, padded, units)
+    loss_b, grads_b = _loss_and_grads(model, task, packed, units)
+    assert torch.allclose(loss_a, loss_b, rtol=1e-5)
+    assert grads_a.keys() == grads_b.keys() and len(grads_a) > 0
+    assert all(torch.allclose(grads_a[n], grads_b[n], rtol=1e-4, atol=1e-6) for n in grads_a)
+
+
+def test_packed_conversations_do_not_attend_to_each_other(prepared):
+    """Other tokens in the first conversation leave the second one's logits as they were; with
+    plain positions (one long sequence) they would not."""
+    from llm_doe.finetune.tasks.causal_lm import pack
+
+    task, data = prepared
+    model = data.factory.build(3, None).eval()
+    index = np.array([0, 1])
+    first = int(data.train.lengths[0])
+    batch = pack(data.train, index, data.pad_id, torch.device("cpu"))
+    other = dict(batch, input_ids=batch["input_ids"].clone())
+    other["input_ids"][0, :first] = torch.randint(3, 1000, (first,), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        second = model(**task.model_inputs(batch)).logits[0, first:]
+        assert torch.allclose(second, model(**task.model_inputs(other)).logits[0, first:], atol=1e-5)
+        plain = {"input_ids": batch["input_ids"], "use_cache": False}  # positions 0..n-1: one sequence
+        leaked = model(**plain).logits[0, first:], model(**dict(plain, input_ids=other["input_ids"])).logits[0, first:]
+        assert not torch.allclose(*leaked, atol=1e-5)
+
+
+def test_training_with_packing_takes_the_unpacked_steps(prepared):
+    """task.packing=true through the loop: the same validation loss and weights as unpacked."""
+    _, data = prepared
+    runs = []
+    for packing in (False, True):
+        task = get_task(TaskConfig(name="causal_lm", packing=packing))
+        cfg = TrainConfig(learning_rate=1e-3, batch_size=8, num_epochs=1, evals_per_epoch=1, seed=3)
+        model = data.factory.build(cfg.seed, 0.0)  # no dropout: the same computation either way
+        assert task.train_collate(model, CPU).__name__ == ("pack" if packing else "collate")
+        result = train(model, task, TrainData(data.train, data.val, data.pad_id), cfg, CPU)
+        runs.append((result.best["val_loss"], [p.detach().clone() for p in model.parameters()]))
+    assert runs[0][0] == pytest.approx(runs[1][0], rel=1e-4)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(runs[0][1], runs[1][1]))
+
+
+def test_packing_auto_packs_short_rows_under_sdpa_and_pads_long_ones(prepared, monkeypatch):
+    from llm_doe.finetune.tasks import causal_lm
+
+    _, data = prepared
+    task = get_task(TaskConfig(name="causal_lm", packing="auto"))
+    model = data.factory.build(0, None)
+    collate = task.train_collate(model, CPU)
+    index = np.arange(4)
+    assert "position_ids" in collate(data.train, index, data.pad_id, torch.device("cpu"))
+    monkeypatch.setattr(causal_lm, "PACK_DENSE_TOKENS", int(data.train.lengths[index].sum()) - 1)
+    assert "attention_mask" in collate(data.train, index, data.pad_id, torch.device("cpu"))
