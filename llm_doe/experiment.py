@@ -34,7 +34,7 @@ from llm_doe.schema import Config, ConfigError, objective_metrics, primary_metri
 #: between runs of one experiment (say, a GPU box after a laptop).
 RUNTIME_KEYS = frozenset({"train.precision", "train.compile", "train.micro_batch_size", "train.eval_batch_size",
                           "train.gradient_checkpointing", "task.sample_prompts", "task.sample_max_new_tokens",
-                          "distill.cache_dir"})
+                          "distill.cache_dir", "task.packing"})
 #: Experiment keys added after studies were first recorded, each with what every earlier study
 #: ran as (the older code's behaviour): a stored config without the key is compared with this
 #: value, so a resume cannot change it unseen. Other keys one side lacks are not compared.

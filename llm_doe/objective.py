@@ -275,8 +275,9 @@ class Objective:
         try:
             prepared = task.prepare(cfg.model, cfg.data)
             factory = prepared.factory
-            # The adapters are drawn from the trial's seed too: build() seeded the RNG.
-            model = peft_methods.wrap(factory.build(cfg.train.seed, cfg.model.dropout), cfg.peft, task.name)
+            # The adapters are drawn from the trial's seed too, after the fresh modules (the same
+            # model as a fresh wrap; the wrapped model of the previous trial is reused when it can be).
+            model = peft_methods.build(factory, cfg.peft, task.name, cfg.train.seed, cfg.model.dropout)
             sizes = peft_methods.param_counts(model)
             runtime = resolve_runtime(cfg.runtime.device, cfg.train.precision, cfg.runtime.log_every_steps, self.progress)
             # Augmented (augment.*, from the trial's seed) or not: the training examples only.
@@ -303,9 +304,9 @@ class Objective:
             failure = err
         finally:
             if factory is not None and model is not None:
-                # Unwrapped, so the next trial's build() starts from the pretrained weights again
-                # (and reuses this model's memory).
-                factory.release(peft_methods.unwrap(model))
+                # Kept for the next trial's build(), wrapped or unwrapped: it starts from the
+                # pretrained weights again and reuses this model's memory.
+                peft_methods.release(factory, model, cfg.peft, task.name)
             del model
         return result, sizes, failure
 

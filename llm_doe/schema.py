@@ -282,6 +282,11 @@ class TaskConfig:
     # token_classification: label every sub-token of a word (a B- word's later ones with its I-
     # tag) instead of its first alone; scores are per word either way.
     label_all_tokens: bool = False
+    # causal_lm: train on a micro-batch's conversations concatenated into one row (position ids
+    # restart per conversation, each attends only to itself): no padding, the same loss.
+    # true | false | auto (on where it is faster: with flash-attention kernels, and with
+    # sdpa/eager attention for packed rows of at most 2048 tokens).
+    packing: Any = "auto"
 
 
 @dataclass

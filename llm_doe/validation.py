@@ -54,6 +54,11 @@ def _validate_task_and_model(cfg: Config) -> None:
            f"must be 'pretrained', 'tiny' or 'tiny_llama', got {m.kind!r}")
     _check(cfg.task.loss_on in ("completion", "all"), "task.loss_on",
            f"must be completion or all, got {cfg.task.loss_on!r}")
+    _check(cfg.task.packing in (True, False, "auto"), "task.packing",
+           f"must be true, false or auto, got {cfg.task.packing!r}")
+    _check(not (cfg.task.packing is True and cfg.peft.method in ("prefix", "prompt")), "task.packing",
+           f"peft.method={cfg.peft.method} puts virtual tokens before each row, so one packed row cannot hold "
+           "several conversations: use task.packing=auto or false")
     _check(cfg.task.sample_prompts >= 0, "task.sample_prompts", f"must be >= 0, got {cfg.task.sample_prompts}")
     _check(cfg.task.sample_max_new_tokens >= 1, "task.sample_max_new_tokens",
            f"must be >= 1, got {cfg.task.sample_max_new_tokens}")

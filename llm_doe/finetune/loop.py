@@ -222,8 +222,8 @@ def evaluate(model: nn.Module, task: Task, data: Any, batch_size: int, pad_id: i
         index = order[start:start + batch_size]
         batch = task.collate(data, index, pad_id, rt.device)
         with rt.autocast():
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-        evaluator.update(logits, batch, index)
+            output = evaluator.forward(model, batch)
+        evaluator.update(output, batch, index)
     model.train(was_training)
     return evaluator.result()
 
@@ -320,6 +320,7 @@ class _Run:
         # in-epoch optimizer step -> how many evaluation indices fall on it
         self.indices_at = Counter(eval_points(self.steps_per_epoch, cfg.evals_per_epoch))
         self.forward = torch.compile(model) if cfg.compile else model
+        self.collate = task.train_collate(model, rt)
         self.writer = CheckpointWriter(plan) if plan is not None else None
         st = None
         if plan is not None:
@@ -449,10 +450,9 @@ class _Run:
                 total = torch.zeros((), device=rt.device)
                 for start in range(0, len(index), st.micro_batch_size):
                     chunk = index[start:start + st.micro_batch_size]
-                    batch = task.collate(self.data.train, chunk, self.data.pad_id, rt.device)
+                    batch = self.collate(self.data.train, chunk, self.data.pad_id, rt.device)
                     with rt.autocast():  # no key/value cache: nothing generates from a training forward
-                        logits = self.forward(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                              use_cache=False).logits
+                        logits = self.forward(**task.model_inputs(batch)).logits
                     teacher = self.data.teacher
                     if teacher is None:
                         loss = task.loss(logits, batch, units, self.cfg.label_smoothing)

@@ -124,6 +124,9 @@ class ModelFactory:
     template: nn.Module
     fresh_modules: list[str]
     _spare: list[nn.Module] = field(default_factory=list, repr=False)
+    #: A model kept whole with what wraps it (a PEFT model), under the key its wrapper's
+    #: structure has: the one spare when it is set (see :meth:`keep`).
+    _kept: tuple[Any, nn.Module] | None = field(default=None, repr=False)
 
     def build(self, seed: int, dropout: float | None) -> nn.Module:
         torch.manual_seed(seed)
@@ -147,6 +150,39 @@ class ModelFactory:
         model.train()
         return model
 
+    def refresh(self, model: nn.Module, seed: int, dropout: float | None,
+                walk: Callable[[nn.Module], list[nn.Module]]) -> None:
+        """What :meth:`build` does after its copy, in place on ``model``, a model of the
+        template's class whose weights outside the fresh modules are still the template's
+        (frozen, as under a PEFT wrapper): seed, re-initialise the fresh modules, set the
+        dropout. ``walk(module)`` lists ``module`` and its submodules in the order
+        ``module.modules()`` gives them on the template, leaving out whatever wraps them."""
+        torch.manual_seed(seed)
+        for name in self.fresh_modules:
+            for sub in walk(model.get_submodule(name)):
+                model._init_weights(sub)  # type: ignore[operator]
+        for module, original in zip(walk(model), self.template.modules(), strict=True):
+            if isinstance(module, nn.Dropout):
+                module.p = original.p if dropout is None else dropout
+        _restore_config(model, self.template)
+        if dropout is not None:
+            for attr in DROPOUT_CONFIG_ATTRS:
+                if hasattr(model.config, attr):
+                    setattr(model.config, attr, dropout)
+        model.train()
+
+    def keep(self, key: Any, model: nn.Module) -> None:
+        """Hold ``model`` whole (with its wrapper) under ``key`` for :meth:`take`, instead of a
+        spare: one model at most is held, whichever kind (the caller checked that it may be
+        reused; the caller must not use ``model`` afterwards)."""
+        self._spare.clear()
+        self._kept = (key, model)
+
+    def take(self) -> tuple[Any, nn.Module] | None:
+        """The model :meth:`keep` holds and its key (no longer held), or None."""
+        kept, self._kept = self._kept, None
+        return kept
+
     def release(self, model: nn.Module) -> None:
         """Hand back a model whose trial is over, for the next :meth:`build` to overwrite.
         Only a model on the CPU is kept (one at most), so GPU memory still returns to its
@@ -154,6 +190,7 @@ class ModelFactory:
         caller must not use ``model`` afterwards."""
         if type(model) is not type(self.template) or self._spare:
             return
+        self._kept = None
         if model.state_dict().keys() != self.template.state_dict().keys():
             return  # not the template's structure (a wrapper left behind): build() copies afresh
         if any(t.device.type != "cpu" for t in (*model.parameters(), *model.buffers())):
@@ -166,17 +203,23 @@ class ModelFactory:
         self._spare.append(model)
 
 
+def _restore_config(model: nn.Module, template: nn.Module) -> None:
+    """The model's config back to the template's, in place (modules hold it too): a trial may
+    have changed it (dropout rates; a classifier's first forward with labels sets problem_type)."""
+    state = vars(model.config)
+    state.clear()
+    state.update(copy.deepcopy(vars(template.config)))
+
+
 def _reset_like(model: nn.Module, template: nn.Module) -> None:
     """What a state dict leaves out, back to the template's: dropout rates (modules, their float
-    rates and the config, as :func:`set_dropout` changes them) and which parameters train."""
+    rates and the config, as :func:`set_dropout` changes them), the config, and which parameters train."""
     for module, original in zip(model.modules(), template.modules(), strict=True):
         if isinstance(module, nn.Dropout):
             module.p = original.p
         for attr in _float_rates(original):
             setattr(module, attr, getattr(original, attr))
-    for attr in DROPOUT_CONFIG_ATTRS:
-        if hasattr(template.config, attr):
-            setattr(model.config, attr, getattr(template.config, attr))
+    _restore_config(model, template)
     for param, original in zip(model.parameters(), template.parameters(), strict=True):
         param.requires_grad_(original.requires_grad)
 

@@ -1,9 +1,12 @@
-"""PEFT methods as trial settings: wrap a freshly built model, train it, unwrap it.
+"""PEFT methods as trial settings: wrap a freshly built model, train it, hand it back.
 
-Each trial wraps the model its factory built (base weights reused in memory, adapters new and
-drawn from the trial's seed) with the configured method, and unwraps it afterwards, so the
-next trial starts from the pretrained weights again (the factory then re-copies every tensor,
-so nothing a trial trained survives). The methods are peft's own (``LoraConfig``,
+Each trial's model is the one its factory built (base weights reused in memory) wrapped with
+the configured method, adapters drawn from the trial's seed (:func:`build`). Afterwards
+(:func:`release`) the wrapped model is kept for the next trial when its adapters have the same
+structure: that trial re-draws the fresh modules, dropout, scaling and adapter weights in
+place, exactly as a fresh wrap would, without re-injecting the adapters or copying the frozen
+base weights back. Otherwise it is unwrapped, and the factory re-copies every tensor, so
+nothing a trial trained survives either way. The methods are peft's own (``LoraConfig``,
 ``IA3Config``, ``PrefixTuningConfig``, ``PromptTuningConfig``); this module declares each
 (:class:`~llm_doe.plugins.PeftMethodSpec`, at the end: the keys that apply, what it needs of the
 model, whether an export merges it), maps our config onto peft's, and refuses what cannot work,
@@ -112,6 +115,156 @@ def wrap(model: nn.Module, cfg: PeftConfig, task: str) -> nn.Module:
     with warnings.catch_warnings():  # peft asks transformers 5 a deprecated question; nothing to act on
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         return peft.get_peft_model(model, peft_config(cfg, model, task))
+
+
+def adapter_key(cfg: PeftConfig, task: str) -> tuple[Any, ...]:
+    """What fixes a wrapped model's module structure: trials with equal keys can share one
+    wrapped model (the rest of ``cfg``, alpha, dropout and rsLoRA, is reset per trial)."""
+    return (task, cfg.method, cfg.r, repr(cfg.target_modules), cfg.num_virtual_tokens)
+
+
+def build(factory: Any, cfg: PeftConfig, task: str, seed: int, dropout: float | None) -> nn.Module:
+    """The trial's model: ``factory.build(seed, dropout)`` wrapped with ``cfg``'s adapters, the
+    same tensor for tensor as :func:`wrap` on a fresh build (tested), but cheaper: the wrapped
+    model a previous trial of the same adapter structure left (:func:`release`) is reused, its
+    base weights untouched (peft froze them), its fresh modules (a new head), dropout, LoRA
+    scaling and adapter weights drawn again from ``seed`` in the order a fresh wrap draws them,
+    instead of wrapping, copying the base weights back and unloading (``bench/sft_vs_trl.py``
+    reports the per-trial overhead)."""
+    key = adapter_key(cfg, task) if peft_method(cfg.method).adapters else None
+    kept = factory.take()
+    if kept is not None:
+        kept_key, model = kept
+        if kept_key == key:
+            config = peft_config(cfg, factory.template, task)
+            base = model.get_base_model()
+            if config.is_prompt_learning or _fast_lora(model):
+                factory.refresh(base, seed, dropout, _own_modules)
+                _copy_originals(model)
+                _redraw_prompt(model) if config.is_prompt_learning else _redraw_lora(model, config)
+            else:  # peft's own way to new adapters: delete them, then add them as get_peft_model does
+                model.delete_adapter(model.active_adapter)
+                factory.refresh(base, seed, dropout, _own_modules)
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+                    model.add_adapter("default", config)
+                model.set_adapter("default")
+            model.train()
+            return model
+        factory.release(unwrap(model))  # another structure: the base model serves as the spare
+    return wrap(factory.build(seed, dropout), cfg, task)
+
+
+def release(factory: Any, model: nn.Module, cfg: PeftConfig, task: str) -> None:
+    """Hand the trial's model back to ``factory`` for the next :func:`build`: kept wrapped when
+    it can be reused as is (on the CPU, its base frozen, no hooks), else unwrapped."""
+    import peft
+
+    if not isinstance(model, peft.PeftModel) or not _reusable(model):
+        factory.release(unwrap(model))
+        return
+    for param in model.parameters():
+        param.grad = None
+    factory.keep(adapter_key(cfg, task), model)
+
+
+def _own_modules(module: nn.Module) -> list[nn.Module]:
+    """``module`` and its submodules as ``modules()`` lists them without peft's wrappers: a
+    tuner layer stands for its base layer, a modules-to-save wrapper for its original module,
+    and their adapters are left out. On a wrapped model: the unwrapped model's modules, in order."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    from peft.utils import AuxiliaryTrainingWrapper
+
+    out: list[nn.Module] = []
+    seen: set[int] = set()
+
+    def visit(m: nn.Module) -> None:
+        while isinstance(m, (BaseTunerLayer, AuxiliaryTrainingWrapper)):
+            m = m.get_base_layer() if isinstance(m, BaseTunerLayer) else m.original_module
+        if id(m) in seen:
+            return
+        seen.add(id(m))
+        out.append(m)
+        for child in m.children():
+            visit(child)
+
+    visit(module)
+    return out
+
+
+def _reusable(model: nn.Module) -> bool:
+    """A wrapped model a later trial may take as is: on the CPU (GPU memory goes back to its
+    baseline between trials), no hooks, and no base weight trainable (peft froze them, so
+    training left them as the template's)."""
+    base = _own_modules(model.get_base_model())
+    if any(p.requires_grad for m in base for p in m.parameters(recurse=False)):
+        return False
+    if any(t.device.type != "cpu" for t in (*model.parameters(), *model.buffers())):
+        return False
+    hooks = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+    return not any(getattr(m, h, None) for m in model.modules() for h in hooks)
+
+
+def _fast_lora(model: nn.Module) -> bool:
+    """Plain LoRA on linear layers, which :func:`_redraw_lora` redraws in place."""
+    import peft
+    from peft.tuners import lora
+
+    config = model.peft_config[model.active_adapter]
+    if type(config) is not peft.LoraConfig or config.use_dora or config.lora_bias or config.init_lora_weights is not True:
+        return False
+    layers = [m for m in model.modules() if isinstance(m, lora.LoraLayer)]
+    return bool(layers) and all(type(m) is lora.Linear for m in layers)
+
+
+def _copy_originals(model: nn.Module) -> None:
+    """Each modules-to-save copy (the head peft trains beside the adapters) becomes a copy of
+    its original again, as a fresh wrap copies it (after the fresh modules are drawn)."""
+    from peft.utils import ModulesToSaveWrapper
+
+    name = model.active_adapter
+    for module in model.modules():
+        if isinstance(module, ModulesToSaveWrapper) and name in module.modules_to_save:
+            copy = module.modules_to_save[name]
+            copy.load_state_dict(module.original_module.state_dict())
+            for sub, original in zip(copy.modules(), module.original_module.modules(), strict=True):
+                if isinstance(sub, nn.Dropout):
+                    sub.p = original.p
+
+
+def _redraw_prompt(model: nn.Module) -> None:
+    """New virtual-token embeddings (and prefix projection), drawn as peft builds them: each
+    module of the prompt encoder initialised in its order, as its constructor does."""
+    for module in model.prompt_encoder[model.active_adapter].modules():
+        if hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+
+
+def _redraw_lora(model: nn.Module, config: Any) -> None:
+    """New LoRA weights, scaling and dropout in place, drawn as a fresh wrap draws them: per
+    layer in module order, ``update_layer`` builds ``lora_A`` and ``lora_B`` (two
+    ``nn.Linear``, each drawing its default init) then ``reset_lora_parameters`` draws A again
+    and zeroes B."""
+    from peft.tuners import lora
+
+    name = model.active_adapter
+    for module in model.modules():
+        if not isinstance(module, lora.LoraLayer):
+            continue
+        module.lora_A[name].reset_parameters()
+        module.lora_B[name].reset_parameters()
+        module.reset_lora_parameters(name, config.init_lora_weights)
+        r = module.r[name]
+        module.lora_alpha[name] = config.lora_alpha
+        module.scaling[name] = config.lora_alpha / (math.sqrt(r) if config.use_rslora else r)
+        module.use_rslora[name] = config.use_rslora
+        dropout = module.lora_dropout[name]
+        if config.lora_dropout > 0 and isinstance(dropout, nn.Dropout):
+            dropout.p = config.lora_dropout
+        else:
+            module.lora_dropout[name] = nn.Dropout(p=config.lora_dropout) if config.lora_dropout > 0 else nn.Identity()
+    kept = model.peft_config[name]
+    kept.lora_alpha, kept.lora_dropout, kept.use_rslora = config.lora_alpha, config.lora_dropout, config.use_rslora
 
 
 def unwrap(model: nn.Module) -> nn.Module:

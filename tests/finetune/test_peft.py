@@ -9,7 +9,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from llm_doe.finetune import peft as doe_peft
-from llm_doe.finetune.model import ModelFactory, model_factory
+from llm_doe.finetune.model import ModelFactory, causal_lm_factory, model_factory
 from llm_doe.schema import ConfigError, ModelConfig, PeftConfig
 
 TINY_BERT = ModelConfig(kind="tiny", name_or_path="tiny-bert", tokenizer="sentence-transformers/all-MiniLM-L6-v2")
@@ -133,3 +133,92 @@ def test_prompt_tuning_on_a_classifier_gives_back_the_template_structure():
     again = factory.build(seed=1, dropout=None)
     fresh = factory.build(seed=1, dropout=None)
     assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), fresh.state_dict().values()))
+
+
+TINY_LLAMA = ModelConfig(kind="tiny_llama", name_or_path="tiny-llama", tokenizer="HuggingFaceTB/SmolLM2-135M-Instruct",
+                         hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128)
+#: Three consecutive trials of one adapter structure: seed, model dropout, then what peft varies.
+TRIALS = [(1, None, {"alpha_ratio": 2.0, "dropout": 0.05}), (2, 0.2, {"alpha": 3.0, "dropout": 0.0}),
+          (3, None, {"alpha_ratio": 1.0, "dropout": 0.1, "use_rslora": True})]
+
+
+def _new_factory(task: str, model_cfg: ModelConfig) -> ModelFactory:
+    """A factory of its own (the cached one may hold another test's model), on the cached template."""
+    cached = causal_lm_factory(model_cfg) if task == "causal_lm" else model_factory(model_cfg, 2)
+    return ModelFactory(cached.template, list(cached.fresh_modules))
+
+
+def _first_step(model, task: str, vocab: int):
+    """The loss of one training forward (dropout on, seeded) and its gradients."""
+    ids = torch.randint(3, vocab, (2, 12), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    labels = ids if task == "causal_lm" else torch.tensor([0, 1])
+    model.train()
+    torch.manual_seed(7)
+    loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    return loss.detach(), grads
+
+
+def _same_model(reused, fresh) -> None:
+    a, b = dict(reused.named_parameters()), dict(fresh.named_parameters())
+    assert a.keys() == b.keys()
+    assert [n for n in a if not torch.equal(a[n], b[n])] == []
+    assert [n for n in a if a[n].requires_grad != b[n].requires_grad] == []
+    assert all(torch.equal(x, y) for (_, x), (_, y) in zip(reused.named_buffers(), fresh.named_buffers(), strict=True))
+    kinds = [(n, type(m).__name__, getattr(m, "p", None), getattr(m, "scaling", None))
+             for n, m in reused.named_modules()]
+    assert kinds == [(n, type(m).__name__, getattr(m, "p", None), getattr(m, "scaling", None))
+                     for n, m in fresh.named_modules()]
+    assert reused.peft_config["default"].to_dict() == fresh.peft_config["default"].to_dict()
+    assert reused.get_base_model().config.to_dict() == fresh.get_base_model().config.to_dict()
+
+
+@pytest.mark.parametrize(("task", "model_cfg", "method"), [
+    ("causal_lm", TINY_LLAMA, "lora"), ("classification", TINY_BERT, "lora"), ("classification", ModelConfig(), "lora"),
+    ("causal_lm", TINY_LLAMA, "ia3"), ("causal_lm", TINY_LLAMA, "prefix"), ("classification", TINY_BERT, "prompt")])
+def test_a_reused_wrapped_model_is_the_fresh_wrap_of_the_next_trial(task, model_cfg, method):
+    """Three trials in one process (different seeds, model dropout, alpha, LoRA dropout, rsLoRA),
+    each trained (its trainable weights, dropout rates and mode changed) and released: the next
+    trial's model is the same object, yet every weight, buffer, dropout rate, scaling, config and
+    the first step's loss and gradients equal those of a fresh build + wrap."""
+    factory = _new_factory(task, model_cfg)
+    vocab = factory.template.config.vocab_size
+    previous = None
+    for seed, dropout, peft_kw in TRIALS:
+        cfg = PeftConfig(method=method, r=4, num_virtual_tokens=3, **peft_kw)
+        reused = doe_peft.build(factory, cfg, task, seed, dropout)
+        assert previous is None or reused is previous
+        fresh = doe_peft.wrap(_new_factory(task, model_cfg).build(seed, dropout), cfg, task)
+        _same_model(reused, fresh)
+        (loss_a, grads_a), (loss_b, grads_b) = _first_step(reused, task, vocab), _first_step(fresh, task, vocab)
+        assert torch.equal(loss_a, loss_b)
+        assert grads_a.keys() == grads_b.keys() and all(torch.equal(grads_a[n], grads_b[n]) for n in grads_a)
+        with torch.no_grad():  # what a trial does to it: trains what trains, changes rates and mode
+            for param in reused.parameters():
+                if param.requires_grad:
+                    param.add_(0.5)
+        for module in reused.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.7
+        reused.eval()
+        doe_peft.release(factory, reused, cfg, task)
+        previous = reused
+
+
+def test_another_adapter_structure_or_method_none_gets_a_fresh_model_from_the_kept_one():
+    factory = _new_factory("causal_lm", TINY_LLAMA)
+    first = doe_peft.build(factory, PeftConfig(method="lora", r=4), "causal_lm", 1, None)
+    doe_peft.release(factory, first, PeftConfig(method="lora", r=4), "causal_lm")
+    wider = doe_peft.build(factory, PeftConfig(method="lora", r=8), "causal_lm", 1, None)
+    assert wider is not first
+    _same_model(wider, doe_peft.wrap(_new_factory("causal_lm", TINY_LLAMA).build(1, None),
+                                     PeftConfig(method="lora", r=8), "causal_lm"))
+    doe_peft.release(factory, wider, PeftConfig(method="lora", r=8), "causal_lm")
+    plain = doe_peft.build(factory, PeftConfig(method="none"), "causal_lm", 2, None)
+    reference = _new_factory("causal_lm", TINY_LLAMA).build(2, None)
+    assert type(plain) is LlamaForCausalLM
+    assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), reference.state_dict().values()))
+    assert all(p.requires_grad for p in plain.parameters())

@@ -17,6 +17,7 @@ everything outside the task asks that declaration. See :mod:`llm_doe.plugins`.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -64,9 +65,15 @@ class CardText:
 class Evaluator(ABC):
     """Accumulates one evaluation pass, batch by batch."""
 
+    def forward(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> Any:
+        """The model's output on one batch, what :meth:`update` takes: the logits by default
+        (a task may reduce them as it goes, to hold less)."""
+        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+
     @abstractmethod
-    def update(self, logits: torch.Tensor, batch: dict[str, torch.Tensor], index: np.ndarray) -> None:
-        """Add one batch's outputs (``index``: the examples' positions in the split)."""
+    def update(self, logits: Any, batch: dict[str, torch.Tensor], index: np.ndarray) -> None:
+        """Add one batch's outputs, as :meth:`forward` gave them (``index``: the examples'
+        positions in the split)."""
 
     @abstractmethod
     def result(self) -> tuple[dict[str, float], Any]:
@@ -113,6 +120,16 @@ class Task(ABC):
     @abstractmethod
     def collate(self, data: Any, index: np.ndarray, pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
         """Examples ``index`` of ``data`` as one padded batch on ``device``."""
+
+    def train_collate(self, model: torch.nn.Module, rt: Any) -> Callable[..., dict[str, torch.Tensor]]:
+        """How a run of ``model`` makes its training batches, :meth:`collate`'s signature (by
+        default :meth:`collate`; a task may pack examples where the model allows)."""
+        return self.collate
+
+    def model_inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """The keywords the model's forward takes from a batch (no key/value cache: nothing
+        generates from a training forward)."""
+        return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "use_cache": False}
 
     @abstractmethod
     def loss_units(self, data: Any, index: np.ndarray) -> int:

@@ -74,6 +74,105 @@ def _token_loss(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: flo
                                        label_smoothing=label_smoothing)
 
 
+#: ``task.packing=auto`` with sdpa or eager attention: the longest packed row (tokens).
+PACK_DENSE_TOKENS = 2048
+#: Prompts per ``generate`` call of the sample generations.
+GENERATION_BATCH = 16
+#: Label tokens whose full-vocabulary logits the validation loss holds at once.
+LOSS_CHUNK_TOKENS = 1024
+
+
+@torch.inference_mode()
+def generate_greedy(model: nn.Module, tokenizer: Any, prompts: list[str], max_new_tokens: int, pad_id: int, rt: Any,
+                    batch_size: int = GENERATION_BATCH) -> list[str]:
+    """Each prompt's greedy continuation (decoded, special tokens skipped), ``batch_size``
+    prompts to a ``generate`` call: left-padded, so every row's new tokens start at the same
+    column; a row that ends early is padded after its end-of-sequence token, which is cut off.
+    The same text as one prompt at a time (tested)."""
+    eos = model.generation_config.eos_token_id
+    stops = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    answers = []
+    for start in range(0, len(prompts), batch_size):
+        encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts[start:start + batch_size]]
+        width = max(len(ids) for ids in encoded)
+        input_ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
+        attention = torch.zeros((len(encoded), width), dtype=torch.long)
+        for row, ids in enumerate(encoded):
+            input_ids[row, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
+            attention[row, width - len(ids):] = 1
+        with rt.autocast():
+            out = model.generate(input_ids=input_ids.to(rt.device), attention_mask=attention.to(rt.device),
+                                 max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad_id,
+                                 temperature=None, top_p=None, top_k=None)
+        for row in out[:, width:].tolist():
+            end = next((i + 1 for i, token in enumerate(row) if token in stops), len(row))
+            answers.append(tokenizer.decode(row[:end], skip_special_tokens=True))
+    return answers
+
+
+def _decoder_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
+    """The model's decoder stack and language-modelling head when its logits are just
+    ``head(decoder(...).last_hidden_state)`` (checked once per model class and config, against
+    the model's own forward); None otherwise (soft-capped or scaled logits, virtual tokens)."""
+    base = model
+    if hasattr(model, "get_base_model"):  # a PEFT model: adapters live inside the base model's modules
+        if model.peft_config[model.active_adapter].is_prompt_learning:
+            return None  # the virtual tokens come from the wrapper's forward
+        base = model.get_base_model()
+    get_decoder, get_head = getattr(base, "get_decoder", None), getattr(base, "get_output_embeddings", None)
+    if get_decoder is None or get_head is None:
+        return None
+    decoder, head = get_decoder(), get_head()
+    if decoder is None or head is None or decoder is base:
+        return None
+    key = (type(base), base.config.to_json_string())
+    if key not in _PLAIN_HEAD:
+        probe = torch.tensor([[1, 2, 3, 4]], device=next(base.parameters()).device)
+        try:
+            own = model(input_ids=probe, attention_mask=torch.ones_like(probe)).logits.float()
+            mine = head(decoder(input_ids=probe, attention_mask=torch.ones_like(probe)).last_hidden_state).float()
+            _PLAIN_HEAD[key] = own.shape == mine.shape and torch.allclose(own, mine, rtol=1e-4, atol=1e-4)
+        except (TypeError, AttributeError, ValueError):
+            _PLAIN_HEAD[key] = False
+    return (decoder, head) if _PLAIN_HEAD[key] else None
+
+
+_PLAIN_HEAD: dict[tuple[Any, str], bool] = {}
+
+
+def _chunked_token_loss(decoder: nn.Module, head: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """:func:`_token_loss` without the batch's full-vocabulary logits: the final hidden states,
+    then the head and the cross-entropy on the label positions only, ``LOSS_CHUNK_TOKENS`` at a
+    time (no vocabulary-wide logits for prompt or padding tokens, and at most a chunk's in fp32)."""
+    hidden = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    labels = batch["labels"][:, 1:]
+    keep = labels != IGNORE_INDEX
+    states, targets = hidden[:, :-1][keep], labels[keep]
+    total = torch.zeros((), device=hidden.device)
+    for start in range(0, len(targets), LOSS_CHUNK_TOKENS):
+        logits = head(states[start:start + LOSS_CHUNK_TOKENS]).float()
+        total = total + nn.functional.cross_entropy(logits, targets[start:start + LOSS_CHUNK_TOKENS], reduction="sum")
+    return total
+
+
+def _is_prompt_learning(model: nn.Module) -> bool:
+    config = getattr(model, "peft_config", None)
+    return bool(config) and config[model.active_adapter].is_prompt_learning
+
+
+def pack(data: ChatEncoded, index: np.ndarray, pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """Examples ``index`` as one row without padding: ids and labels concatenated, position ids
+    restarting at 0 for each conversation, which transformers' attention masking reads as
+    separate sequences (each attends only to itself; :func:`transformers.masking_utils.
+    find_packed_sequence_indices`). Each conversation's first label is dropped: in a row of its
+    own it predicts nothing, and here it must not be predicted from the previous one."""
+    ids = np.concatenate([data.input_ids[i] for i in index])
+    labels = np.concatenate([np.concatenate(([IGNORE_INDEX], data.labels[i][1:])) for i in index])
+    positions = np.concatenate([np.arange(len(data.input_ids[i])) for i in index])
+    return to_device({"input_ids": torch.from_numpy(ids)[None], "labels": torch.from_numpy(labels)[None],
+                      "position_ids": torch.from_numpy(positions)[None]}, device)
+
+
 class _CausalLMEvaluator(Evaluator):
     """Token-mean validation loss over the whole split, and its perplexity."""
 
@@ -82,8 +181,16 @@ class _CausalLMEvaluator(Evaluator):
         self.loss_sum: torch.Tensor | None = None
         self.tokens = 0
 
-    def update(self, logits: torch.Tensor, batch: dict[str, torch.Tensor], index: np.ndarray) -> None:
-        loss = _token_loss(logits, batch["labels"])
+    def forward(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The batch's summed token loss, reduced chunk by chunk where the model allows."""
+        parts = _decoder_and_head(model)
+        if parts is None:
+            return _token_loss(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits,
+                               batch["labels"])
+        return _chunked_token_loss(*parts, batch)
+
+    def update(self, output: torch.Tensor, batch: dict[str, torch.Tensor], index: np.ndarray) -> None:
+        loss = output  # forward() reduced it already
         self.loss_sum = loss if self.loss_sum is None else self.loss_sum + loss
         self.tokens += _shifted_labels(self.data.labels, index)
 
@@ -136,6 +243,33 @@ class CausalLMTask(Task):
         batch["attention_mask"] = batch["attention_mask"].long()
         return batch
 
+    def train_collate(self, model: nn.Module, rt: Any) -> Any:
+        """Packed batches (:func:`pack`) when ``task.packing`` says so for this model: ``true``;
+        ``auto``: always with a flash-attention kernel (variable length: no mask), and with sdpa
+        or eager attention when the packed row holds at most ``PACK_DENSE_TOKENS`` tokens (there
+        a row attends through a dense row x row mask, whose cost grows with the square of the
+        row; short rows were faster than padding on CPU, README). Never under prompt or prefix
+        tuning, whose virtual tokens go before each row. Packed or not, the loss is the same."""
+        if self.cfg.packing is False or _is_prompt_learning(model):
+            return self.collate
+        attention = str(getattr(getattr(model, "config", None), "_attn_implementation", "") or "")
+        if self.cfg.packing is True or attention.startswith("flash"):
+            return pack
+        collate = self.collate
+
+        def pack_short(data: ChatEncoded, index: np.ndarray, pad_id: int, device: torch.device
+                       ) -> dict[str, torch.Tensor]:
+            if int(data.lengths[index].sum()) <= PACK_DENSE_TOKENS:
+                return pack(data, index, pad_id, device)
+            return collate(data, index, pad_id, device)
+
+        return pack_short
+
+    def model_inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
+        if "position_ids" in batch:  # packed: no mask, so transformers reads the sequences from the positions
+            return {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"], "use_cache": False}
+        return super().model_inputs(batch)
+
     def loss_units(self, data: ChatEncoded, index: np.ndarray) -> int:
         return max(1, _shifted_labels(data.labels, index))
 
@@ -159,15 +293,10 @@ class CausalLMTask(Task):
             return payload
         was_training = model.training
         model.eval()
+        pairs = [prompt_and_reference(tokenizer, c) for c in data.conversations[:count]]
+        answers = generate_greedy(model, tokenizer, [p for p, _ in pairs], self.cfg.sample_max_new_tokens, pad_id, rt)
         rows = []
-        for conversation in data.conversations[:count]:
-            prompt, reference = prompt_and_reference(tokenizer, conversation)
-            encoded = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")
-            inputs = {k: encoded[k].to(rt.device) for k in ("input_ids", "attention_mask")}
-            with rt.autocast():
-                out = model.generate(**inputs, max_new_tokens=self.cfg.sample_max_new_tokens, do_sample=False,
-                                     pad_token_id=pad_id, temperature=None, top_p=None, top_k=None)
-            answer = tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+        for conversation, (_, reference), answer in zip(data.conversations[:count], pairs, answers, strict=True):
             question = next(m["content"] for m in reversed(conversation[:-1]) if m["role"] == "user")
             rows.append({"prompt": question, "reference": reference, "generated": answer.strip()})
         model.train(was_training)

@@ -16,6 +16,7 @@ import torch
 from optuna.artifacts import FileSystemArtifactStore, get_all_artifact_meta
 
 import llm_doe as doe
+from llm_doe.finetune.chat import prompt_and_reference
 from llm_doe.finetune.loop import Budget, TrainData, evaluate, train
 from llm_doe.finetune.runtime import resolve_runtime
 from llm_doe.finetune.tasks import get_task
@@ -134,6 +135,8 @@ def test_jsonl_chat_files_train_in_either_layout(tmp_path):
     (["peft=lora", "peft.target_modules=[qkv_proj]"], "peft.target_modules", "no module 'qkv_proj'"),
     (["data.max_length=24"], "data.max_length", "24 tokens leave no train conversation"),
     (["data.truncation=cut"], "data.truncation", "must be keep or drop, got 'cut'"),
+    (["task.packing=sometimes"], "task.packing", "must be true, false or auto"),
+    (["task.packing=true", "peft=prompt"], "task.packing", "virtual tokens before each row"),
 ])
 def test_bad_sft_input_stops_with_one_line(tmp_path, capsys, override, key, words):
     assert main([*SFT, *store_args(tmp_path, "bad"), *override]) == 2
@@ -297,3 +300,162 @@ def test_gradient_checkpointing_gives_the_same_steps(prepared, method):
         assert not base.is_gradient_checkpointing
     assert any(not torch.equal(a, b) for a, b in zip(initial, runs[1]))  # it trained
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(runs[0], runs[1]))
+
+
+def _one_at_a_time(model, tokenizer, prompts, max_new_tokens, pad_id):
+    """The reference: each prompt alone, unpadded, through generate."""
+    answers = []
+    for prompt in prompts:
+        encoded = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")
+        out = model.generate(**encoded, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad_id,
+                             temperature=None, top_p=None, top_k=None)
+        answers.append(tokenizer.decode(out[0, encoded["input_ids"].shape[1]:], skip_special_tokens=True))
+    return answers
+
+
+@pytest.mark.parametrize("method", ["none", "lora"])
+def test_batched_generations_are_the_one_at_a_time_greedy_text(prepared, method):
+    """Prompts of different lengths in one left-padded generate call: every answer is the one
+    the prompt gets alone, also when one row ends before the others."""
+    from llm_doe.finetune import peft as doe_peft
+    from llm_doe.finetune.tasks.causal_lm import generate_greedy
+    from llm_doe.schema import PeftConfig
+
+    _, data = prepared
+    model = doe_peft.wrap(data.factory.build(0, None), PeftConfig(method=method, r=4), "causal_lm")
+    torch.manual_seed(0)
+    with torch.no_grad():  # a random tiny model repeats one token: shaken, its answers differ
+        for param in model.parameters():
+            param.add_(torch.randn_like(param) * 0.05)
+    model.eval()
+    prompts = [prompt_and_reference(data.tokenizer, c)[0] for c in data.val.conversations[:6]]
+    assert len({len(data.tokenizer(p)["input_ids"]) for p in prompts}) > 1  # padding in the batch
+    with torch.inference_mode():
+        # As end-of-sequence, the token that ends the answers at the most different places.
+        model.generation_config.eos_token_id = None
+        raw = []
+        for prompt in prompts:
+            encoded = data.tokenizer(prompt, add_special_tokens=False, return_tensors="pt")
+            out = model.generate(**encoded, max_new_tokens=16, do_sample=False, pad_token_id=data.pad_id)
+            raw.append(out[0, encoded["input_ids"].shape[1]:].tolist())
+        def ends(token):
+            return len({row.index(token) if token in row else len(row) for row in raw})
+
+        model.generation_config.eos_token_id = max(sorted({t for row in raw for t in row}), key=ends)
+        alone = _one_at_a_time(model, data.tokenizer, prompts, 16, data.pad_id)
+        batched = generate_greedy(model, data.tokenizer, prompts, 16, data.pad_id, CPU)
+        in_pairs = generate_greedy(model, data.tokenizer, prompts, 16, data.pad_id, CPU, batch_size=4)
+    assert batched == alone and in_pairs == alone
+    assert len(set(alone)) > 1 and min(map(len, alone)) < max(map(len, alone))
+
+
+@pytest.mark.parametrize("method", ["none", "lora", "prompt"])
+def test_validation_loss_reduced_by_chunks_equals_the_full_logits_one(prepared, monkeypatch, method):
+    """The evaluation's loss (hidden states, then head + cross-entropy on label tokens, a few
+    at a time) equals the token mean of the full-vocabulary logits of every position."""
+    from llm_doe.finetune import peft as doe_peft
+    from llm_doe.finetune.tasks import causal_lm
+    from llm_doe.schema import PeftConfig
+
+    task, data = prepared
+    model = doe_peft.wrap(data.factory.build(1, None), PeftConfig(method=method, r=4, num_virtual_tokens=3),
+                          "causal_lm")
+    with torch.no_grad():  # adapters that change the output (LoRA's B starts at zero)
+        for param in model.parameters():
+            if param.requires_grad:
+                param.add_(torch.randn_like(param) * 0.05)
+    model.eval()
+    assert (causal_lm._decoder_and_head(model) is None) == (method == "prompt")
+    monkeypatch.setattr(causal_lm, "LOSS_CHUNK_TOKENS", 7)  # several chunks a batch
+    metrics, _ = evaluate(model, task, data.val, 5, data.pad_id, CPU)
+    total, tokens = 0.0, 0
+    with torch.inference_mode():
+        for start in range(0, len(data.val), 5):
+            index = np.arange(start, min(start + 5, len(data.val)))
+            batch = task.collate(data.val, index, data.pad_id, torch.device("cpu"))
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            logits = logits[:, -batch["labels"].shape[1]:-1].float()
+            total += float(torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                                             batch["labels"][:, 1:].reshape(-1), reduction="sum"))
+            tokens += int((batch["labels"][:, 1:] != -100).sum())
+    assert metrics["val_loss"] == pytest.approx(total / tokens, rel=1e-5)
+
+
+def _loss_and_grads(model, task, batch, units):
+    model.zero_grad(set_to_none=True)
+    logits = model(**task.model_inputs(batch)).logits
+    loss = task.loss(logits, batch, units, 0.0)
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize(("method", "loss_on"), [("none", "completion"), ("lora", "all"), ("none", "all")])
+def test_a_packed_batch_has_the_unpacked_loss_and_gradients(method, loss_on):
+    """The same examples as one padding-free row: the same token-mean loss, the same gradients
+    (loss_on=all: a conversation's first token is a label the previous one must not predict)."""
+    from llm_doe.finetune import peft as doe_peft
+    from llm_doe.finetune.tasks.causal_lm import pack
+    from llm_doe.schema import PeftConfig
+
+    task = get_task(TaskConfig(name="causal_lm", loss_on=loss_on))
+    data = task.prepare(TINY_LLAMA, CHAT)
+    model = doe_peft.wrap(data.factory.build(2, None), PeftConfig(method=method, r=4), "causal_lm")
+    model.eval()  # no dropout: the two forwards must see the same weights
+    index = np.argsort(data.train.lengths)[[0, 5, 11, -1]]  # four lengths: padding when unpacked
+    units = task.loss_units(data.train, index)
+    padded = task.collate(data.train, index, data.pad_id, torch.device("cpu"))
+    packed = pack(data.train, index, data.pad_id, torch.device("cpu"))
+    assert packed["input_ids"].shape == (1, int(data.train.lengths[index].sum())) < padded["input_ids"].shape
+    loss_a, grads_a = _loss_and_grads(model, task, padded, units)
+    loss_b, grads_b = _loss_and_grads(model, task, packed, units)
+    assert torch.allclose(loss_a, loss_b, rtol=1e-5)
+    assert grads_a.keys() == grads_b.keys() and len(grads_a) > 0
+    assert all(torch.allclose(grads_a[n], grads_b[n], rtol=1e-4, atol=1e-6) for n in grads_a)
+
+
+def test_packed_conversations_do_not_attend_to_each_other(prepared):
+    """Other tokens in the first conversation leave the second one's logits as they were; with
+    plain positions (one long sequence) they would not."""
+    from llm_doe.finetune.tasks.causal_lm import pack
+
+    task, data = prepared
+    model = data.factory.build(3, None).eval()
+    index = np.array([0, 1])
+    first = int(data.train.lengths[0])
+    batch = pack(data.train, index, data.pad_id, torch.device("cpu"))
+    other = dict(batch, input_ids=batch["input_ids"].clone())
+    other["input_ids"][0, :first] = torch.randint(3, 1000, (first,), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        second = model(**task.model_inputs(batch)).logits[0, first:]
+        assert torch.allclose(second, model(**task.model_inputs(other)).logits[0, first:], atol=1e-5)
+        plain = {"input_ids": batch["input_ids"], "use_cache": False}  # positions 0..n-1: one sequence
+        leaked = model(**plain).logits[0, first:], model(**dict(plain, input_ids=other["input_ids"])).logits[0, first:]
+        assert not torch.allclose(*leaked, atol=1e-5)
+
+
+def test_training_with_packing_takes_the_unpacked_steps(prepared):
+    """task.packing=true through the loop: the same validation loss and weights as unpacked."""
+    _, data = prepared
+    runs = []
+    for packing in (False, True):
+        task = get_task(TaskConfig(name="causal_lm", packing=packing))
+        cfg = TrainConfig(learning_rate=1e-3, batch_size=8, num_epochs=1, evals_per_epoch=1, seed=3)
+        model = data.factory.build(cfg.seed, 0.0)  # no dropout: the same computation either way
+        assert task.train_collate(model, CPU).__name__ == ("pack" if packing else "collate")
+        result = train(model, task, TrainData(data.train, data.val, data.pad_id), cfg, CPU)
+        runs.append((result.best["val_loss"], [p.detach().clone() for p in model.parameters()]))
+    assert runs[0][0] == pytest.approx(runs[1][0], rel=1e-4)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(runs[0][1], runs[1][1]))
+
+
+def test_packing_auto_packs_short_rows_under_sdpa_and_pads_long_ones(prepared, monkeypatch):
+    from llm_doe.finetune.tasks import causal_lm
+
+    _, data = prepared
+    task = get_task(TaskConfig(name="causal_lm", packing="auto"))
+    model = data.factory.build(0, None)
+    collate = task.train_collate(model, CPU)
+    index = np.arange(4)
+    assert "position_ids" in collate(data.train, index, data.pad_id, torch.device("cpu"))
+    monkeypatch.setattr(causal_lm, "PACK_DENSE_TOKENS", int(data.train.lengths[index].sum()) - 1)
+    assert "attention_mask" in collate(data.train, index, data.pad_id, torch.device("cpu"))
