@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import code_state, finish, rss_now_mb, rss_peak_mb, store_overrides, table, verdict  # noqa: E402
+from _common import code_state, finish, rss_now_mb, rss_peak_mb, store_overrides, table, verdict
 
 TARGET = 1.05  # peak RSS after the last trial / after trial 2
 
@@ -63,7 +63,7 @@ def main() -> int:
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     torch.set_num_threads(args.threads)
-    cuda = torch.cuda.is_available() and args.device in ("auto", "cuda") or args.device.startswith("cuda")
+    cuda = (torch.cuda.is_available() and args.device in ("auto", "cuda")) or args.device.startswith("cuda")
     study_name = {"tiny": "smoke", "minilm": "lr_sweep", "tiny_llama": "sft_smoke", "smollm2": "lora_sft"}[args.model]
     overrides = [f"+study={study_name}", f"study.n_trials={args.n_trials}", f"runtime.num_threads={args.threads}",
                  f"runtime.device={args.device}", "runtime.progress=false",

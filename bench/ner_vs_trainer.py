@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import code_state, finish, median, spread, store_overrides, table, verdict  # noqa: E402
+from _common import code_state, finish, median, spread, store_overrides, table, verdict
 
 TARGETS = {"throughput": 1.3, "f1_gap": 0.02}
 

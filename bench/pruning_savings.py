@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import CpuSteal, code_state, finish, store_overrides, table, verdict  # noqa: E402
+from _common import CpuSteal, code_state, finish, store_overrides, table, verdict
 
 SAVING_TARGET = 40.0   # % fewer optimizer steps with the pruner
 BEST_TARGET = 1.0      # % relative difference of the best values

@@ -57,7 +57,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import CpuSteal, code_state, finish, median, spread, store_overrides, table, verdict  # noqa: E402
+from _common import CpuSteal, code_state, finish, median, spread, store_overrides, table, verdict
 
 TARGETS = {"throughput": 1.3, "wall": 1.5, "overhead": 0.2}
 LR = 2e-4
@@ -153,13 +153,13 @@ class TRLSide:
         timing: dict[str, Any] = {"evals": [], "steps": 0}
 
         class Timer(TrainerCallback):
-            def on_train_begin(self, a, state, control, **kw):  # noqa: ANN001
+            def on_train_begin(self, a, state, control, **kw):
                 timing["train_begin"] = time.perf_counter()
 
-            def on_step_end(self, a, state, control, **kw):  # noqa: ANN001
+            def on_step_end(self, a, state, control, **kw):
                 timing["steps"] += 1
 
-            def on_train_end(self, a, state, control, **kw):  # noqa: ANN001
+            def on_train_end(self, a, state, control, **kw):
                 timing["train_end"] = time.perf_counter()
 
         class TimedSFTTrainer(SFTTrainer):

@@ -63,7 +63,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import CpuSteal, code_state, finish, median, spread, store_overrides, table, verdict, wait_for_quiet  # noqa: E402
+from _common import CpuSteal, code_state, finish, median, spread, store_overrides, table, verdict, wait_for_quiet
 
 TARGETS = {
     "throughput": 1.3,   # ours train ex/s / Trainer's  >=
@@ -190,15 +190,15 @@ class TrainerSide:
         timing: dict[str, Any] = {}
 
         class Timer(TrainerCallback):
-            def on_train_begin(self, a, state, control, **kw):  # noqa: ANN001
+            def on_train_begin(self, a, state, control, **kw):
                 timing.update(train_begin=time.perf_counter(), first_step_wall=None, evals=[], steps=0)
 
-            def on_step_end(self, a, state, control, **kw):  # noqa: ANN001
+            def on_step_end(self, a, state, control, **kw):
                 timing["steps"] += 1
                 if timing["first_step_wall"] is None:
                     timing["first_step_wall"] = time.time()
 
-            def on_train_end(self, a, state, control, **kw):  # noqa: ANN001
+            def on_train_end(self, a, state, control, **kw):
                 timing["train_end"] = time.perf_counter()
 
         class TimedTrainer(Trainer):
@@ -508,7 +508,7 @@ def main() -> int:
     wall, wall_s = agg("wall")
     ev, ev_s = agg("eval")
     ov, ov_s = agg("overhead")
-    fs, fs_s = agg("first_step")
+    _fs, fs_s = agg("first_step")
     lines = [
         ("training throughput ours/Trainer", thr_s, f">= {TARGETS['throughput']}x", thr >= TARGETS["throughput"]),
         ("trial wall time Trainer/ours", wall_s, f">= {TARGETS['wall']}x", wall >= TARGETS["wall"]),

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import CpuSteal, code_state, store_overrides, table  # noqa: E402
+from _common import CpuSteal, code_state, store_overrides, table
 
 ACC: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
 DEPTH = {"n": 0}

@@ -81,7 +81,7 @@ def _did_you_mean(err: OmegaConfBaseException, overrides: list[str]) -> str:
     key, parent = getattr(err, "key", None), getattr(err, "parent_node", None)
     if not isinstance(key, str) or not isinstance(parent, DictConfig):
         return ""
-    match = difflib.get_close_matches(key, [str(k) for k in parent.keys() if k != "hydra"], n=1)
+    match = difflib.get_close_matches(key, [str(k) for k in parent if k != "hydra"], n=1)
     if not match:
         return ""
     full_key = str(err.full_key)

@@ -364,7 +364,7 @@ def run(composed: Composed) -> int:
         from optuna_dashboard import save_note
 
         save_note(study, _note(table))
-    except Exception as err:  # noqa: BLE001 - a note is a nicety
+    except Exception as err:
         log.warning("could not write the confirmation note for optuna-dashboard: %s", err)
     if failed:
         log.error("confirm: %d of %d runs failed (see fail_reason on the trials of %s); run the same command to "

@@ -141,7 +141,7 @@ def _trial_history(trial: FrozenTrial, storage: optuna.storages.BaseStorage, art
             return []
         with FileSystemArtifactStore(artifacts_dir).open_reader(metas[-1].artifact_id) as reader:
             return read_metrics(reader.read().decode("utf-8"), metas[-1].filename)
-    except Exception:  # noqa: BLE001 - a missing or foreign file: fall back to computing the step
+    except Exception:
         return []
 
 
@@ -214,7 +214,7 @@ def make_plan(composed: Composed) -> FinalPlan:
     confirmation = None
     try:
         confirmation = analysis.confirmation_table(storage, parent.study_name, missing_ok=True)
-    except Exception as err:  # noqa: BLE001 - the card says it could not be read
+    except Exception as err:
         log.warning("could not read the confirmation of %s: %s", parent.study_name, err)
     return FinalPlan(parent, storage, trial, chosen_by, trial_dc, trial_cfg, out, max_steps, source,
                      schedule_steps(trial_cfg, len(train_data)), confirmation)

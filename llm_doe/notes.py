@@ -174,5 +174,5 @@ def write_study_note(study: optuna.Study) -> None:
         save_note(study, study_note(table))
         if "best" in study.user_attrs:  # a study made before the readable attributes has none
             study.set_user_attr("best", best_attr(table))
-    except Exception as err:  # noqa: BLE001 - the study's results matter more than its note
+    except Exception as err:
         log.warning("could not write the study note for optuna-dashboard: %s", err)

@@ -312,7 +312,7 @@ def _confirmation_section(storage: analysis.StudyRef, name: str) -> str:
     there is no ``<name>-confirm`` study."""
     try:
         table = analysis.confirmation_table(storage, name, missing_ok=True)
-    except Exception as err:  # noqa: BLE001 - one section must not sink the report
+    except Exception as err:
         return _section("Confirmation", _unavailable("The confirmation", err))
     if table is None:
         return ""

@@ -209,7 +209,7 @@ def check_optuna_sqlite(db: Path, key: str) -> None:
         tables = sqlite_tables(db)
     except sqlite3.DatabaseError as err:
         raise ConfigError(key, f"{db} is not a SQLite database ({err}): give a new file for the study store") from None
-    if tables and not OPTUNA_TABLES <= tables:
+    if tables and not tables >= OPTUNA_TABLES:
         shown = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
         raise ConfigError(key, f"{db} is a SQLite database but not an Optuna study store (its tables: {shown}); "
                                "it is left untouched: give a new file for the study store")

@@ -277,7 +277,7 @@ def _validate_runtime(cfg: Config) -> None:
     c = cfg.confirm
     _check(c.top_k >= 1, "confirm.top_k", f"must be >= 1, got {c.top_k}")
     _check(c.seeds >= 1, "confirm.seeds", f"must be >= 1, got {c.seeds}")
-    _check(0 <= c.first_seed and c.first_seed + c.seeds <= 2**31, "confirm.first_seed",
+    _check(c.first_seed >= 0 and c.first_seed + c.seeds <= 2**31, "confirm.first_seed",
            f"seeds must lie in [0, 2**31), got first_seed={c.first_seed}")
     _check(0.0 < c.alpha < 1.0, "confirm.alpha", f"must be in (0, 1), got {c.alpha}")
     if c.trials is not None:

@@ -60,7 +60,7 @@ def searched_lr_study(tmp: Path) -> dict[str, Any]:
 
 def http_get(url: str, timeout: float = 10) -> bytes:
     """The body of a 200 answer from a local test server."""
-    with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - local test server
+    with urllib.request.urlopen(url, timeout=timeout) as response:
         assert response.status == 200, url
         return response.read()
 

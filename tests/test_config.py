@@ -29,7 +29,7 @@ def test_every_study_composes_and_validates(study, tmp_path, tmp_path_factory):
         extra = [f"distill.teacher={save_classifier(tmp_path_factory.mktemp('teacher'), ['negative', 'positive'])}"]
     composed = compose_config([f"+study={study}", *store_args(tmp_path, study), *extra])
     assert composed.config.study.name == study
-    design, pruner = prepare(composed)  # loads data and weights, checks the space
+    design, _pruner = prepare(composed)  # loads data and weights, checks the space
     assert all(arm.space for arm in design.arms)
     assert not any(tmp_path.iterdir()), "composing and checking must not write anything"
 

@@ -4,7 +4,6 @@ only feasible ones; bad bounds are refused before anything is written."""
 
 from __future__ import annotations
 
-import optuna
 import pandas as pd
 import pytest
 

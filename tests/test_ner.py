@@ -50,8 +50,8 @@ def test_a_ner_study_records_entity_metrics_and_an_entities_csv_per_trial(ner_st
     table = load_trials(ner_study["url"], "ner")
     assert table["precision"].dtype.kind == "f" and table["f1"].notna().all()
     # The trial's config.yaml shows the keys that apply to the task and its data.
-    shown = [p.read_text(encoding="utf-8") for p in (ner_study["tmp"] / "art").rglob("*")
-             if p.is_file() and p.read_bytes().startswith(b"task:")][0]
+    shown = next(p.read_text(encoding="utf-8") for p in (ner_study["tmp"] / "art").rglob("*")
+             if p.is_file() and p.read_bytes().startswith(b"task:"))
     assert "label_all_tokens: false" in shown and "token_column: 1" in shown and "loss_on" not in shown
     assert "source: uner_en_ewt" in shown and "val_path" not in shown
 

@@ -65,7 +65,7 @@ def test_notebook_is_committed_clean_with_a_parameters_cell(path: Path):
     first = code[0]
     assert "parameters" in first.metadata.get("tags", [])
     namespace: dict[str, Any] = {}
-    exec(first.source, namespace)  # noqa: S102 - our own notebook's parameter cell
+    exec(first.source, namespace)
     name = DEFAULTS.get(path.name, "lr_sweep")
     # Relative to the folder papermill runs in, the repository root in the README's commands.
     assert namespace["storage"] == f"sqlite:///studies/{name}.db" and namespace["study_name"] == name

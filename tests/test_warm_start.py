@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import optuna
 import pytest
-
-import llm_doe as doe
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
+import llm_doe as doe
 from llm_doe import warm_start
 from llm_doe.cli import compose_config
 from llm_doe.design import plan as plan_design
@@ -190,7 +189,7 @@ def test_a_point_a_trial_already_has_is_not_counted_as_enqueued(tmp_path):
 
 def test_a_warm_start_point_of_no_sub_study_is_skipped_with_a_line(tmp_path):
     source = optuna.create_study(study_name="wd", storage=f"sqlite:///{tmp_path}/wd.db")
-    for decay, rate, value in ((0.05, 1e-4, 0.1), (0.1, 2e-4, 0.2), (0.0, 3e-4, 0.3)):
+    for decay, rate, _value in ((0.05, 1e-4, 0.1), (0.1, 2e-4, 0.2), (0.0, 3e-4, 0.3)):
         source.enqueue_trial({"train.weight_decay": decay, "train.learning_rate": rate})
     source.optimize(lambda t: {0.05: 0.1, 0.1: 0.2, 0.0: 0.3}[t.suggest_float("train.weight_decay", 0, 1)]
                     + 0 * t.suggest_float("train.learning_rate", 1e-5, 1e-3, log=True), n_trials=3)

@@ -231,14 +231,14 @@ def _sql_raw(source: _Source, study_name: str | None, attr_keys: Sequence[str] |
         raw = Raw(name, directions, study_attrs, source.label, trials, study_id=sid)
 
         v = t["values"]
-        for key, objective, value, kind in _fetch(conn, 
+        for key, objective, value, kind in _fetch(conn,
                 select(v.c.trial_id, v.c.objective, v.c.value, v.c.value_type)
                 .join_from(v, tr, v.c.trial_id == tr.c.trial_id).where(of_study)):
             raw.values.setdefault(objective, {})[key] = _stored_float(value, kind)
 
         p = t["params"]
         dists: dict[str, BaseDistribution] = {}
-        for key, pname, value, dist_json in _fetch(conn, 
+        for key, pname, value, dist_json in _fetch(conn,
                 select(p.c.trial_id, p.c.param_name, p.c.param_value, p.c.distribution_json)
                 .join_from(p, tr, p.c.trial_id == tr.c.trial_id).where(of_study)):
             dist = dists.get(dist_json)
@@ -402,7 +402,7 @@ def artifact_rows(storage: StudyRef, study_name: str | None) -> list[tuple[Any, 
             tr, sy = t["trials"], t["system"]
             with source.engine.connect() as conn:
                 sid, _, _, _ = _sql_study(conn, source.label, study_name)
-                for number, trial_id, value_json in _fetch(conn, 
+                for number, trial_id, value_json in _fetch(conn,
                         select(tr.c.number, tr.c.trial_id, sy.c.value_json)
                         .join_from(sy, tr, sy.c.trial_id == tr.c.trial_id)
                         .where(tr.c.study_id == sid, sy.c.key.like(_ARTIFACT_PREFIX + "%"))):

@@ -61,7 +61,7 @@ def chatterbot_conversations(language: str = "english") -> list[Conversation]:
     if spec is None or not spec.submodule_search_locations:
         raise ConfigError("data", "data=chat_pairs needs the package chatterbot-corpus (pip install "
                                   "chatterbot-corpus==1.3.3)")
-    folder = Path(list(spec.submodule_search_locations)[0]) / "data" / language
+    folder = Path(next(iter(spec.submodule_search_locations))) / "data" / language
     if not folder.is_dir():
         raise ConfigError("data.language", f"chatterbot-corpus has no {language!r} folder")
     conversations: list[Conversation] = []

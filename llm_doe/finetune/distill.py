@@ -72,7 +72,7 @@ def check_teacher(teacher: str, label_names: Sequence[str]) -> None:
                                              "folder is what `python -m llm_doe.final +study=NAME` exported)")
     try:
         config = AutoConfig.from_pretrained(where)
-    except Exception as err:  # noqa: BLE001 - transformers raises many types for a missing model
+    except Exception as err:
         raise ConfigError("distill.teacher", f"cannot load {teacher!r}: {str(err).splitlines()[0]}") from None
     folder = Path(where)
     if folder.is_dir() and not any((folder / f).is_file() for f in TOKENIZER_FILES):
@@ -80,7 +80,7 @@ def check_teacher(teacher: str, label_names: Sequence[str]) -> None:
                                              f"{', '.join(TOKENIZER_FILES)}): export it with its tokenizer")
     try:
         AutoTokenizer.from_pretrained(where)
-    except Exception as err:  # noqa: BLE001
+    except Exception as err:
         raise ConfigError("distill.teacher", f"{teacher!r} has no tokenizer to read the texts with: "
                                              f"{str(err).splitlines()[0]}") from None
     names = [str(config.id2label[i]) for i in sorted(config.id2label)]

@@ -382,7 +382,7 @@ class _Run:
                     last = _trainable(self.model)
                     _load_trainable(self.model, st.best_weights)
             st.best_payload = self.task.finish(self.model, self.data.val, self.data.pad_id, self.rt, st.best_payload)
-        except Exception as err:  # noqa: BLE001 - an extra, not the result: keep the metrics
+        except Exception as err:
             log.warning("skipped the task's after-training extras (%s: %s)", type(err).__name__, err)
         finally:
             if last is not None:

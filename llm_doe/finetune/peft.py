@@ -221,6 +221,7 @@ def _copy_originals(model: nn.Module) -> None:
     """Each modules-to-save copy (the head peft trains beside the adapters) becomes a copy of
     its original again, as a fresh wrap copies it (after the fresh modules are drawn)."""
     from peft.utils import ModulesToSaveWrapper
+    from torch import nn
 
     name = model.active_adapter
     for module in model.modules():
@@ -245,7 +246,10 @@ def _redraw_lora(model: nn.Module, config: Any) -> None:
     layer in module order, ``update_layer`` builds ``lora_A`` and ``lora_B`` (two
     ``nn.Linear``, each drawing its default init) then ``reset_lora_parameters`` draws A again
     and zeroes B."""
+    import math
+
     from peft.tuners import lora
+    from torch import nn
 
     name = model.active_adapter
     for module in model.modules():
