@@ -238,7 +238,8 @@ class Objective:
             # The adapters are drawn from the trial's seed too: build() seeded the RNG.
             model = peft_methods.wrap(factory.build(cfg.train.seed, cfg.model.dropout), cfg.peft, task.name)
             sizes = peft_methods.param_counts(model)
-            runtime = resolve_runtime(cfg.runtime.device, cfg.train.precision, cfg.runtime.log_every_steps, self.progress)
+            runtime = resolve_runtime(cfg.runtime.device, cfg.train.precision, cfg.runtime.log_every_steps, self.progress,
+                                      cfg.runtime.log_every_s)
             result = train(model, task, TrainData(prepared.train, prepared.val, prepared.pad_id), cfg.train, runtime,
                            select=Selection(metric, maximize),
                            hooks=Hooks(report, self.should_stop, started, f"trial {trial.number}"), checkpoint=plan)

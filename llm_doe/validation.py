@@ -182,6 +182,9 @@ def _validate_runtime(cfg: Config) -> None:
            "runtime.device", f"must be auto, cpu or cuda[:N], got {cfg.runtime.device!r}")
     if cfg.runtime.num_threads is not None:
         _check(cfg.runtime.num_threads >= 1, "runtime.num_threads", "must be >= 1 or null")
+    _check(cfg.runtime.log_every_steps >= 1, "runtime.log_every_steps",
+           f"must be >= 1, got {cfg.runtime.log_every_steps}")
+    _check(cfg.runtime.log_every_s >= 0, "runtime.log_every_s", f"must be >= 0 seconds, got {cfg.runtime.log_every_s}")
     _check(cfg.workers >= 1, "workers", f"must be >= 1, got {cfg.workers}")
     _check(cfg.runtime.checkpoint_every_s >= 0, "runtime.checkpoint_every_s", "must be >= 0 seconds")
     st = cfg.storage

@@ -4,6 +4,7 @@ parallel samplers never replay a stream, and a dead worker never hangs a journal
 from __future__ import annotations
 
 import math
+import re
 import signal
 import subprocess
 import sys
@@ -219,3 +220,22 @@ def test_a_sigkilled_worker_on_a_journal_is_requeued_on_resume(tmp_path):
     assert retry.params == victim.params
     fresh = [t.params["train.learning_rate"] for t in finished if t is not retry]
     assert len(set(fresh + [victim.params["train.learning_rate"]])) == 3  # the resumed run drew a new rate
+
+
+def test_a_trial_logs_progress_lines_when_its_output_goes_to_a_file(tmp_path):
+    """Issue 22 A4: no progress bar when stdout and stderr are files (tqdm hides itself), so each
+    trial logs a progress line every ``runtime.log_every_steps`` optimizer steps (and at least every
+    ``runtime.log_every_s`` seconds): step, training loss, throughput and time so far."""
+    args = ["+study=smoke", *[a for a in TINY if not a.startswith("runtime.progress")], *store_args(tmp_path),
+            "study.n_trials=1", "runtime.progress=true", "runtime.log_every_steps=3", "runtime.log_every_s=0"]
+    out = tmp_path / "out.log"
+    with open(out, "w") as handle:
+        done = subprocess.run([sys.executable, "-m", "llm_doe.search", *args], cwd=tmp_path, stdout=handle,
+                              stderr=subprocess.STDOUT, timeout=300)
+    text = out.read_text()
+    assert done.returncode == 0, text
+    lines = [line for line in text.splitlines() if line.startswith("trial 0: step ")]
+    # 160 examples in batches of 16: 10 optimizer steps, a line at steps 3, 6 and 9.
+    assert [line.split()[3] for line in lines] == ["3/10", "6/10", "9/10"], text
+    assert all(re.search(r"train_loss [\d.]+, [\d.]+ examples/s, \d+ tokens/s, \d+s elapsed$", line)
+               for line in lines), lines
