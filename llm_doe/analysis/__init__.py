@@ -58,6 +58,7 @@ from llm_doe.analysis.confirmation import (
     paired_p_value,
 )
 from llm_doe.analysis.feasibility import constrained, constraint_report
+from llm_doe.analysis.notebook import require_study
 from llm_doe.analysis.pareto import (
     is_multi_objective,
     objective_view,
@@ -141,6 +142,7 @@ __all__ = [
     "plot_scientific_isolation",
     "ranked_trials",
     "rdb_backend",
+    "require_study",
     "rerun_command",
     "scientific_curves",
     "scientific_isolation",
