@@ -92,7 +92,8 @@ def test_notebook_runs_against_a_tiny_study(path: Path, studies, kernel, tmp_pat
     assert not [o.get("text") for c in code for o in c.outputs if o.get("name") == "stderr"]
     if path.name == "compare_trials.ipynb":
         images = [c for c in code if any("image/png" in o.get("data", {}) for o in c.outputs)]
-        assert len(images) == 4  # learning curves, ROC by learning rate, objective vs params, importance
+        # learning curves, training loss (issue 22 A9), ROC by learning rate, objective vs params, importance
+        assert len(images) == 5
         text = "\n".join(str(o.get("text", "")) + str(o.get("data", {}).get("text/plain", "")) for c in code
                          for o in c.outputs)
         assert "train.learning_rate" in text and "python -m llm_doe.search" in text
@@ -110,7 +111,7 @@ def test_notebook_runs_against_a_tiny_study(path: Path, studies, kernel, tmp_pat
 
     if path.name == "sft_study.ipynb":
         images = [c for c in code if any("image/png" in o.get("data", {}) for o in c.outputs)]
-        assert len(images) == 3  # loss curves, perplexity curves, objective against learning rate and rank
+        assert len(images) == 4  # loss, perplexity and training-loss curves, objective against learning rate and rank
         text = "\n".join(str(o.get("text", "")) + str(o.get("data", {}).get("text/plain", "")) for c in code
                          for o in c.outputs)
         assert "peft.r" in text and "perplexity" in text and "trainable_params" in text
@@ -189,5 +190,7 @@ def test_require_study_lets_the_cells_run_again_once_the_study_exists(studies, t
         shell.run_cell(f"storage = {studies['lr']['storage']!r}")  # a parameters cell still runs
         assert shell.run_cell("doe.require_study(storage, study_name, run='make it')").result is True
         assert shell.run_cell("1 + 1").result == 2
+        shell.run_cell(f"storage, study_name = {studies['wd']['storage']!r}, 'wd'")  # scientific: sub-studies only
+        assert shell.run_cell("doe.require_study(storage, study_name, run='make it')").result is True
     finally:
         InteractiveShell.clear_instance()

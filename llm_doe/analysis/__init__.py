@@ -77,6 +77,7 @@ from llm_doe.analysis.plots import (
     plot_objective_vs_params,
     plot_roc_curves,
     plot_scientific_isolation,
+    plot_training_loss,
 )
 from llm_doe.analysis.scientific import scientific_curves, scientific_isolation, scientific_substudies
 from llm_doe.analysis.tables import (
@@ -84,6 +85,7 @@ from llm_doe.analysis.tables import (
     load_artifacts,
     load_curves,
     load_generations,
+    load_metrics,
     load_roc,
     load_trials,
     space_of,
@@ -123,6 +125,7 @@ __all__ = [
     "load_confirmation",
     "load_curves",
     "load_generations",
+    "load_metrics",
     "load_roc",
     "load_trials",
     "objective_view",
@@ -140,6 +143,7 @@ __all__ = [
     "plot_pareto",
     "plot_roc_curves",
     "plot_scientific_isolation",
+    "plot_training_loss",
     "ranked_trials",
     "rdb_backend",
     "require_study",

@@ -64,7 +64,7 @@ def require_study(storage: StudyRef, study_name: str, run: str) -> bool:
     except (FileNotFoundError, ValueError) as err:
         where = str(err).splitlines()[0]
     else:
-        if study_name in names:
+        if study_name in names or any(n.startswith(f"{study_name}[") for n in names):  # or its scientific sub-studies
             return True
         where = f"{storage} holds {', '.join(sorted(names)) or 'no study'}"
     print(f"No study {study_name!r} to review ({where}): run `{run}` first, from the repository root; or "
