@@ -55,7 +55,7 @@ th { background: #f4f4f4; } td.text, th.text { text-align: left; }
 pre { background: #f6f6f6; padding: 0.7rem; overflow-x: auto; font-size: 0.82rem; white-space: pre-wrap;
       overflow-wrap: anywhere; }
 img { max-width: 100%; } figure { margin: 1rem 0; } figcaption { color: #555; font-size: 0.88rem; }
-.scroll { max-height: 32rem; overflow: auto; }
+.scroll { max-height: 32rem; overflow: auto; } .wide { overflow-x: auto; }
 """
 
 
@@ -80,7 +80,9 @@ def _table(frame: pd.DataFrame, index: bool = False) -> str:
         cells = "".join(f'<td{" class=text" if isinstance(v, str) else ""}>{html.escape(cell(v))}</td>'
                         for v in values)
         rows.append(f"<tr>{cells}</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    # In its own sideways scroller: a table wider than the page (one column per parameter) scrolls
+    # there instead of widening the whole page.
+    return f'<div class="wide"><table><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>'
 
 
 def _generations_section(storage: Any, name: str, trials: Any, artifacts_dir: Any) -> str:
