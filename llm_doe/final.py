@@ -433,7 +433,8 @@ def _train(plan: FinalPlan) -> _Trained:
              f"({plan.steps_source})")
     # As the trial did: the adapters (if any) drawn from the trial's seed after the build.
     model = peft_methods.wrap(prepared.factory.build(cfg.train.seed, cfg.model.dropout), cfg.peft, task.name)
-    runtime = resolve_runtime(cfg.runtime.device, cfg.train.precision, cfg.runtime.log_every_steps, cfg.runtime.progress)
+    runtime = resolve_runtime(cfg.runtime.device, cfg.train.precision, cfg.runtime.log_every_steps, cfg.runtime.progress,
+                              cfg.runtime.log_every_s)
     started = time.perf_counter()
     teacher = distill_teacher(task, examples, cfg, runtime.device)  # as the trial did (distill.*)
     result = train(model, task, TrainData(train_data, None, prepared.pad_id, teacher), cfg.train, runtime,

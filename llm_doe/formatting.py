@@ -32,13 +32,43 @@ def fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
-def shell_lines(command: str) -> str:
+#: Characters a shell treats specially inside double quotes: escaped with a backslash there.
+_DOUBLE_QUOTED_SPECIAL = frozenset('\\"$`')
+
+
+def _wrapped_word(arg: str, width: int) -> str:
+    """One shell word too long for a line, as several: double-quoted, cut by backslash-newlines,
+    which the shell removes inside double quotes, so it reads the same word. Cut after a comma
+    where one is near (``study.space={a:"choice(1)",b:...}`` one entry a line), else at the width;
+    continuation lines start at the margin (an indent would become part of the word). A word with
+    ``!`` stays single-quoted on one line (an interactive bash expands ``!`` inside double quotes)."""
+    if "!" in arg:
+        return shlex.quote(arg)
+    units = ['"'] + [f"\\{c}" if c in _DOUBLE_QUOTED_SPECIAL else c for c in arg] + ['"']
+    lines, line, last_comma = [], "", -1
+    for unit in units:
+        if len(line) + len(unit) > width - 1:  # room for the backslash
+            cut = last_comma if last_comma > 0 else len(line)
+            lines.append(line[:cut])
+            line, last_comma = line[cut:], -1
+        line += unit
+        if unit == ",":
+            last_comma = len(line)
+    lines.append(line)
+    return "\\\n".join(lines)
+
+
+def shell_lines(command: str, width: int = 100) -> str:
     """A shell command as the same command over several lines: the program and its ``-m`` module
-    on the first, each further argument on its own, joined by backslash-newlines (a page shows
-    it without running off the edge; pasted into a shell it runs unchanged)."""
+    on the first, each further argument on its own, joined by backslash-newlines, and an argument
+    longer than ``width`` cut over several lines too (a page shows it without running off the
+    edge; pasted into a shell it runs unchanged)."""
     args = shlex.split(command)
     head = 3 if len(args) >= 3 and args[1] == "-m" else 1
-    lines = [shlex.join(args[:head])] + [shlex.quote(arg) for arg in args[head:]]
+    lines = [shlex.join(args[:head])]
+    for arg in args[head:]:
+        quoted = shlex.quote(arg)
+        lines.append(quoted if len(quoted) + 6 <= width else _wrapped_word(arg, width - 4))
     return " \\\n    ".join(lines)
 
 

@@ -21,7 +21,7 @@ from typing import Any
 import pandas as pd
 
 from llm_doe import analysis
-from llm_doe.formatting import fmt
+from llm_doe.formatting import fmt, shell_lines
 from llm_doe.notes import ONE_PARAMETER
 from llm_doe.schema import ConfigError
 from llm_doe.storage import store_of
@@ -53,9 +53,10 @@ h1 { margin-bottom: 0.2rem; } h2 { border-bottom: 1px solid #ddd; padding-bottom
 table { border-collapse: collapse; font-size: 0.82rem; margin: 0.5rem 0; }
 th, td { border: 1px solid #ddd; padding: 0.2rem 0.45rem; text-align: right; }
 th { background: #f4f4f4; } td.text, th.text { text-align: left; }
-pre { background: #f6f6f6; padding: 0.7rem; overflow-x: auto; font-size: 0.82rem; white-space: pre-wrap; }
+pre { background: #f6f6f6; padding: 0.7rem; overflow-x: auto; font-size: 0.82rem; white-space: pre-wrap;
+      overflow-wrap: anywhere; }
 img { max-width: 100%; } figure { margin: 1rem 0; } figcaption { color: #555; font-size: 0.88rem; }
-.scroll { max-height: 32rem; overflow: auto; }
+.scroll { max-height: 32rem; overflow: auto; } .wide { overflow-x: auto; }
 """
 
 
@@ -80,7 +81,9 @@ def _table(frame: pd.DataFrame, index: bool = False) -> str:
         cells = "".join(f'<td{" class=text" if isinstance(v, str) else ""}>{html.escape(cell(v))}</td>'
                         for v in values)
         rows.append(f"<tr>{cells}</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    # In its own sideways scroller: a table wider than the page (one column per parameter) scrolls
+    # there instead of widening the whole page.
+    return f'<div class="wide"><table><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>'
 
 
 def _generations_section(storage: Any, name: str, trials: Any, artifacts_dir: Any) -> str:
@@ -156,11 +159,13 @@ def render_report(storage: analysis.StudyRef, study_name: str | None = None, *,
         parts.append(confirmation)
 
     parts.append(_curves_section(storage, name, trials))
+    files = set(analysis.load_artifacts(storage, name)["filename"])
+    if files & {"metrics.jsonl", "metrics.json"}:
+        parts.append(_training_loss_section(storage, name, trials, artifacts_dir))
 
     # The sections drawn from the trials' files, by the files a task uploads (its write_artifacts):
     # any task that writes roc.csv gets ROC curves, generations.csv sample generations, and
     # a task that writes neither no such section.
-    files = set(analysis.load_artifacts(storage, name)["filename"])
     if "generations.csv" in files:
         parts.append(_generations_section(storage, name, trials, artifacts_dir))
     if "roc.csv" in files:
@@ -251,7 +256,7 @@ def _best_section(trials: pd.DataFrame, params: list[str], metric: str) -> tuple
                + ", ".join(f"<code>{html.escape(p)}</code> = {html.escape(fmt(best[p]))}"
                            for p in params if p in best.index) + ".</p>")
     command = f"<p>Rerun it (a one-trial study with the same config and seeds):</p><pre>" \
-              f"{html.escape(analysis.rerun_command(trials))}</pre>"
+              f"{html.escape(shell_lines(analysis.rerun_command(trials)))}</pre>"
     config = f"<details open><summary>Its config</summary><pre>" \
              f"{html.escape(str(analysis.best_config(trials, as_yaml=True)))}</pre></details>"
     return _section("Best trial", summary + command + config), best
@@ -272,7 +277,7 @@ def _pareto_section(trials: pd.DataFrame) -> str:
     figure = _img(analysis.plot_pareto(trials), f"{names[0]} against {names[1]}: red on the front, grey dominated.")
     first = int(front["number"].iloc[0])
     command = (f"<p>Rerun trial #{first} (best {html.escape(names[0])} on the front):</p>"
-               f"<pre>{html.escape(analysis.rerun_command(trials, first))}</pre>")
+               f"<pre>{html.escape(shell_lines(analysis.rerun_command(trials, first)))}</pre>")
     return _section(title, intro + _table(front) + figure + command)
 
 
@@ -286,6 +291,30 @@ def _importance_per_objective(trials: pd.DataFrame) -> str:
     return _section("Parameter importance per objective", _table(table, index=True)
                     + "<p class=\"meta\">Optuna's default importance evaluator (PED-ANOVA), one objective at a "
                       "time.</p>")
+
+
+#: Trials whose training loss is drawn at most (the best ones): hundreds of lines show nothing.
+MAX_LOSS_CURVES = 50
+
+
+def _training_loss_section(storage: analysis.StudyRef, name: str, trials: pd.DataFrame,
+                           artifacts_dir: str | os.PathLike[str] | None) -> str:
+    """Each trial's training loss over its optimizer steps (its ``metrics.jsonl``): what the
+    learning curves (the validation metric, Optuna's intermediate values) leave out."""
+    try:
+        done = analysis.ranked_trials(trials)
+        numbers = None if len(trials) <= MAX_LOSS_CURVES else done["number"].head(MAX_LOSS_CURVES).tolist()
+        metrics = analysis.load_metrics(storage, name, artifacts_dir=artifacts_dir, numbers=numbers)
+    except (FileNotFoundError, OSError) as err:
+        return _section("Training loss", _unavailable("The training loss", err))
+    if "train_loss" not in metrics or metrics["train_loss"].isna().all():
+        return _section("Training loss", "<p>No trial recorded a training loss.</p>")
+    scope = "every trial" if numbers is None else f"the {len(numbers)} best trials"
+    colour = f"; colour: {analysis.default_param(trials)}" if analysis.param_columns(trials) else ""
+    return _section("Training loss", _img(
+        analysis.plot_training_loss(metrics),
+        f"Training loss of {scope} (mean since the previous evaluation) against the optimizer step{colour}; "
+        "dashed: pruned."))
 
 
 def _roc_section(storage: analysis.StudyRef, name: str, trials: pd.DataFrame,

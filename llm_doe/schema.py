@@ -222,7 +222,11 @@ class RuntimeConfig:
 
     device: str = "auto"
     num_threads: Optional[int] = None
+    # A progress line (step, training loss, throughput, elapsed) every this many optimizer steps,
+    # and at least every log_every_s seconds (0: never by time), when no progress bar shows (output
+    # to a file or a pipe); log_every_steps is also how often the training loss is checked for NaN.
     log_every_steps: int = 20
+    log_every_s: float = 30.0
     progress: bool = True
     # Checkpoint trials at evaluations (and always on SIGINT/SIGTERM) so they can resume.
     checkpoint: bool = True

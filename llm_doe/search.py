@@ -45,8 +45,10 @@ def prepare(composed: Composed) -> tuple[Any, Any]:
     from llm_doe.space import check_space
     from llm_doe.storage import check_storage, check_writable
     from llm_doe.study import check_resume, make_pruner, make_sampler
+    from llm_doe.validation import check_files
 
     cfg = composed.config
+    check_files(cfg)  # before anything loads torch (the task's prepare below): a missing file is one line at once
     design = plan(cfg.study.name, composed.dict_config, cfg.study.space, cfg.study.n_trials,
                   cfg.study.scientific_points, cfg.sampler.seed)
     if not design.arms[0].space:

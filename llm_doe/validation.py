@@ -6,6 +6,9 @@ for the first that fails, naming the key and what is wrong, before anything is w
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from llm_doe import constraints
 from llm_doe.names import COST_METRICS
 from llm_doe.plugins import peft_method, task_specs
@@ -265,6 +268,9 @@ def _validate_runtime(cfg: Config) -> None:
            "runtime.device", f"must be auto, cpu or cuda[:N], got {cfg.runtime.device!r}")
     if cfg.runtime.num_threads is not None:
         _check(cfg.runtime.num_threads >= 1, "runtime.num_threads", "must be >= 1 or null")
+    _check(cfg.runtime.log_every_steps >= 1, "runtime.log_every_steps",
+           f"must be >= 1, got {cfg.runtime.log_every_steps}")
+    _check(cfg.runtime.log_every_s >= 0, "runtime.log_every_s", f"must be >= 0 seconds, got {cfg.runtime.log_every_s}")
     _check(cfg.workers >= 1, "workers", f"must be >= 1, got {cfg.workers}")
     _check(cfg.runtime.checkpoint_every_s >= 0, "runtime.checkpoint_every_s", "must be >= 0 seconds")
     st = cfg.storage
@@ -286,3 +292,15 @@ def _validate_runtime(cfg: Config) -> None:
     if cfg.final.trial is not None:
         _check(cfg.final.trial >= 0, "final.trial", f"must be a trial number >= 0 or null, got {cfg.final.trial}")
     _check(bool(cfg.final.output_dir), "final.output_dir", "must not be empty")
+
+
+def check_files(cfg: Config) -> None:
+    """The files a run reads (``data.path`` of ``data=csv|jsonl``): present and readable. Called by
+    the commands that train (search, confirm) before they import torch, so a mistyped path is
+    one line in a second, not after the 20-40 s the training stack takes to import; not part of
+    :func:`validate`, as a report on a study whose data moved needs no data."""
+    d = cfg.data
+    if d.source in ("csv", "jsonl") and d.path:
+        path = Path(d.path)
+        _check(path.is_file(), "data.path", f"{path}: no such file")
+        _check(os.access(path, os.R_OK), "data.path", f"{path}: not readable")

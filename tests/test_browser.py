@@ -42,7 +42,10 @@ def studies(tmp_path_factory) -> dict[str, Any]:
     url = f"sqlite:///{tmp}/lr.db"
     sft = [*SFT, *store_args(tmp, "sft"), f"storage.url={url}"]
     assert search(sft) == 0
-    return {"tmp": tmp, "url": url, "art": tmp / "art", "args": {"lr": lr, "sft": sft}}
+    # Seven searched parameters: a rerun command whose study.space is one 250-character word.
+    hp = ["+study=hparam_sweep", *TINY, *store_args(tmp, "hp"), f"storage.url={url}", "study.n_trials=2"]
+    assert search(hp) == 0
+    return {"tmp": tmp, "url": url, "art": tmp / "art", "args": {"lr": lr, "sft": sft, "hp": hp}}
 
 
 @pytest.fixture(scope="module")
@@ -118,6 +121,25 @@ def fits_width(page: Any) -> bool:
     return page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
 
 
+def overflowing(root: Any) -> list[str]:
+    """The elements inside ``root`` that reach past its right edge, and the ``pre`` blocks that scroll
+    sideways (a command only a scroll bar shows is cut off for a reader too); a wide table inside a
+    container made to scroll (the report's trials table) is meant to."""
+    return root.evaluate("""root => {
+        const edge = root.getBoundingClientRect().right + 1;
+        const inScroller = e => {
+            for (let a = e.parentElement; a && a !== root; a = a.parentElement) {
+                if (a.tagName !== 'PRE' && ['auto', 'scroll'].includes(getComputedStyle(a).overflowX)) return true;
+            }
+            return false;
+        };
+        return [...root.querySelectorAll('*')]
+            .filter(e => !inScroller(e))
+            .filter(e => e.getBoundingClientRect().right > edge || (e.tagName === 'PRE' && e.scrollWidth > e.clientWidth + 1))
+            .map(e => e.tagName + ': ' + e.textContent.slice(0, 80));
+    }""")
+
+
 def preview_rows(page: Any, filename: str) -> list[str]:
     """Open the dashboard's table preview of a trial artifact; its column names."""
     card = page.locator(".MuiCard-root", has_text=filename)
@@ -184,8 +206,10 @@ def test_sft_trial_page_previews_its_generations(studies, dashboard, site, tmp_p
     assert not page.errors, page.errors
 
 
-@pytest.mark.parametrize("name", ["lr", "sft"])
+@pytest.mark.parametrize("name", ["lr", "sft", "hp"])
 def test_note_shows_the_best_trial_rendered_and_within_the_page(studies, dashboard, site, tmp_path, name):
+    """At 1400 px the whole note shows: ``hp``'s rerun command (a study.space of seven parameters)
+    widened the page to 3465 px and cut off the goal line and the command (issue 22 A9)."""
     best = optuna.load_study(study_name=name, storage=studies["url"]).best_trial
     page = visit(site, f"studies/{dashboard['ids'][name]}/note")
     note = page.get_by_role("heading", name=name, exact=True).locator("xpath=..")
@@ -196,10 +220,11 @@ def test_note_shows_the_best_trial_rendered_and_within_the_page(studies, dashboa
     assert "**" not in text and "|---" not in text and "```" not in text  # rendered, not raw markdown
     assert note.locator("table").count() >= 2 and note.locator("pre").count() == 1
     assert fits_width(page), "the note runs off the right edge"
+    assert overflowing(note.element_handle()) == []
     assert not page.errors, page.errors
 
 
-@pytest.mark.parametrize("name", ["lr", "sft"])
+@pytest.mark.parametrize("name", ["lr", "sft", "hp"])
 def test_report_works_offline_from_the_file(studies, page, tmp_path, monkeypatch, name):
     monkeypatch.chdir(tmp_path)
     out = tmp_path / f"report_{name}.html"
@@ -221,3 +246,7 @@ def test_report_works_offline_from_the_file(studies, page, tmp_path, monkeypatch
         section = page.locator("h2", has_text="Parameter importance").locator("xpath=following-sibling::*[1]")
         assert "with one, its importance is 1.0" in section.inner_text() and section.locator("img").count() == 0
     assert "Best trial" in body
+    # The training loss over optimizer steps (issue 22 A9), drawn; the rerun command wraps.
+    loss = page.locator("h2", has_text="Training loss").locator("xpath=following-sibling::*[1]")
+    assert loss.locator("img").count() == 1
+    assert fits_width(page) and overflowing(page.locator("body").element_handle()) == []

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import optuna
@@ -150,3 +152,18 @@ def test_bad_input_exit_status_from_the_real_command(tmp_path):
 def test_no_study_selected_is_a_clear_error(capsys, tmp_path):
     assert main([f"hydra.run.dir={tmp_path}/run"]) == 2
     assert "+study=NAME" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("overrides", [["+study=smoke", "data=csv", "data.path=missing.csv"],
+                                       ["+study=sft_smoke", "data=jsonl", "data.path=missing.jsonl"]],
+                         ids=["csv", "jsonl"])
+def test_a_missing_data_file_is_reported_before_torch_is_imported(tmp_path, overrides):
+    """Issue 22 A10: the one line comes before the training stack's 20-40 s import, not after it."""
+    script = ("import sys\nfrom llm_doe.search import main\ncode = main(sys.argv[1:])\n"
+              "print('torch loaded' if 'torch' in sys.modules else 'torch not loaded')\nsys.exit(code)\n")
+    proc = subprocess.run([sys.executable, "-c", script, *overrides, *store_args(tmp_path)], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip() == f"llm_doe: error: data.path: {overrides[-1].split('=')[1]}: no such file"
+    assert proc.stdout.strip() == "torch not loaded"
+    assert list(tmp_path.iterdir()) == []

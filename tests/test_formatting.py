@@ -46,3 +46,25 @@ def test_shell_lines_wraps_a_command_that_bash_runs_unchanged():
     out = subprocess.run(["bash", "-c", f"set -- {text}\nprintf '%s\\0' \"$@\""], capture_output=True, text=True,
                          check=True).stdout
     assert out.split("\0")[:-1] == shlex.split(command)
+
+
+def _bash_words(text: str) -> list[str]:
+    out = subprocess.run(["bash", "-c", f"set -- {text}\nprintf '%s\\0' \"$@\""], capture_output=True, text=True,
+                         check=True).stdout
+    return out.split("\0")[:-1]
+
+
+def test_shell_lines_cuts_an_argument_longer_than_a_line_and_bash_reads_it_unchanged():
+    """Issue 22 A9: a rerun command's ``study.space={...}`` of seven parameters (or a long path) was
+    one line of 250 characters that ran off the dashboard note and the report: it is cut over
+    lines of at most 100 characters, one entry a line, and bash still reads the same arguments."""
+    space = ",".join(f'train.param_number_{i}:"choice({0.000123456789 * i})"' for i in range(7))
+    command = shlex.join(["python", "-m", "llm_doe.search", "+study=hparam_sweep", f"study.space={{{space}}}",
+                          "storage.url=sqlite:///" + "/very_long_folder_name" * 8 + "/s.db",
+                          'odd=a "quoted" $HOME `x` \\ back,' + "y" * 120])
+    text = shell_lines(command)
+    assert max(len(line) for line in text.splitlines()) <= 100, text
+    assert any(line.startswith("train.param_number_3:") for line in text.splitlines())  # cut after a comma
+    assert _bash_words(text) == shlex.split(command)
+    short = shlex.join(["python", "-m", "llm_doe.search", "bang=" + "!" * 120])  # never double-quoted
+    assert _bash_words(shell_lines(short)) == shlex.split(short)

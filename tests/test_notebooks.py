@@ -92,7 +92,8 @@ def test_notebook_runs_against_a_tiny_study(path: Path, studies, kernel, tmp_pat
     assert not [o.get("text") for c in code for o in c.outputs if o.get("name") == "stderr"]
     if path.name == "compare_trials.ipynb":
         images = [c for c in code if any("image/png" in o.get("data", {}) for o in c.outputs)]
-        assert len(images) == 4  # learning curves, ROC by learning rate, objective vs params, importance
+        # learning curves, training loss (issue 22 A9), ROC by learning rate, objective vs params, importance
+        assert len(images) == 5
         text = "\n".join(str(o.get("text", "")) + str(o.get("data", {}).get("text/plain", "")) for c in code
                          for o in c.outputs)
         assert "train.learning_rate" in text and "python -m llm_doe.search" in text
@@ -110,7 +111,7 @@ def test_notebook_runs_against_a_tiny_study(path: Path, studies, kernel, tmp_pat
 
     if path.name == "sft_study.ipynb":
         images = [c for c in code if any("image/png" in o.get("data", {}) for o in c.outputs)]
-        assert len(images) == 3  # loss curves, perplexity curves, objective against learning rate and rank
+        assert len(images) == 4  # loss, perplexity and training-loss curves, objective against learning rate and rank
         text = "\n".join(str(o.get("text", "")) + str(o.get("data", {}).get("text/plain", "")) for c in code
                          for o in c.outputs)
         assert "peft.r" in text and "perplexity" in text and "trainable_params" in text
@@ -147,3 +148,49 @@ def test_notebook_defaults_work_from_the_repository_root_and_from_notebooks(stud
     text = "\n".join(str(o.get("text", "")) + str(o.get("data", {}).get("text/plain", "")) for c in nb.cells
                      if c.cell_type == "code" for o in c.outputs)
     assert "study.name=lr_sweep_trial" in text  # it read the study the defaults name
+
+
+#: The command each notebook names when its study does not exist yet.
+STUDY_COMMANDS = {"compare_trials.ipynb": "python -m llm_doe.search +study=lr_sweep",
+                  "sft_study.ipynb": "python -m llm_doe.search +study=lora_sft",
+                  "scientific_study.ipynb": "python -m llm_doe.search +study=weight_decay_effect",
+                  "pareto_study.ipynb": "python -m llm_doe.search +study=lora_tradeoff"}
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_a_notebook_run_before_its_study_says_what_to_run_first(path: Path, kernel, tmp_path):
+    """Issue 22 A6: ``jupyter nbconvert --execute`` on a fresh clone (no study yet) ends with one
+    line naming the command that makes the study, not a traceback; nothing is written."""
+    (tmp_path / "notebooks").mkdir()
+    (tmp_path / "pyproject.toml").touch()  # the repository root the notebook moves to
+    shutil.copy(path, tmp_path / "notebooks")
+    run = subprocess.run([sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute",
+                          f"notebooks/{path.name}", f"--ExecutePreprocessor.kernel_name={kernel}", "--output", "out"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "Traceback" not in run.stderr and "Error" not in run.stderr, run.stderr[-3000:]
+    nb = nbformat.read(tmp_path / "notebooks" / "out.ipynb", as_version=4)
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error" or o.get("name") == "stderr"]
+    (line,) = [o.text.strip() for o in outputs if o.get("name") == "stdout"]
+    assert line.startswith("No study ") and f"run `{STUDY_COMMANDS[path.name]}` first" in line, line
+    assert not (tmp_path / "studies").exists()
+
+
+def test_require_study_lets_the_cells_run_again_once_the_study_exists(studies, tmp_path):
+    """In JupyterLab: a missing study skips the cells below; pointing the parameters at a study
+    that exists and running the check again runs them."""
+    from IPython.core.interactiveshell import InteractiveShell
+
+    shell = InteractiveShell.instance()
+    try:
+        shell.run_cell(f"import llm_doe as doe\nstorage = 'sqlite:///{tmp_path}/none.db'\nstudy_name = 'lr_sweep'")
+        assert shell.run_cell("doe.require_study(storage, study_name, run='make it')").result is False
+        assert shell.run_cell("1 + 1").result is None  # skipped
+        shell.run_cell(f"storage = {studies['lr']['storage']!r}")  # a parameters cell still runs
+        assert shell.run_cell("doe.require_study(storage, study_name, run='make it')").result is True
+        assert shell.run_cell("1 + 1").result == 2
+        shell.run_cell(f"storage, study_name = {studies['wd']['storage']!r}, 'wd'")  # scientific: sub-studies only
+        assert shell.run_cell("doe.require_study(storage, study_name, run='make it')").result is True
+    finally:
+        InteractiveShell.clear_instance()

@@ -63,7 +63,8 @@ def test_fail_reasons_are_one_line(error, reason):
 
 def test_a_trial_that_learned_nothing_is_recorded_and_warned(search, tmp_path, capsys):
     """At a learning rate of ~1e-9 the tiny model stays its random init and predicts one class:
-    the trial records predicted_classes=1, the log says so, and the note and the report count it."""
+    the trial records predicted_classes=1, the log says so once, as what the tiny model does (issue
+    22 A10: not an alarm on every trial of an install check), and the note and the report count it."""
     import llm_doe as doe
     from llm_doe.notes import study_note
     from llm_doe.report import render_report
@@ -71,7 +72,8 @@ def test_a_trial_that_learned_nothing_is_recorded_and_warned(search, tmp_path, c
     space = "++study.space={train.learning_rate:{type:float,low:1.0e-9,high:2.0e-9,log:true}}"
     assert search("study.n_trials=2", space, name="flat") == 0
     out = capsys.readouterr().out
-    assert out.count("learned nothing: at its best evaluation it predicts one class") == 2
+    assert "learned nothing" not in out
+    assert out.count("shows no learning (predicted_classes=1): expected of model=tiny") == 1
     url = f"sqlite:///{tmp_path}/flat.db"
     study = optuna.load_study(study_name="flat", storage=url)
     assert [t.user_attrs["predicted_classes"] for t in study.trials] == [1, 1]

@@ -57,12 +57,15 @@ def test_report_is_self_contained_with_every_section(study, tmp_path, monkeypatc
     text = path.read_text(encoding="utf-8")
     page = _Page()
     page.feed(text)
-    assert page.headings == ["Warnings", "Best trial", "Learning curves", "ROC curves",
+    assert page.headings == ["Warnings", "Best trial", "Learning curves", "Training loss", "ROC curves",
                              "Objective against each parameter", "Best trial per value of train.learning_rate",
                              "Parameter importance", "Boundary check", "Failures", "Trials"]
-    # Self-contained: three figures embedded as PNG, nothing to fetch; no importance plot for one
-    # parameter (1.0 by definition), one line saying why.
-    assert len(page.images) == 3
+    # Self-contained: four figures embedded as PNG, nothing to fetch; no importance plot for one
+    # parameter (1.0 by definition), one line saying why. The training loss over optimizer steps
+    # (issue 22 A9: it was only in metrics.jsonl) is one of them.
+    assert len(page.images) == 4
+    loss = text.split("<h2>Training loss</h2>", 1)[1].split("<h2>", 1)[0]
+    assert '<img alt="Training loss of every trial' in loss and "against the optimizer step" in loss
     assert "with one, its importance is 1.0 by definition" in text
     for src in page.images:
         assert src.startswith("data:image/png;base64,")
@@ -108,6 +111,7 @@ def test_a_missing_artifacts_folder_is_said_not_crashed_on(tmp_path):
     shutil.rmtree(tmp_path / "art")  # the trials uploaded roc.csv, then their folder went away
     text = html.unescape(render_report(f"sqlite:///{tmp_path}/gone.db", "gone", artifacts_dir=tmp_path / "art"))
     assert "<h2>ROC curves</h2>" in text and "ROC curves unavailable" in text
+    assert "<h2>Training loss</h2>" in text and "The training loss unavailable" in text
 
 
 def test_missing_store_or_study_is_a_one_line_error(study, tmp_path, monkeypatch, capsys):
@@ -126,7 +130,7 @@ def test_command_line_entry_point(study, tmp_path):
                           cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == f"wrote {out}"
-    assert out.read_text(encoding="utf-8").count("data:image/png;base64,") == 3  # no importance: one parameter
+    assert out.read_text(encoding="utf-8").count("data:image/png;base64,") == 4  # no importance: one parameter
 
 
 def test_report_reads_a_journal_store(tmp_path, monkeypatch):

@@ -4,6 +4,7 @@ parallel samplers never replay a stream, and a dead worker never hangs a journal
 from __future__ import annotations
 
 import math
+import re
 import signal
 import subprocess
 import sys
@@ -219,3 +220,65 @@ def test_a_sigkilled_worker_on_a_journal_is_requeued_on_resume(tmp_path):
     assert retry.params == victim.params
     fresh = [t.params["train.learning_rate"] for t in finished if t is not retry]
     assert len(set(fresh + [victim.params["train.learning_rate"]])) == 3  # the resumed run drew a new rate
+
+
+def test_a_trial_logs_progress_lines_when_its_output_goes_to_a_file(tmp_path):
+    """Issue 22 A4: no progress bar when stdout and stderr are files (tqdm hides itself), so each
+    trial logs a progress line every ``runtime.log_every_steps`` optimizer steps (and at least every
+    ``runtime.log_every_s`` seconds): step, training loss, throughput and time so far."""
+    args = ["+study=smoke", *[a for a in TINY if not a.startswith("runtime.progress")], *store_args(tmp_path),
+            "study.n_trials=1", "runtime.progress=true", "runtime.log_every_steps=3", "runtime.log_every_s=0"]
+    out = tmp_path / "out.log"
+    with open(out, "w") as handle:
+        done = subprocess.run([sys.executable, "-m", "llm_doe.search", *args], cwd=tmp_path, stdout=handle,
+                              stderr=subprocess.STDOUT, timeout=300)
+    text = out.read_text()
+    assert done.returncode == 0, text
+    lines = [line for line in text.splitlines() if line.startswith("trial 0: step ")]
+    # 160 examples in batches of 16: 10 optimizer steps, a line at steps 3, 6 and 9.
+    assert [line.split()[3] for line in lines] == ["3/10", "6/10", "9/10"], text
+    assert all(re.search(r"train_loss [\d.]+, [\d.]+ examples/s, \d+ tokens/s, \d+s elapsed$", line)
+               for line in lines), lines
+
+
+_COUNTED_SEARCH = """
+import sys
+import llm_doe.finetune.data as data
+import llm_doe.finetune.model as model
+counts = {"encode": 0, "build_template": 0, "read_data": 0}
+def counted(module, name, key):
+    original = getattr(module, name)
+    def call(*args, **kwargs):
+        counts[key] += 1
+        return original(*args, **kwargs)
+    setattr(module, name, call)
+counted(data, "encode", "encode")
+counted(data, "load_frame", "read_data")
+counted(model, "_tiny", "build_template")
+from llm_doe.search import main
+code = main(sys.argv[1:])
+print("COUNTS", counts)
+sys.exit(code)
+"""
+
+
+def test_later_trials_reuse_the_data_and_model_and_match_a_fresh_process(tmp_path):
+    """Issue 22 A5: in one process the data is read and tokenised once and the model template built
+    once, whatever the number of trials; and a trial that reuses them gives exactly what the same
+    trial gives in a fresh process (the study resumed there)."""
+    def run(name: str, n: int) -> str:
+        args = ["+study=smoke", *TINY, *store_args(tmp_path, name), f"study.n_trials={n}", "pruner=none"]
+        proc = subprocess.run([sys.executable, "-c", _COUNTED_SEARCH, *args], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return next(line for line in proc.stdout.splitlines() if line.startswith("COUNTS"))
+
+    # train and validation tokenised once, one read, one template, for 3 trials
+    assert run("one", 3) == "COUNTS {'encode': 2, 'build_template': 1, 'read_data': 1}"
+    run("fresh", 1)
+    run("fresh", 2)  # trial 1 in a new process
+    run("fresh", 3)  # trial 2 in a new process
+    one, fresh = load(tmp_path, "one"), load(tmp_path, "fresh")
+    assert [t.params for t in one.trials] == [t.params for t in fresh.trials]
+    assert [t.values for t in one.trials] == [t.values for t in fresh.trials]
+    assert [t.intermediate_values for t in one.trials] == [t.intermediate_values for t in fresh.trials]

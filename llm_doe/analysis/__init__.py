@@ -58,6 +58,7 @@ from llm_doe.analysis.confirmation import (
     paired_p_value,
 )
 from llm_doe.analysis.feasibility import constrained, constraint_report
+from llm_doe.analysis.notebook import require_study
 from llm_doe.analysis.pareto import (
     is_multi_objective,
     objective_view,
@@ -76,6 +77,7 @@ from llm_doe.analysis.plots import (
     plot_objective_vs_params,
     plot_roc_curves,
     plot_scientific_isolation,
+    plot_training_loss,
 )
 from llm_doe.analysis.scientific import scientific_curves, scientific_isolation, scientific_substudies
 from llm_doe.analysis.tables import (
@@ -83,6 +85,7 @@ from llm_doe.analysis.tables import (
     load_artifacts,
     load_curves,
     load_generations,
+    load_metrics,
     load_roc,
     load_trials,
     space_of,
@@ -122,6 +125,7 @@ __all__ = [
     "load_confirmation",
     "load_curves",
     "load_generations",
+    "load_metrics",
     "load_roc",
     "load_trials",
     "objective_view",
@@ -139,8 +143,10 @@ __all__ = [
     "plot_pareto",
     "plot_roc_curves",
     "plot_scientific_isolation",
+    "plot_training_loss",
     "ranked_trials",
     "rdb_backend",
+    "require_study",
     "rerun_command",
     "scientific_curves",
     "scientific_isolation",

@@ -119,6 +119,49 @@ def plot_learning_curves(curves: pd.DataFrame, *, color_by: str | None = None, a
     return fig
 
 
+def plot_training_loss(metrics: pd.DataFrame, *, color_by: str | None = None, ax: Axes | None = None) -> Figure:
+    """Each trial's training loss against its optimizer steps, coloured by a parameter (the learning
+    rate), line style by state as in :func:`plot_learning_curves`: the curve optuna-dashboard does
+    not draw (it shows the validation metric), read from the trials' ``metrics.jsonl``.
+
+    Each point is the mean training loss over the optimizer steps since the previous evaluation,
+    drawn at the step of that evaluation.
+
+    Args:
+        metrics: From :func:`load_metrics`.
+        color_by: As for :func:`plot_learning_curves`.
+        ax: Draw into these axes instead of a new figure.
+    """
+    from matplotlib.lines import Line2D
+
+    fig, ax = _axes(ax, (7.5, 4.5))
+    rows = metrics.dropna(subset=["train_loss"]) if "train_loss" in metrics else metrics.iloc[:0]
+    color_by = color_by or (default_param(metrics) if param_columns(metrics) else None)
+    colour, mappable, numeric = _colouring(rows, color_by) if color_by else (lambda vs: ["C0"] * len(vs), None, True)
+    x = "optimizer_step" if "optimizer_step" in rows else "step"
+    for number, trial in rows.groupby("trial", sort=True):
+        trial = trial.sort_values(x, kind="stable")
+        value = trial[color_by].iloc[0] if color_by else None
+        ax.plot(trial[x], trial["train_loss"], color=colour([value])[0], lw=1.5, alpha=0.9, marker=".",
+                ls=_STATE_STYLE.get(str(trial["state"].iloc[0]), "-"))
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("optimizer step" if x == "optimizer_step" else "evaluation step")
+    ax.set_ylabel("training loss")
+    name = metrics.attrs.get("study_name", "")
+    ax.set_title((f"{name}: " if name else "") + "training loss" + (f" by {color_by}" if color_by else ""))
+    states = sorted(rows["state"].unique()) if len(rows) else []
+    handles = [Line2D([], [], color="black", ls=_STATE_STYLE.get(s, "-"), label=s.lower()) for s in states]
+    if color_by and numeric and mappable is not None:
+        fig.colorbar(mappable, ax=ax, label=color_by)
+    elif color_by and not numeric:
+        handles += [Line2D([], [], color=colour([v])[0], label=f"{color_by}={v}") for v in pd.unique(rows[color_by])]
+    if handles:
+        ax.legend(handles=handles, fontsize="small", loc="best")
+    return fig
+
+
 def plot_roc_curves(roc: pd.DataFrame, *, label_by: str | None = None, ax: Axes | None = None) -> Figure:
     """The trials' ROC curves overlaid, labelled and coloured by a parameter (the learning rate).
 

@@ -297,19 +297,72 @@ def _artifact_store(artifacts_dir: str | os.PathLike[str] | Any, attrs: Mapping[
 def _trial_csvs(storage: StudyRef, study_name: str | None, trials: pd.DataFrame, filename: str,
                 artifacts_dir: Any, numbers: Iterable[int] | None) -> Iterator[tuple[int, pd.DataFrame]]:
     """(trial number, frame) for each trial's CSV artifact called ``filename`` (its latest)."""
+    def read(handle: Any) -> pd.DataFrame:
+        return pd.read_csv(handle, keep_default_na=False) if filename != "roc.csv" else pd.read_csv(handle)
+
+    yield from _trial_files(storage, study_name, trials, (filename,), artifacts_dir, numbers, lambda handle, _: read(handle))
+
+
+def _trial_files(storage: StudyRef, study_name: str | None, trials: pd.DataFrame, filenames: Sequence[str],
+                 artifacts_dir: Any, numbers: Iterable[int] | None,
+                 read: Any) -> Iterator[tuple[int, pd.DataFrame]]:
+    """(trial number, ``read(handle, filename)``) for each trial's artifact named by the first of
+    ``filenames`` it has (its latest upload)."""
     metas = load_artifacts(storage, study_name)
-    metas = metas[metas["filename"] == filename].drop_duplicates("trial", keep="last")
+    metas = metas[metas["filename"].isin(list(filenames))]
+    rank = metas["filename"].map({name: i for i, name in enumerate(filenames)})
+    metas = metas[rank == rank.groupby(metas["trial"]).transform("min")].drop_duplicates("trial", keep="last")
     if numbers is not None:
         metas = metas[metas["trial"].isin(list(numbers))]
     store = _artifact_store(artifacts_dir, trials.attrs, metas["artifact_id"].iloc[0] if len(metas) else None)
-    for number, artifact_id in zip(metas["trial"], metas["artifact_id"]):
+    for number, artifact_id, filename in zip(metas["trial"], metas["artifact_id"], metas["filename"]):
         try:
             with store.open_reader(artifact_id) as handle:
-                frame = pd.read_csv(handle, keep_default_na=False) if filename != "roc.csv" else pd.read_csv(handle)
+                frame = read(handle, filename)
         except _MISSING_ARTIFACT:
             raise FileNotFoundError(f"trial {number}'s {filename} (artifact {artifact_id}) is missing from the "
                                     "study's artifact store") from None
         yield int(number), frame
+
+
+def load_metrics(storage: StudyRef, study_name: str | None = None, *,
+                 artifacts_dir: str | os.PathLike[str] | Any | None = None,
+                 numbers: Iterable[int] | None = None) -> pd.DataFrame:
+    """Every trial's evaluations as its ``metrics.jsonl`` artifact records them, in long form:
+    what Optuna's intermediate values leave out, above all the training loss.
+
+    Args:
+        storage: As for :func:`load_trials`.
+        study_name: As for :func:`load_trials`.
+        artifacts_dir: As for :func:`load_roc`.
+        numbers: Only these trials (default: every trial that uploaded its evaluations).
+
+    Returns:
+        One row per evaluation: ``trial``, ``step`` (the evaluation index), ``optimizer_step``,
+        ``epoch``, ``examples_seen``, ``train_loss`` (the mean training loss since the previous
+        evaluation), ``learning_rate``, the task's metrics (``val_loss``, ...), then ``state``,
+        ``value`` and one column per parameter; ``attrs`` as for :func:`load_trials`.
+    """
+    from llm_doe.artifacts import read_metrics
+
+    def read(handle: Any, filename: str) -> pd.DataFrame:
+        return pd.DataFrame(read_metrics(handle.read().decode("utf-8"), filename))
+
+    trials = load_trials(storage, study_name)
+    by_number = trials.set_index("number")
+    parts = [rows.assign(trial=number) for number, rows in
+             _trial_files(storage, study_name, trials, ("metrics.jsonl", "metrics.json"), artifacts_dir, numbers, read)
+             if len(rows)]
+    columns = ["trial", "step", "optimizer_step", "epoch", "examples_seen", "train_loss", "learning_rate"]
+    out = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame({c: [] for c in columns})
+    out = out[[c for c in columns if c in out] + [c for c in out if c not in columns]]
+    out = out.astype({"trial": "int64"}).sort_values(["trial", "step"], kind="stable").reset_index(drop=True)
+    out["state"] = out["trial"].map(by_number["state"]).astype(str)
+    out["value"] = out["trial"].map(by_number["value"]) if "value" in by_number else np.nan
+    for name in param_columns(trials):
+        out[name] = out["trial"].map(by_number[name])
+    out.attrs.update(trials.attrs)
+    return out
 
 
 def load_generations(storage: StudyRef, study_name: str | None = None, *,

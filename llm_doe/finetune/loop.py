@@ -335,6 +335,8 @@ class _Run:
             self.rng.bit_generator.state = self.st.epoch_rng
         self.running = torch.tensor(self.st.running_sum, device=rt.device)
         self.first_step_at: float | None = None
+        self.bar_shown = False  # a progress bar on a terminal: no progress lines then
+        self.logged_at = time.perf_counter()  # the last progress line (or the run's start)
         self.finish_time = 0.0  # the task's after-training extras (sample generations), in eval_time too
         self.t_train = time.perf_counter()
 
@@ -342,6 +344,7 @@ class _Run:
         bar = _progress(self.total_steps, self.rt.progress, self.hooks.desc)
         if bar is not None:
             bar.update(self.st.step)
+            self.bar_shown = not bar.disable  # tqdm disables itself when stderr is no terminal
         stop_reason = "completed"
         try:
             for epoch in range(self.st.epoch, math.ceil(self.total_steps / self.steps_per_epoch)):
@@ -432,8 +435,25 @@ class _Run:
         st.running_n += 1
         if self.first_step_at is None:
             self.first_step_at = time.perf_counter()
-        if st.step % self.rt.log_every_steps == 0 and not torch.isfinite(self.running).item():
+        by_steps = st.step % self.rt.log_every_steps == 0
+        if by_steps and not torch.isfinite(self.running).item():
             raise Diverged(f"non-finite training loss at optimizer step {st.step}")
+        if not self.bar_shown:
+            now = time.perf_counter()
+            if by_steps or (self.rt.log_every_s > 0 and now - self.logged_at >= self.rt.log_every_s):
+                self._log_progress(now)
+
+    def _log_progress(self, now: float) -> None:
+        """One progress line, for output that goes to a file or a pipe (no bar there): the step,
+        the mean training loss since the last evaluation, the throughput and the time so far."""
+        st = self.st
+        train_time = st.train_time + (now - self.t_train)  # this stretch of training is not counted yet
+        loss = float(self.running.item()) / max(1, st.running_n)
+        log.info("%s: step %d/%d (epoch %d), train_loss %.4g, %.1f examples/s, %.0f tokens/s, %.0fs elapsed",
+                 self.hooks.desc, st.step, self.total_steps, st.epoch + 1, loss,
+                 st.examples / train_time if train_time > 0 else 0.0, st.tokens / train_time if train_time > 0 else 0.0,
+                 now - self.started_at)
+        self.logged_at = now
 
     def _accumulate(self, index: np.ndarray) -> torch.Tensor:
         """Forward and backward one batch as micro-batches of ``st.micro_batch_size``, so

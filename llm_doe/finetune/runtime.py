@@ -23,6 +23,7 @@ class Runtime:
     dtype: torch.dtype | None  # autocast dtype, None = fp32
     log_every_steps: int = 20
     progress: bool = False
+    log_every_s: float = 30.0  # progress lines at least this often when no bar shows (0: by steps only)
 
     @property
     def precision(self) -> str:
@@ -51,7 +52,8 @@ def native_bf16(device: torch.device) -> bool:
     return False
 
 
-def resolve_runtime(device: str, precision: str, log_every_steps: int = 20, progress: bool = False) -> Runtime:
+def resolve_runtime(device: str, precision: str, log_every_steps: int = 20, progress: bool = False,
+                    log_every_s: float = 30.0) -> Runtime:
     """auto device = CUDA when present; auto precision = bf16 autocast where the device computes
     bf16 natively (:func:`native_bf16`), else fp32. Weights and optimizer state stay fp32."""
     if device == "auto":
@@ -64,7 +66,7 @@ def resolve_runtime(device: str, precision: str, log_every_steps: int = 20, prog
     if dev.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    return Runtime(dev, dtype, log_every_steps, progress)
+    return Runtime(dev, dtype, log_every_steps, progress, log_every_s)
 
 
 def peak_memory_mb(device: torch.device) -> float:
