@@ -25,7 +25,7 @@ import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import optuna
 from omegaconf import DictConfig, OmegaConf
@@ -146,7 +146,8 @@ def check_same_experiment(composed: Composed, parent: optuna.Study, *, ignore: f
     (:func:`llm_doe.experiment.check_same_experiment`); only the advice differs."""
     command = (parent.user_attrs.get("provenance") or {}).get("command")
     hint = "pass the overrides the search ran with" + (f"; the search ran: {command}" if command else "")
-    experiment.check_same_experiment(composed.dict_config, composed.config, parent, hint=hint, ignore=ignore)
+    experiment.check_same_experiment(composed.dict_config, composed.config, cast(experiment.StoredStudy, parent), hint=hint,
+                                     ignore=ignore)
 
 
 def top_trials(study: optuna.Study, k: int) -> list[FrozenTrial]:

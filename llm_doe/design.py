@@ -68,7 +68,7 @@ def scientific_values(key: str, dist: optuna.distributions.BaseDistribution, poi
     (scrambled Halton: any count, unlike Sobol's powers of two) points of a continuous range,
     on a log scale where the range is."""
     try:
-        return grid_values({key: dist})[key]
+        return grid_values(SearchSpace({key: dist}))[key]
     except ConfigError:
         pass
     from scipy.stats import qmc

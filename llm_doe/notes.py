@@ -43,7 +43,8 @@ def describe_distribution(dist: optuna.distributions.BaseDistribution) -> tuple[
     if getattr(dist, "log", False):
         scale = "log"
     else:
-        scale = f"step {_cell(dist.step)}" if getattr(dist, "step", None) else "linear"
+        step = getattr(dist, "step", None)
+        scale = f"step {_cell(step)}" if step else "linear"
     return kind, f"{_cell(dist.low)} .. {_cell(dist.high)} ({scale})"  # type: ignore[attr-defined]
 
 

@@ -217,7 +217,7 @@ def _user_task(name: str, target: str) -> TaskSpec:
         spec, path = found, found.target
     elif isinstance(found, type) and isinstance(getattr(found, "spec", None), TaskSpec):
         # The class named is the one to build, whatever target a spec copied from another task says.
-        spec, path = found.spec, f"{found.__module__}.{found.__qualname__}"
+        spec, path = found.spec, f"{found.__module__}.{found.__qualname__}"  # type: ignore[attr-defined]
     else:
         raise ConfigError("task.target", f"{target!r} must be a Task subclass with a class attribute "
                                          "spec = TaskSpec(...), or a TaskSpec")

@@ -16,7 +16,7 @@ import html
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pandas as pd
 
@@ -433,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
             names = analysis.study_names(store)
         except ValueError as err:  # not an Optuna store
             raise ConfigError("storage", str(err)) from None
-        if cfg.study.name not in names and not analysis.scientific_substudies(store, cfg.study.name):
+        if cfg.study.name not in names and not analysis.scientific_substudies(store, cast(str, cfg.study.name)):
             raise ConfigError("study.name", f"no study {cfg.study.name!r} in the store; it holds: "
                                             f"{', '.join(sorted(names)) or 'no study'}")
         path = Path(out) if out else Path("studies") / str(cfg.study.name) / "report.html"

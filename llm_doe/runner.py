@@ -82,7 +82,7 @@ class ProgressCallback:
             self.failures += 1
             value = f"reason={trial.user_attrs.get('fail_reason', '?')}"
         elif trial.state == optuna.trial.TrialState.PRUNED:
-            last = trial.intermediate_values.get(trial.last_step)
+            last = None if trial.last_step is None else trial.intermediate_values.get(trial.last_step)
             value = f"pruned at eval {trial.last_step} ({self.metric}={fmt(last, 4)})"
         else:
             value = " ".join(f"{m}={fmt(v, 4)}" for m, v in zip(self.metrics, trial.values or ()))

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Any
+from typing import Any, cast
 
 from omegaconf import OmegaConf
 
@@ -49,7 +49,7 @@ def prepare(composed: Composed) -> tuple[Any, Any]:
 
     cfg = composed.config
     check_files(cfg)  # before anything loads torch (the task's prepare below): a missing file is one line at once
-    design = plan(cfg.study.name, composed.dict_config, cfg.study.space, cfg.study.n_trials,
+    design = plan(cast(str, cfg.study.name), composed.dict_config, cfg.study.space, cfg.study.n_trials,
                   cfg.study.scientific_points, cfg.sampler.seed)
     if not design.arms[0].space:
         raise ConfigError("study.space", "is empty: nothing to search (pick a study with +study=NAME)")

@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import optuna
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -186,7 +186,7 @@ def _from_grammar(key: str, text: str) -> Distribution:
         return _numeric(key, "int" if is_int else "float", value.start, high, log, step)
     if isinstance(value, IntervalSweep):
         is_int = isinstance(value.start, int) and isinstance(value.end, int)
-        return _numeric(key, "int" if is_int else "float", value.start, value.end, log, None)
+        return _numeric(key, "int" if is_int else "float", cast(float, value.start), cast(float, value.end), log, None)
     raise ConfigError(name, f"unsupported sweep {text!r}")
 
 

@@ -18,7 +18,7 @@ import sys
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import optuna
 from omegaconf import DictConfig
@@ -26,7 +26,7 @@ from optuna.distributions import BaseDistribution
 
 from llm_doe import constraints
 from llm_doe import optuna_compat as compat
-from llm_doe.experiment import NEW_STUDY_HINT, check_same_experiment
+from llm_doe.experiment import NEW_STUDY_HINT, StoredStudy, check_same_experiment
 from llm_doe.liveness import fail_and_requeue  # noqa: F401 - re-exported: the README's lost-host command
 from llm_doe.schema import (
     Config,
@@ -219,9 +219,9 @@ def check_resume(config: DictConfig, cfg: Config, space: SearchSpace, name: str 
     ``config`` is the run's composed config (a sub-study's, its scientific values applied).
     Raises ConfigError naming the first key that differs; reads the store, writes nothing.
     """
-    stored = existing_study(cfg, name or cfg.study.name)
+    stored = existing_study(cfg, cast(str, name or cfg.study.name))  # validated: set
     if stored is not None:
-        check_same_experiment(config, cfg, stored, hint=NEW_STUDY_HINT, space=space_to_json(space))
+        check_same_experiment(config, cfg, cast(StoredStudy, stored), hint=NEW_STUDY_HINT, space=space_to_json(space))
 
 
 def open_study(cfg: Config, storage: optuna.storages.BaseStorage, sampler: optuna.samplers.BaseSampler,
@@ -230,7 +230,7 @@ def open_study(cfg: Config, storage: optuna.storages.BaseStorage, sampler: optun
     """Create the study (``name``, default ``study.name``) or load it to resume; record
     provenance (and ``attrs``) on first creation, and each run's command."""
     study = optuna.create_study(storage=storage, sampler=sampler, pruner=pruner, study_name=name or cfg.study.name,
-                                directions=resolved_directions(cfg), load_if_exists=True)
+                                directions=cast(list[Any], resolved_directions(cfg)), load_if_exists=True)
     if "space" not in study.user_attrs:
         from llm_doe.notes import readable_attrs
 
@@ -333,7 +333,7 @@ def _rdb_bulk_upsert(trial: optuna.Trial, attrs: dict[str, Any]) -> bool:
         if dialect == "sqlite":
             from sqlalchemy.dialects.sqlite import insert
         elif dialect == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
+            from sqlalchemy.dialects.postgresql import insert  # type: ignore[assignment]  # same call, another dialect
         else:
             return False
         model = models.TrialUserAttributeModel
@@ -430,7 +430,8 @@ def grid_left(study: optuna.Study, space: SearchSpace) -> tuple[list[tuple[Any, 
     """The grid configurations no counted trial has run, runs or waits to run; and those of
     them that a refused trial held (GridSampler counts these as visited and never offers
     them again, so they must be enqueued)."""
-    held, refused = set(), set()
+    held: set[Any] = set()
+    refused: set[Any] = set()
     for trial in study.get_trials(deepcopy=False):
         (held if counted(trial) else refused).add(grid_point(study, trial, space))
     left = [point for point in grid_points(space) if point not in held]

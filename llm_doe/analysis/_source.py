@@ -106,8 +106,8 @@ def _open(ref: StudyRef) -> _Source:
     if not path.is_file():
         raise FileNotFoundError(f"no study store at {path}")
     if _is_sqlite_file(path):
-        url = f"sqlite:///{path.absolute()}"
-        return _Source(label=url, engine=sqlalchemy.create_engine(url), owns_engine=True)
+        sqlite_url = f"sqlite:///{path.absolute()}"
+        return _Source(label=sqlite_url, engine=sqlalchemy.create_engine(sqlite_url), owns_engine=True)
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 

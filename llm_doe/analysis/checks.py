@@ -130,7 +130,7 @@ def failure_report(table: pd.DataFrame) -> pd.Series:
     states = table.loc[~requeued, "state"].value_counts()
     reasons = table["fail_reason"] if "fail_reason" in table else pd.Series([], dtype=object)
     diverged = int(reasons.dropna().astype(str).str.startswith("diverged").sum())
-    counts = {
+    counts: dict[str, float] = {
         "trials": n,
         "complete": int(states.get("COMPLETE", 0)),
         "pruned": int(states.get("PRUNED", 0)),
@@ -337,7 +337,7 @@ def rerun_command(table: pd.DataFrame, number: int | None = None) -> str:
     settings, so the rerun reproduces the trial (on the same hardware and versions).
     """
     row = best_trial(table) if number is None else table.set_index("number").loc[number].rename(number)
-    trial_number = int(row["number"]) if "number" in row.index else int(row.name)  # type: ignore[arg-type]
+    trial_number = int(row["number"]) if "number" in row.index else int(row.name)
     name = table.attrs.get("study_name", "study")
     head, overrides = _search_overrides(table)
     keep = [a for a in overrides if not re.match(r"^\+{0,2}study\.(name|n_trials|enqueue|warm_start)[.=]", a)]

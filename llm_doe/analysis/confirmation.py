@@ -50,7 +50,7 @@ def _mean_ci(values: np.ndarray, level: float) -> tuple[float, float, float, flo
 
     n = len(values)
     if n == 0:
-        return (math.nan,) * 4  # type: ignore[return-value]
+        return (math.nan,) * 4
     mean = float(np.mean(values))
     if n < 2:
         return mean, math.nan, math.nan, math.nan
@@ -172,8 +172,8 @@ def _summaries(done: pd.DataFrame, params: list[str], pair: list[str], level: fl
             values = pd.to_numeric(group[q], errors="coerce").to_numpy(float)
             mean, std, low, high = _mean_ci(values[np.isfinite(values)], level)
             row.update({f"{q}_mean": mean, f"{q}_std": std, f"{q}_ci_low": low, f"{q}_ci_high": high})
-        rows[int(trial)] = row  # type: ignore[arg-type]
-        keyed[int(trial)] = pd.Series(group["value"].astype(float).to_numpy(),  # type: ignore[arg-type]
+        rows[int(trial)] = row
+        keyed[int(trial)] = pd.Series(group["value"].astype(float).to_numpy(),
                                       index=pd.MultiIndex.from_frame(group[pair].astype(object)))
     return rows, keyed
 

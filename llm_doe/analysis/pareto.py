@@ -131,7 +131,7 @@ def plot_pareto(trials: pd.DataFrame, *, x: str | None = None, y: str | None = N
 
         fig = Figure(figsize=(6.0, 4.0), layout="constrained")
         ax = fig.add_subplot()
-    fig = ax.figure
+    fig = ax.figure  # type: ignore[assignment]  # a SubFigure only when the caller drew into one
     mask = trials["pareto"] if "pareto" in trials.columns else pareto_mask(trials)
     done = trials[(trials["state"] == "COMPLETE")]
     xs, ys = f"values_{xi}", f"values_{yi}"
@@ -152,7 +152,7 @@ def plot_pareto(trials: pd.DataFrame, *, x: str | None = None, y: str | None = N
         ax.set_xscale("log")  # parameter counts span orders of magnitude
     ax.legend(loc="best", fontsize=8)
     ax.set_title(f"{trials.attrs.get('study_name', '')}: {y} against {x}")
-    return fig  # type: ignore[return-value]
+    return fig
 
 
 def objective_view(trials: pd.DataFrame, objective: str | int = 0) -> pd.DataFrame:

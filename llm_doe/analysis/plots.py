@@ -139,7 +139,7 @@ def plot_training_loss(metrics: pd.DataFrame, *, color_by: str | None = None, ax
     color_by = color_by or (default_param(metrics) if param_columns(metrics) else None)
     colour, mappable, numeric = _colouring(rows, color_by) if color_by else (lambda vs: ["C0"] * len(vs), None, True)
     x = "optimizer_step" if "optimizer_step" in rows else "step"
-    for number, trial in rows.groupby("trial", sort=True):
+    for _, trial in rows.groupby("trial", sort=True):
         trial = trial.sort_values(x, kind="stable")
         value = trial[color_by].iloc[0] if color_by else None
         ax.plot(trial[x], trial["train_loss"], color=colour([value])[0], lw=1.5, alpha=0.9, marker=".",

@@ -203,7 +203,7 @@ def load_trials(storage: StudyRef, study_name: str | None = None, *,
     if user_attrs is True:
         keys: list[str] | None = None
     else:
-        extra = [] if user_attrs is False else [str(k) for k in user_attrs]  # type: ignore[union-attr]
+        extra = [] if user_attrs is False else [str(k) for k in user_attrs]
         keys = [*_BASE_ATTRS, *extra]
     raw = read_raw(storage, study_name, keys)
     if user_attrs is True:

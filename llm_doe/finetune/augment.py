@@ -40,7 +40,7 @@ def _swap(words: list[str], p: float, rng: np.random.Generator) -> list[str]:
         return words
     for i in np.flatnonzero(rng.random(len(words)) < p):
         j = int(rng.integers(len(words) - 1))
-        j += j >= i  # another position
+        j += int(j >= i)  # another position
         words[i], words[j] = words[j], words[i]
     return words
 

@@ -398,7 +398,7 @@ class _Run:
         st = self.st
         if epoch != st.epoch or st.epoch_rng is None:
             st.epoch, st.batches_done = epoch, 0
-        st.epoch_rng = self.rng.bit_generator.state
+        st.epoch_rng = dict(self.rng.bit_generator.state)
         batches = batch_order(self.data.train.lengths, self.cfg.batch_size, self.rng, self.cfg.group_by_length)
         for in_epoch, index in enumerate(batches, 1):
             if in_epoch <= st.batches_done:
@@ -487,7 +487,7 @@ class _Run:
                 if self.cfg.micro_batch_size != "auto" or st.micro_batch_size == 1:
                     raise
                 self.optimizer.zero_grad(set_to_none=True)
-                batch = logits = loss = None  # drop the activations before retrying
+                batch = logits = loss = None  # type: ignore[assignment]  # drop the activations before retrying
                 if rt.device.type == "cuda":
                     torch.cuda.empty_cache()
                 st.micro_batch_size = max(1, st.micro_batch_size // 2)

@@ -16,7 +16,7 @@ import copy
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 import transformers
@@ -160,10 +160,10 @@ class ModelFactory:
         torch.manual_seed(seed)
         for name in self.fresh_modules:
             for sub in walk(model.get_submodule(name)):
-                model._init_weights(sub)  # type: ignore[operator]
+                model._init_weights(sub)
         for module, original in zip(walk(model), self.template.modules(), strict=True):
             if isinstance(module, nn.Dropout):
-                module.p = original.p if dropout is None else dropout
+                module.p = cast(float, original.p) if dropout is None else dropout
         _restore_config(model, self.template)
         if dropout is not None:
             for attr in DROPOUT_CONFIG_ATTRS:
@@ -216,19 +216,19 @@ def _reset_like(model: nn.Module, template: nn.Module) -> None:
     rates and the config, as :func:`set_dropout` changes them), the config, and which parameters train."""
     for module, original in zip(model.modules(), template.modules(), strict=True):
         if isinstance(module, nn.Dropout):
-            module.p = original.p
+            module.p = cast(float, original.p)
         for attr in _float_rates(original):
             setattr(module, attr, getattr(original, attr))
     _restore_config(model, template)
-    for param, original in zip(model.parameters(), template.parameters(), strict=True):
-        param.requires_grad_(original.requires_grad)
+    for param, template_param in zip(model.parameters(), template.parameters(), strict=True):
+        param.requires_grad_(template_param.requires_grad)
 
 
 _FACTORIES: dict[tuple[Any, ...], ModelFactory] = {}
 
 
 def _tiny(cfg: ModelConfig, tokenizer: Any, num_labels: int, auto_class: Any) -> ModelFactory:
-    config = BertConfig(
+    config = BertConfig(  # type: ignore[call-arg]  # num_labels is PreTrainedConfig's keyword
         vocab_size=len(tokenizer), hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers,
         num_attention_heads=cfg.num_heads, intermediate_size=cfg.intermediate_size,
         max_position_embeddings=512, num_labels=num_labels, pad_token_id=tokenizer.pad_token_id,

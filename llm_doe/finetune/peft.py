@@ -62,7 +62,7 @@ def resolve_targets(model: nn.Module, targets: Any, method: str = "lora") -> Any
                                                      "a list of module names")
         if targets == "all_linear":
             return "all-linear"
-        family = _FAMILY.get(model.config.model_type)
+        family = _FAMILY.get(str(model.config.model_type))
         if family is None:
             raise ConfigError("peft.target_modules", f"no {targets!r} preset for model type "
                                                      f"{model.config.model_type!r}: give a list of module names "
@@ -299,7 +299,7 @@ def param_counts(model: nn.Module) -> dict[str, int]:
 def _lora(cfg: PeftConfig, model: nn.Module, task_type: str | None) -> Any:
     import peft
 
-    return peft.LoraConfig(r=cfg.r, lora_alpha=lora_alpha(cfg), lora_dropout=cfg.dropout,
+    return peft.LoraConfig(r=cfg.r, lora_alpha=lora_alpha(cfg),  # type: ignore[arg-type]  # peft takes a float alpha lora_dropout=cfg.dropout,
                            target_modules=resolve_targets(model, cfg.target_modules), use_rslora=cfg.use_rslora,
                            task_type=task_type)
 
@@ -308,7 +308,7 @@ def _ia3(cfg: PeftConfig, model: nn.Module, task_type: str | None) -> Any:
     import peft
 
     targets = resolve_targets(model, cfg.target_modules, "ia3")
-    family = _FAMILY.get(model.config.model_type)
+    family = _FAMILY.get(str(model.config.model_type))
     feedforward = [t for t in (_IA3_FEEDFORWARD.get(family or "", [])) if isinstance(targets, list) and t in targets]
     return peft.IA3Config(target_modules=targets, feedforward_modules=feedforward, task_type=task_type)
 

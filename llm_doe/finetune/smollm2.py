@@ -83,7 +83,7 @@ def _convert(source: Path, folder: Path) -> None:
     config = quantised.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
-    plain = LlamaForCausalLM(config)
+    plain = LlamaForCausalLM(config)  # type: ignore[arg-type]  # a LlamaConfig, read from the GGUF file
     plain.load_state_dict(quantised.state_dict(), strict=True)
     plain.generation_config = quantised.generation_config
     plain.save_pretrained(folder)

@@ -15,4 +15,4 @@ def init_module_weights(model: nn.Module, module: nn.Module) -> None:
     No public API initialises one module: ``PreTrainedModel.initialize_weights()`` (public)
     initialises the whole model, and ``post_init()`` too.
     """
-    model._init_weights(module)  # type: ignore[operator]
+    model._init_weights(module)

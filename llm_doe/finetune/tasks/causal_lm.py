@@ -156,7 +156,7 @@ def _chunked_token_loss(decoder: nn.Module, head: nn.Module, batch: dict[str, to
 
 
 def _is_prompt_learning(model: nn.Module) -> bool:
-    config = getattr(model, "peft_config", None)
+    config: Any = getattr(model, "peft_config", None)
     return bool(config) and config[model.active_adapter].is_prompt_learning
 
 

@@ -6,7 +6,7 @@ import csv
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -114,7 +114,7 @@ class ClassificationTask(Task):
         return mean * (len(batch["labels"]) / units)
 
     def evaluator(self, data: Encoded, model: nn.Module) -> Evaluator:
-        return _ClassificationEvaluator(data, model.config.num_labels)
+        return _ClassificationEvaluator(data, cast(int, model.config.num_labels))
 
     def prepare_export(self, model: nn.Module, prepared: Prepared) -> None:
         """The label names in ``id2label``: ``pipeline`` and the model card name the classes."""
