@@ -4,6 +4,7 @@
 # redone when pyproject.toml changes).
 #
 #   make test ARGS='-m "not slow" -x'              arguments for pytest
+#   make lint                                        ruff and mypy, as CI runs them
 #   make search STUDY=smoke ARGS='study.n_trials=2'  another study, overrides
 #   make setup TORCH_INDEX=https://download.pytorch.org/whl/cu126   a CUDA build of torch
 #   make setup TORCH_SPEC=                           keep no torch pin: pip's default build (CUDA on Linux)
@@ -19,7 +20,7 @@ ARGS ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.llm_doe-installed
 
-.PHONY: setup test search
+.PHONY: setup test search lint
 
 setup: $(STAMP)
 
@@ -36,6 +37,11 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(ARGS)
+
+# ruff and mypy, configured in pyproject.toml; CI runs this before the tests.
+lint: $(STAMP)
+	$(BIN)/python -m ruff check .
+	$(BIN)/python -m mypy
 
 search: $(STAMP)
 	$(BIN)/python -m llm_doe.search +study=$(STUDY) $(ARGS)
