@@ -129,8 +129,9 @@ def _decoder_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
     if key not in _PLAIN_HEAD:
         probe = torch.tensor([[1, 2, 3, 4]], device=next(base.parameters()).device)
         try:
-            own = model(input_ids=probe, attention_mask=torch.ones_like(probe)).logits.float()
-            mine = head(decoder(input_ids=probe, attention_mask=torch.ones_like(probe)).last_hidden_state).float()
+            mask = torch.ones_like(probe)
+            own = model(input_ids=probe, attention_mask=mask, use_cache=False).logits.float()
+            mine = head(decoder(input_ids=probe, attention_mask=mask, use_cache=False).last_hidden_state).float()
             _PLAIN_HEAD[key] = own.shape == mine.shape and torch.allclose(own, mine, rtol=1e-4, atol=1e-4)
         except (TypeError, AttributeError, ValueError):
             _PLAIN_HEAD[key] = False
@@ -144,7 +145,8 @@ def _chunked_token_loss(decoder: nn.Module, head: nn.Module, batch: dict[str, to
     """:func:`_token_loss` without the batch's full-vocabulary logits: the final hidden states,
     then the head and the cross-entropy on the label positions only, ``LOSS_CHUNK_TOKENS`` at a
     time (no vocabulary-wide logits for prompt or padding tokens, and at most a chunk's in fp32)."""
-    hidden = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    hidden = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                     use_cache=False).last_hidden_state
     labels = batch["labels"][:, 1:]
     keep = labels != IGNORE_INDEX
     states, targets = hidden[:, :-1][keep], labels[keep]
@@ -185,8 +187,8 @@ class _CausalLMEvaluator(Evaluator):
         """The batch's summed token loss, reduced chunk by chunk where the model allows."""
         parts = _decoder_and_head(model)
         if parts is None:
-            return _token_loss(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits,
-                               batch["labels"])
+            return _token_loss(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                     use_cache=False).logits, batch["labels"])
         return _chunked_token_loss(*parts, batch)
 
     def update(self, output: torch.Tensor, batch: dict[str, torch.Tensor], index: np.ndarray) -> None:
