@@ -120,7 +120,7 @@ BAD = [
     (["study.n_trials=0"], "study.n_trials", ">= 1"),
     (["data.seed=-1"], "data.seed", "must be in [0, 2**32 - 2)"),
     (["data.test_seed=-5"], "data.test_seed", "must be null or in [0, 2**32)"),
-    (["data.truncation=drop"], "data.truncation", "drop applies to task=causal_lm"),
+    (["data.truncation=drop"], "data.truncation", "drop applies to chat data"),
 ]
 
 

@@ -160,10 +160,12 @@ class ModelFactory:
         torch.manual_seed(seed)
         for name in self.fresh_modules:
             for sub in walk(model.get_submodule(name)):
-                model._init_weights(sub)
+                init_module_weights(model, sub)
         for module, original in zip(walk(model), self.template.modules(), strict=True):
             if isinstance(module, nn.Dropout):
                 module.p = cast(float, original.p) if dropout is None else dropout
+            for attr in _float_rates(original):  # Llama's attention: a float rate, not an nn.Dropout
+                setattr(module, attr, getattr(original, attr) if dropout is None else dropout)
         _restore_config(model, self.template)
         if dropout is not None:
             for attr in DROPOUT_CONFIG_ATTRS:
