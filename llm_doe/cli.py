@@ -188,16 +188,24 @@ def compose_from_store(overrides: list[str], own: tuple[str, ...] = ()) -> Compo
                                    f"(one of {', '.join(sorted(p.stem for p in (CONF_DIR / 'study').glob('*.yaml')))})")
     composed = compose_config(overrides)
     cfg = composed.config
-    name, where = str(cfg.study.name), storage_label(cfg.storage)
-    if not store_exists(cfg.storage):
+    name, storage = str(cfg.study.name), cfg.storage
+    base = name.split("[", 1)[0]
+    if base != name and not any(_key(o).split(".")[0] == "storage" for o in overrides):
+        # A sub-study ("NAME[key=value]") lives in its study's store: the defaults follow NAME.
+        probe = OmegaConf.create(OmegaConf.to_container(composed.dict_config, resolve=False))
+        probe.study.name = base
+        storage = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), probe)).storage  # type: ignore[union-attr]
+    where = storage_label(storage)
+    if not store_exists(storage):
         # The default store is studies/NAME.db: the stores beside it name the studies there.
-        db = sqlite_path(cfg.storage.url) if cfg.storage.kind == "rdb" else None
+        db = sqlite_path(storage.url) if storage.kind == "rdb" else None
         others = sorted(p.name for p in db.parent.glob("*.db")) if db is not None and db.parent.is_dir() else []
         beside = f"; stores in {db.parent}/: {', '.join(others)}" if db is not None and others else ""
         raise ConfigError("study.name", f"no study {name!r}: no store at {where}{beside} (or give the storage.* "
                                         "the search ran with)")
-    _, summaries = open_store(cfg.storage,
-                              lambda store: optuna.get_all_study_summaries(store, include_best_trial=False))
+    # Read-only: a file that is no study store is refused untouched, and nothing is written here.
+    _, summaries = open_store(storage, lambda store: optuna.get_all_study_summaries(store, include_best_trial=False),
+                              read_only=True)
     found = {s.study_name: s for s in summaries}
     # A designed study's sub-studies ("NAME[...]") each record the study's config.
     study = found.get(name) or next((found[n] for n in sorted(found) if n.startswith(f"{name}[")), None)
@@ -213,12 +221,17 @@ def compose_from_store(overrides: list[str], own: tuple[str, ...] = ()) -> Compo
     try:
         merged = OmegaConf.merge(OmegaConf.structured(Config), stored)
         assert isinstance(merged, DictConfig)
+        # How the search was started (a warm start, enqueued points) is not the study's to repeat:
+        # a store written before warm_start.top_k defaulted to null records top_k: 3 alone.
+        defaults = OmegaConf.structured(Config)
+        merged.study.warm_start = defaults.study.warm_start
+        merged.study.enqueue = defaults.study.enqueue
         for override in overrides:
             key = _key(override)
             if key != "hydra" and not key.startswith("hydra."):
                 OmegaConf.update(merged, key, OmegaConf.select(OmegaConf.create(given), key), merge=False)
         for key in ("kind", "url", "journal_path"):  # the store is where it was found (a stored URL is masked)
-            merged.storage[key] = given["storage"][key]
+            merged.storage[key] = getattr(storage, key)
         typed: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
     except OmegaConfBaseException as err:
         reason = str(err).splitlines()[0]

@@ -124,6 +124,8 @@ class PeftMethodSpec:
     decoder_only: bool = False
     #: Whether ``final`` can merge it into weights ``from_pretrained`` loads.
     mergeable: bool = True
+    #: Whether it puts virtual tokens before each row (prefix, prompt): no packed rows then.
+    virtual_tokens: bool = False
 
     @property
     def adapters(self) -> bool:

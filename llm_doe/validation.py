@@ -59,7 +59,7 @@ def _validate_task_and_model(cfg: Config) -> None:
            f"must be completion or all, got {cfg.task.loss_on!r}")
     _check(cfg.task.packing in (True, False, "auto"), "task.packing",
            f"must be true, false or auto, got {cfg.task.packing!r}")
-    _check(not (cfg.task.packing is True and cfg.peft.method in ("prefix", "prompt")), "task.packing",
+    _check(not (cfg.task.packing is True and peft_method(cfg.peft.method).virtual_tokens), "task.packing",
            f"peft.method={cfg.peft.method} puts virtual tokens before each row, so one packed row cannot hold "
            "several conversations: use task.packing=auto or false")
     _check(cfg.task.sample_prompts >= 0, "task.sample_prompts", f"must be >= 0, got {cfg.task.sample_prompts}")
@@ -225,12 +225,21 @@ def _validate_search(cfg: Config) -> None:
 def _check_study_name(name: str) -> None:
     """A study name is one folder and file name: the store, the artifacts, the checkpoints, the
     run folders and the final export are ``studies/<name>...`` by default, so a name that leaves
-    the folder (``..``, ``/``, an absolute path) would write elsewhere."""
-    bad = next((part for part in ("/", "\\", "\0") if part in name), None)
-    if bad is None and name in (".", ".."):
-        bad = name
+    the folder (``..``, ``/``, an absolute path) would write elsewhere.
+
+    A scientific sub-study ("NAME[key=value]", as the search names them) may hold a value with a
+    slash (``model.name_or_path=org/model``): its paths nest under ``studies/NAME[...`` but must
+    not climb out of ``studies/``."""
+    base, bracket, _ = name.partition("[")
+    bad = next((part for part in ("/", "\\", "\0") if part in base), None)
+    if bad is None and base in (".", ".."):
+        bad = base
     _check(bad is None, "study.name", f"{name!r} is not a plain name ({bad!r} in it): it names the study's folder "
                                       "and files under studies/, so it may not contain / or \\ or be . or ..")
+    if bracket:
+        inside = os.path.normpath(os.path.join("studies", name))
+        _check("\0" not in name and inside.startswith("studies" + os.sep), "study.name",
+               f"{name!r} would name paths outside studies/")
 
 
 def _validate_objectives(cfg: Config) -> None:

@@ -171,6 +171,68 @@ def test_a_studys_own_setting_is_refused_and_an_unknown_study_lists_the_store(st
     assert "a study in the store is read with study.name=NAME" in capsys.readouterr().err
 
 
+
+def test_reading_a_study_by_name_never_writes_to_a_file_that_is_no_study_store(tmp_path, capsys):
+    """report/final/confirm study.name=NAME open the store read-only: a SQLite file of someone
+    else's keeps its bytes (no Optuna tables, no WAL switch) and the answer is one line."""
+    import hashlib
+    import sqlite3
+
+    from llm_doe import report
+
+    foreign = tmp_path / "people.db"
+    with sqlite3.connect(foreign) as db:
+        db.execute("CREATE TABLE people (name TEXT)")
+    before = hashlib.sha256(foreign.read_bytes()).hexdigest()
+    assert report.main(["study.name=x", f"storage.url=sqlite:///{foreign}", f"hydra.run.dir={tmp_path}/run"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("llm_doe: error: ") and err.count("\n") == 1
+    assert hashlib.sha256(foreign.read_bytes()).hexdigest() == before
+    with sqlite3.connect(foreign) as db:
+        assert [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")] == ["people"]
+
+
+def test_a_study_recorded_with_a_warm_start_or_an_older_top_k_is_read_by_name(stored_smoke, tmp_path, capsys):
+    """How the search started (warm_start, enqueue) is not the study's to repeat: a store written
+    when warm_start.top_k defaulted to 3 (and no study_name) is still read with study.name=."""
+    import sqlite3
+
+    import optuna
+
+    from llm_doe import report
+
+    with sqlite3.connect(stored_smoke / "own.db") as source, sqlite3.connect(tmp_path / "old.db") as copy:
+        source.backup(copy)  # the WAL's pages too
+    url = f"sqlite:///{tmp_path}/old.db"
+    study = optuna.load_study(study_name="own", storage=url)
+    config = dict(study.user_attrs["config"])
+    config["study"] = {**config["study"], "warm_start": {"study_name": None, "storage": None, "top_k": 3},
+                       "enqueue": [{"train.learning_rate": 1e-3}]}
+    study.set_user_attr("config", config)
+    assert report.main(["study.name=own", f"storage.url={url}", f"hydra.run.dir={tmp_path}/run",
+                        "--out", str(tmp_path / "r.html")]) == 0, capsys.readouterr().err
+    assert (tmp_path / "r.html").is_file()
+
+
+def test_a_sub_studys_name_finds_its_studys_store_and_may_hold_a_slash(tmp_path, capsys, monkeypatch):
+    """confirm/final/report study.name='NAME[key=value]' read the sub-study from NAME's default
+    store (studies/NAME.db), and a scientific value with a slash is a name they accept."""
+    import optuna
+
+    from llm_doe import report
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "studies").mkdir()
+    url = "sqlite:///studies/sci.db"
+    for value in ("org/a", "org/b"):
+        sub = optuna.create_study(study_name=f"sci[model.name_or_path={value}]", storage=url)
+        sub.set_user_attr("config", {"study": {"name": "sci"}})
+    assert report.main(["study.name='sci[model.name_or_path=org/a]'", "--cfg", "job"]) == 0, capsys.readouterr().err
+    assert "url: sqlite:///studies/sci.db" in capsys.readouterr().out
+    assert report.main(["study.name='sci[model.name_or_path=../../../x]'", "--cfg", "job"]) == 2
+    assert "would name paths outside studies/" in capsys.readouterr().err
+
+
 OWN_CHAT = 60
 
 

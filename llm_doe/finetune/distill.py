@@ -95,12 +95,14 @@ def check_teacher(teacher: str, label_names: Sequence[str]) -> None:
 
 
 def _key_file(teacher: str, max_length: int, cache_dir: str | os.PathLike[str]) -> Path:
-    digest = hashlib.sha256(f"{teacher_identity(teacher)}|max_length={max_length}".encode()).hexdigest()[:20]
+    digest = hashlib.sha256(f"{teacher_identity(teacher)}|max_length={max_length}|keys=hex".encode()).hexdigest()[:20]
     return Path(cache_dir) / f"teacher-{digest}.npz"
 
 
 def _text_hash(text: str) -> bytes:
-    return hashlib.sha1(text.encode("utf-8")).digest()
+    # Hex, not the raw digest: numpy's fixed-width bytes drop trailing NULs, so a digest ending
+    # in one would never be found again.
+    return hashlib.sha1(text.encode("utf-8")).hexdigest().encode("ascii")
 
 
 def _load(path: Path) -> dict[bytes, np.ndarray]:
@@ -116,7 +118,7 @@ def _load(path: Path) -> dict[bytes, np.ndarray]:
 
 def _save(path: Path, table: dict[bytes, np.ndarray]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    keys = np.array(list(table), dtype="S20")
+    keys = np.array(list(table), dtype="S40")
     logits = np.stack(list(table.values())).astype(np.float32)
     with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as handle:
         np.savez(handle, keys=keys, logits=logits)

@@ -100,7 +100,9 @@ DROPOUT_MODULE_ATTRS = ("attention_dropout", "dropout")
 
 
 def _float_rates(module: nn.Module) -> list[str]:
-    return [a for a in DROPOUT_MODULE_ATTRS if isinstance(module.__dict__.get(a), float)]
+    # A rate a config gave as 0 is an int: a number, not a bool.
+    return [a for a in DROPOUT_MODULE_ATTRS
+            if isinstance(module.__dict__.get(a), (int, float)) and not isinstance(module.__dict__.get(a), bool)]
 
 
 def set_dropout(model: nn.Module, p: float) -> None:

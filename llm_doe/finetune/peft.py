@@ -160,7 +160,11 @@ def release(factory: Any, model: nn.Module, cfg: PeftConfig, task: str) -> None:
     it can be reused as is (on the CPU, its base frozen, no hooks), else unwrapped."""
     import peft
 
-    if not isinstance(model, peft.PeftModel) or not _reusable(model):
+    # Kept only where the next trial redraws the adapters in place (plain LoRA, prompt learning):
+    # peft's delete_adapter + add_adapter fails on a model whose head peft trains beside the
+    # adapters (IA3 on a classifier: "Please specify at least one adapter to set").
+    if (not isinstance(model, peft.PeftModel) or not _reusable(model)
+            or not (model.peft_config[model.active_adapter].is_prompt_learning or _fast_lora(model))):
         factory.release(unwrap(model))
         return
     for param in model.parameters():
@@ -299,7 +303,8 @@ def param_counts(model: nn.Module) -> dict[str, int]:
 def _lora(cfg: PeftConfig, model: nn.Module, task_type: str | None) -> Any:
     import peft
 
-    return peft.LoraConfig(r=cfg.r, lora_alpha=lora_alpha(cfg),  # type: ignore[arg-type]  # peft takes a float alpha lora_dropout=cfg.dropout,
+    # peft takes a float alpha (its annotation says int).
+    return peft.LoraConfig(r=cfg.r, lora_alpha=lora_alpha(cfg), lora_dropout=cfg.dropout,  # type: ignore[arg-type]
                            target_modules=resolve_targets(model, cfg.target_modules), use_rslora=cfg.use_rslora,
                            task_type=task_type)
 
@@ -332,8 +337,10 @@ register_peft_method(PeftMethodSpec("lora", keys=("method", "r", "alpha", "alpha
 register_peft_method(PeftMethodSpec("ia3", keys=("method", "target_modules"), build=_ia3, targets=True))
 # Learned tokens cannot be merged into weights that from_pretrained and pipeline load.
 register_peft_method(PeftMethodSpec("prefix", keys=("method", "num_virtual_tokens"), build=_prefix, decoder_only=True,
+                                    virtual_tokens=True,
                                     mergeable=False))
-register_peft_method(PeftMethodSpec("prompt", keys=("method", "num_virtual_tokens"), build=_prompt, mergeable=False))
+register_peft_method(PeftMethodSpec("prompt", keys=("method", "num_virtual_tokens"), build=_prompt, mergeable=False,
+                                    virtual_tokens=True))
 
 
 def lr_scales(model: nn.Module, cfg: PeftConfig) -> dict[str, float]:

@@ -16,3 +16,10 @@ def init_module_weights(model: nn.Module, module: nn.Module) -> None:
     initialises the whole model, and ``post_init()`` too.
     """
     model._init_weights(module)
+
+
+def attention_implementation(model: nn.Module) -> str:
+    """The attention kernel the model runs (``sdpa``, ``eager``, ``flash_attention_2``, ...), as
+    its config records it: ``config._attn_implementation``. No public getter; "" when unknown."""
+    config = getattr(model, "config", None)
+    return str(getattr(config, "_attn_implementation", "") or "")

@@ -178,19 +178,21 @@ def _same_model(reused, fresh) -> None:
 
 @pytest.mark.parametrize(("task", "model_cfg", "method"), [
     ("causal_lm", TINY_LLAMA, "lora"), ("classification", TINY_BERT, "lora"), ("classification", ModelConfig(), "lora"),
-    ("causal_lm", TINY_LLAMA, "ia3"), ("causal_lm", TINY_LLAMA, "prefix"), ("classification", TINY_BERT, "prompt")])
+    ("causal_lm", TINY_LLAMA, "ia3"), ("causal_lm", TINY_LLAMA, "prefix"), ("classification", TINY_BERT, "prompt"),
+    ("classification", TINY_BERT, "ia3")])
 def test_a_reused_wrapped_model_is_the_fresh_wrap_of_the_next_trial(task, model_cfg, method):
     """Three trials in one process (different seeds, model dropout, alpha, LoRA dropout, rsLoRA),
     each trained (its trainable weights, dropout rates and mode changed) and released: the next
     trial's model is the same object, yet every weight, buffer, dropout rate, scaling, config and
-    the first step's loss and gradients equal those of a fresh build + wrap."""
+    the first step's loss and gradients equal those of a fresh build + wrap. IA3 is not kept
+    (peft cannot re-add an adapter beside a trained head): its next trial is a fresh wrap."""
     factory = _new_factory(task, model_cfg)
     vocab = factory.template.config.vocab_size
     previous = None
     for seed, dropout, peft_kw in TRIALS:
         cfg = PeftConfig(method=method, r=4, num_virtual_tokens=3, **peft_kw)
         reused = doe_peft.build(factory, cfg, task, seed, dropout)
-        assert previous is None or reused is previous
+        assert previous is None or (reused is previous) == (method != "ia3")
         fresh = doe_peft.wrap(_new_factory(task, model_cfg).build(seed, dropout), cfg, task)
         _same_model(reused, fresh)
         (loss_a, grads_a), (loss_b, grads_b) = _first_step(reused, task, vocab), _first_step(fresh, task, vocab)
@@ -206,6 +208,24 @@ def test_a_reused_wrapped_model_is_the_fresh_wrap_of_the_next_trial(task, model_
         reused.eval()
         doe_peft.release(factory, reused, cfg, task)
         previous = reused
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_lora_dropout_is_the_configured_one(dropout):
+    """peft.dropout reaches peft's LoRA layers: a dropout module at that rate (none at 0), and
+    two train-mode forwards that differ above 0."""
+    factory = _new_factory("causal_lm", TINY_LLAMA)
+    model = doe_peft.wrap(factory.build(0, None), PeftConfig(method="lora", r=4, dropout=dropout), "causal_lm")
+    rates = {m.p for n, m in model.named_modules() if "lora_dropout" in n and isinstance(m, torch.nn.Dropout)}
+    assert rates == ({dropout} if dropout else set())
+    ids = torch.arange(3, 15)[None]
+    model.train()
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.requires_grad:  # B starts at zero: without this no adapter output reaches the logits
+                param.add_(0.1)
+        a, b = model(input_ids=ids).logits, model(input_ids=ids).logits
+    assert torch.equal(a, b) == (dropout == 0.0)
 
 
 def test_another_adapter_structure_or_method_none_gets_a_fresh_model_from_the_kept_one():

@@ -36,6 +36,7 @@ from llm_doe.finetune.chat import (
 from llm_doe.finetune.model import causal_lm_factory, load_tokenizer
 from llm_doe.finetune.tasks.base import CardText, Evaluator, Prepared, Task
 from llm_doe.finetune.tasks.causal_lm_spec import SPEC
+from llm_doe.finetune.transformers_compat import attention_implementation
 from llm_doe.schema import ConfigError, DataConfig, ModelConfig
 
 _SPLITS: dict[str, ChatSplits] = {}
@@ -157,6 +158,35 @@ def _chunked_token_loss(decoder: nn.Module, head: nn.Module, batch: dict[str, to
     return total
 
 
+_PACKS_APART: dict[tuple[Any, str], bool] = {}
+
+
+def _packs_apart(model: nn.Module) -> bool:
+    """Whether packed rows keep their sequences apart on this model: the logits of a sequence
+    packed after another equal its logits alone (checked once per model class and config, in
+    eval mode). Llama-family attention reads the restarting position ids as separate
+    sequences; OPT, BLOOM and MPT do not, and there packing would mix conversations."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    key = (type(base), base.config.to_json_string())
+    if key not in _PACKS_APART:
+        device = next(base.parameters()).device
+        first, second = torch.tensor([[1, 2, 3, 4, 5]], device=device), torch.tensor([[6, 7, 8]], device=device)
+        row = torch.cat([first, second], dim=1)
+        positions = torch.tensor([[0, 1, 2, 3, 4, 0, 1, 2]], device=device)
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                packed = model(input_ids=row, position_ids=positions, use_cache=False).logits[0, 5:].float()
+                alone = model(input_ids=second, use_cache=False).logits[0].float()
+            _PACKS_APART[key] = bool(torch.allclose(packed, alone, rtol=1e-4, atol=1e-4))
+        except (TypeError, ValueError, RuntimeError):
+            _PACKS_APART[key] = False
+        finally:
+            model.train(was_training)
+    return _PACKS_APART[key]
+
+
 def _is_prompt_learning(model: nn.Module) -> bool:
     config: Any = getattr(model, "peft_config", None)
     return bool(config) and config[model.active_adapter].is_prompt_learning
@@ -254,7 +284,13 @@ class CausalLMTask(Task):
         tuning, whose virtual tokens go before each row. Packed or not, the loss is the same."""
         if self.cfg.packing is False or _is_prompt_learning(model):
             return self.collate
-        attention = str(getattr(getattr(model, "config", None), "_attn_implementation", "") or "")
+        if not _packs_apart(model):  # the architecture ignores restarting positions (OPT, ALiBi): pad
+            if self.cfg.packing is True:
+                raise ValueError(f"task.packing=true: {type(model).__name__} lets packed conversations attend to "
+                                 "each other (its attention does not read restarting position ids); use "
+                                 "task.packing=auto or false")
+            return self.collate
+        attention = attention_implementation(model)
         if self.cfg.packing is True or attention.startswith("flash"):
             return pack
         collate = self.collate

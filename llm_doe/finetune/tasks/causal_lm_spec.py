@@ -10,7 +10,7 @@ SPEC = TaskSpec(
     target="llm_doe.finetune.tasks.causal_lm.CausalLMTask",
     metrics={"val_loss": "minimize", "perplexity": "minimize"},
     sources=("chat_pairs", "jsonl"),
-    keys=("name", "loss_on", "sample_prompts", "sample_max_new_tokens"),
+    keys=("name", "loss_on", "sample_prompts", "sample_max_new_tokens", "packing"),
     source_keys={"path": ("jsonl",), "prompt_field": ("jsonl",), "response_field": ("jsonl",),
                  "truncation": ("chat_pairs", "jsonl")},
     data_keys=("source", "path", "prompt_field", "response_field"),

@@ -464,3 +464,23 @@ def test_packing_auto_packs_short_rows_under_sdpa_and_pads_long_ones(prepared, m
     assert "position_ids" in collate(data.train, index, data.pad_id, torch.device("cpu"))
     monkeypatch.setattr(causal_lm, "PACK_DENSE_TOKENS", int(data.train.lengths[index].sum()) - 1)
     assert "attention_mask" in collate(data.train, index, data.pad_id, torch.device("cpu"))
+
+
+def test_a_model_whose_attention_ignores_restarting_positions_is_never_packed(prepared):
+    """OPT's attention does not read packed sequences from restarting position ids, so a packed
+    row would let one conversation attend to the one before it: auto pads there, and true is
+    refused; a Llama still packs."""
+    from transformers import OPTConfig, OPTForCausalLM
+
+    _, data = prepared
+    torch.manual_seed(0)
+    opt = OPTForCausalLM(OPTConfig(vocab_size=len(data.tokenizer), hidden_size=16, num_hidden_layers=1,
+                                   num_attention_heads=2, ffn_dim=32, max_position_embeddings=256,
+                                   word_embed_proj_dim=16))
+    index = np.arange(4)
+    auto = get_task(TaskConfig(name="causal_lm", packing="auto"))
+    assert "attention_mask" in auto.train_collate(opt, CPU)(data.train, index, data.pad_id, torch.device("cpu"))
+    with pytest.raises(ValueError, match="lets packed conversations attend to each other"):
+        get_task(TaskConfig(name="causal_lm", packing=True)).train_collate(opt, CPU)
+    llama = data.factory.build(0, None)
+    assert "position_ids" in auto.train_collate(llama, CPU)(data.train, index, data.pad_id, torch.device("cpu"))
