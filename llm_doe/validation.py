@@ -304,12 +304,18 @@ def _validate_runtime(cfg: Config) -> None:
 
 
 def check_files(cfg: Config) -> None:
-    """The files a run reads (``data.path`` of ``data=csv|jsonl``): present and readable. Called by
-    the commands that train (search, confirm) before they import torch, so a mistyped path is
-    one line in a second, not after the 20-40 s the training stack takes to import; not part of
+    """The files a run reads (``data.path``, and ``data.val_path`` / ``data.test_path`` where the
+    source reads them, as the tasks declare): present, files, and readable. Called by the
+    commands that train (search, confirm) before they import torch, so a mistyped path is one
+    line in a second, not after the 20-40 s the training stack takes to import; not part of
     :func:`validate`, as a report on a study whose data moved needs no data."""
     d = cfg.data
-    if d.source in ("csv", "jsonl") and d.path:
-        path = Path(d.path)
-        _check(path.is_file(), "data.path", f"{path}: no such file")
-        _check(os.access(path, os.R_OK), "data.path", f"{path}: not readable")
+    reads = applicable_keys(cfg)["data"]
+    for key in ("path", "val_path", "test_path"):
+        value = getattr(d, key, None)
+        if key not in reads or not value:
+            continue
+        path = Path(value)
+        _check(not path.is_dir(), f"data.{key}", f"{path} is a folder, not a data file")
+        _check(path.is_file(), f"data.{key}", f"{path}: no such file")
+        _check(os.access(path, os.R_OK), f"data.{key}", f"{path}: not readable")

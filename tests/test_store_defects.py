@@ -49,8 +49,8 @@ def _conversations(tmp_path: Path, encoding: str) -> Path:
 
 @pytest.mark.parametrize(("data", "path", "says"), [
     ("jsonl", "latin1", ":2: not UTF-8 text (byte 0xe9 at column 16)"),
-    ("jsonl", "folder", "is a folder, not a JSONL file"),
-    ("csv", "folder", "is a folder, not a CSV file"),
+    ("jsonl", "folder", "is a folder, not a data file"),
+    ("csv", "folder", "is a folder, not a data file"),
 ])
 def test_unreadable_data_files_are_one_line_and_exit_2(tmp_path, capsys, data, path, says):
     given = _conversations(tmp_path, "latin-1") if path == "latin1" else tmp_path / "a_folder"
