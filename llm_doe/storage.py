@@ -9,6 +9,7 @@ writes a URL or an override anywhere masks it here first.
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import warnings
@@ -127,6 +128,23 @@ def open_store(cfg: StorageConfig, read: Callable[[optuna.storages.BaseStorage],
                                           f"{mask_url(message)}") from None
 
 
+def check_journal_file(journal: Path) -> None:
+    """An existing journal path must hold an Optuna journal (JSON records, one a line) or
+    nothing: anything else (a SQLite file, a text of one's own) is refused untouched, before
+    Optuna appends its first record to it."""
+    with open(journal, "rb") as handle:
+        first = handle.readline(1 << 16).strip()
+    if not first:
+        return  # empty: a new journal
+    try:
+        record = json.loads(first.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        record = None
+    if not isinstance(record, dict) or "op_code" not in record:
+        raise ConfigError("storage.journal_path", f"{journal} exists and is not an Optuna journal file: "
+                                                  "name another file, or a new one")
+
+
 def storage_label(cfg: StorageConfig) -> str:
     """What to show users: the masked URL, or the journal file."""
     return f"journal:{cfg.journal_path}" if cfg.kind == "journal" else mask_url(cfg.url)
@@ -159,6 +177,8 @@ def check_storage(cfg: StorageConfig) -> None:
             check_writable(journal, "storage.journal_path")
         elif not os.access(journal, os.R_OK | os.W_OK):
             raise ConfigError("storage.journal_path", f"{journal} is not readable and writable")
+        else:
+            check_journal_file(journal)
         return
     try:
         parsed = make_url(cfg.url)

@@ -237,3 +237,20 @@ def test_a_store_in_a_read_only_folder_is_one_clear_line(tmp_path, capsys, monke
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith(f"llm_doe: error: storage.url: {db} is in a read-only folder"), err
     assert "readonly database" not in err
+
+
+def test_a_journal_path_that_is_no_journal_is_refused_untouched(tmp_path, capsys):
+    """storage=journal on an existing file of another kind (a SQLite file) is one line, and its
+    bytes stay: Optuna would append its first record to it, then fail to read it back."""
+    foreign = _foreign(tmp_path / "other.db")
+    before = hashlib.sha256(foreign.read_bytes()).hexdigest()
+    code = main(["+study=smoke", *TINY, *store_args(tmp_path / "w"), "storage=journal",
+                 f"storage.journal_path={foreign}"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err == f"llm_doe: error: storage.journal_path: {foreign} exists and is not an Optuna journal file: name another file, or a new one"
+    assert hashlib.sha256(foreign.read_bytes()).hexdigest() == before
+    journal = tmp_path / "j.journal"
+    assert main(["+study=smoke", *TINY, *store_args(tmp_path / "w2"), "storage=journal", f"storage.journal_path={journal}",
+                 "study.n_trials=1"]) == 0
+    assert main(["+study=smoke", *TINY, *store_args(tmp_path / "w2"), "storage=journal", f"storage.journal_path={journal}",
+                 "study.n_trials=2"]) == 0  # a real journal resumes
