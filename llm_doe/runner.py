@@ -475,38 +475,49 @@ def run_workers(composed: Composed, studies: list[optuna.Study]) -> int:
     log.info("starting %d workers on study %s (%s)", n, cfg.study.name,
              f"{gpus} GPU(s)" if gpus else f"{threads} CPU thread(s) each")
     procs: list[subprocess.Popen[str]] = []
-    for index in range(n):
-        env = {**os.environ, WORKER_ENV: str(index), "PYTHONUNBUFFERED": "1"}
-        if gpus:
-            env["CUDA_VISIBLE_DEVICES"] = str(index % gpus)
-        # Each worker in a process group of its own: a Ctrl-C at the terminal reaches this process
-        # alone, which passes it on once (workers that got it twice would stop at once, without a
-        # checkpoint), and so does a signal sent to this process only (kill -INT <pid>).
-        procs.append(subprocess.Popen(_worker_command(composed, index, threads), env=env, text=True,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, process_group=0))
+
+    def forward(signum: int, frame: Any) -> None:
+        log.warning("%s: passed on to the %d workers (each checkpoints its trial and stops; again to stop them at "
+                    "once)", signal.Signals(signum).name, sum(proc.poll() is None for proc in procs))
+        # A closed terminal (SIGHUP) stops the workers as SIGTERM does: each checkpoints its trial.
+        passed = signal.SIGTERM if signum == getattr(signal, "SIGHUP", None) else signum
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(passed)
 
     def pump(index: int, proc: subprocess.Popen[str]) -> None:
         assert proc.stdout is not None
         for line in proc.stdout:
             log.info("[w%d] %s", index, line.rstrip())
 
-    readers = [threading.Thread(target=pump, args=(i, p), daemon=True) for i, p in enumerate(procs)]
-    for reader in readers:
-        reader.start()
-
-    def forward(signum: int, frame: Any) -> None:
-        log.warning("%s: passed on to the %d workers (each checkpoints its trial and stops; again to stop them at "
-                    "once)", signal.Signals(signum).name, sum(proc.poll() is None for proc in procs))
-        for proc in procs:
-            if proc.poll() is None:
-                proc.send_signal(signum)
-
-    previous = {signum: signal.signal(signum, forward) for signum in (signal.SIGINT, signal.SIGTERM)}
+    # The handlers go in before the first worker starts: a signal while they start reaches those
+    # started so far. SIGHUP (the terminal closed) too: the workers are in groups of their own,
+    # so it would reach this process alone.
+    signums = [signal.SIGINT, signal.SIGTERM, *([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])]
+    previous = {signum: signal.signal(signum, forward) for signum in signums}
+    readers: list[threading.Thread] = []
+    codes: list[int] = []
     try:
+        for index in range(n):
+            env = {**os.environ, WORKER_ENV: str(index), "PYTHONUNBUFFERED": "1"}
+            if gpus:
+                env["CUDA_VISIBLE_DEVICES"] = str(index % gpus)
+            # Each worker in a process group of its own: a Ctrl-C at the terminal reaches this process
+            # alone, which passes it on once (workers that got it twice would stop at once, without a
+            # checkpoint), and so does a signal sent to this process only (kill -INT <pid>).
+            proc = subprocess.Popen(_worker_command(composed, index, threads), env=env, text=True,
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, process_group=0)
+            procs.append(proc)
+            reader = threading.Thread(target=pump, args=(index, proc), daemon=True)
+            reader.start()
+            readers.append(reader)
         codes = [proc.wait() for proc in procs]
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+        for proc in procs:  # leaving abnormally (an error here): no worker runs on without us
+            if proc.poll() is None:
+                proc.terminate()
         for reader in readers:
             reader.join(timeout=5)
     counts = dict.fromkeys(TrialState, 0)

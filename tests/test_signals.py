@@ -69,9 +69,12 @@ def test_a_second_ctrl_c_while_shutting_down_is_one_line(tmp_path, capsys, monke
     assert captured.err.strip().startswith("llm_doe: interrupted (SIGINT)")
 
 
-def test_sigint_to_the_parent_alone_stops_every_worker_and_re_queues_their_trials(tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGHUP])
+def test_sigint_to_the_parent_alone_stops_every_worker_and_re_queues_their_trials(tmp_path, signum):
     """``kill -INT <parent>`` (a tool that signals the main pid only): the workers checkpoint,
-    re-queue and stop; the parent exits as a Ctrl-C does, and its summary counts no failure."""
+    re-queue and stop; the parent exits as a Ctrl-C does, and its summary counts no failure. A
+    closed terminal (SIGHUP, which reaches the parent alone: the workers have groups of their
+    own) stops them the same way, as SIGTERM."""
     args = ["+study=smoke", *TINY, *store_args(tmp_path), "workers=2", "study.n_trials=6", "pruner=none",
             "data.train_size=400", "train.evals_per_epoch=4", "runtime.checkpoint_every_s=0"]
     parent = subprocess.Popen([sys.executable, "-m", "llm_doe.search", *args], cwd=tmp_path, text=True,
@@ -86,9 +89,9 @@ def test_sigint_to_the_parent_alone_stops_every_worker_and_re_queues_their_trial
         if any(t.state == TrialState.RUNNING and t.intermediate_values for t in trials):
             break
     assert parent.poll() is None, "the study ended before it could be interrupted"
-    parent.send_signal(signal.SIGINT)
+    parent.send_signal(signum)
     out, _ = parent.communicate(timeout=120)
-    assert parent.returncode == 130, out[-3000:]
+    assert parent.returncode == (130 if signum == signal.SIGINT else 143), out[-3000:]
     study = load(tmp_path)
     assert not study.get_trials(states=(TrialState.RUNNING,))
     assert len(study.get_trials(states=(TrialState.COMPLETE,))) < 6  # the workers did not run on to the end
