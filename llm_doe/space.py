@@ -241,6 +241,10 @@ def edit_space(space: Mapping[str, Any], edits: list[tuple[str, Any]]) -> dict[s
                 raise ConfigError(f"{SPACE_PREFIX}{key}", f"is not in the space (it has {', '.join(flat) or 'none'})")
             del flat[key]
         else:
+            entry = next((k for k in flat if key.startswith(f"{k}.")), None)
+            if entry is not None:  # study.space.train.learning_rate.high=...: a field, not a parameter
+                raise ConfigError(f"{SPACE_PREFIX}{key}", f"sets one field of the entry {entry}: give the whole entry, "
+                                                          f"e.g. '{SPACE_PREFIX}{entry}={{type: float, low: ..., high: ...}}'")
             flat[key] = value
     return flat
 

@@ -227,6 +227,8 @@ def check_optuna_sqlite(db: Path, key: str) -> None:
         return
     try:
         tables = sqlite_tables(db)
+    except sqlite3.OperationalError as err:  # a file SQLite cannot open (a WAL store in a read-only folder)
+        raise ConfigError(key, f"{db} cannot be opened ({err})") from None
     except sqlite3.DatabaseError as err:
         raise ConfigError(key, f"{db} is not a SQLite database ({err}): give a new file for the study store") from None
     if tables and not tables >= OPTUNA_TABLES:

@@ -203,3 +203,11 @@ def test_the_stored_space_keeps_the_condition_and_optuna_still_reads_it():
     assert optuna.distributions.json_to_distribution(stored["train.momentum"]).high == 0.99
     plain = dict(OPTIMIZER_SPACE, **{"train.momentum": {"type": "float", "low": 0.0, "high": 0.99}})
     assert space_to_json(build_space(plain)) != stored  # a changed condition is another space (resume check)
+
+
+def test_one_field_of_an_entry_set_on_the_command_line_is_refused_in_one_line():
+    """study.space.train.learning_rate.high=0.01 would add a parameter named
+    train.learning_rate.high beside the untouched entry: say to give the whole entry."""
+    with pytest.raises(ConfigError, match=r"^study.space.train.learning_rate.high: sets one field of the entry "
+                                          r"train.learning_rate: give the whole entry"):
+        compose_config(["+study=lr_sweep", "study.space.train.learning_rate.high=0.01"])
