@@ -249,7 +249,7 @@ class _Probe(type(get_task(TaskConfig(name="causal_lm")))):
         return super().finish(model, data, pad_id, rt, payload)
 
 
-@pytest.mark.parametrize("method, learning_rate, epochs", [("none", 0.05, 2), ("lora", 0.3, 1)])
+@pytest.mark.parametrize("method, learning_rate, epochs", [("none", 0.05, 2), ("lora", 0.3, 2)])
 def test_generations_come_from_the_best_evaluations_weights(prepared, method, learning_rate, epochs):
     """generations.csv is drawn "at best eval": from the best evaluation's weights, though the
     run trained on past them; the model is left as training left it."""
