@@ -53,6 +53,17 @@ def attention_mask(index: np.ndarray, lengths: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.arange(width)[None, :] < lengths[index][:, None])
 
 
+def labelled_batch(input_ids: Sequence[np.ndarray], labels: Sequence[np.ndarray], lengths: np.ndarray,
+                   index: np.ndarray, pad_id: int, ignore_index: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """Examples ``index`` of a split labelled per token (SFT, tagging), padded to their longest:
+    ids with ``pad_id``, labels with ``ignore_index`` (no loss on padding), the mask from lengths."""
+    batch = to_device({"input_ids": pad(input_ids, index, lengths, pad_id),
+                       "attention_mask": attention_mask(index, lengths),
+                       "labels": pad(labels, index, lengths, ignore_index)}, device)
+    batch["attention_mask"] = batch["attention_mask"].long()
+    return batch
+
+
 def to_device(tensors: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
     """Host tensors to ``device``; on CUDA through pinned memory, without blocking."""
     non_blocking = device.type == "cuda"

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from llm_doe.finetune.batching import attention_mask, pad, to_device
+from llm_doe.finetune.batching import labelled_batch, to_device
 from llm_doe.finetune.chat import (
     IGNORE_INDEX,
     ChatEncoded,
@@ -269,11 +269,7 @@ class CausalLMTask(Task):
 
     def collate(self, data: ChatEncoded, index: np.ndarray, pad_id: int, device: torch.device
                 ) -> dict[str, torch.Tensor]:
-        batch = to_device({"input_ids": pad(data.input_ids, index, data.lengths, pad_id),
-                           "attention_mask": attention_mask(index, data.lengths),
-                           "labels": pad(data.labels, index, data.lengths, IGNORE_INDEX)}, device)
-        batch["attention_mask"] = batch["attention_mask"].long()
-        return batch
+        return labelled_batch(data.input_ids, data.labels, data.lengths, index, pad_id, IGNORE_INDEX, device)
 
     def train_collate(self, model: nn.Module, rt: Any) -> Any:
         """Packed batches (:func:`pack`) when ``task.packing`` says so for this model: ``true``;

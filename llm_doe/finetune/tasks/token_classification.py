@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from llm_doe.finetune.batching import attention_mask, pad, to_device
+from llm_doe.finetune.batching import labelled_batch
 from llm_doe.finetune.conll import UNER_DIR, Sentences, TaggedSplits, conll_files, load_conll
 from llm_doe.finetune.model import load_tokenizer, model_factory
 from llm_doe.finetune.tasks.base import CardText, Evaluator, Prepared, Task
@@ -183,11 +183,7 @@ class TokenClassificationTask(Task):
 
     def collate(self, data: TokenEncoded, index: np.ndarray, pad_id: int, device: torch.device
                 ) -> dict[str, torch.Tensor]:
-        batch = to_device({"input_ids": pad(data.input_ids, index, data.lengths, pad_id),
-                           "attention_mask": attention_mask(index, data.lengths),
-                           "labels": pad(data.labels, index, data.lengths, IGNORE_INDEX)}, device)
-        batch["attention_mask"] = batch["attention_mask"].long()
-        return batch
+        return labelled_batch(data.input_ids, data.labels, data.lengths, index, pad_id, IGNORE_INDEX, device)
 
     def loss_units(self, data: TokenEncoded, index: np.ndarray) -> int:
         return max(1, int(data.label_counts[index].sum()))
