@@ -31,12 +31,13 @@ import gzip
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from sklearn.model_selection import train_test_split
 
+from llm_doe.finetune.data import Splits
 from llm_doe.schema import ConfigError, DataConfig, held_out_size
 
 #: The Universal NER English EWT files shipped with llm_doe (README.md there says what they are).
@@ -64,25 +65,8 @@ class Sentences:
         return Sentences([self.words[i] for i in index], [self.tags[i] for i in index], self.origin)
 
 
-@dataclass
-class TaggedSplits:
-    """train/val for the search; test held back and counted, as :class:`~llm_doe.finetune.data.Splits`."""
-
-    train: Sentences
-    val: Sentences
-    _test: Sentences
-    label_names: list[str]
-    test_reads: int = field(default=0)
-
-    @property
-    def test(self) -> Sentences:
-        """The held-out split. Only the final evaluation reads it; reads are counted."""
-        self.test_reads += 1
-        return self._test
-
-    @property
-    def num_labels(self) -> int:
-        return len(self.label_names)
+#: train/val for the search, test held back and counted: the text reader's :class:`~llm_doe.finetune.data.Splits`.
+TaggedSplits = Splits[Sentences]
 
 
 def _open(path: Path, encoding: str) -> Any:

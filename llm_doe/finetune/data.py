@@ -23,7 +23,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -220,18 +220,23 @@ class Split:
         return len(self.texts)
 
 
-@dataclass
-class Splits:
-    """train/val for the search; test held back and counted."""
+#: What a split holds: texts (:class:`Split`), tagged sentences (``conll.Sentences``), ...
+S = TypeVar("S")
 
-    train: Split
-    val: Split
-    _test: Split
+
+@dataclass
+class Splits(Generic[S]):
+    """train/val for the search; test held back and counted (``Splits[Split]`` for text;
+    the CoNLL reader's sentences use it too)."""
+
+    train: S
+    val: S
+    _test: S
     label_names: list[str]
     test_reads: int = field(default=0)
 
     @property
-    def test(self) -> Split:
+    def test(self) -> S:
         """The held-out split. Only the final evaluation reads it; reads are counted."""
         self.test_reads += 1
         return self._test
