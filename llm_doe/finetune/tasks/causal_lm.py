@@ -212,11 +212,14 @@ class _CausalLMEvaluator(Evaluator):
         self.data = data
         self.loss_sum: torch.Tensor | None = None
         self.tokens = 0
+        self._parts: tuple[nn.Module, nn.Module] | bool | None = False  # False: not looked up yet
 
     def forward(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """The batch's summed token loss, reduced chunk by chunk where the model allows."""
-        parts = _decoder_and_head(model)
-        if parts is None:
+        if self._parts is False:  # once per evaluation (in eval mode), not once per batch
+            self._parts = _decoder_and_head(model)
+        parts = self._parts
+        if not isinstance(parts, tuple):
             return _token_loss(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                                      use_cache=False).logits, batch["labels"])
         return _chunked_token_loss(*parts, batch)
